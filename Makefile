@@ -1,0 +1,24 @@
+# The two entry points of the README. Both install what they need first.
+JOBS ?= $(shell nproc)
+
+.PHONY: setup build test demo bench clean
+
+setup:
+	tools/setup
+
+build: setup
+	cmake --preset release >/dev/null
+	cmake --build --preset release -j $(JOBS)
+
+test: build
+	ctest --preset release -j $(JOBS)
+
+demo: build
+	build/bin/parley-engine-demo
+
+bench: build
+	build/bin/parley-bench engine --json
+	build/bin/parley-bench kb --json
+
+clean:
+	rm -rf build build-debug build-asan build-tsan

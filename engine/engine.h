@@ -1,0 +1,265 @@
+#pragma once
+
+// The service engine: takes events one at a time from the agent's durable FIFO inbox and runs the
+// handlers whose preconditions hold until nothing is left, all in one knowledge-base transaction.
+// docs/engine.md is the specification; in short, a run
+//  1. opens a transaction and applies the event's relation data change (and the relationship
+//     facts derived from it: <endpoint>.joined, <endpoint>.ready, <endpoint>.remote.<key>);
+//  2. fires the event: queues, in declaration order, each handler whose `on` holds it and whose
+//     facts hold; the event is then inactive;
+//  3. queues each dirty fact-only handler whose facts hold;
+//  4. runs the queue head, then retests: drops queued handlers whose facts no longer hold and
+//     appends handlers on events it fired, then dirty fact-only handlers now satisfied;
+//  5. commits when the queue is empty: facts, relation data, outbox, inbox removal, bookkeeping
+//     and the run's trace in one atomic write;
+//  6. on a handler failure (or more than max_handler_executions) rolls everything back; the event
+//     stays at the inbox head and is retried with jittered exponential backoff.
+//
+// Thread-compatible: an Engine, its Kb and its actions belong to one serial executor.
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/node_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "engine/clock.h"
+#include "engine/spec.h"
+#include "kb/kb.h"
+#include "parley/v1/kb.pb.h"
+
+namespace parley::engine {
+
+struct EngineOptions {
+  // A run that executes more handlers than this fails, naming the handlers that cycled.
+  uint32_t max_handler_executions = 10000;
+  // Retry backoff after a failed run: initial delay, doubling up to max, each delay shortened by
+  // a random fraction of up to `retry_jitter`.
+  absl::Duration retry_initial = absl::Seconds(1);
+  absl::Duration retry_max = absl::Minutes(5);
+  double retry_jitter = 0.2;
+  // Seed of the jitter's random source.
+  uint64_t random_seed = 0x9e3779b97f4a7c15ULL;
+  // Traces kept in the KB (the newest ones).
+  uint32_t traces_kept = 100;
+};
+
+enum class RunOutcome {
+  kIdle,       // the inbox is empty
+  kNotDue,     // the head event failed before and its retry is not due yet
+  kCommitted,  // the head event was applied
+  kFailed,     // the run rolled back; see Engine::failure()
+};
+
+struct RunResult {
+  RunOutcome outcome = RunOutcome::kIdle;
+  uint64_t run = 0;
+  // Durability ticket of the commit (kCommitted) or of the failure record (kFailed).
+  uint64_t ticket = 0;
+  // kNotDue / kFailed: when the head event may be tried again.
+  absl::Time next_attempt = absl::InfinitePast();
+  uint32_t handlers_run = 0;
+  // Wall time spent in the run before the commit write (handlers, retests, bookkeeping).
+  absl::Duration handler_time;
+  std::shared_ptr<const v1::Trace> trace;
+};
+
+struct EnqueueResult {
+  uint64_t event_id = 0;
+  // Durability ticket; acknowledge the event to its sender only once this is durable.
+  uint64_t ticket = 0;
+};
+
+class Engine {
+ public:
+  // Validates `spec` and loads the agent's state from `kb` (not owned; must outlive the engine).
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(ServiceSpec spec, kb::Kb* kb, Clock* clock,
+                                                        EngineOptions options = {});
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Appends `event` to the durable inbox (its id is assigned here) in a transaction of its own.
+  absl::StatusOr<EnqueueResult> Enqueue(v1::Event event);
+
+  // Processes the inbox head if there is one and it is due.
+  absl::StatusOr<RunResult> RunOnce();
+
+  // Runs until the inbox is empty or its head is not due, then waits until everything committed
+  // is durable. Returns the last result.
+  absl::StatusOr<RunResult> RunUntilIdle();
+
+  // Inspection. Facts are those committed or staged by the current run.
+  bool IsSet(absl::string_view fact) const;
+  std::optional<std::string> FactValue(absl::string_view fact) const;
+  // Every fact currently set, with its value, sorted by name.
+  std::map<std::string, std::string> Facts() const;
+  std::optional<v1::RunFailure> failure() const { return failure_; }
+  v1::WorkloadStatus workload_status() const { return status_; }
+  size_t inbox_depth() const { return inbox_depth_; }
+  // The newest `n` traces, oldest first.
+  absl::StatusOr<std::vector<v1::Trace>> Traces(size_t n) const;
+  absl::StatusOr<std::vector<v1::OutboxEntry>> Outbox() const;
+  const std::map<std::string, v1::RelationRecord>& relations() const { return relations_; }
+  // Committed data of a bag: `bag` is "lu" (local unit), "ls" (local service), "ru:<unit>"
+  // (remote unit) or "rs" (remote service).
+  absl::StatusOr<std::map<std::string, std::string>> Bag(absl::string_view relation_id,
+                                                         absl::string_view bag) const;
+  const ServiceSpec& spec() const { return spec_; }
+  kb::Kb* kb() const { return kb_; }
+
+ private:
+  friend class RunContext;
+  struct Handler;
+
+  struct FactState {
+    std::string name;
+    bool set = false;
+    std::string value;
+    uint64_t version = 0;
+    // Relationship facts are derived from relation data; handlers cannot set them.
+    bool derived = false;
+    std::vector<Handler*> when_of;
+    std::vector<Handler*> when_not_of;
+    // Fact-only handlers naming it in when or when_not (marked dirty when it changes).
+    std::vector<Handler*> fact_only_of;
+    // Run bookkeeping.
+    bool touched = false;
+    bool changed_since_retest = false;
+    bool old_set = false;
+    std::string old_value;
+  };
+
+  struct Handler {
+    std::string name;
+    int index = 0;
+    std::vector<FactState*> when;
+    std::vector<FactState*> when_not;
+    std::vector<std::string> on;
+    std::unique_ptr<Action> action;
+    bool fact_only = true;
+    // Number of preconditions on facts that do not hold.
+    int unsatisfied = 0;
+    bool ran = false;
+    uint64_t last_ran = 0;
+    bool dirty = true;
+    // The fact whose change made the handler dirty (nullptr: never ran).
+    const FactState* dirty_cause = nullptr;
+    bool in_queue = false;
+    uint32_t queue_gen = 0;
+    uint32_t executions = 0;
+    bool ran_in_run = false;
+  };
+
+  struct StepRecord;
+  struct LocalChanges {
+    std::vector<v1::BagChange> unit_changes;
+    std::vector<v1::BagChange> service_changes;
+  };
+  struct Run;
+
+  Engine(ServiceSpec spec, kb::Kb* kb, Clock* clock, EngineOptions options);
+  absl::Status Build();
+  absl::Status Load();
+  FactState& Intern(absl::string_view name);
+  absl::Status ValidateName(absl::string_view handler, absl::string_view what,
+                            absl::string_view name, bool is_event) const;
+  const EndpointSpec* EndpointOf(absl::string_view name) const;
+
+  // Run steps.
+  absl::StatusOr<RunResult> Execute(const v1::Event& event, uint32_t attempt);
+  absl::Status ApplyRelationChange(const v1::Event& event);
+  absl::Status RecomputeDerived(const std::string& endpoint);
+  void FireEvent(absl::string_view event, const Handler* by);
+  void Retest();
+  void Queue(Handler* h, int reason_kind, absl::string_view reason_event);
+  absl::Status RunHandler(Handler* h);
+  absl::StatusOr<uint64_t> CommitRun(const v1::Event& event, v1::Trace& trace);
+  absl::StatusOr<RunResult> FailRun(const v1::Event& event, uint32_t attempt, std::string handler,
+                                    std::string message, v1::Trace& trace);
+  void BuildTrace(v1::Trace& trace) const;
+  std::string FailedPrecondition(const Handler& h) const;
+
+  // Changes staged by the current run (used by RunContext and the derived-fact logic).
+  absl::Status SetFact(absl::string_view name, absl::string_view value, bool derived);
+  absl::Status ClearFact(absl::string_view name, bool derived);
+  void ChangeFact(FactState& f, bool set, absl::string_view value);
+  absl::Status SetLocalData(absl::string_view relation_id, absl::string_view key,
+                            std::optional<absl::string_view> value, bool service);
+
+  ServiceSpec spec_;
+  kb::Kb* kb_;
+  Clock* clock_;
+  const EngineOptions options_;
+  std::mt19937_64 random_;
+
+  std::vector<std::unique_ptr<Handler>> handlers_;
+  absl::flat_hash_map<std::string, std::vector<Handler*>> by_event_;
+  absl::node_hash_map<std::string, FactState> facts_;
+  absl::flat_hash_map<std::string, const EndpointSpec*> endpoints_;
+
+  // Committed (or, during a run, staged) agent state.
+  uint64_t change_clock_ = 0;
+  uint64_t run_counter_ = 0;
+  uint64_t next_event_id_ = 1;
+  uint64_t next_outbox_id_ = 1;
+  // The inbox holds the events [inbox_head_, next_event_id_).
+  uint64_t inbox_head_ = 1;
+  size_t inbox_depth_ = 0;
+  // Fact-only handlers that may have become dirty and satisfied since the last retest.
+  std::vector<Handler*> pending_;
+  std::map<std::string, v1::RelationRecord> relations_;
+  std::optional<v1::RunFailure> failure_;
+  v1::WorkloadStatus status_;
+
+  std::unique_ptr<kb::Txn> txn_;
+  std::unique_ptr<Run> run_;
+};
+
+// What a handler's action may do. Everything is staged in the run's transaction.
+class RunContext {
+ public:
+  const v1::Event& event() const;
+  const std::string& handler() const;
+  const std::string& unit() const { return engine_->spec_.unit; }
+
+  bool IsSet(absl::string_view fact) const { return engine_->IsSet(fact); }
+  std::optional<std::string> Value(absl::string_view fact) const {
+    return engine_->FactValue(fact);
+  }
+  std::map<std::string, std::string> Facts() const { return engine_->Facts(); }
+  absl::Status Set(absl::string_view fact, absl::string_view value = "");
+  absl::Status Clear(absl::string_view fact);
+  // Fires an internal event; handlers on it are queued after this handler returns.
+  absl::Status Fire(absl::string_view event);
+
+  // Relations attached to `endpoint` (all of them when empty).
+  std::vector<const v1::RelationRecord*> Relations(absl::string_view endpoint = "") const;
+  // Data of a bag as staged by this run; see Engine::Bag for bag names.
+  absl::StatusOr<std::map<std::string, std::string>> Bag(absl::string_view relation_id,
+                                                         absl::string_view bag) const;
+  // Writes this unit's (or, with `service`, this service's) bag of a relation. Peers receive
+  // the change as a relation event once the run commits.
+  absl::Status SetData(absl::string_view relation_id, absl::string_view key,
+                       absl::string_view value, bool service = false);
+  absl::Status DeleteData(absl::string_view relation_id, absl::string_view key,
+                          bool service = false);
+
+  absl::Status SetStatus(v1::WorkloadState state, absl::string_view message);
+
+ private:
+  friend class Engine;
+  explicit RunContext(Engine* engine) : engine_(engine) {}
+  Engine* engine_;
+};
+
+}  // namespace parley::engine

@@ -1,0 +1,61 @@
+#pragma once
+
+// What an engine is built from: a service's endpoints and its handlers. The engine does not know
+// how an action is carried out (C++ function, script, playbook, container, HTTP call): it only
+// calls Action::Run with a RunContext that stages every change in the run's transaction.
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+
+namespace parley::engine {
+
+class RunContext;
+
+enum class Role { kProvides, kRequires, kPeers };
+
+struct EndpointSpec {
+  std::string name;
+  Role role = Role::kProvides;
+  std::string interface;
+  // Keys a remote unit's data must hold for `<name>.ready` to be set.
+  std::vector<std::string> required_keys;
+};
+
+class Action {
+ public:
+  virtual ~Action() = default;
+  // Runs the action. Every change goes through `ctx` and lands only if the whole run commits.
+  // A non-OK status fails the handler and rolls the run back.
+  virtual absl::Status Run(RunContext& ctx) = 0;
+};
+
+// An action backed by a C++ function (builtin actions, tests and benchmarks).
+std::unique_ptr<Action> MakeAction(std::function<absl::Status(RunContext&)> fn);
+
+struct HandlerSpec {
+  // Unique within the service; bookkeeping is kept by name, so renaming a handler makes it new.
+  std::string name;
+  // Facts that must all be set.
+  std::vector<std::string> when;
+  // Facts that must all be clear.
+  std::vector<std::string> when_not;
+  // Events, one of which must be the event being fired. Empty: a fact-only handler, which runs
+  // when its facts hold and it is dirty (never ran, or a named fact changed since it last ran).
+  std::vector<std::string> on;
+  std::unique_ptr<Action> action;
+};
+
+struct ServiceSpec {
+  std::string service;
+  // This agent's unit, for example "redis/0"; the sender of its relation data.
+  std::string unit;
+  std::vector<EndpointSpec> endpoints;
+  // Declaration order is the order handlers are queued in.
+  std::vector<HandlerSpec> handlers;
+};
+
+}  // namespace parley::engine

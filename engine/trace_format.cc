@@ -1,0 +1,94 @@
+#include "engine/trace_format.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+
+namespace parley::engine {
+namespace {
+
+std::string FormatChange(const v1::FactChange& c) {
+  if (!c.set()) return absl::StrCat("-", c.name());
+  if (c.value().empty()) return absl::StrCat("+", c.name());
+  return absl::StrCat("+", c.name(), "=", c.value());
+}
+
+std::string FormatDuration(int64_t ns) {
+  if (ns < 10'000) return absl::StrCat(ns, " ns");
+  if (ns < 10'000'000) return absl::StrFormat("%.1f us", ns / 1e3);
+  return absl::StrFormat("%.1f ms", ns / 1e6);
+}
+
+}  // namespace
+
+std::string FormatTrace(const v1::Trace& t) {
+  std::string out;
+  const auto& e = t.trigger();
+  absl::StrAppend(&out, "run ", t.run(), ": event ", e.id(), " '", e.name(), "'");
+  if (e.has_relation()) {
+    absl::StrAppend(&out, " (relation ", e.relation().relation_id(), ", remote unit ",
+                    e.relation().remote_unit().empty() ? "-" : e.relation().remote_unit(), ")");
+  }
+  if (!e.source().empty()) absl::StrAppend(&out, " from ", e.source());
+  if (t.attempt() > 1) absl::StrAppend(&out, ", attempt ", t.attempt());
+  absl::StrAppend(&out, "\n");
+  for (const auto& s : t.steps()) {
+    switch (s.kind()) {
+      case v1::TraceStep::KIND_FIRED:
+        absl::StrAppend(&out, "  fire    ", s.event(), "  (", s.reason(), ")\n");
+        break;
+      case v1::TraceStep::KIND_QUEUED:
+        absl::StrAppend(&out, "  queue   ", s.handler(), "  (", s.reason(), ")\n");
+        break;
+      case v1::TraceStep::KIND_SKIPPED:
+        absl::StrAppend(&out, "  skip    ", s.handler(), "  (", s.reason(), ")\n");
+        break;
+      case v1::TraceStep::KIND_DROPPED:
+        absl::StrAppend(&out, "  drop    ", s.handler(), "  (", s.reason(), ")\n");
+        break;
+      case v1::TraceStep::KIND_RAN:
+      case v1::TraceStep::KIND_FAILED: {
+        absl::StrAppend(&out, s.kind() == v1::TraceStep::KIND_RAN ? "  run     " : "  FAIL    ",
+                        s.handler(), "  ", FormatDuration(s.duration_ns()));
+        if (s.facts_changed_size() > 0) {
+          absl::StrAppend(
+              &out, "  facts ",
+              absl::StrJoin(s.facts_changed(), " ", [](std::string* o, const v1::FactChange& c) {
+                o->append(FormatChange(c));
+              }));
+        }
+        if (s.events_fired_size() > 0) {
+          absl::StrAppend(&out, "  fires ", absl::StrJoin(s.events_fired(), " "));
+        }
+        if (!s.error().empty()) absl::StrAppend(&out, "  error: ", s.error());
+        absl::StrAppend(&out, "\n");
+        break;
+      }
+      default:
+        break;
+    }
+  }
+  for (const auto& m : t.messages()) {
+    absl::StrAppend(&out, "  send    relation ", m.relation_id(), " seq ", m.sequence(), ": ",
+                    absl::StrJoin(m.unit_changes(), " ",
+                                  [](std::string* o, const v1::BagChange& c) {
+                                    absl::StrAppend(o, c.key(), c.deleted() ? " deleted" : "=",
+                                                    c.deleted() ? "" : c.value());
+                                  }),
+                    "\n");
+  }
+  absl::StrAppend(&out, "  ",
+                  t.result() == v1::Trace::RESULT_COMMITTED ? "committed" : "rolled back", ": ",
+                  t.handlers_run(), " handlers, ", FormatDuration(t.duration_ns()));
+  if (t.facts_changed_size() > 0) {
+    absl::StrAppend(
+        &out, ", facts ",
+        absl::StrJoin(t.facts_changed(), " ",
+                      [](std::string* o, const v1::FactChange& c) { o->append(FormatChange(c)); }));
+  }
+  if (!t.error().empty()) absl::StrAppend(&out, "\n  error: ", t.error());
+  absl::StrAppend(&out, "\n");
+  return out;
+}
+
+}  // namespace parley::engine

@@ -1,0 +1,3 @@
+#include "engine/engine.h"
+#include <gtest/gtest.h>
+TEST(Engine, Placeholder) {}

@@ -1,0 +1,3 @@
+#include "kb/kb.h"
+#include <gtest/gtest.h>
+TEST(Kb, Placeholder) {}
