@@ -127,7 +127,8 @@ struct Engine::Run {
   std::vector<std::string> fired;   // by the current handler
   std::vector<v1::FactChange>* current_changes = nullptr;
   std::vector<FactState*> touched;
-  std::vector<Handler*> ran;
+  std::vector<Handler*> ran;       // fact-only handlers whose bookkeeping changes
+  std::vector<Handler*> executed;  // every handler run at least once
   std::vector<StepRecord> steps;
   // Relation id -> key -> new value (nullopt: deleted), for the unit and the service bag.
   std::map<std::string, std::map<std::string, std::optional<std::string>>> local_unit;
@@ -519,8 +520,8 @@ absl::StatusOr<RunResult> Engine::Execute(const v1::Event& event, uint32_t attem
     run_->queue.pop_front();
     if (!h->in_queue || h->queue_gen != gen) continue;
     h->in_queue = false;
-    if (absl::Status s = RunHandler(h); !s.ok()) return fail(h->name, std::string(s.message()));
-    if (run_->executions >= options_.max_handler_executions && !run_->queue.empty()) {
+    if (run_->executions >= options_.max_handler_executions) {
+      // About to exceed the bound: the run does not converge.
       std::vector<const Handler*> cycled;
       for (const auto& hp : handlers_) {
         if (hp->executions > 1) cycled.push_back(hp.get());
@@ -536,6 +537,7 @@ absl::StatusOr<RunResult> Engine::Execute(const v1::Event& event, uint32_t attem
                                    " handler executions without converging; handlers that cycled: ",
                                    names.empty() ? "none repeated" : names));
     }
+    if (absl::Status s = RunHandler(h); !s.ok()) return fail(h->name, std::string(s.message()));
     Retest();
   }
   RunResult result;
@@ -702,7 +704,7 @@ void Engine::ChangeFact(FactState& f, bool set, absl::string_view value) {
   }
   for (Handler* h : f.fact_only_of) {
     h->dirty = true;
-    h->dirty_cause = &f;
+    if (h->ran) h->dirty_cause = &f;  // a handler that never ran stays "never ran"
     pending_.push_back(h);
   }
   if (!f.changed_since_retest) {
@@ -828,7 +830,7 @@ void Engine::Retest() {
 
 absl::Status Engine::RunHandler(Handler* h) {
   run_->current = h;
-  ++h->executions;
+  if (h->executions++ == 0) run_->executed.push_back(h);
   ++run_->executions;
   std::vector<v1::FactChange> changes;
   run_->current_changes = &changes;
@@ -1002,7 +1004,7 @@ absl::StatusOr<uint64_t> Engine::CommitRun(const v1::Event& event, v1::Trace& tr
   for (FactState* f : run_->touched) f->touched = false;
   for (Handler* h : run_->ran) h->ran_in_run = false;
   for (const auto& id : run_->broken) relations_.erase(id);
-  for (auto& h : handlers_) h->executions = 0;
+  for (Handler* h : run_->executed) h->executions = 0;
   run_.reset();
   return ticket;
 }

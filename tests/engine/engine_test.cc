@@ -1,3 +1,631 @@
+// One test (or more) per rule of the engine's semantics (docs/engine.md). Each uses a real
+// RocksDB KB in a temp dir and a manual clock.
+
 #include "engine/engine.h"
+
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
-TEST(Engine, Placeholder) {}
+
+#include "absl/strings/str_cat.h"
+#include "engine/trace_format.h"
+#include "tests/testing/temp_dir.h"
+
+namespace parley::engine {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+using ::testing::Pair;
+
+using Fn = std::function<absl::Status(RunContext&)>;
+
+absl::Status Ok(RunContext&) { return absl::OkStatus(); }
+
+Fn SetFact(std::string name, std::string value = "") {
+  return [=](RunContext& ctx) { return ctx.Set(name, value); };
+}
+
+v1::Event Named(std::string name) {
+  v1::Event e;
+  e.set_name(std::move(name));
+  return e;
+}
+
+v1::Event Rel(std::string endpoint, v1::RelationEventKind kind, std::string id, std::string unit,
+              std::vector<std::pair<std::string, std::string>> data = {}) {
+  static const char* kKinds[] = {"", "joined", "changed", "departed", "broken"};
+  v1::Event e;
+  e.set_name(absl::StrCat(endpoint, ".", kKinds[kind]));
+  auto* r = e.mutable_relation();
+  r->set_relation_id(id);
+  r->set_endpoint(endpoint);
+  r->set_remote_service(unit.substr(0, unit.find('/')));
+  r->set_remote_unit(unit);
+  r->set_kind(kind);
+  for (auto& [k, v] : data) {
+    auto* c = r->add_unit_changes();
+    c->set_key(k);
+    c->set_value(v);
+  }
+  return e;
+}
+
+// Which handlers a trace shows with a given step kind, in order.
+std::vector<std::string> Steps(const v1::Trace& t, v1::TraceStep::Kind kind) {
+  std::vector<std::string> out;
+  for (const auto& s : t.steps()) {
+    if (s.kind() == kind) out.push_back(s.handler());
+  }
+  return out;
+}
+
+std::vector<std::string> Ran(const v1::Trace& t) { return Steps(t, v1::TraceStep::KIND_RAN); }
+
+std::string ReasonOf(const v1::Trace& t, v1::TraceStep::Kind kind, const std::string& handler) {
+  for (const auto& s : t.steps()) {
+    if (s.kind() == kind && s.handler() == handler) return s.reason();
+  }
+  return "<no such step>";
+}
+
+class EngineTest : public ::testing::Test {
+ protected:
+  void SetUp() override { OpenStore(); }
+
+  void OpenStore() {
+    kb::StoreOptions o;
+    o.durability = kb::Durability::kGroupCommit;
+    auto store = kb::Store::Open(dir_.Sub("kb"), o);
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = std::move(*store);
+    auto kb = kb::Kb::Open(store_.get(), "svc/0");
+    ASSERT_TRUE(kb.ok()) << kb.status();
+    kb_ = std::move(*kb);
+  }
+
+  void Handler(std::string name, std::vector<std::string> when, std::vector<std::string> when_not,
+               std::vector<std::string> on, Fn fn = Ok) {
+    handlers_.push_back({std::move(name), std::move(when), std::move(when_not), std::move(on),
+                         std::move(fn)});
+  }
+
+  void Endpoint(std::string name, std::vector<std::string> required = {}) {
+    endpoints_.push_back({std::move(name), Role::kRequires, "iface", std::move(required)});
+  }
+
+  ServiceSpec Spec() {
+    ServiceSpec spec;
+    spec.service = "svc";
+    spec.unit = "svc/0";
+    spec.endpoints = endpoints_;
+    for (auto& h : handlers_) {
+      spec.handlers.push_back({h.name, h.when, h.when_not, h.on, MakeAction(h.fn)});
+    }
+    return spec;
+  }
+
+  Engine& Start() {
+    engine_.reset();
+    auto e = Engine::Create(Spec(), kb_.get(), &clock_, options_);
+    EXPECT_TRUE(e.ok()) << e.status();
+    engine_ = std::move(*e);
+    return *engine_;
+  }
+
+  // Enqueues `e` and runs it; returns the run's trace.
+  v1::Trace Run(v1::Event e, RunOutcome expect = RunOutcome::kCommitted) {
+    auto id = engine_->Enqueue(std::move(e));
+    EXPECT_TRUE(id.ok()) << id.status();
+    auto r = engine_->RunOnce();
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (!r.ok()) return {};
+    EXPECT_EQ(r->outcome, expect) << (r->trace ? FormatTrace(*r->trace) : "no trace");
+    return r->trace ? *r->trace : v1::Trace();
+  }
+
+  struct H {
+    std::string name;
+    std::vector<std::string> when, when_not, on;
+    Fn fn;
+  };
+  testing::TempDir dir_;
+  ManualClock clock_;
+  EngineOptions options_;
+  std::unique_ptr<kb::Store> store_;
+  std::unique_ptr<kb::Kb> kb_;
+  std::vector<EndpointSpec> endpoints_;
+  std::vector<H> handlers_;
+  std::unique_ptr<Engine> engine_;
+};
+
+// Step 2: handlers on the fired event are queued in declaration order if their facts hold;
+// the others are skipped with the failing precondition as the reason.
+TEST_F(EngineTest, FiredEventQueuesMatchingHandlersInDeclarationOrder) {
+  Handler("b", {}, {}, {"install"}, SetFact("b"));
+  Handler("needs-x", {"x"}, {}, {"install"});
+  Handler("a", {}, {}, {"install", "start"}, SetFact("a"));
+  Handler("on-start", {}, {}, {"start"});
+  Start();
+  v1::Trace t = Run(Named("install"));
+  EXPECT_THAT(Ran(t), ElementsAre("b", "a"));
+  EXPECT_EQ(ReasonOf(t, v1::TraceStep::KIND_QUEUED, "b"), "on install");
+  EXPECT_EQ(ReasonOf(t, v1::TraceStep::KIND_SKIPPED, "needs-x"),
+            "on install, but when x: not set");
+}
+
+// Step 2: once fired, the event is inactive: a handler on it whose facts become true later in
+// the run is not queued.
+TEST_F(EngineTest, EventIsInactiveAfterFiring) {
+  Handler("set-x", {}, {}, {"install"}, SetFact("x"));
+  Handler("on-install-with-x", {"x"}, {}, {"install"}, SetFact("late"));
+  Start();
+  v1::Trace t = Run(Named("install"));
+  EXPECT_THAT(Ran(t), ElementsAre("set-x"));
+  EXPECT_FALSE(engine_->IsSet("late"));
+}
+
+// Step 3: a fact-only handler runs when it never ran, and does not run again while its inputs
+// do not change (what charms.reactive gets wrong).
+TEST_F(EngineTest, FactOnlyHandlerRunsOnceUntilInputsChange) {
+  int runs = 0;
+  Handler("setup", {}, {"configured"}, {}, [&](RunContext&) {
+    ++runs;
+    return absl::OkStatus();
+  });
+  Start();
+  v1::Trace t = Run(Named("install"));
+  EXPECT_THAT(Ran(t), ElementsAre("setup"));
+  EXPECT_EQ(ReasonOf(t, v1::TraceStep::KIND_QUEUED, "setup"), "dirty: never ran");
+  EXPECT_THAT(Ran(Run(Named("update"))), IsEmpty());
+  EXPECT_THAT(Ran(Run(Named("update"))), IsEmpty());
+  EXPECT_EQ(runs, 1);
+}
+
+// Step 3: a change of value (not only set/clear) of a named fact makes the handler dirty.
+TEST_F(EngineTest, NewValueOfNamedFactMakesHandlerDirty) {
+  Handler("set-port", {}, {}, {"config.changed"}, [](RunContext& ctx) {
+    return ctx.Set("port", ctx.event().params().at("port"));
+  });
+  std::vector<std::string> seen;
+  Handler("render", {"port"}, {}, {}, [&](RunContext& ctx) {
+    seen.push_back(*ctx.Value("port"));
+    return absl::OkStatus();
+  });
+  Start();
+  auto config = [](std::string port) {
+    v1::Event e = Named("config.changed");
+    (*e.mutable_params())["port"] = port;
+    return e;
+  };
+  v1::Trace t = Run(config("80"));
+  EXPECT_EQ(ReasonOf(t, v1::TraceStep::KIND_QUEUED, "render"), "dirty: never ran");
+  t = Run(config("80"));  // same value: not a change
+  EXPECT_THAT(Ran(t), ElementsAre("set-port"));
+  t = Run(config("8080"));
+  EXPECT_THAT(Ran(t), ElementsAre("set-port", "render"));
+  EXPECT_EQ(ReasonOf(t, v1::TraceStep::KIND_QUEUED, "render"), "dirty: port changed");
+  EXPECT_THAT(seen, ElementsAre("80", "8080"));
+}
+
+// Step 3: a when_not fact that is set and cleared again counts as a change.
+TEST_F(EngineTest, WhenNotFactChangeMakesHandlerDirty) {
+  Handler("block", {}, {}, {"block"}, SetFact("blocked"));
+  Handler("unblock", {}, {}, {"unblock"}, [](RunContext& ctx) { return ctx.Clear("blocked"); });
+  int runs = 0;
+  Handler("serve", {}, {"blocked"}, {}, [&](RunContext&) {
+    ++runs;
+    return absl::OkStatus();
+  });
+  Start();
+  Run(Named("start"));
+  EXPECT_EQ(runs, 1);
+  v1::Trace t = Run(Named("block"));
+  EXPECT_EQ(runs, 1);
+  t = Run(Named("unblock"));
+  EXPECT_THAT(Ran(t), ElementsAre("unblock", "serve"));
+  EXPECT_EQ(ReasonOf(t, v1::TraceStep::KIND_QUEUED, "serve"), "dirty: blocked changed");
+  EXPECT_EQ(runs, 2);
+}
+
+// Step 3: a handler's own change of a fact it names does not make it dirty again.
+TEST_F(EngineTest, OwnChangesDoNotMakeHandlerDirty) {
+  int runs = 0;
+  Handler("bump", {"go"}, {}, {}, [&](RunContext& ctx) {
+    ++runs;
+    return ctx.Set("go", absl::StrCat(runs));
+  });
+  Handler("start", {}, {}, {"start"}, SetFact("go", "0"));
+  Start();
+  v1::Trace t = Run(Named("start"));
+  EXPECT_THAT(Ran(t), ElementsAre("start", "bump"));
+  EXPECT_THAT(Ran(Run(Named("noop"))), IsEmpty());
+}
+
+// Step 4: after each handler the queue is retested; handlers whose facts no longer hold are
+// dropped with the reason, newly satisfied ones appended.
+TEST_F(EngineTest, RetestDropsAndAppends) {
+  Handler("first", {}, {}, {"go"}, [](RunContext& ctx) { return ctx.Set("stop"); });
+  Handler("second", {}, {"stop"}, {"go"}, SetFact("never"));
+  Handler("third", {"stop"}, {}, {}, SetFact("after-stop"));
+  Start();
+  v1::Trace t = Run(Named("go"));
+  EXPECT_THAT(Ran(t), ElementsAre("first", "third"));
+  EXPECT_THAT(Steps(t, v1::TraceStep::KIND_DROPPED), ElementsAre("second"));
+  EXPECT_EQ(ReasonOf(t, v1::TraceStep::KIND_DROPPED, "second"), "when_not stop: set");
+  EXPECT_FALSE(engine_->IsSet("never"));
+  EXPECT_TRUE(engine_->IsSet("after-stop"));
+}
+
+// Step 4: event preconditions are not retested: a queued event handler runs even though the
+// event is no longer active, as long as its facts hold.
+TEST_F(EngineTest, EventPreconditionIsNotRetested) {
+  Handler("a", {}, {}, {"go"}, SetFact("unrelated"));
+  Handler("b", {}, {}, {"go"}, SetFact("b-ran"));
+  Start();
+  EXPECT_THAT(Ran(Run(Named("go"))), ElementsAre("a", "b"));
+}
+
+// Step 4: a handler that fires an event gets the handlers on it queued after it, event
+// handlers before dirty fact-only ones; the fired event is then inactive again.
+TEST_F(EngineTest, FiredEventsQueueTheirHandlers) {
+  Handler("kick", {}, {}, {"go"}, [](RunContext& ctx) {
+    if (auto s = ctx.Set("kicked"); !s.ok()) return s;
+    return ctx.Fire("app.restart");
+  });
+  Handler("fact-only", {"kicked"}, {}, {});
+  Handler("on-restart", {}, {}, {"app.restart"});
+  Handler("on-restart-needs-y", {"y"}, {}, {"app.restart"});
+  Start();
+  v1::Trace t = Run(Named("go"));
+  EXPECT_THAT(Ran(t), ElementsAre("kick", "on-restart", "fact-only"));
+  EXPECT_EQ(ReasonOf(t, v1::TraceStep::KIND_QUEUED, "on-restart"), "on app.restart");
+  EXPECT_EQ(ReasonOf(t, v1::TraceStep::KIND_SKIPPED, "on-restart-needs-y"),
+            "on app.restart, but when y: not set");
+  bool fired_step = false;
+  for (const auto& s : t.steps()) {
+    if (s.kind() == v1::TraceStep::KIND_FIRED && s.event() == "app.restart") {
+      fired_step = true;
+      EXPECT_EQ(s.reason(), "fired by kick");
+    }
+  }
+  EXPECT_TRUE(fired_step);
+}
+
+// Step 5: a run commits facts, relation data, outbox and bookkeeping together with the removal
+// of its inbox event; a restarted engine sees exactly that state.
+TEST_F(EngineTest, CommitIsAtomicAndSurvivesRestart) {
+  Endpoint("db");
+  Handler("publish", {"db.joined"}, {}, {}, [](RunContext& ctx) {
+    for (const auto* rel : ctx.Relations("db")) {
+      if (auto s = ctx.SetData(rel->relation_id(), "user", "app"); !s.ok()) return s;
+    }
+    return ctx.Set("published");
+  });
+  Start();
+  EXPECT_EQ(engine_->inbox_depth(), 0u);
+  v1::Trace t = Run(Rel("db", v1::RELATION_EVENT_KIND_JOINED, "db:1", "redis/0"));
+  EXPECT_THAT(Ran(t), ElementsAre("publish"));
+  EXPECT_EQ(engine_->inbox_depth(), 0u);
+  ASSERT_EQ(t.messages_size(), 1);
+  EXPECT_EQ(t.messages(0).relation_id(), "db:1");
+  EXPECT_EQ(t.messages(0).sequence(), 1u);
+  EXPECT_EQ(t.messages(0).sender_unit(), "svc/0");
+
+  Start();  // a new engine on the same KB
+  EXPECT_TRUE(engine_->IsSet("published"));
+  EXPECT_EQ(engine_->FactValue("db.joined"), "1");
+  auto outbox = engine_->Outbox();
+  ASSERT_TRUE(outbox.ok());
+  ASSERT_EQ(outbox->size(), 1u);
+  EXPECT_EQ((*outbox)[0].unit_changes(0).key(), "user");
+  auto bag = engine_->Bag("db:1", "lu");
+  ASSERT_TRUE(bag.ok());
+  EXPECT_THAT(*bag, ElementsAre(Pair("user", "app")));
+  // Bookkeeping survived too: the handler is not dirty.
+  EXPECT_THAT(Ran(Run(Named("update"))), IsEmpty());
+}
+
+// Relation data writes that change nothing stage no message; sequences increase per relation.
+TEST_F(EngineTest, OutboxSequencesPerRelation) {
+  Endpoint("db");
+  Handler("write", {}, {}, {"write"}, [](RunContext& ctx) {
+    for (const auto* rel : ctx.Relations("db")) {
+      if (auto s = ctx.SetData(rel->relation_id(), "k", ctx.event().params().at("v")); !s.ok()) {
+        return s;
+      }
+    }
+    return absl::OkStatus();
+  });
+  Start();
+  Run(Rel("db", v1::RELATION_EVENT_KIND_JOINED, "db:1", "redis/0"));
+  Run(Rel("db", v1::RELATION_EVENT_KIND_JOINED, "db:2", "pg/0"));
+  auto write = [](std::string v) {
+    v1::Event e = Named("write");
+    (*e.mutable_params())["v"] = v;
+    return e;
+  };
+  EXPECT_EQ(Run(write("1")).messages_size(), 2);
+  EXPECT_EQ(Run(write("1")).messages_size(), 0);
+  v1::Trace t = Run(write("2"));
+  ASSERT_EQ(t.messages_size(), 2);
+  EXPECT_EQ(t.messages(0).relation_id(), "db:1");
+  EXPECT_EQ(t.messages(0).sequence(), 2u);
+  EXPECT_EQ(t.messages(1).relation_id(), "db:2");
+  EXPECT_EQ(t.messages(1).sequence(), 2u);
+  EXPECT_GT(t.messages(1).id(), t.messages(0).id());
+}
+
+// Step 1: relationship facts are derived from relation data: joined counts remote units, ready
+// needs every required key in some unit's data, remote.<key> mirrors keys.
+TEST_F(EngineTest, RelationshipFactsFollowRelationData) {
+  Endpoint("db", {"host", "password"});
+  std::vector<std::string> configured;
+  Handler("configure", {"db.ready"}, {}, {}, [&](RunContext& ctx) {
+    configured.push_back(*ctx.Value("db.remote.password"));
+    return absl::OkStatus();
+  });
+  Handler("lost", {}, {"db.joined"}, {}, SetFact("lonely"));
+  Start();
+  Run(Rel("db", v1::RELATION_EVENT_KIND_JOINED, "db:1", "redis/0", {{"host", "h"}}));
+  EXPECT_EQ(engine_->FactValue("db.joined"), "1");
+  EXPECT_EQ(engine_->FactValue("db.remote.host"), "h");
+  EXPECT_FALSE(engine_->IsSet("db.ready"));
+  EXPECT_THAT(configured, IsEmpty());
+
+  Run(Rel("db", v1::RELATION_EVENT_KIND_CHANGED, "db:1", "redis/0", {{"password", "p1"}}));
+  EXPECT_TRUE(engine_->IsSet("db.ready"));
+  EXPECT_THAT(configured, ElementsAre("p1"));
+
+  // New data under the required keys changes ready's value, so the handler runs again.
+  Run(Rel("db", v1::RELATION_EVENT_KIND_CHANGED, "db:1", "redis/0", {{"password", "p2"}}));
+  EXPECT_THAT(configured, ElementsAre("p1", "p2"));
+
+  Run(Rel("db", v1::RELATION_EVENT_KIND_JOINED, "db:1", "redis/1"));
+  EXPECT_EQ(engine_->FactValue("db.joined"), "2");
+
+  Run(Rel("db", v1::RELATION_EVENT_KIND_DEPARTED, "db:1", "redis/0"));
+  EXPECT_EQ(engine_->FactValue("db.joined"), "1");
+  EXPECT_FALSE(engine_->IsSet("db.ready"));  // redis/1 never published
+  EXPECT_FALSE(engine_->IsSet("db.remote.host"));
+  EXPECT_FALSE(engine_->IsSet("lonely"));
+
+  v1::Event broken = Rel("db", v1::RELATION_EVENT_KIND_BROKEN, "db:1", "");
+  Run(broken);
+  EXPECT_FALSE(engine_->IsSet("db.joined"));
+  EXPECT_TRUE(engine_->IsSet("lonely"));
+  EXPECT_TRUE(engine_->relations().empty());
+  auto bag = engine_->Bag("db:1", "ru:redis/1");
+  ASSERT_TRUE(bag.ok());
+  EXPECT_THAT(*bag, IsEmpty());
+}
+
+// Handlers cannot set relationship facts nor fire relationship events.
+TEST_F(EngineTest, RelationshipFactsAreReadOnly) {
+  Endpoint("db");
+  Handler("cheat", {}, {}, {"go"}, SetFact("db.ready"));
+  Start();
+  v1::Trace t = Run(Named("go"), RunOutcome::kFailed);
+  EXPECT_THAT(t.error(), HasSubstr("'db.ready' is a relationship fact"));
+}
+
+// Step 6: a failing handler rolls back the whole run: facts, relation data and messages.
+TEST_F(EngineTest, FailureRollsBackEverything) {
+  Endpoint("db");
+  bool fail = true;
+  Handler("write", {}, {}, {"go"}, [](RunContext& ctx) {
+    if (auto s = ctx.Set("written"); !s.ok()) return s;
+    if (auto s = ctx.SetStatus(v1::WORKLOAD_STATE_ACTIVE, "busy"); !s.ok()) return s;
+    return ctx.SetData("db:1", "k", "v");
+  });
+  Handler("flaky", {"written"}, {}, {}, [&](RunContext&) {
+    return fail ? absl::UnavailableError("service not up yet") : absl::OkStatus();
+  });
+  Start();
+  Run(Rel("db", v1::RELATION_EVENT_KIND_JOINED, "db:1", "redis/0"));
+  v1::Trace t = Run(Named("go"), RunOutcome::kFailed);
+  EXPECT_EQ(t.result(), v1::Trace::RESULT_ROLLED_BACK);
+  EXPECT_EQ(t.error(), "handler flaky: service not up yet");
+  EXPECT_THAT(Steps(t, v1::TraceStep::KIND_FAILED), ElementsAre("flaky"));
+  EXPECT_FALSE(engine_->IsSet("written"));
+  EXPECT_EQ(engine_->workload_status().state(), v1::WORKLOAD_STATE_UNSPECIFIED);
+  EXPECT_THAT(*engine_->Bag("db:1", "lu"), IsEmpty());
+  EXPECT_THAT(*engine_->Outbox(), IsEmpty());
+  EXPECT_EQ(engine_->inbox_depth(), 1u);
+  ASSERT_TRUE(engine_->failure().has_value());
+  EXPECT_EQ(engine_->failure()->handler(), "flaky");
+  EXPECT_EQ(engine_->failure()->message(), "service not up yet");
+  EXPECT_EQ(engine_->failure()->attempt(), 1u);
+
+  // Retried after the backoff; the failure record survives a restart.
+  Start();
+  ASSERT_TRUE(engine_->failure().has_value());
+  auto r = engine_->RunOnce();
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->outcome, RunOutcome::kNotDue);
+  clock_.Advance(absl::Seconds(1));
+  fail = false;
+  r = engine_->RunOnce();
+  ASSERT_TRUE(r.ok());
+  ASSERT_EQ(r->outcome, RunOutcome::kCommitted);
+  EXPECT_EQ(r->trace->attempt(), 2u);
+  EXPECT_TRUE(engine_->IsSet("written"));
+  EXPECT_FALSE(engine_->failure().has_value());
+  EXPECT_EQ(engine_->workload_status().message(), "busy");
+  EXPECT_EQ(engine_->Outbox()->size(), 1u);
+  EXPECT_EQ(engine_->inbox_depth(), 0u);
+}
+
+// Step 6: retries back off exponentially with jitter, from retry_initial doubling to retry_max.
+TEST_F(EngineTest, RetryBackoffIsJitteredExponential) {
+  options_.retry_initial = absl::Seconds(1);
+  options_.retry_max = absl::Seconds(10);
+  options_.retry_jitter = 0.2;
+  Handler("broken", {}, {}, {"go"}, [](RunContext&) { return absl::InternalError("nope"); });
+  Start();
+  ASSERT_TRUE(engine_->Enqueue(Named("go")).ok());
+  const double expected[] = {1, 2, 4, 8, 10, 10};
+  for (int attempt = 1; attempt <= 6; ++attempt) {
+    auto r = engine_->RunOnce();
+    ASSERT_TRUE(r.ok());
+    ASSERT_EQ(r->outcome, RunOutcome::kFailed);
+    EXPECT_EQ(engine_->failure()->attempt(), static_cast<uint32_t>(attempt));
+    const double delay = absl::ToDoubleSeconds(r->next_attempt - clock_.Now());
+    EXPECT_LE(delay, expected[attempt - 1]) << "attempt " << attempt;
+    EXPECT_GE(delay, expected[attempt - 1] * 0.8 - 0.001) << "attempt " << attempt;
+    auto early = engine_->RunOnce();
+    ASSERT_TRUE(early.ok());
+    EXPECT_EQ(early->outcome, RunOutcome::kNotDue);
+    clock_.Set(r->next_attempt);
+  }
+}
+
+// Step 6: a run that does not converge fails, naming the handlers that cycled.
+TEST_F(EngineTest, CycleBoundNamesTheCyclingHandlers) {
+  options_.max_handler_executions = 100;
+  Handler("ping", {}, {"pong"}, {}, [](RunContext& ctx) {
+    if (auto s = ctx.Clear("ping"); !s.ok()) return s;
+    return ctx.Set("pong");
+  });
+  Handler("pong", {"pong"}, {}, {}, [](RunContext& ctx) {
+    if (auto s = ctx.Clear("pong"); !s.ok()) return s;
+    return ctx.Set("ping");
+  });
+  Start();
+  v1::Trace t = Run(Named("go"), RunOutcome::kFailed);
+  EXPECT_THAT(t.error(), HasSubstr("exceeded 100 handler executions"));
+  EXPECT_THAT(t.error(), HasSubstr("ping (50 runs)"));
+  EXPECT_THAT(t.error(), HasSubstr("pong (50 runs)"));
+  EXPECT_FALSE(engine_->IsSet("pong"));
+}
+
+// Step 7: every run leaves a trace in the KB; only the newest traces_kept stay.
+TEST_F(EngineTest, TracesAreKeptInTheKb) {
+  options_.traces_kept = 3;
+  Handler("h", {}, {}, {"go"});
+  Start();
+  for (int i = 0; i < 5; ++i) Run(Named("go"));
+  Start();
+  auto traces = engine_->Traces(10);
+  ASSERT_TRUE(traces.ok());
+  ASSERT_EQ(traces->size(), 3u);
+  EXPECT_EQ((*traces)[0].run(), 3u);
+  EXPECT_EQ((*traces)[2].run(), 5u);
+  EXPECT_EQ((*traces)[2].trigger().name(), "go");
+  EXPECT_THAT(Ran((*traces)[2]), ElementsAre("h"));
+}
+
+// The inbox is FIFO and durable: events queued before a restart run after it, in order.
+TEST_F(EngineTest, InboxIsDurableFifo) {
+  std::vector<std::string> order;
+  Handler("record", {}, {}, {"a", "b", "c"}, [&](RunContext& ctx) {
+    order.push_back(ctx.event().name());
+    return absl::OkStatus();
+  });
+  Start();
+  for (const char* n : {"c", "a", "b"}) ASSERT_TRUE(engine_->Enqueue(Named(n)).ok());
+  EXPECT_EQ(engine_->inbox_depth(), 3u);
+  engine_.reset();
+  store_.reset();
+  kb_.reset();
+  OpenStore();
+  Start();
+  EXPECT_EQ(engine_->inbox_depth(), 3u);
+  auto r = engine_->RunUntilIdle();
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_THAT(order, ElementsAre("c", "a", "b"));
+  EXPECT_EQ(engine_->inbox_depth(), 0u);
+}
+
+// Determinism: the same KB state and the same event give the same trace.
+TEST_F(EngineTest, SameStateAndEventGiveSameTrace) {
+  Endpoint("db", {"host"});
+  Handler("install", {}, {"installed"}, {}, SetFact("installed"));
+  Handler("configure", {"installed", "db.ready"}, {}, {}, [](RunContext& ctx) {
+    if (auto s = ctx.Fire("app.configured"); !s.ok()) return s;
+    return ctx.Set("configured", *ctx.Value("db.remote.host"));
+  });
+  Handler("announce", {}, {}, {"app.configured"}, SetFact("announced"));
+  std::vector<std::string> traces;
+  for (int i = 0; i < 2; ++i) {
+    testing::TempDir dir;
+    auto store = kb::Store::Open(dir.Sub("kb"), {});
+    ASSERT_TRUE(store.ok());
+    auto kb = kb::Kb::Open(store->get(), "svc/0");
+    ASSERT_TRUE(kb.ok());
+    auto engine = Engine::Create(Spec(), kb->get(), &clock_, options_);
+    ASSERT_TRUE(engine.ok());
+    std::string all;
+    for (auto e : {Named("install"),
+                   Rel("db", v1::RELATION_EVENT_KIND_JOINED, "db:1", "r/0", {{"host", "x"}})}) {
+      ASSERT_TRUE((*engine)->Enqueue(e).ok());
+      auto r = (*engine)->RunOnce();
+      ASSERT_TRUE(r.ok());
+      all += r->trace->SerializeAsString();
+    }
+    traces.push_back(all);
+  }
+  EXPECT_EQ(traces[0], traces[1]);
+}
+
+// Bad service definitions are refused with the handler and the problem named.
+TEST_F(EngineTest, InvalidSpecsAreRefused) {
+  Endpoint("db");
+  Handler("h", {"x"}, {"x"}, {});
+  auto e = Engine::Create(Spec(), kb_.get(), &clock_);
+  ASSERT_FALSE(e.ok());
+  EXPECT_THAT(e.status().message(), HasSubstr("handler 'h': fact 'x' is in both when and when_not"));
+
+  handlers_.clear();
+  Handler("h", {"dbx.ready"}, {}, {});
+  e = Engine::Create(Spec(), kb_.get(), &clock_);
+  ASSERT_FALSE(e.ok());
+  EXPECT_THAT(e.status().message(), HasSubstr("'dbx' is not an endpoint of this service"));
+
+  handlers_.clear();
+  Handler("h", {"db.bogus"}, {}, {});
+  e = Engine::Create(Spec(), kb_.get(), &clock_);
+  ASSERT_FALSE(e.ok());
+  EXPECT_THAT(e.status().message(), HasSubstr("endpoint 'db' has facts joined, ready"));
+
+  handlers_.clear();
+  Handler("h", {}, {}, {});
+  Handler("h", {}, {}, {});
+  e = Engine::Create(Spec(), kb_.get(), &clock_);
+  ASSERT_FALSE(e.ok());
+  EXPECT_THAT(e.status().message(), HasSubstr("handler 'h' declared twice"));
+}
+
+// Bad events never reach the inbox.
+TEST_F(EngineTest, InvalidEventsAreRefused) {
+  Endpoint("db");
+  Start();
+  auto r = engine_->Enqueue(Rel("nope", v1::RELATION_EVENT_KIND_JOINED, "x:1", "a/0"));
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("endpoint 'nope' is not declared"));
+  v1::Event mismatched = Rel("db", v1::RELATION_EVENT_KIND_JOINED, "db:1", "a/0");
+  mismatched.set_name("db.changed");
+  r = engine_->Enqueue(mismatched);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("must be named 'db.joined'"));
+  r = engine_->Enqueue(Named("db.joined"));
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("must carry their relation"));
+  EXPECT_EQ(engine_->inbox_depth(), 0u);
+}
+
+// Fact changes outside a run are refused (nothing else touches the KB meanwhile).
+TEST_F(EngineTest, EnqueueDuringRunIsRefused) {
+  Engine* self = nullptr;
+  absl::Status inner;
+  Handler("h", {}, {}, {"go"}, [&](RunContext&) {
+    inner = self->Enqueue(Named("go")).status();
+    return absl::OkStatus();
+  });
+  self = &Start();
+  Run(Named("go"));
+  EXPECT_TRUE(absl::IsFailedPrecondition(inner)) << inner;
+}
+
+}  // namespace
+}  // namespace parley::engine
