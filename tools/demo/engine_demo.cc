@@ -7,6 +7,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "engine/engine.h"
 #include "engine/trace_format.h"
 
@@ -45,12 +46,13 @@ pe::ServiceSpec AppSpec() {
     if (auto s = ctx.Set("app.running"); !s.ok()) return s;
     return ctx.SetStatus(v1::WORKLOAD_STATE_ACTIVE, "serving");
   });
-  add("restart", {"app.running"}, {}, {"config.changed"}, [](pe::RunContext& ctx) {
-    auto port = ctx.event().params().find("port");
-    int n = 0;
-    if (port != ctx.event().params().end() && !absl::SimpleAtoi(port->second, &n)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("config port '", port->second, "' is not a number"));
+  // The first restart attempt finds the old process still holding the port: a transient failure
+  // that rolls the run back; the retry succeeds.
+  auto attempts = std::make_shared<int>(0);
+  add("restart", {"app.running"}, {}, {"config.changed"}, [attempts](pe::RunContext& ctx) {
+    if (auto s = ctx.Set("app.port", ctx.event().params().at("port")); !s.ok()) return s;
+    if ((*attempts)++ == 0) {
+      return absl::UnavailableError("port still held by the previous process");
     }
     return ctx.Fire("app.restarted");
   });
@@ -114,7 +116,9 @@ int main() {
   auto kb = parley::kb::Kb::Open(store->get(), "app/0");
   if (!kb.ok()) return Fail(kb.status());
   pe::Clock& clock = *pe::SystemClock::Get();
-  auto engine = pe::Engine::Create(AppSpec(), kb->get(), &clock);
+  pe::EngineOptions engine_options;
+  engine_options.retry_initial = absl::Milliseconds(300);
+  auto engine = pe::Engine::Create(AppSpec(), kb->get(), &clock, engine_options);
   if (!engine.ok()) return Fail(engine.status());
 
   std::printf("Parley engine demo: service 'app' (unit app/0), KB at %s\n\n", dir.c_str());
@@ -128,9 +132,8 @@ int main() {
                 {{"port", "6379"}, {"password", "s3cret"}})},
       {"A balancer relates on website.", Relation("website", v1::RELATION_EVENT_KIND_JOINED,
                                                   "website.joined", "website:2", "haproxy/0")},
-      {"A bad config value: the handler fails, the whole run rolls back.",
-       Internal("config.changed", {{"port", "eighty"}})},
-      {"The operator fixes it; the event fires, announce publishes the URL to the balancer.",
+      {"The operator changes the port. The restart fails once: the whole run rolls back (app.port"
+       " is not kept), the event stays at the inbox head and is retried after a backoff.",
        Internal("config.changed", {{"port", "8080"}})},
       {"The database goes away.",
        Relation("db", v1::RELATION_EVENT_KIND_DEPARTED, "db.departed", "db:1", "redis/0")},
@@ -145,18 +148,17 @@ int main() {
       if (r->outcome == pe::RunOutcome::kFailed) {
         const v1::RunFailure f = *(*engine)->failure();
         std::printf(
-            "  agent error: handler %s failed (attempt %u): %s; retry due in %.1f s\n",
+            "  agent error: handler %s failed (attempt %u): %s; app.port is %s; retry in %.2f s\n",
             f.handler().c_str(), f.attempt(), f.message().c_str(),
-            absl::ToDoubleSeconds(absl::FromUnixMillis(f.next_retry_unix_ms()) - clock.Now()));
-        // The operator corrects the config: the bad event is superseded by the next one, so the
-        // demo drops it by hand the way `parley` will let an operator resolve it.
-        break;
+            (*engine)->IsSet("app.port") ? "set" : "not set",
+            absl::ToDoubleSeconds(r->next_attempt - clock.Now()));
+        absl::SleepFor(r->next_attempt - clock.Now());
+        continue;
       }
       if (r->outcome != pe::RunOutcome::kCommitted) break;
       if (auto s = (*kb)->store()->WaitDurable(r->ticket); !s.ok()) return Fail(s);
     }
     std::printf("\n");
-    if ((*engine)->failure()) break;
   }
   auto facts = (*engine)->Facts();
   std::printf("Facts now:\n");
