@@ -82,7 +82,7 @@ std::string FormatTrace(const v1::Trace& t) {
                   t.handlers_run(), " handlers, ", FormatDuration(t.duration_ns()));
   if (t.facts_changed_size() > 0) {
     absl::StrAppend(
-        &out, ", facts ",
+        &out, t.result() == v1::Trace::RESULT_COMMITTED ? ", facts " : ", discarded ",
         absl::StrJoin(t.facts_changed(), " ",
                       [](std::string* o, const v1::FactChange& c) { o->append(FormatChange(c)); }));
   }
