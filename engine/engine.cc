@@ -21,6 +21,41 @@ constexpr absl::string_view kMetaNextOutbox = "next_outbox";
 constexpr absl::string_view kMetaFailure = "failure";
 constexpr absl::string_view kMetaStatus = "status";
 
+std::string MetaKey(absl::string_view kind, absl::string_view name) {
+  return absl::StrCat(kind, absl::string_view("\0", 1), name);
+}
+// Config values and timers live in the meta keyspace under these prefixes.
+const std::string kConfigPrefix = MetaKey("cfg", "");
+const std::string kTimerPrefix = MetaKey("timer", "");
+
+std::string CursorKey(absl::string_view direction, absl::string_view relation,
+                      absl::string_view unit) {
+  return absl::StrCat(direction, absl::string_view("\0", 1), relation, absl::string_view("\0", 1),
+                      unit);
+}
+
+std::string OutboxKey(absl::string_view destination, uint64_t id) {
+  return absl::StrCat(destination, absl::string_view("\0", 1), kb::EncodeU64(id));
+}
+
+// Inserts `value` into a sorted repeated field if absent; returns whether it was added.
+bool InsertSorted(google::protobuf::RepeatedPtrField<std::string>* field,
+                  const std::string& value) {
+  auto pos = std::lower_bound(field->begin(), field->end(), value);
+  if (pos != field->end() && *pos == value) return false;
+  const int index = static_cast<int>(pos - field->begin());
+  field->Add(std::string(value));
+  for (int i = field->size() - 1; i > index; --i) field->SwapElements(i, i - 1);
+  return true;
+}
+
+bool EraseSorted(google::protobuf::RepeatedPtrField<std::string>* field, const std::string& value) {
+  auto pos = std::lower_bound(field->begin(), field->end(), value);
+  if (pos == field->end() || *pos != value) return false;
+  field->erase(pos);
+  return true;
+}
+
 class FunctionAction : public Action {
  public:
   explicit FunctionAction(std::function<absl::Status(RunContext&)> fn) : fn_(std::move(fn)) {}
@@ -40,6 +75,8 @@ absl::string_view KindName(v1::RelationEventKind kind) {
       return "departed";
     case v1::RELATION_EVENT_KIND_BROKEN:
       return "broken";
+    case v1::RELATION_EVENT_KIND_CREATED:
+      return "created";
     default:
       return "";
   }
@@ -135,6 +172,10 @@ struct Engine::Run {
   std::map<std::string, std::map<std::string, std::optional<std::string>>> local_service;
   std::set<std::string> relations_changed;
   std::set<std::string> broken;
+  // Relations left without remote units by a departed event: a broken event follows.
+  std::set<std::string> follow_up_broken;
+  // (relation, unit) this agent unrelated from: the unit is told with a DEPARTED event.
+  std::vector<std::pair<std::string, std::string>> departs;
   uint32_t executions = 0;
 };
 
@@ -327,6 +368,28 @@ absl::Status Engine::Load() {
       }));
   RETURN_IF_ERROR(parse_status);
 
+  config_.clear();
+  RETURN_IF_ERROR(
+      kb_->Scan(Space::kMeta, kConfigPrefix, [&](absl::string_view k, absl::string_view v) {
+        config_.emplace(std::string(k), std::string(v));
+        return true;
+      }));
+  timers_.clear();
+  RETURN_IF_ERROR(
+      kb_->Scan(Space::kMeta, kTimerPrefix, [&](absl::string_view k, absl::string_view v) {
+        auto ms = kb::DecodeU64(v);
+        parse_status = ms.status();
+        if (!ms.ok()) return false;
+        timers_.emplace(std::string(k), absl::FromUnixMillis(static_cast<int64_t>(*ms)));
+        return true;
+      }));
+  RETURN_IF_ERROR(parse_status);
+  outbox_size_ = 0;
+  RETURN_IF_ERROR(kb_->Scan(Space::kOutbox, "", [&](absl::string_view, absl::string_view) {
+    ++outbox_size_;
+    return true;
+  }));
+
   inbox_head_ = next_event_id_;
   RETURN_IF_ERROR(kb_->Scan(Space::kInbox, "", [&](absl::string_view key, absl::string_view) {
     auto id = kb::DecodeU64(key);
@@ -400,10 +463,7 @@ std::map<std::string, std::string> Engine::Facts() const {
   return out;
 }
 
-absl::StatusOr<EnqueueResult> Engine::Enqueue(v1::Event event) {
-  if (run_) {
-    return absl::FailedPreconditionError("events cannot be enqueued during a run");
-  }
+absl::Status Engine::ValidateEvent(const v1::Event& event) const {
   auto bad = [&](absl::string_view why) {
     return absl::InvalidArgumentError(
         absl::StrCat("event '", event.name(), "' for agent ", kb_->agent(), ": ", why));
@@ -424,28 +484,113 @@ absl::StatusOr<EnqueueResult> Engine::Enqueue(v1::Event event) {
                               "' must be named '", rc.endpoint(), ".", kind, "'"));
     }
     if ((rc.kind() == v1::RELATION_EVENT_KIND_JOINED ||
-         rc.kind() == v1::RELATION_EVENT_KIND_DEPARTED) &&
+         rc.kind() == v1::RELATION_EVENT_KIND_DEPARTED ||
+         rc.kind() == v1::RELATION_EVENT_KIND_CREATED) &&
         rc.remote_unit().empty()) {
-      return bad("joined and departed events name the remote unit");
+      return bad("joined, departed and created events name the remote unit");
     }
     for (const auto* changes : {&rc.unit_changes(), &rc.service_changes()}) {
       for (const auto& c : *changes) {
-        if (c.key().empty()) return bad("a relation data change has an empty key");
+        if (c.key().empty() || c.key().find('\0') != std::string::npos) {
+          return bad("a relation data change has an empty or invalid key");
+        }
       }
     }
   } else if (EndpointOf(event.name()) != nullptr) {
     return bad("relationship events must carry their relation");
   }
+  for (const auto& c : event.config_changes()) {
+    if (c.key().empty() || c.key().find('\0') != std::string::npos) {
+      return bad("a config change has an empty or invalid key");
+    }
+  }
+  return absl::OkStatus();
+}
+
+void Engine::StageInbox(kb::Txn& txn, v1::Event& event) {
   event.set_id(next_event_id_);
-  std::string bytes;
-  event.SerializeToString(&bytes);
-  kb::Txn txn(kb_);
-  txn.Put(Space::kInbox, kb::EncodeU64(event.id()), bytes);
+  txn.Put(Space::kInbox, kb::EncodeU64(event.id()), event.SerializeAsString());
   txn.Put(Space::kMeta, kMetaNextEvent, kb::EncodeU64(event.id() + 1));
+}
+
+absl::StatusOr<EnqueueResult> Engine::Enqueue(v1::Event event) {
+  if (run_) return absl::FailedPreconditionError("events cannot be enqueued during a run");
+  RETURN_IF_ERROR(ValidateEvent(event));
+  kb::Txn txn(kb_);
+  StageInbox(txn, event);
   ASSIGN_OR_RETURN(uint64_t ticket, kb_->Commit(txn));
   ++next_event_id_;
   ++inbox_depth_;
   return EnqueueResult{event.id(), ticket};
+}
+
+absl::StatusOr<EnqueueResult> Engine::EnqueueFromPeer(v1::Event event, uint64_t sequence) {
+  if (run_) return absl::FailedPreconditionError("events cannot be enqueued during a run");
+  if (!event.has_relation() || event.relation().remote_unit().empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("agent ", kb_->agent(), ": a peer event must name its relation and sender"));
+  }
+  RETURN_IF_ERROR(ValidateEvent(event));
+  const auto& rc = event.relation();
+  const std::string cursor = CursorKey("in", rc.relation_id(), rc.remote_unit());
+  ASSIGN_OR_RETURN(auto bytes, kb_->Get(Space::kCursor, cursor));
+  uint64_t last = 0;
+  if (bytes) {
+    ASSIGN_OR_RETURN(last, kb::DecodeU64(*bytes));
+  }
+  if (sequence <= last) return EnqueueResult{0, 0, true};
+  if (sequence != last + 1) {
+    return absl::OutOfRangeError(absl::StrCat(
+        "agent ", kb_->agent(), ": relation ", rc.relation_id(), " from ", rc.remote_unit(),
+        ": sequence ", sequence, " leaves a gap; expected ", last + 1));
+  }
+  kb::Txn txn(kb_);
+  StageInbox(txn, event);
+  txn.Put(Space::kCursor, cursor, kb::EncodeU64(sequence));
+  ASSIGN_OR_RETURN(uint64_t ticket, kb_->Commit(txn));
+  ++next_event_id_;
+  ++inbox_depth_;
+  return EnqueueResult{event.id(), ticket, false};
+}
+
+absl::StatusOr<EnqueueResult> Engine::EnqueueTimer(absl::string_view name) {
+  if (run_) return absl::FailedPreconditionError("events cannot be enqueued during a run");
+  v1::Event event;
+  event.set_name(absl::StrCat("timer.", name));
+  event.set_source("timer");
+  kb::Txn txn(kb_);
+  StageInbox(txn, event);
+  txn.Delete(Space::kMeta, MetaKey("timer", name));
+  ASSIGN_OR_RETURN(uint64_t ticket, kb_->Commit(txn));
+  timers_.erase(std::string(name));
+  ++next_event_id_;
+  ++inbox_depth_;
+  return EnqueueResult{event.id(), ticket};
+}
+
+absl::StatusOr<uint64_t> Engine::Acknowledge(absl::string_view destination,
+                                             absl::string_view relation_id, uint64_t sequence) {
+  if (run_) return absl::FailedPreconditionError("acknowledgements are applied between runs");
+  kb::Txn txn(kb_);
+  size_t removed = 0;
+  absl::Status parse_status;
+  const std::string prefix = absl::StrCat(destination, absl::string_view("\0", 1));
+  RETURN_IF_ERROR(
+      kb_->Scan(Space::kOutbox, prefix, [&](absl::string_view key, absl::string_view value) {
+        v1::OutboxEntry e;
+        parse_status = Parse(*kb_, "outbox entry", key, value, e);
+        if (!parse_status.ok()) return false;
+        if (e.relation_id() == relation_id && e.sequence() <= sequence) {
+          txn.Delete(Space::kOutbox, absl::StrCat(prefix, key));
+          ++removed;
+        }
+        return true;
+      }));
+  RETURN_IF_ERROR(parse_status);
+  if (removed == 0) return 0;
+  ASSIGN_OR_RETURN(uint64_t ticket, kb_->Commit(txn));
+  outbox_size_ -= removed;
+  return ticket;
 }
 
 absl::StatusOr<RunResult> Engine::RunOnce() {
@@ -506,7 +651,9 @@ absl::StatusOr<RunResult> Engine::Execute(const v1::Event& event, uint32_t attem
     return FailRun(event, attempt, std::move(handler), std::move(message), trace);
   };
 
-  if (absl::Status s = ApplyRelationChange(event); !s.ok()) {
+  absl::Status applied = ApplyConfigChange(event);
+  if (applied.ok()) applied = ApplyRelationChange(event);
+  if (absl::Status s = applied; !s.ok()) {
     if (absl::IsInvalidArgument(s) || absl::IsNotFound(s))
       return fail("", std::string(s.message()));
     run_.reset();
@@ -558,35 +705,50 @@ absl::StatusOr<RunResult> Engine::Execute(const v1::Event& event, uint32_t attem
   return result;
 }
 
+absl::Status Engine::ApplyConfigChange(const v1::Event& event) {
+  for (const auto& c : event.config_changes()) {
+    if (c.deleted()) {
+      config_.erase(c.key());
+      txn_->Delete(Space::kMeta, MetaKey("cfg", c.key()));
+    } else {
+      config_[c.key()] = c.value();
+      txn_->Put(Space::kMeta, MetaKey("cfg", c.key()), c.value());
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Engine::ApplyRelationChange(const v1::Event& event) {
   if (!event.has_relation()) return absl::OkStatus();
   const auto& rc = event.relation();
-  const EndpointSpec* ep = EndpointOf(absl::StrCat(rc.endpoint(), "."));
-  if (ep == nullptr) {
+  if (EndpointOf(absl::StrCat(rc.endpoint(), ".")) == nullptr) {
     return absl::InvalidArgumentError(
         absl::StrCat("event ", event.id(), " '", event.name(), "': endpoint '", rc.endpoint(),
                      "' is not declared by service '", spec_.service, "'"));
   }
+  const bool creates =
+      rc.kind() == v1::RELATION_EVENT_KIND_JOINED || rc.kind() == v1::RELATION_EVENT_KIND_CREATED;
   auto it = relations_.find(rc.relation_id());
   if (it == relations_.end()) {
-    if (rc.kind() == v1::RELATION_EVENT_KIND_DEPARTED ||
-        rc.kind() == v1::RELATION_EVENT_KIND_BROKEN) {
-      return absl::OkStatus();  // already gone: nothing to undo
-    }
+    // Only relating or a remote unit joining creates a relation; anything else about an unknown
+    // relation is stale (it arrived after we broke the relation) and changes nothing.
+    if (!creates) return absl::OkStatus();
     v1::RelationRecord rec;
     rec.set_relation_id(rc.relation_id());
     rec.set_endpoint(rc.endpoint());
     rec.set_remote_service(rc.remote_service());
+    rec.set_remote_endpoint(rc.remote_endpoint());
+    rec.set_interface(rc.interface());
     it = relations_.emplace(rc.relation_id(), std::move(rec)).first;
+  } else if (it->second.gone()) {
+    return absl::OkStatus();
   } else if (it->second.endpoint() != rc.endpoint()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "event ", event.id(), " '", event.name(), "': relation '", rc.relation_id(),
         "' is attached to endpoint '", it->second.endpoint(), "', not '", rc.endpoint(), "'"));
   }
   v1::RelationRecord& rel = it->second;
-  auto* units = rel.mutable_remote_units();
-  auto unit_pos = std::lower_bound(units->begin(), units->end(), rc.remote_unit());
-  const bool member = unit_pos != units->end() && *unit_pos == rc.remote_unit();
+  const std::string& unit = rc.remote_unit();
   auto apply = [&](absl::string_view bag, const auto& changes) {
     const std::string prefix = BagPrefix(rc.relation_id(), bag);
     for (const auto& c : changes) {
@@ -598,24 +760,35 @@ absl::Status Engine::ApplyRelationChange(const v1::Event& event) {
     }
   };
   switch (rc.kind()) {
+    case v1::RELATION_EVENT_KIND_CREATED:
+      InsertSorted(rel.mutable_targets(), unit);
+      break;
     case v1::RELATION_EVENT_KIND_JOINED:
-    case v1::RELATION_EVENT_KIND_CHANGED:
-      if (!rc.remote_unit().empty() && !member) {
-        const int pos = static_cast<int>(unit_pos - units->begin());
-        units->Add(std::string(rc.remote_unit()));
-        for (int i = units->size() - 1; i > pos; --i) units->SwapElements(i, i - 1);
-      }
-      if (!rc.remote_unit().empty())
-        apply(absl::StrCat("ru:", rc.remote_unit()), rc.unit_changes());
+      InsertSorted(rel.mutable_remote_units(), unit);
+      InsertSorted(rel.mutable_targets(), unit);
+      [[fallthrough]];
+    case v1::RELATION_EVENT_KIND_CHANGED: {
+      const bool member =
+          std::binary_search(rel.remote_units().begin(), rel.remote_units().end(), unit);
+      if (!unit.empty() && !member) return absl::OkStatus();  // departed meanwhile: stale
+      if (!unit.empty()) apply(absl::StrCat("ru:", unit), rc.unit_changes());
       apply("rs", rc.service_changes());
       break;
+    }
     case v1::RELATION_EVENT_KIND_DEPARTED:
-      if (member) units->erase(unit_pos);
-      RETURN_IF_ERROR(txn_->DeletePrefix(
-          Space::kBag, BagPrefix(rc.relation_id(), absl::StrCat("ru:", rc.remote_unit()))));
+      EraseSorted(rel.mutable_remote_units(), unit);
+      if (EraseSorted(rel.mutable_targets(), unit) && rc.local()) {
+        run_->departs.emplace_back(rc.relation_id(), unit);
+      }
+      RETURN_IF_ERROR(
+          txn_->DeletePrefix(Space::kBag, BagPrefix(rc.relation_id(), absl::StrCat("ru:", unit))));
+      if (rel.remote_units().empty() && rel.targets().empty()) {
+        run_->follow_up_broken.insert(rc.relation_id());
+      }
       break;
     case v1::RELATION_EVENT_KIND_BROKEN:
-      units->Clear();
+      rel.clear_remote_units();
+      rel.clear_targets();
       run_->broken.insert(rc.relation_id());
       break;
     default:
@@ -633,7 +806,7 @@ absl::Status Engine::RecomputeDerived(const std::string& endpoint) {
   uint64_t ready_digest = 0xcbf29ce484222325ULL;
   bool ready = false;
   for (const auto& [id, rel] : relations_) {
-    if (rel.endpoint() != endpoint || run_->broken.contains(id)) continue;
+    if (rel.endpoint() != endpoint || rel.gone() || run_->broken.contains(id)) continue;
     units += rel.remote_units_size();
     if (rel.remote_units_size() == 0) continue;
     // Each remote unit's view: the remote service's bag overlaid by the unit's own.
@@ -916,6 +1089,118 @@ void Engine::BuildTrace(v1::Trace& trace) const {
   trace.set_handlers_run(run_->executions);
 }
 
+absl::Status Engine::StageOutbox(const v1::Event& event, uint64_t run_number, v1::Trace& trace,
+                                 uint64_t& next_outbox) {
+  (void)event;
+  auto stage = [&](const v1::RelationRecord& rel, const std::string& destination,
+                   v1::RelationEventKind kind, auto fill) -> absl::Status {
+    const std::string cursor = CursorKey("out", rel.relation_id(), destination);
+    ASSIGN_OR_RETURN(auto seq_bytes, txn_->Get(Space::kCursor, cursor));
+    uint64_t seq = 0;
+    if (seq_bytes) {
+      ASSIGN_OR_RETURN(seq, kb::DecodeU64(*seq_bytes));
+    }
+    if (kind == v1::RELATION_EVENT_KIND_CHANGED && seq == 0) {
+      kind = v1::RELATION_EVENT_KIND_JOINED;  // the first event to a unit introduces this one
+    }
+    if (kind == v1::RELATION_EVENT_KIND_DEPARTED && seq == 0) {
+      return absl::OkStatus();  // never introduced: nothing to take back
+    }
+    v1::OutboxEntry entry;
+    entry.set_id(next_outbox++);
+    entry.set_relation_id(rel.relation_id());
+    entry.set_endpoint(rel.endpoint());
+    entry.set_sequence(++seq);
+    entry.set_kind(kind);
+    entry.set_sender_unit(spec_.unit);
+    entry.set_sender_service(spec_.service);
+    entry.set_commit_run(run_number);
+    entry.set_destination(destination);
+    entry.set_receiver_endpoint(rel.remote_endpoint());
+    entry.set_interface(rel.interface());
+    RETURN_IF_ERROR(fill(entry));
+    txn_->Put(Space::kCursor, cursor, kb::EncodeU64(seq));
+    txn_->Put(Space::kOutbox, OutboxKey(destination, entry.id()), entry.SerializeAsString());
+    ++outbox_size_;
+    *trace.add_messages() = std::move(entry);
+    return absl::OkStatus();
+  };
+  auto add_changes = [](const auto& changes, auto* out) {
+    for (const auto& [k, v] : changes) {
+      v1::BagChange* c = out->Add();
+      c->set_key(k);
+      if (v) {
+        c->set_value(*v);
+      } else {
+        c->set_deleted(true);
+      }
+    }
+  };
+  auto add_bag = [&](const std::string& id, absl::string_view bag, auto* out) {
+    return txn_->Scan(Space::kBag, BagPrefix(id, bag),
+                      [&](absl::string_view k, absl::string_view v) {
+                        v1::BagChange* c = out->Add();
+                        c->set_key(std::string(k));
+                        c->set_value(std::string(v));
+                        return true;
+                      });
+  };
+
+  std::set<std::string> touched = run_->relations_changed;
+  for (const auto& [id, m] : run_->local_unit) touched.insert(id);
+  for (const auto& [id, m] : run_->local_service) touched.insert(id);
+  for (const auto& id : touched) {
+    const v1::RelationRecord& rel = relations_.at(id);
+    if (rel.gone() || run_->broken.contains(id)) continue;
+    auto unit_it = run_->local_unit.find(id);
+    auto service_it = run_->local_service.find(id);
+    const bool changed =
+        unit_it != run_->local_unit.end() || service_it != run_->local_service.end();
+    for (const auto& destination : rel.targets()) {
+      ASSIGN_OR_RETURN(auto known, txn_->Get(Space::kCursor, CursorKey("out", id, destination)));
+      if (known && !changed) continue;
+      RETURN_IF_ERROR(stage(rel, destination, v1::RELATION_EVENT_KIND_CHANGED,
+                            [&](v1::OutboxEntry& e) -> absl::Status {
+                              if (e.kind() == v1::RELATION_EVENT_KIND_JOINED) {
+                                // An introduction carries the whole of this unit's data.
+                                RETURN_IF_ERROR(add_bag(id, "lu", e.mutable_unit_changes()));
+                                return add_bag(id, "ls", e.mutable_service_changes());
+                              }
+                              if (unit_it != run_->local_unit.end()) {
+                                add_changes(unit_it->second, e.mutable_unit_changes());
+                              }
+                              if (service_it != run_->local_service.end()) {
+                                add_changes(service_it->second, e.mutable_service_changes());
+                              }
+                              return absl::OkStatus();
+                            }));
+    }
+  }
+  for (const auto& [id, unit] : run_->departs) {
+    RETURN_IF_ERROR(stage(relations_.at(id), unit, v1::RELATION_EVENT_KIND_DEPARTED,
+                          [](v1::OutboxEntry&) { return absl::OkStatus(); }));
+  }
+  // A broken relation's unsent data is moot; its DEPARTED notices must still go out.
+  for (const auto& id : run_->broken) {
+    std::vector<std::string> stale;
+    absl::Status parse_status;
+    RETURN_IF_ERROR(
+        txn_->Scan(Space::kOutbox, "", [&](absl::string_view key, absl::string_view value) {
+          v1::OutboxEntry e;
+          parse_status = Parse(*kb_, "outbox entry", key, value, e);
+          if (!parse_status.ok()) return false;
+          if (e.relation_id() == id && e.kind() != v1::RELATION_EVENT_KIND_DEPARTED) {
+            stale.emplace_back(key);
+          }
+          return true;
+        }));
+    RETURN_IF_ERROR(parse_status);
+    for (const auto& key : stale) txn_->Delete(Space::kOutbox, key);
+    outbox_size_ -= stale.size();
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<uint64_t> Engine::CommitRun(const v1::Event& event, v1::Trace& trace) {
   const uint64_t run_number = run_counter_ + 1;
   for (const FactState* f : run_->touched) {
@@ -927,57 +1212,35 @@ absl::StatusOr<uint64_t> Engine::CommitRun(const v1::Event& event, v1::Trace& tr
   }
   for (Handler* h : run_->ran) txn_->Put(Space::kHandler, h->name, kb::EncodeU64(h->last_ran));
 
-  // Outgoing relation events: one per relation whose local data changed.
   uint64_t next_outbox = next_outbox_id_;
-  std::set<std::string> changed_relations;
-  for (const auto& [id, m] : run_->local_unit) changed_relations.insert(id);
-  for (const auto& [id, m] : run_->local_service) changed_relations.insert(id);
-  for (const auto& id : changed_relations) {
-    if (run_->broken.contains(id)) continue;
-    const v1::RelationRecord& rel = relations_.at(id);
-    const std::string cursor = absl::StrCat(absl::string_view("out\0", 4), id);
-    ASSIGN_OR_RETURN(auto seq_bytes, txn_->Get(Space::kCursor, cursor));
-    uint64_t seq = 0;
-    if (seq_bytes) {
-      ASSIGN_OR_RETURN(seq, kb::DecodeU64(*seq_bytes));
-    }
-    v1::OutboxEntry entry;
-    entry.set_id(next_outbox++);
-    entry.set_relation_id(id);
-    entry.set_endpoint(rel.endpoint());
-    entry.set_sequence(++seq);
-    entry.set_kind(v1::RELATION_EVENT_KIND_CHANGED);
-    entry.set_sender_unit(spec_.unit);
-    entry.set_commit_run(run_number);
-    auto add = [](const auto& changes, auto* out) {
-      for (const auto& [k, v] : changes) {
-        v1::BagChange* c = out->Add();
-        c->set_key(k);
-        if (v) {
-          c->set_value(*v);
-        } else {
-          c->set_deleted(true);
-        }
-      }
-    };
-    if (auto it = run_->local_unit.find(id); it != run_->local_unit.end()) {
-      add(it->second, entry.mutable_unit_changes());
-    }
-    if (auto it = run_->local_service.find(id); it != run_->local_service.end()) {
-      add(it->second, entry.mutable_service_changes());
-    }
-    txn_->Put(Space::kCursor, cursor, kb::EncodeU64(seq));
-    txn_->Put(Space::kOutbox, kb::EncodeU64(entry.id()), entry.SerializeAsString());
-    *trace.add_messages() = std::move(entry);
-  }
+  const size_t outbox_before = outbox_size_;
+  RETURN_IF_ERROR(StageOutbox(event, run_number, trace, next_outbox));
   for (const auto& id : run_->relations_changed) {
+    v1::RelationRecord& rel = relations_.at(id);
     if (run_->broken.contains(id)) {
-      txn_->Delete(Space::kRelation, id);
+      rel.set_gone(true);
       RETURN_IF_ERROR(
           txn_->DeletePrefix(Space::kBag, absl::StrCat(id, absl::string_view("\0", 1))));
-    } else {
-      txn_->Put(Space::kRelation, id, relations_.at(id).SerializeAsString());
     }
+    txn_->Put(Space::kRelation, id, rel.SerializeAsString());
+  }
+  // A relation left without remote units is broken in a run of its own, queued atomically.
+  std::vector<v1::Event> follow_ups;
+  for (const auto& id : run_->follow_up_broken) {
+    const v1::RelationRecord& rel = relations_.at(id);
+    if (run_->broken.contains(id)) continue;
+    v1::Event& e = follow_ups.emplace_back();
+    e.set_name(absl::StrCat(rel.endpoint(), ".broken"));
+    e.set_source("engine");
+    e.mutable_relation()->set_relation_id(id);
+    e.mutable_relation()->set_endpoint(rel.endpoint());
+    e.mutable_relation()->set_remote_service(rel.remote_service());
+    e.mutable_relation()->set_kind(v1::RELATION_EVENT_KIND_BROKEN);
+  }
+  const uint64_t first_follow_up = next_event_id_;
+  for (auto& e : follow_ups) {
+    StageInbox(*txn_, e);
+    ++next_event_id_;
   }
   txn_->Put(Space::kMeta, kMetaClock, kb::EncodeU64(change_clock_));
   txn_->Put(Space::kMeta, kMetaRun, kb::EncodeU64(run_number));
@@ -993,17 +1256,23 @@ absl::StatusOr<uint64_t> Engine::CommitRun(const v1::Event& event, v1::Trace& tr
   if (run_number > options_.traces_kept) {
     txn_->Delete(Space::kTrace, kb::EncodeU64(run_number - options_.traces_kept));
   }
-  ASSIGN_OR_RETURN(uint64_t ticket, kb_->Commit(*txn_));
+  absl::StatusOr<uint64_t> committed = kb_->Commit(*txn_);
+  if (!committed.ok()) {
+    next_event_id_ = first_follow_up;
+    outbox_size_ = outbox_before;
+    return committed.status();
+  }
+  const uint64_t ticket = *committed;
 
   // Committed: the staged state becomes the agent's state.
   run_counter_ = run_number;
   next_outbox_id_ = next_outbox;
   ++inbox_head_;
   --inbox_depth_;
+  inbox_depth_ += follow_ups.size();
   failure_.reset();
   for (FactState* f : run_->touched) f->touched = false;
   for (Handler* h : run_->ran) h->ran_in_run = false;
-  for (const auto& id : run_->broken) relations_.erase(id);
   for (Handler* h : run_->executed) h->executions = 0;
   run_.reset();
   return ticket;
@@ -1071,19 +1340,24 @@ absl::StatusOr<std::vector<v1::Trace>> Engine::Traces(size_t n) const {
   return all;
 }
 
-absl::StatusOr<std::vector<v1::OutboxEntry>> Engine::Outbox() const {
+absl::StatusOr<std::vector<v1::OutboxEntry>> Engine::Outbox(absl::string_view destination) const {
   std::vector<v1::OutboxEntry> out;
   absl::Status parse_status;
+  const std::string prefix =
+      destination.empty() ? "" : absl::StrCat(destination, absl::string_view("\0", 1));
   RETURN_IF_ERROR(
-      kb_->Scan(Space::kOutbox, "", [&](absl::string_view key, absl::string_view value) {
+      kb_->Scan(Space::kOutbox, prefix, [&](absl::string_view key, absl::string_view value) {
         v1::OutboxEntry e;
-        parse_status =
-            Parse(*kb_, "outbox entry", absl::StrCat(kb::DecodeU64(key).value_or(0)), value, e);
+        parse_status = Parse(*kb_, "outbox entry", key, value, e);
         if (!parse_status.ok()) return false;
         out.push_back(std::move(e));
         return true;
       }));
   RETURN_IF_ERROR(parse_status);
+  if (destination.empty()) {
+    std::sort(out.begin(), out.end(),
+              [](const v1::OutboxEntry& a, const v1::OutboxEntry& b) { return a.id() < b.id(); });
+  }
   return out;
 }
 
@@ -1102,7 +1376,7 @@ absl::Status Engine::SetLocalData(absl::string_view relation_id, absl::string_vi
                                   std::optional<absl::string_view> value, bool service) {
   if (!run_) return absl::FailedPreconditionError("relation data changes only inside a run");
   auto it = relations_.find(std::string(relation_id));
-  if (it == relations_.end() || run_->broken.contains(it->first)) {
+  if (it == relations_.end() || it->second.gone() || run_->broken.contains(it->first)) {
     return absl::NotFoundError(absl::StrCat("relation '", relation_id, "' does not exist"));
   }
   if (key.empty() || key.find('\0') != absl::string_view::npos) {
@@ -1151,7 +1425,7 @@ absl::Status RunContext::Fire(absl::string_view event) {
 std::vector<const v1::RelationRecord*> RunContext::Relations(absl::string_view endpoint) const {
   std::vector<const v1::RelationRecord*> out;
   for (const auto& [id, rel] : engine_->relations_) {
-    if (engine_->run_->broken.contains(id)) continue;
+    if (rel.gone() || engine_->run_->broken.contains(id)) continue;
     if (endpoint.empty() || rel.endpoint() == endpoint) out.push_back(&rel);
   }
   return out;
@@ -1176,6 +1450,22 @@ absl::Status RunContext::SetData(absl::string_view relation_id, absl::string_vie
 absl::Status RunContext::DeleteData(absl::string_view relation_id, absl::string_view key,
                                     bool service) {
   return engine_->SetLocalData(relation_id, key, std::nullopt, service);
+}
+
+std::optional<std::string> RunContext::Config(absl::string_view key) const {
+  auto it = engine_->config_.find(std::string(key));
+  if (it == engine_->config_.end()) return std::nullopt;
+  return it->second;
+}
+
+absl::Status RunContext::SetTimer(absl::string_view name, absl::Duration delay) {
+  RETURN_IF_ERROR(engine_->ValidateName(handler(), "timer", absl::StrCat("timer.", name), true));
+  if (name.empty()) return absl::InvalidArgumentError("timer name is empty");
+  const absl::Time due = engine_->clock_->Now() + delay;
+  engine_->timers_[std::string(name)] = due;
+  engine_->txn_->Put(Space::kMeta, MetaKey("timer", name),
+                     kb::EncodeU64(static_cast<uint64_t>(absl::ToUnixMillis(due))));
+  return absl::OkStatus();
 }
 
 absl::Status RunContext::SetStatus(v1::WorkloadState state, absl::string_view message) {

@@ -77,6 +77,8 @@ struct EnqueueResult {
   uint64_t event_id = 0;
   // Durability ticket; acknowledge the event to its sender only once this is durable.
   uint64_t ticket = 0;
+  // EnqueueFromPeer: true when the sequence was already received (nothing was written).
+  bool duplicate = false;
 };
 
 class Engine {
@@ -90,6 +92,19 @@ class Engine {
 
   // Appends `event` to the durable inbox (its id is assigned here) in a transaction of its own.
   absl::StatusOr<EnqueueResult> Enqueue(v1::Event event);
+
+  // Appends a relation event received from the remote unit it names, with the sender's
+  // sequence number for (relation, sender, this agent). Exactly once, in order: a sequence
+  // already received is reported as a duplicate and changes nothing; a gap is OUT_OF_RANGE.
+  absl::StatusOr<EnqueueResult> EnqueueFromPeer(v1::Event event, uint64_t sequence);
+
+  // The timer `name` is due: removes it and enqueues `timer.<name>` in one transaction.
+  absl::StatusOr<EnqueueResult> EnqueueTimer(absl::string_view name);
+
+  // `destination` acknowledged every event of `relation_id` up to `sequence`: removes them from
+  // the outbox. Returns the durability ticket (0 when nothing changed).
+  absl::StatusOr<uint64_t> Acknowledge(absl::string_view destination, absl::string_view relation_id,
+                                       uint64_t sequence);
 
   // Processes the inbox head if there is one and it is due.
   absl::StatusOr<RunResult> RunOnce();
@@ -108,7 +123,13 @@ class Engine {
   size_t inbox_depth() const { return inbox_depth_; }
   // The newest `n` traces, oldest first.
   absl::StatusOr<std::vector<v1::Trace>> Traces(size_t n) const;
-  absl::StatusOr<std::vector<v1::OutboxEntry>> Outbox() const;
+  // Outbox entries in the order they must be sent, for one destination or all.
+  absl::StatusOr<std::vector<v1::OutboxEntry>> Outbox(absl::string_view destination = "") const;
+  size_t outbox_size() const { return outbox_size_; }
+  // Timers handlers asked for, by name, with their due time.
+  const std::map<std::string, absl::Time>& timers() const { return timers_; }
+  const std::map<std::string, std::string>& config() const { return config_; }
+  uint64_t runs() const { return run_counter_; }
   const std::map<std::string, v1::RelationRecord>& relations() const { return relations_; }
   // Committed data of a bag: `bag` is "lu" (local unit), "ls" (local service), "ru:<unit>"
   // (remote unit) or "rs" (remote service).
@@ -178,6 +199,12 @@ class Engine {
   // Run steps.
   absl::StatusOr<RunResult> Execute(const v1::Event& event, uint32_t attempt);
   absl::Status ApplyRelationChange(const v1::Event& event);
+  absl::Status ApplyConfigChange(const v1::Event& event);
+  absl::Status ValidateEvent(const v1::Event& event) const;
+  // Puts `event` (id assigned) in the inbox as part of `txn`.
+  void StageInbox(kb::Txn& txn, v1::Event& event);
+  absl::Status StageOutbox(const v1::Event& event, uint64_t run_number, v1::Trace& trace,
+                           uint64_t& next_outbox);
   absl::Status RecomputeDerived(const std::string& endpoint);
   void FireEvent(absl::string_view event, const Handler* by);
   void Retest();
@@ -218,6 +245,9 @@ class Engine {
   // Fact-only handlers that may have become dirty and satisfied since the last retest.
   std::vector<Handler*> pending_;
   std::map<std::string, v1::RelationRecord> relations_;
+  std::map<std::string, std::string> config_;
+  std::map<std::string, absl::Time> timers_;
+  size_t outbox_size_ = 0;
   std::optional<v1::RunFailure> failure_;
   v1::WorkloadStatus status_;
 
@@ -255,6 +285,12 @@ class RunContext {
                           bool service = false);
 
   absl::Status SetStatus(v1::WorkloadState state, absl::string_view message);
+
+  // Config as of this run (config.changed events apply their change before handlers run).
+  std::optional<std::string> Config(absl::string_view key) const;
+  const std::map<std::string, std::string>& config() const { return engine_->config_; }
+  // Asks for `timer.<name>` to be fired after `delay` (replacing an earlier request).
+  absl::Status SetTimer(absl::string_view name, absl::Duration delay);
 
  private:
   friend class Engine;

@@ -86,8 +86,8 @@ class EngineTest : public ::testing::Test {
 
   void Handler(std::string name, std::vector<std::string> when, std::vector<std::string> when_not,
                std::vector<std::string> on, Fn fn = Ok) {
-    handlers_.push_back({std::move(name), std::move(when), std::move(when_not), std::move(on),
-                         std::move(fn)});
+    handlers_.push_back(
+        {std::move(name), std::move(when), std::move(when_not), std::move(on), std::move(fn)});
   }
 
   void Endpoint(std::string name, std::vector<std::string> required = {}) {
@@ -150,8 +150,7 @@ TEST_F(EngineTest, FiredEventQueuesMatchingHandlersInDeclarationOrder) {
   v1::Trace t = Run(Named("install"));
   EXPECT_THAT(Ran(t), ElementsAre("b", "a"));
   EXPECT_EQ(ReasonOf(t, v1::TraceStep::KIND_QUEUED, "b"), "on install");
-  EXPECT_EQ(ReasonOf(t, v1::TraceStep::KIND_SKIPPED, "needs-x"),
-            "on install, but when x: not set");
+  EXPECT_EQ(ReasonOf(t, v1::TraceStep::KIND_SKIPPED, "needs-x"), "on install, but when x: not set");
 }
 
 // Step 2: once fired, the event is inactive: a handler on it whose facts become true later in
@@ -184,9 +183,8 @@ TEST_F(EngineTest, FactOnlyHandlerRunsOnceUntilInputsChange) {
 
 // Step 3: a change of value (not only set/clear) of a named fact makes the handler dirty.
 TEST_F(EngineTest, NewValueOfNamedFactMakesHandlerDirty) {
-  Handler("set-port", {}, {}, {"config.changed"}, [](RunContext& ctx) {
-    return ctx.Set("port", ctx.event().params().at("port"));
-  });
+  Handler("set-port", {}, {}, {"config.changed"},
+          [](RunContext& ctx) { return ctx.Set("port", ctx.event().params().at("port")); });
   std::vector<std::string> seen;
   Handler("render", {"port"}, {}, {}, [&](RunContext& ctx) {
     seen.push_back(*ctx.Value("port"));
@@ -311,13 +309,15 @@ TEST_F(EngineTest, CommitIsAtomicAndSurvivesRestart) {
   EXPECT_EQ(t.messages(0).relation_id(), "db:1");
   EXPECT_EQ(t.messages(0).sequence(), 1u);
   EXPECT_EQ(t.messages(0).sender_unit(), "svc/0");
+  EXPECT_EQ(t.messages(0).destination(), "redis/0");
 
   Start();  // a new engine on the same KB
   EXPECT_TRUE(engine_->IsSet("published"));
   EXPECT_EQ(engine_->FactValue("db.joined"), "1");
   auto outbox = engine_->Outbox();
   ASSERT_TRUE(outbox.ok());
-  ASSERT_EQ(outbox->size(), 1u);
+  ASSERT_EQ(outbox->size(), 1u);  // the introduction, with the data written in the same run
+  EXPECT_EQ((*outbox)[0].kind(), v1::RELATION_EVENT_KIND_JOINED);
   EXPECT_EQ((*outbox)[0].unit_changes(0).key(), "user");
   auto bag = engine_->Bag("db:1", "lu");
   ASSERT_TRUE(bag.ok());
@@ -338,7 +338,12 @@ TEST_F(EngineTest, OutboxSequencesPerRelation) {
     return absl::OkStatus();
   });
   Start();
-  Run(Rel("db", v1::RELATION_EVENT_KIND_JOINED, "db:1", "redis/0"));
+  // A unit that joins is introduced to: sequence 1 is a JOINED carrying this unit's data.
+  v1::Trace t = Run(Rel("db", v1::RELATION_EVENT_KIND_JOINED, "db:1", "redis/0"));
+  ASSERT_EQ(t.messages_size(), 1);
+  EXPECT_EQ(t.messages(0).kind(), v1::RELATION_EVENT_KIND_JOINED);
+  EXPECT_EQ(t.messages(0).destination(), "redis/0");
+  EXPECT_EQ(t.messages(0).sequence(), 1u);
   Run(Rel("db", v1::RELATION_EVENT_KIND_JOINED, "db:2", "pg/0"));
   auto write = [](std::string v) {
     v1::Event e = Named("write");
@@ -347,12 +352,13 @@ TEST_F(EngineTest, OutboxSequencesPerRelation) {
   };
   EXPECT_EQ(Run(write("1")).messages_size(), 2);
   EXPECT_EQ(Run(write("1")).messages_size(), 0);
-  v1::Trace t = Run(write("2"));
+  t = Run(write("2"));
   ASSERT_EQ(t.messages_size(), 2);
   EXPECT_EQ(t.messages(0).relation_id(), "db:1");
-  EXPECT_EQ(t.messages(0).sequence(), 2u);
+  EXPECT_EQ(t.messages(0).kind(), v1::RELATION_EVENT_KIND_CHANGED);
+  EXPECT_EQ(t.messages(0).sequence(), 3u);
   EXPECT_EQ(t.messages(1).relation_id(), "db:2");
-  EXPECT_EQ(t.messages(1).sequence(), 2u);
+  EXPECT_EQ(t.messages(1).sequence(), 3u);
   EXPECT_GT(t.messages(1).id(), t.messages(0).id());
 }
 
@@ -394,7 +400,7 @@ TEST_F(EngineTest, RelationshipFactsFollowRelationData) {
   Run(broken);
   EXPECT_FALSE(engine_->IsSet("db.joined"));
   EXPECT_TRUE(engine_->IsSet("lonely"));
-  EXPECT_TRUE(engine_->relations().empty());
+  EXPECT_TRUE(engine_->relations().at("db:1").gone());
   auto bag = engine_->Bag("db:1", "ru:redis/1");
   ASSERT_TRUE(bag.ok());
   EXPECT_THAT(*bag, IsEmpty());
@@ -430,7 +436,7 @@ TEST_F(EngineTest, FailureRollsBackEverything) {
   EXPECT_FALSE(engine_->IsSet("written"));
   EXPECT_EQ(engine_->workload_status().state(), v1::WORKLOAD_STATE_UNSPECIFIED);
   EXPECT_THAT(*engine_->Bag("db:1", "lu"), IsEmpty());
-  EXPECT_THAT(*engine_->Outbox(), IsEmpty());
+  EXPECT_EQ(engine_->Outbox()->size(), 1u);  // only the introduction from the joined run
   EXPECT_EQ(engine_->inbox_depth(), 1u);
   ASSERT_TRUE(engine_->failure().has_value());
   EXPECT_EQ(engine_->failure()->handler(), "flaky");
@@ -452,7 +458,7 @@ TEST_F(EngineTest, FailureRollsBackEverything) {
   EXPECT_TRUE(engine_->IsSet("written"));
   EXPECT_FALSE(engine_->failure().has_value());
   EXPECT_EQ(engine_->workload_status().message(), "busy");
-  EXPECT_EQ(engine_->Outbox()->size(), 1u);
+  EXPECT_EQ(engine_->Outbox()->size(), 2u);
   EXPECT_EQ(engine_->inbox_depth(), 0u);
 }
 
@@ -574,7 +580,8 @@ TEST_F(EngineTest, InvalidSpecsAreRefused) {
   Handler("h", {"x"}, {"x"}, {});
   auto e = Engine::Create(Spec(), kb_.get(), &clock_);
   ASSERT_FALSE(e.ok());
-  EXPECT_THAT(e.status().message(), HasSubstr("handler 'h': fact 'x' is in both when and when_not"));
+  EXPECT_THAT(e.status().message(),
+              HasSubstr("handler 'h': fact 'x' is in both when and when_not"));
 
   handlers_.clear();
   Handler("h", {"dbx.ready"}, {}, {});
@@ -625,6 +632,154 @@ TEST_F(EngineTest, EnqueueDuringRunIsRefused) {
   self = &Start();
   Run(Named("go"));
   EXPECT_TRUE(absl::IsFailedPrecondition(inner)) << inner;
+}
+
+v1::Event Created(std::string endpoint, std::string id, std::string remote_agent) {
+  v1::Event e = Rel(endpoint, v1::RELATION_EVENT_KIND_CREATED, id, remote_agent);
+  e.set_name(endpoint + ".created");
+  e.mutable_relation()->set_remote_endpoint("website");
+  e.mutable_relation()->set_interface("http");
+  return e;
+}
+
+// Relating records the relation and introduces this unit to the remote one; the remote unit's
+// own JOINED makes it a member without a second introduction.
+TEST_F(EngineTest, RelateIntroducesOnce) {
+  Endpoint("db");
+  Handler("joined", {"db.joined"}, {}, {}, SetFact("seen"));
+  Start();
+  v1::Trace t = Run(Created("db", "db:7", "redis/0"));
+  ASSERT_EQ(t.messages_size(), 1);
+  EXPECT_EQ(t.messages(0).kind(), v1::RELATION_EVENT_KIND_JOINED);
+  EXPECT_EQ(t.messages(0).receiver_endpoint(), "website");
+  EXPECT_EQ(t.messages(0).interface(), "http");
+  EXPECT_FALSE(engine_->IsSet("db.joined"));  // nobody joined yet
+  t = Run(Rel("db", v1::RELATION_EVENT_KIND_JOINED, "db:7", "redis/0", {{"host", "h"}}));
+  EXPECT_EQ(t.messages_size(), 0);
+  EXPECT_TRUE(engine_->IsSet("seen"));
+  EXPECT_EQ(engine_->FactValue("db.remote.host"), "h");
+}
+
+// Unrelating: a local departed tells the remote unit; the last departure queues broken, which
+// removes the relation's data but keeps the DEPARTED notice in the outbox.
+TEST_F(EngineTest, UnrelateTellsRemoteAndBreaks) {
+  Endpoint("db");
+  Handler("write", {"db.joined"}, {}, {},
+          [](RunContext& ctx) { return ctx.SetData("db:1", "k", "v"); });
+  Start();
+  Run(Rel("db", v1::RELATION_EVENT_KIND_JOINED, "db:1", "redis/0"));
+  ASSERT_TRUE(engine_->Acknowledge("redis/0", "db:1", 1).ok());
+  EXPECT_EQ(engine_->outbox_size(), 0u);
+  v1::Event departed = Rel("db", v1::RELATION_EVENT_KIND_DEPARTED, "db:1", "redis/0");
+  departed.mutable_relation()->set_local(true);
+  v1::Trace t = Run(departed);
+  ASSERT_EQ(t.messages_size(), 1);
+  EXPECT_EQ(t.messages(0).kind(), v1::RELATION_EVENT_KIND_DEPARTED);
+  EXPECT_EQ(t.messages(0).sequence(), 2u);
+  EXPECT_EQ(engine_->inbox_depth(), 1u);  // the follow-up broken event
+  auto r = engine_->RunOnce();
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->trace->trigger().name(), "db.broken");
+  EXPECT_TRUE(engine_->relations().at("db:1").gone());
+  EXPECT_THAT(*engine_->Bag("db:1", "lu"), IsEmpty());
+  auto outbox = engine_->Outbox("redis/0");
+  ASSERT_EQ(outbox->size(), 1u);
+  EXPECT_EQ((*outbox)[0].kind(), v1::RELATION_EVENT_KIND_DEPARTED);
+  // A late event for the broken relation changes nothing.
+  Run(Rel("db", v1::RELATION_EVENT_KIND_JOINED, "db:1", "redis/0"));
+  EXPECT_FALSE(engine_->IsSet("db.joined"));
+}
+
+// Peer events are applied exactly once and in order: duplicates are reported, gaps refused.
+TEST_F(EngineTest, PeerSequencesAreDeduplicatedAndGapsRefused) {
+  Endpoint("db");
+  Start();
+  v1::Event joined = Rel("db", v1::RELATION_EVENT_KIND_JOINED, "db:1", "redis/0");
+  auto r = engine_->EnqueueFromPeer(joined, 1);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_FALSE(r->duplicate);
+  r = engine_->EnqueueFromPeer(joined, 1);
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(r->duplicate);
+  v1::Event changed = Rel("db", v1::RELATION_EVENT_KIND_CHANGED, "db:1", "redis/0", {{"a", "1"}});
+  r = engine_->EnqueueFromPeer(changed, 3);
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(absl::IsOutOfRange(r.status()));
+  EXPECT_THAT(r.status().message(), HasSubstr("expected 2"));
+  EXPECT_EQ(engine_->inbox_depth(), 1u);
+  ASSERT_TRUE(engine_->EnqueueFromPeer(changed, 2).ok());
+  // Another sender has its own sequence.
+  ASSERT_TRUE(
+      engine_->EnqueueFromPeer(Rel("db", v1::RELATION_EVENT_KIND_JOINED, "db:1", "redis/1"), 1)
+          .ok());
+  ASSERT_TRUE(engine_->RunUntilIdle().ok());
+  EXPECT_EQ(engine_->FactValue("db.joined"), "2");
+  EXPECT_EQ(engine_->FactValue("db.remote.a"), "1");
+}
+
+// Acknowledgements remove exactly the acknowledged prefix of one destination and relation.
+TEST_F(EngineTest, AcknowledgeRemovesAcknowledgedPrefix) {
+  Endpoint("db");
+  Handler("write", {}, {}, {"write"},
+          [](RunContext& ctx) { return ctx.SetData("db:1", "k", ctx.event().params().at("v")); });
+  Start();
+  Run(Rel("db", v1::RELATION_EVENT_KIND_JOINED, "db:1", "redis/0"));
+  for (const char* v : {"1", "2", "3"}) {
+    v1::Event e = Named("write");
+    (*e.mutable_params())["v"] = v;
+    Run(e);
+  }
+  EXPECT_EQ(engine_->outbox_size(), 4u);
+  ASSERT_TRUE(engine_->Acknowledge("redis/0", "db:1", 2).ok());
+  auto outbox = engine_->Outbox("redis/0");
+  ASSERT_EQ(outbox->size(), 2u);
+  EXPECT_EQ((*outbox)[0].sequence(), 3u);
+  ASSERT_TRUE(engine_->Acknowledge("redis/1", "db:1", 4).ok());  // another destination
+  EXPECT_EQ(engine_->outbox_size(), 2u);
+  Start();
+  EXPECT_EQ(engine_->outbox_size(), 2u);
+}
+
+// Config changes ride on their config.changed event and are applied before handlers run.
+TEST_F(EngineTest, ConfigChangesApplyInTheRun) {
+  std::optional<std::string> seen;
+  Handler("read", {}, {}, {"config.changed"}, [&](RunContext& ctx) {
+    seen = ctx.Config("port");
+    return absl::OkStatus();
+  });
+  Start();
+  v1::Event e = Named("config.changed");
+  auto* c = e.add_config_changes();
+  c->set_key("port");
+  c->set_value("8080");
+  Run(e);
+  EXPECT_EQ(seen, "8080");
+  EXPECT_EQ(engine_->config().at("port"), "8080");
+  Start();
+  EXPECT_EQ(engine_->config().at("port"), "8080");
+}
+
+// Timers a handler asks for are stored with the run and become timer.<name> events.
+TEST_F(EngineTest, TimersBecomeEvents) {
+  int fired = 0;
+  Handler("arm", {}, {}, {"start"},
+          [](RunContext& ctx) { return ctx.SetTimer("rotate", absl::Seconds(30)); });
+  Handler("rotate", {}, {}, {"timer.rotate"}, [&](RunContext&) {
+    ++fired;
+    return absl::OkStatus();
+  });
+  Start();
+  Run(Named("start"));
+  ASSERT_EQ(engine_->timers().size(), 1u);
+  EXPECT_EQ(engine_->timers().at("rotate"), clock_.Now() + absl::Seconds(30));
+  Start();
+  ASSERT_EQ(engine_->timers().size(), 1u);
+  ASSERT_TRUE(engine_->EnqueueTimer("rotate").ok());
+  EXPECT_TRUE(engine_->timers().empty());
+  ASSERT_TRUE(engine_->RunUntilIdle().ok());
+  EXPECT_EQ(fired, 1);
+  Start();
+  EXPECT_TRUE(engine_->timers().empty());
 }
 
 }  // namespace
