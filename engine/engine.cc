@@ -1180,24 +1180,8 @@ absl::Status Engine::StageOutbox(const v1::Event& event, uint64_t run_number, v1
     RETURN_IF_ERROR(stage(relations_.at(id), unit, v1::RELATION_EVENT_KIND_DEPARTED,
                           [](v1::OutboxEntry&) { return absl::OkStatus(); }));
   }
-  // A broken relation's unsent data is moot; its DEPARTED notices must still go out.
-  for (const auto& id : run_->broken) {
-    std::vector<std::string> stale;
-    absl::Status parse_status;
-    RETURN_IF_ERROR(
-        txn_->Scan(Space::kOutbox, "", [&](absl::string_view key, absl::string_view value) {
-          v1::OutboxEntry e;
-          parse_status = Parse(*kb_, "outbox entry", key, value, e);
-          if (!parse_status.ok()) return false;
-          if (e.relation_id() == id && e.kind() != v1::RELATION_EVENT_KIND_DEPARTED) {
-            stale.emplace_back(key);
-          }
-          return true;
-        }));
-    RETURN_IF_ERROR(parse_status);
-    for (const auto& key : stale) txn_->Delete(Space::kOutbox, key);
-    outbox_size_ -= stale.size();
-  }
+  // A broken relation's unacknowledged events stay in the outbox: receivers need every sequence
+  // number, and they ignore events about a relation they no longer have.
   return absl::OkStatus();
 }
 
@@ -1359,6 +1343,50 @@ absl::StatusOr<std::vector<v1::OutboxEntry>> Engine::Outbox(absl::string_view de
               [](const v1::OutboxEntry& a, const v1::OutboxEntry& b) { return a.id() < b.id(); });
   }
   return out;
+}
+
+absl::StatusOr<std::vector<v1::OutboxEntry>> Engine::OutboxAfter(absl::string_view destination,
+                                                                 uint64_t after,
+                                                                 size_t limit) const {
+  std::vector<v1::OutboxEntry> out;
+  absl::Status parse_status;
+  const std::string prefix = absl::StrCat(destination, absl::string_view("\0", 1));
+  RETURN_IF_ERROR(kb_->ScanFrom(
+      Space::kOutbox, prefix, kb::EncodeU64(after + 1),
+      [&](absl::string_view key, absl::string_view value) {
+        v1::OutboxEntry e;
+        parse_status = Parse(*kb_, "outbox entry", key, value, e);
+        if (!parse_status.ok()) return false;
+        out.push_back(std::move(e));
+        return out.size() < limit;
+      }));
+  RETURN_IF_ERROR(parse_status);
+  return out;
+}
+
+absl::Status Engine::CheckPeerEvent(absl::string_view relation_id, absl::string_view sender,
+                                    v1::RelationEventKind kind) const {
+  if (kind == v1::RELATION_EVENT_KIND_JOINED) return absl::OkStatus();
+  auto it = relations_.find(std::string(relation_id));
+  if (it != relations_.end()) {
+    const v1::RelationRecord& rel = it->second;
+    const std::string unit(sender);
+    if (rel.gone() ||
+        std::binary_search(rel.targets().begin(), rel.targets().end(), unit) ||
+        std::binary_search(rel.remote_units().begin(), rel.remote_units().end(), unit)) {
+      return absl::OkStatus();
+    }
+  }
+  // Events accepted from this sender on this relation may still wait in the inbox (its JOINED
+  // among them): then the sender is party to it.
+  ASSIGN_OR_RETURN(auto cursor, kb_->Get(Space::kCursor, CursorKey("in", relation_id, sender)));
+  if (cursor) return absl::OkStatus();
+  if (it == relations_.end()) {
+    return absl::NotFoundError(absl::StrCat("agent ", kb_->agent(), ": unknown relation '",
+                                            relation_id, "' (a relation starts with JOINED)"));
+  }
+  return absl::PermissionDeniedError(absl::StrCat(
+      "agent ", kb_->agent(), ": '", sender, "' is not party to relation '", relation_id, "'"));
 }
 
 absl::StatusOr<std::map<std::string, std::string>> Engine::Bag(absl::string_view relation_id,

@@ -118,14 +118,24 @@ class Engine {
   std::optional<std::string> FactValue(absl::string_view fact) const;
   // Every fact currently set, with its value, sorted by name.
   std::map<std::string, std::string> Facts() const;
-  std::optional<v1::RunFailure> failure() const { return failure_; }
+  const std::optional<v1::RunFailure>& failure() const { return failure_; }
   v1::WorkloadStatus workload_status() const { return status_; }
   size_t inbox_depth() const { return inbox_depth_; }
   // The newest `n` traces, oldest first.
   absl::StatusOr<std::vector<v1::Trace>> Traces(size_t n) const;
   // Outbox entries in the order they must be sent, for one destination or all.
   absl::StatusOr<std::vector<v1::OutboxEntry>> Outbox(absl::string_view destination = "") const;
+  // Up to `limit` entries for `destination` with ids above `after`, in id order.
+  absl::StatusOr<std::vector<v1::OutboxEntry>> OutboxAfter(absl::string_view destination,
+                                                           uint64_t after, size_t limit) const;
   size_t outbox_size() const { return outbox_size_; }
+  // The id of the newest outbox entry ever staged (0: none).
+  uint64_t last_outbox_id() const { return next_outbox_id_ - 1; }
+  // Why a relation event from `sender` about `relation_id` must be refused, if it must: the
+  // relation was never known here (and the event is not an introduction), or the sender is not
+  // party to it. Stale events about a broken relation are not refused.
+  absl::Status CheckPeerEvent(absl::string_view relation_id, absl::string_view sender,
+                              v1::RelationEventKind kind) const;
   // Timers handlers asked for, by name, with their due time.
   const std::map<std::string, absl::Time>& timers() const { return timers_; }
   const std::map<std::string, std::string>& config() const { return config_; }

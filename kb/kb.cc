@@ -36,8 +36,9 @@ std::string Successor(std::string key) {
 }
 
 absl::Status ScanIterator(const Kb& kb, rocksdb::Iterator* it, Space space,
-                          absl::string_view prefix, const ScanFn& fn) {
-  const std::string start = kb.Key(space, prefix);
+                          absl::string_view prefix, const ScanFn& fn,
+                          absl::string_view from = "") {
+  const std::string start = kb.Key(space, absl::StrCat(prefix, from));
   const std::string end = kb.UpperBound(space, prefix);
   const size_t strip = kb.prefix_size() + prefix.size();
   for (it->Seek(start); it->Valid(); it->Next()) {
@@ -91,9 +92,17 @@ absl::StatusOr<std::optional<std::string>> Kb::Get(Space space, absl::string_vie
 }
 
 absl::Status Kb::Scan(Space space, absl::string_view prefix, const ScanFn& fn) const {
+  return ScanFrom(space, prefix, "", fn);
+}
+
+absl::Status Kb::ScanFrom(Space space, absl::string_view prefix, absl::string_view from,
+                          const ScanFn& fn) const {
   rocksdb::ReadOptions ro;
+  const std::string upper = UpperBound(space, prefix);
+  rocksdb::Slice upper_slice(upper);
+  ro.iterate_upper_bound = &upper_slice;
   std::unique_ptr<rocksdb::Iterator> it(store_->db()->NewIterator(ro));
-  return ScanIterator(*this, it.get(), space, prefix, fn);
+  return ScanIterator(*this, it.get(), space, prefix, fn, from);
 }
 
 Txn::Txn(Kb* kb) : kb_(kb), batch_(rocksdb::BytewiseComparator(), 0, /*overwrite_key=*/true) {}

@@ -93,6 +93,10 @@ class Kb {
   // Reads the committed state.
   absl::StatusOr<std::optional<std::string>> Get(Space space, absl::string_view key) const;
   absl::Status Scan(Space space, absl::string_view prefix, const ScanFn& fn) const;
+  // Like Scan, but starts at the first key >= prefix + `from` (keys passed to `fn` still have
+  // only `prefix` stripped).
+  absl::Status ScanFrom(Space space, absl::string_view prefix, absl::string_view from,
+                        const ScanFn& fn) const;
 
   Store* store() const { return store_; }
   const std::string& agent() const { return agent_; }

@@ -197,6 +197,11 @@ absl::Status Store::WaitDurable(uint64_t ticket) {
   return absl::OkStatus();
 }
 
+uint64_t Store::written_ticket() const {
+  absl::MutexLock lock(&mu_);
+  return written_;
+}
+
 uint64_t Store::durable_ticket() const {
   absl::MutexLock lock(&mu_);
   return durable_;

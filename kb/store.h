@@ -65,8 +65,9 @@ class Store {
   // Blocks until `ticket` is durable.
   absl::Status WaitDurable(uint64_t ticket);
 
-  // The highest ticket known durable.
+  // The highest ticket known durable, and the highest written.
   uint64_t durable_ticket() const;
+  uint64_t written_ticket() const;
 
   rocksdb::DB* db() const { return db_.get(); }
   const std::string& path() const { return path_; }

@@ -1,0 +1,149 @@
+#pragma once
+
+// A service agent: one service unit's engine and knowledge base on its own strand, connected to
+// the agents it relates to by peer sessions. Everything here runs on the agent's strand; other
+// threads Post to it. The agent
+//  - applies its inbox one run at a time (Kick), retrying failed runs when due;
+//  - after a run is durable, sends the new outbox entries to their destinations;
+//  - applies relation events from peers exactly once (dedup by sequence in the engine) and
+//    acknowledges each once it is durable in the inbox;
+//  - turns timers handlers asked for into timer events.
+
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "engine/engine.h"
+#include "parley/v1/agent.pb.h"
+#include "parley/v1/peer.pb.h"
+#include "services/executor.h"
+#include "services/metrics.h"
+#include "services/session.h"
+
+namespace parley::services {
+
+class Host;
+
+struct AgentOptions {
+  engine::EngineOptions engine;
+  // Fire `update` this often; zero disables it (the default).
+  absl::Duration update_interval = absl::ZeroDuration();
+  // Outbox entries sent per destination before yielding the strand.
+  size_t send_batch = 512;
+};
+
+class Agent {
+ public:
+  // Opens the agent's KB namespace and engine. Fires `install` (first start only) and `start`.
+  static absl::StatusOr<std::unique_ptr<Agent>> Create(Host* host, engine::ServiceSpec spec,
+                                                       AgentOptions options);
+  ~Agent();
+
+  const std::string& name() const { return name_; }
+  const engine::ServiceSpec& spec() const { return engine_->spec(); }
+  const std::shared_ptr<Strand>& strand() const { return strand_; }
+  engine::Engine& engine() { return *engine_; }
+
+  // The remaining methods run on the strand.
+
+  // Starts processing the inbox and scheduling timers.
+  void Start();
+  // Processes due inbox events (soon, on the strand).
+  void Kick();
+
+  // Peer sessions. `Attach` replaces an earlier session with the same remote.
+  void Attach(const std::string& remote, std::shared_ptr<PeerSession> session);
+  void Detach(const std::string& remote, const PeerSession* session);
+  void OnFrame(const std::string& remote, const std::shared_ptr<PeerSession>& session,
+               const v1::PeerFrame& frame);
+
+  // Agents this one needs a stream with: relation targets, outbox destinations and agents that
+  // announced a relation recently.
+  std::set<std::string> WantedPeers() const;
+  // Where `remote` listens, if known.
+  std::string AddressOf(const std::string& remote) const;
+  absl::Status RememberAddress(const std::string& remote, const std::string& address,
+                               bool expect_relation);
+
+  // The agent API, on the strand.
+  v1::AgentStatus Status() const;
+  v1::CheckIdleResponse CheckIdle() const;
+  absl::StatusOr<uint64_t> SetConfig(const v1::SetConfigRequest& request);
+  absl::StatusOr<uint64_t> FireEvent(const v1::FireEventRequest& request);
+  // Validates and records a relation whose other side already agreed (see Host::Relate).
+  absl::Status Relate(const v1::RelateRequest& request, const std::string& remote_service,
+                      const std::string& interface);
+  absl::Status Unrelate(const std::string& relation_id);
+  // Checks a relation another agent proposes to this one; returns this side's role.
+  absl::StatusOr<v1::CheckRelationResponse> CheckRelation(const v1::CheckRelationRequest& r);
+  v1::GetRelationDataResponse RelationData(const std::string& endpoint) const;
+
+  // Called on status changes (after runs, on API calls); `fn` runs on the strand.
+  using Watcher = std::function<void(const v1::AgentStatus&)>;
+  uint64_t Watch(Watcher fn);
+  void Unwatch(uint64_t id);
+
+  // Stops timers and detaches sessions; the strand must be drained afterwards.
+  void Stop();
+
+ private:
+  Agent(Host* host, std::unique_ptr<kb::Kb> kb, std::unique_ptr<engine::Engine> engine,
+        AgentOptions options);
+
+  struct Channel {
+    std::shared_ptr<PeerSession> session;
+    // Highest outbox id sent on this session.
+    uint64_t sent_through = 0;
+    bool pumping = false;
+  };
+
+  void Process();
+  void AfterCommit(const engine::RunResult& result);
+  void Pump(const std::string& remote);
+  void PumpAll();
+  void ScheduleTimers();
+  void ScheduleRetry(absl::Time when);
+  void Notify();
+  void Reject(const std::string& remote, const std::shared_ptr<PeerSession>& session,
+              const absl::Status& why, absl::string_view reason);
+  void Log(v1::LogLevel level, std::string message) const;
+  void WhenDurable(uint64_t ticket, std::function<void()> fn);
+
+  Host* host_;
+  const std::string name_;
+  std::unique_ptr<kb::Kb> kb_;
+  std::unique_ptr<engine::Engine> engine_;
+  const AgentOptions options_;
+  std::shared_ptr<Strand> strand_;
+  // Guards callbacks that outlive the agent: they hold a weak_ptr to this flag.
+  std::shared_ptr<bool> alive_;
+
+  std::map<std::string, Channel> channels_;
+  // Outbox entries up to this id belong to durable runs and may be sent.
+  uint64_t sendable_through_ = 0;
+  uint64_t last_ticket_ = 0;
+  bool kick_scheduled_ = false;
+  bool executing_ = false;
+  uint64_t retry_timer_ = 0;
+  absl::Time retry_at_ = absl::InfiniteFuture();
+  std::map<std::string, std::pair<absl::Time, uint64_t>> timer_ids_;
+  uint64_t update_timer_ = 0;
+  std::map<std::string, std::string> addresses_;
+  std::map<std::string, absl::Time> expecting_;
+  uint64_t received_ = 0;
+  uint64_t acks_ = 0;
+  uint64_t last_run_ = 0;
+  std::string last_event_;
+  absl::Time last_run_time_ = absl::InfinitePast();
+  std::map<uint64_t, Watcher> watchers_;
+  uint64_t next_watcher_ = 1;
+  bool stopped_ = false;
+  // Highest sequence acknowledged per (remote, relation).
+  std::map<std::pair<std::string, std::string>, uint64_t> acked_;
+  Metrics::Agent metrics_;
+};
+
+}  // namespace parley::services

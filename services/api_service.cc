@@ -1,0 +1,308 @@
+#include "services/api_service.h"
+
+#include <deque>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "services/agent.h"
+#include "services/host.h"
+#include "services/status_convert.h"
+
+namespace parley::services {
+namespace {
+
+// Server-streaming writer with a queue: one write in flight; Finish once, when drained.
+template <typename T>
+class QueuedWriter : public grpc::ServerWriteReactor<T> {
+ public:
+  // Lets callbacks on other threads push messages without outliving the reactor.
+  struct Guard {
+    absl::Mutex mu;
+    QueuedWriter* writer ABSL_GUARDED_BY(mu);
+    void Push(T message) {
+      absl::MutexLock lock(&mu);
+      if (writer != nullptr) writer->Push(std::move(message));
+    }
+  };
+  QueuedWriter() : guard_(std::make_shared<Guard>()) {
+    absl::MutexLock lock(&guard_->mu);
+    guard_->writer = this;
+  }
+  std::shared_ptr<Guard> guard() const { return guard_; }
+
+  void Push(T message) {
+    absl::MutexLock lock(&mu_);
+    if (done_ || finishing_) return;
+    queue_.push_back(std::move(message));
+    if (!writing_) {
+      writing_ = true;
+      this->StartWrite(&queue_.front());
+    }
+  }
+  void End(grpc::Status status) {
+    absl::MutexLock lock(&mu_);
+    if (finishing_) return;
+    finishing_ = true;
+    status_ = status;
+    if (!writing_) this->Finish(status_);
+  }
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    queue_.pop_front();
+    if (ok && !queue_.empty()) {
+      this->StartWrite(&queue_.front());
+      return;
+    }
+    writing_ = false;
+    if (!ok && !finishing_) {
+      finishing_ = true;
+      status_ = grpc::Status::CANCELLED;
+    }
+    if (finishing_) this->Finish(status_);
+  }
+  void OnCancel() override { End(grpc::Status::CANCELLED); }
+  void OnDone() override {
+    {
+      absl::MutexLock lock(&mu_);
+      done_ = true;
+    }
+    {
+      absl::MutexLock lock(&guard_->mu);
+      guard_->writer = nullptr;
+    }
+    Cleanup();
+    delete this;
+  }
+
+ protected:
+  virtual void Cleanup() {}
+
+ private:
+  std::shared_ptr<Guard> guard_;
+  absl::Mutex mu_;
+  std::deque<T> queue_ ABSL_GUARDED_BY(mu_);
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool finishing_ ABSL_GUARDED_BY(mu_) = false;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::Status status_ ABSL_GUARDED_BY(mu_);
+};
+
+class StatusWatch : public QueuedWriter<v1::AgentStatus> {
+ public:
+  explicit StatusWatch(Agent* agent) : agent_(agent) {}
+  void Begin() {
+    auto guard = this->guard();
+    auto id = id_;
+    agent_->strand()->Post([agent = agent_, guard, id] {
+      *id = agent->Watch([guard](const v1::AgentStatus& s) { guard->Push(s); });
+    });
+  }
+
+ protected:
+  void Cleanup() override {
+    auto id = id_;
+    Agent* agent = agent_;
+    agent->strand()->Post([agent, id] { agent->Unwatch(*id); });
+  }
+
+ private:
+  Agent* agent_;
+  std::shared_ptr<uint64_t> id_ = std::make_shared<uint64_t>(0);
+};
+
+class LogStream : public QueuedWriter<v1::LogRecord> {
+ public:
+  LogStream(Host* host, v1::StreamLogsRequest filter) : host_(host), filter_(std::move(filter)) {}
+  void Begin() {
+    if (filter_.follow()) {
+      auto guard = this->guard();
+      v1::StreamLogsRequest filter = filter_;
+      subscription_ = host_->logs().Subscribe([guard, filter](const v1::LogRecord& r) {
+        if (LogBuffer::Matches(filter, r)) guard->Push(r);
+      });
+    }
+    for (auto& r : host_->logs().Snapshot(filter_)) Push(std::move(r));
+    if (!filter_.follow()) End(grpc::Status::OK);
+  }
+
+ protected:
+  void Cleanup() override {
+    if (subscription_) host_->logs().Unsubscribe(subscription_);
+  }
+
+ private:
+  Host* host_;
+  const v1::StreamLogsRequest filter_;
+  uint64_t subscription_ = 0;
+};
+
+class AgentService : public v1::Agent::CallbackService {
+ public:
+  explicit AgentService(Host* host) : host_(host) {}
+
+  // Runs `fn(agent)` on the agent's strand and finishes the call with its status.
+  template <typename Fn>
+  grpc::ServerUnaryReactor* OnAgent(grpc::CallbackServerContext* ctx, const std::string& name,
+                                    Fn fn) {
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    Agent* agent = host_->Find(name);
+    if (agent == nullptr) {
+      reactor->Finish(grpc::Status(grpc::StatusCode::NOT_FOUND,
+                                   absl::StrCat("no agent '", name, "' at ", host_->address())));
+      return reactor;
+    }
+    agent->strand()->Post([agent, reactor, fn] { reactor->Finish(ToGrpcStatus(fn(agent))); });
+    return reactor;
+  }
+
+  grpc::ServerUnaryReactor* ListAgents(grpc::CallbackServerContext* ctx,
+                                       const v1::ListAgentsRequest*,
+                                       v1::ListAgentsResponse* resp) override {
+    for (Agent* a : host_->Agents()) {
+      v1::AgentSummary* s = resp->add_agents();
+      s->set_agent(a->name());
+      s->set_service(a->spec().service);
+    }
+    auto* reactor = ctx->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+
+  grpc::ServerUnaryReactor* GetStatus(grpc::CallbackServerContext* ctx,
+                                      const v1::GetStatusRequest* req,
+                                      v1::AgentStatus* resp) override {
+    return OnAgent(ctx, req->agent(), [resp](Agent* a) {
+      *resp = a->Status();
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::ServerWriteReactor<v1::AgentStatus>* WatchStatus(grpc::CallbackServerContext*,
+                                                         const v1::GetStatusRequest* req) override {
+    Agent* agent = host_->Find(req->agent());
+    if (agent == nullptr) {
+      auto* w = new QueuedWriter<v1::AgentStatus>();
+      w->End(
+          grpc::Status(grpc::StatusCode::NOT_FOUND, absl::StrCat("no agent '", req->agent(), "'")));
+      return w;
+    }
+    auto* w = new StatusWatch(agent);
+    w->Begin();
+    return w;
+  }
+
+  grpc::ServerUnaryReactor* GetFacts(grpc::CallbackServerContext* ctx,
+                                     const v1::GetFactsRequest* req,
+                                     v1::GetFactsResponse* resp) override {
+    return OnAgent(ctx, req->agent(), [resp](Agent* a) {
+      for (const auto& [k, v] : a->engine().Facts()) {
+        v1::Fact* f = resp->add_facts();
+        f->set_name(k);
+        f->set_value(v);
+      }
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::ServerUnaryReactor* GetRelationData(grpc::CallbackServerContext* ctx,
+                                            const v1::GetRelationDataRequest* req,
+                                            v1::GetRelationDataResponse* resp) override {
+    return OnAgent(ctx, req->agent(), [req, resp](Agent* a) {
+      if (!req->endpoint().empty()) {
+        bool known = false;
+        for (const auto& e : a->spec().endpoints) known |= e.name == req->endpoint();
+        if (!known) {
+          return absl::NotFoundError(
+              absl::StrCat("agent ", a->name(), " has no endpoint '", req->endpoint(), "'"));
+        }
+      }
+      *resp = a->RelationData(req->endpoint());
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::ServerUnaryReactor* GetTraces(grpc::CallbackServerContext* ctx,
+                                      const v1::GetTracesRequest* req,
+                                      v1::GetTracesResponse* resp) override {
+    return OnAgent(ctx, req->agent(), [req, resp](Agent* a) -> absl::Status {
+      auto traces = a->engine().Traces(req->last() == 0 ? 10 : req->last());
+      if (!traces.ok()) return traces.status();
+      for (auto& t : *traces) *resp->add_traces() = std::move(t);
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::ServerUnaryReactor* GetConfig(grpc::CallbackServerContext* ctx,
+                                      const v1::GetConfigRequest* req,
+                                      v1::GetConfigResponse* resp) override {
+    return OnAgent(ctx, req->agent(), [resp](Agent* a) {
+      for (const auto& [k, v] : a->engine().config()) (*resp->mutable_config())[k] = v;
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::ServerUnaryReactor* SetConfig(grpc::CallbackServerContext* ctx,
+                                      const v1::SetConfigRequest* req,
+                                      v1::SetConfigResponse* resp) override {
+    return OnAgent(ctx, req->agent(), [req, resp](Agent* a) -> absl::Status {
+      auto id = a->SetConfig(*req);
+      if (!id.ok()) return id.status();
+      resp->set_event_id(*id);
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::ServerUnaryReactor* Relate(grpc::CallbackServerContext* ctx, const v1::RelateRequest* req,
+                                   v1::RelateResponse* resp) override {
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    host_->Relate(*req, [reactor, resp](absl::StatusOr<v1::RelateResponse> r) {
+      if (r.ok()) *resp = *r;
+      reactor->Finish(ToGrpcStatus(r.status()));
+    });
+    return reactor;
+  }
+
+  grpc::ServerUnaryReactor* Unrelate(grpc::CallbackServerContext* ctx,
+                                     const v1::UnrelateRequest* req,
+                                     v1::UnrelateResponse*) override {
+    return OnAgent(ctx, req->agent(), [req](Agent* a) { return a->Unrelate(req->relation_id()); });
+  }
+
+  grpc::ServerUnaryReactor* FireEvent(grpc::CallbackServerContext* ctx,
+                                      const v1::FireEventRequest* req,
+                                      v1::FireEventResponse* resp) override {
+    return OnAgent(ctx, req->agent(), [req, resp](Agent* a) -> absl::Status {
+      auto id = a->FireEvent(*req);
+      if (!id.ok()) return id.status();
+      resp->set_event_id(*id);
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::ServerWriteReactor<v1::LogRecord>* StreamLogs(grpc::CallbackServerContext*,
+                                                      const v1::StreamLogsRequest* req) override {
+    auto* w = new LogStream(host_, *req);
+    w->Begin();
+    return w;
+  }
+
+  grpc::ServerUnaryReactor* CheckIdle(grpc::CallbackServerContext* ctx,
+                                      const v1::CheckIdleRequest* req,
+                                      v1::CheckIdleResponse* resp) override {
+    return OnAgent(ctx, req->agent(), [resp](Agent* a) {
+      *resp = a->CheckIdle();
+      return absl::OkStatus();
+    });
+  }
+
+ private:
+  Host* host_;
+};
+
+}  // namespace
+
+std::unique_ptr<v1::Agent::CallbackService> MakeAgentService(Host* host) {
+  return std::make_unique<AgentService>(host);
+}
+
+}  // namespace parley::services

@@ -1,0 +1,16 @@
+#pragma once
+
+// The agent API (proto/parley/v1/agent.proto) over gRPC's callback API: each call posts its work
+// to the named agent's strand and finishes from there; nothing blocks a gRPC thread.
+
+#include <memory>
+
+#include "parley/v1/agent.grpc.pb.h"
+
+namespace parley::services {
+
+class Host;
+
+std::unique_ptr<v1::Agent::CallbackService> MakeAgentService(Host* host);
+
+}  // namespace parley::services

@@ -1,0 +1,363 @@
+#include "services/host.h"
+
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "kb/status_macros.h"
+#include "services/api_service.h"
+#include "services/peer_streams.h"
+#include "services/status_convert.h"
+
+namespace parley::services {
+namespace {
+
+absl::string_view RoleName(engine::Role role) {
+  switch (role) {
+    case engine::Role::kProvides:
+      return "provides";
+    case engine::Role::kRequires:
+      return "requires";
+    case engine::Role::kPeers:
+      return "peers";
+  }
+  return "";
+}
+
+absl::Duration Jitter(absl::Duration d) {
+  thread_local std::mt19937_64 random(std::random_device{}());
+  std::uniform_real_distribution<double> unit(0.5, 1.0);
+  return d * unit(random);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Host>> Host::Start(HostOptions options) {
+  std::unique_ptr<Host> host(new Host(std::move(options)));
+  RETURN_IF_ERROR(host->Init());
+  return host;
+}
+
+Host::Host(HostOptions options) : options_(std::move(options)), logs_(options_.log_capacity) {}
+
+absl::Status Host::Init() {
+  if (options_.data_dir.empty()) return absl::InvalidArgumentError("host: data_dir is not set");
+  kb::StoreOptions so;
+  so.durability = options_.durability;
+  ASSIGN_OR_RETURN(store_, kb::Store::Open(options_.data_dir, so));
+  pool_ = std::make_unique<ThreadPool>(options_.threads);
+  scheduler_ = std::make_unique<Scheduler>();
+  if (!options_.registry) options_.registry = std::make_shared<prometheus::Registry>();
+  metrics_ = std::make_unique<Metrics>(*options_.registry);
+
+  ASSIGN_OR_RETURN(auto creds, ServerCredentials(options_.tls));
+  peer_service_ = MakePeerService(this);
+  agent_service_ = MakeAgentService(this);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(options_.listen, creds, &port);
+  builder.RegisterService(peer_service_.get());
+  builder.RegisterService(agent_service_.get());
+  builder.SetMaxReceiveMessageSize(options_.max_message_bytes);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 2000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 2000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 500);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+  server_ = builder.BuildAndStart();
+  if (!server_ || port == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", options_.listen));
+  }
+  if (!options_.advertise.empty()) {
+    address_ = options_.advertise;
+  } else {
+    std::string host = options_.listen.substr(0, options_.listen.rfind(':'));
+    if (host.empty() || host == "0.0.0.0" || host == "[::]") host = "127.0.0.1";
+    address_ = absl::StrCat(host, ":", port);
+  }
+  return absl::OkStatus();
+}
+
+Host::~Host() { Shutdown(); }
+
+absl::StatusOr<Agent*> Host::AddAgent(engine::ServiceSpec spec, AgentOptions options) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (shut_down_) return absl::FailedPreconditionError("host is shut down");
+    if (agents_.contains(spec.unit)) {
+      return absl::AlreadyExistsError(absl::StrCat("agent '", spec.unit, "' already hosted"));
+    }
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<Agent> agent, Agent::Create(this, std::move(spec), options));
+  Agent* raw = agent.get();
+  {
+    absl::MutexLock lock(&mu_);
+    agents_.emplace(raw->name(), std::move(agent));
+  }
+  raw->strand()->Post([raw] { raw->Start(); });
+  return raw;
+}
+
+Agent* Host::Find(absl::string_view name) const {
+  absl::MutexLock lock(&mu_);
+  auto it = agents_.find(name);
+  return it == agents_.end() ? nullptr : it->second.get();
+}
+
+std::vector<Agent*> Host::Agents() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<Agent*> out;
+  for (const auto& [name, a] : agents_) out.push_back(a.get());
+  return out;
+}
+
+void Host::Shutdown() {
+  std::vector<Agent*> agents;
+  {
+    absl::MutexLock lock(&mu_);
+    if (shut_down_) return;
+    shut_down_ = true;
+    for (const auto& [name, a] : agents_) agents.push_back(a.get());
+  }
+  // The run in progress, if any, finishes: strands run closures to completion.
+  for (Agent* a : agents) a->strand()->Post([a] { a->Stop(); });
+  for (Agent* a : agents) a->strand()->Drain();
+  server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+  {
+    absl::MutexLock lock(&mu_);
+    auto none = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return dialing_ == 0; };
+    mu_.AwaitWithTimeout(absl::Condition(&none), absl::Seconds(5));
+  }
+  for (Agent* a : agents) a->strand()->Drain();
+  // Nothing is left unsynced: every commit reported or not becomes durable.
+  if (store_) store_->WaitDurable(store_->written_ticket()).IgnoreError();
+  {
+    absl::MutexLock lock(&mu_);
+    agents_.clear();
+  }
+  scheduler_.reset();
+  pool_.reset();
+}
+
+std::shared_ptr<grpc::Channel> Host::ChannelTo(const std::string& address) {
+  absl::MutexLock lock(&mu_);
+  auto it = channels_.find(address);
+  if (it != channels_.end()) return it->second;
+  auto creds = ChannelCredentials(options_.tls);
+  if (!creds.ok()) return nullptr;
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(options_.max_message_bytes);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 2000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 2000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  if (!options_.tls.server_name_override.empty()) {
+    args.SetSslTargetNameOverride(options_.tls.server_name_override);
+  }
+  auto channel = grpc::CreateCustomChannel(address, *creds, args);
+  channels_.emplace(address, channel);
+  return channel;
+}
+
+void Host::EnsureSession(Agent* local, const std::string& remote) {
+  const absl::Time now = absl::Now();
+  {
+    absl::MutexLock lock(&mu_);
+    if (shut_down_) return;
+    Link& link = links_[{local->name(), remote}];
+    if (link.active) return;
+    if (now < link.next_attempt) {
+      if (!link.retry_scheduled) {
+        link.retry_scheduled = true;
+        scheduler_->At(link.next_attempt, local->strand(), [this, local, remote] {
+          {
+            absl::MutexLock lock(&mu_);
+            links_[{local->name(), remote}].retry_scheduled = false;
+          }
+          if (local->WantedPeers().contains(remote)) EnsureSession(local, remote);
+        });
+      }
+      return;
+    }
+    link.active = true;
+  }
+  if (Agent* other = Find(remote)) {
+    {
+      absl::MutexLock lock(&mu_);
+      Link& back = links_[{remote, local->name()}];
+      if (back.active) return;  // the other side paired us already
+      back.active = true;
+    }
+    PairLocally(this, local, other);
+    return;
+  }
+  const std::string address = local->AddressOf(remote);
+  if (address.empty()) {
+    SessionEnded(local->name(), remote, false,
+                 absl::NotFoundError(absl::StrCat("no address known for ", remote)));
+    return;
+  }
+  if (local->name() < remote) {
+    Dial(local, remote, address);
+  } else {
+    AskToDial(local, remote, address);
+  }
+}
+
+void Host::Dial(Agent* local, const std::string& remote, const std::string& address) {
+  auto channel = ChannelTo(address);
+  if (!channel) {
+    SessionEnded(local->name(), remote, false,
+                 absl::InvalidArgumentError("TLS credentials for dialing are not usable"));
+    return;
+  }
+  std::shared_ptr<v1::Peer::Stub> stub;
+  {
+    absl::MutexLock lock(&mu_);
+    auto& s = stubs_[address];
+    if (!s) s = v1::Peer::NewStub(channel);
+    stub = s;
+    ++dialing_;
+  }
+  DialPeer(this, local, remote, stub.get());
+}
+
+void Host::AskToDial(Agent* local, const std::string& remote, const std::string& address) {
+  auto channel = ChannelTo(address);
+  struct Call {
+    grpc::ClientContext context;
+    v1::RequestConnectRequest request;
+    v1::RequestConnectResponse response;
+    std::shared_ptr<v1::Peer::Stub> stub;
+  };
+  auto call = std::make_shared<Call>();
+  call->request.set_agent(remote);
+  call->request.set_from_agent(local->name());
+  call->request.set_from_address(address_);
+  call->context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+  call->stub = v1::Peer::NewStub(channel);
+  const std::string name = local->name();
+  call->stub->async()->RequestConnect(&call->context, &call->request, &call->response,
+                                      [this, call, name, remote](grpc::Status s) {
+                                        // Not a session: retry later if none appears.
+                                        SessionEnded(name, remote, false, FromGrpcStatus(s));
+                                      });
+}
+
+void Host::SessionEnded(const std::string& local, const std::string& remote, bool established,
+                        const absl::Status& status) {
+  absl::MutexLock lock(&mu_);
+  Link& link = links_[{local, remote}];
+  link.active = false;
+  if (established) {
+    link.backoff = options_.reconnect_initial;
+  } else {
+    link.backoff = link.backoff == absl::ZeroDuration()
+                       ? options_.reconnect_initial
+                       : std::min(link.backoff * 2, options_.reconnect_max);
+  }
+  link.next_attempt = absl::Now() + Jitter(link.backoff);
+  if (!status.ok() && !shut_down_) {
+    v1::LogRecord r;
+    r.set_agent(local);
+    r.set_level(v1::LOG_LEVEL_INFO);
+    r.set_message(absl::StrCat("stream to ", remote, " ended: ", status.ToString()));
+    logs_.Add(std::move(r));
+  }
+}
+
+void Host::StreamDone() {
+  absl::MutexLock lock(&mu_);
+  --dialing_;
+}
+
+void Host::Relate(v1::RelateRequest request,
+                  std::function<void(absl::StatusOr<v1::RelateResponse>)> done) {
+  Agent* agent = Find(request.agent());
+  if (agent == nullptr) {
+    done(absl::NotFoundError(absl::StrCat("no agent '", request.agent(), "' at ", address_)));
+    return;
+  }
+  agent->strand()->Post([this, agent, request, done] {
+    const engine::EndpointSpec* ep = nullptr;
+    for (const auto& e : agent->spec().endpoints) {
+      if (e.name == request.endpoint()) ep = &e;
+    }
+    if (ep == nullptr) {
+      done(absl::NotFoundError(absl::StrCat("agent ", agent->name(), " (service ",
+                                            agent->spec().service, ") has no endpoint '",
+                                            request.endpoint(), "'")));
+      return;
+    }
+    if (request.relation_id().empty() || request.remote_agent().empty() ||
+        request.remote_endpoint().empty()) {
+      done(
+          absl::InvalidArgumentError("relate needs relation_id, remote_agent and remote_endpoint"));
+      return;
+    }
+    if (agent->engine().relations().contains(request.relation_id())) {
+      done(absl::AlreadyExistsError(absl::StrCat("agent ", agent->name(), ": relation id '",
+                                                 request.relation_id(), "' is already in use")));
+      return;
+    }
+    auto check = std::make_shared<v1::CheckRelationRequest>();
+    check->set_agent(request.remote_agent());
+    check->set_endpoint(request.remote_endpoint());
+    check->set_remote_agent(agent->name());
+    check->set_remote_service(agent->spec().service);
+    check->set_remote_endpoint(request.endpoint());
+    check->set_interface(ep->interface);
+    check->set_role(std::string(RoleName(ep->role)));
+    check->set_relation_id(request.relation_id());
+    check->set_remote_address(address_);
+    auto finish = [agent, request, done](absl::StatusOr<v1::CheckRelationResponse> r) {
+      agent->strand()->Post([agent, request, done, r] {
+        if (!r.ok()) {
+          done(absl::Status(r.status().code(),
+                            absl::StrCat("relating ", request.agent(), ":", request.endpoint(),
+                                         " to ", request.remote_agent(), ":",
+                                         request.remote_endpoint(), ": ", r.status().message())));
+          return;
+        }
+        if (absl::Status s = agent->Relate(request, r->service(), r->interface()); !s.ok()) {
+          done(s);
+          return;
+        }
+        v1::RelateResponse resp;
+        resp.set_interface(r->interface());
+        done(resp);
+      });
+    };
+    if (Agent* remote = Find(request.remote_agent())) {
+      remote->strand()->Post([remote, check, finish] { finish(remote->CheckRelation(*check)); });
+      return;
+    }
+    if (request.remote_address().empty()) {
+      done(absl::InvalidArgumentError(absl::StrCat(
+          "agent ", request.remote_agent(), " is not hosted here: remote_address is required")));
+      return;
+    }
+    struct Call {
+      grpc::ClientContext context;
+      v1::CheckRelationResponse response;
+      std::unique_ptr<v1::Peer::Stub> stub;
+    };
+    auto call = std::make_shared<Call>();
+    call->context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    call->stub = v1::Peer::NewStub(ChannelTo(request.remote_address()));
+    call->stub->async()->CheckRelation(&call->context, check.get(), &call->response,
+                                       [call, check, finish](grpc::Status s) {
+                                         if (!s.ok()) {
+                                           finish(FromGrpcStatus(s));
+                                         } else {
+                                           finish(call->response);
+                                         }
+                                       });
+  });
+}
+
+}  // namespace parley::services

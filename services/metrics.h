@@ -1,0 +1,57 @@
+#pragma once
+
+// The agents' Prometheus metrics. Names follow parley_<area>_<what>_<unit>; every series carries
+// the agent's name. One Metrics per Host, on the registry main() owns and exposes.
+
+#include <memory>
+#include <string>
+
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+
+namespace parley::services {
+
+class Metrics {
+ public:
+  explicit Metrics(prometheus::Registry& registry);
+
+  // The series of one agent, looked up once.
+  struct Agent {
+    prometheus::Counter* runs_committed;
+    prometheus::Counter* runs_failed;
+    prometheus::Histogram* run_duration;
+    prometheus::Counter* handler_executions;
+    prometheus::Counter* handler_failures;
+    prometheus::Gauge* inbox_depth;
+    prometheus::Gauge* outbox_unacked;
+    prometheus::Counter* events_sent;
+    prometheus::Counter* events_received;
+    prometheus::Counter* events_deduplicated;
+    prometheus::Counter* acks_received;
+  };
+  Agent ForAgent(const std::string& agent);
+
+  prometheus::Counter& Rejected(const std::string& agent, const std::string& reason);
+  prometheus::Gauge& PeerUp(const std::string& agent, const std::string& peer);
+  prometheus::Counter& Reconnects(const std::string& agent, const std::string& peer);
+
+ private:
+  prometheus::Family<prometheus::Counter>& runs_;
+  prometheus::Family<prometheus::Histogram>& run_duration_;
+  prometheus::Family<prometheus::Counter>& handler_executions_;
+  prometheus::Family<prometheus::Counter>& handler_failures_;
+  prometheus::Family<prometheus::Gauge>& inbox_depth_;
+  prometheus::Family<prometheus::Gauge>& outbox_unacked_;
+  prometheus::Family<prometheus::Counter>& events_sent_;
+  prometheus::Family<prometheus::Counter>& events_received_;
+  prometheus::Family<prometheus::Counter>& events_deduplicated_;
+  prometheus::Family<prometheus::Counter>& events_rejected_;
+  prometheus::Family<prometheus::Counter>& acks_received_;
+  prometheus::Family<prometheus::Gauge>& peer_up_;
+  prometheus::Family<prometheus::Counter>& reconnects_;
+};
+
+}  // namespace parley::services

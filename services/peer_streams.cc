@@ -1,0 +1,364 @@
+#include "services/peer_streams.h"
+
+#include <deque>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "services/agent.h"
+#include "services/host.h"
+#include "services/status_convert.h"
+
+namespace parley::services {
+namespace {
+
+// A session whose frames go to a stream reactor while it lives. Reactors are deleted by gRPC in
+// OnDone; the handle outlives them in the agent's channel table and then drops frames.
+class StreamHandle : public PeerSession {
+ public:
+  class Writer {
+   public:
+    virtual ~Writer() = default;
+    virtual void Write(v1::PeerFrame frame) = 0;
+    virtual void End(const absl::Status& why) = 0;
+  };
+  explicit StreamHandle(Writer* writer) : writer_(writer) {}
+
+  void Send(v1::PeerFrame frame) override {
+    absl::MutexLock lock(&mu_);
+    if (writer_ != nullptr) writer_->Write(std::move(frame));
+  }
+  void Close(const absl::Status& why) override {
+    absl::MutexLock lock(&mu_);
+    if (writer_ != nullptr) writer_->End(why);
+  }
+  void Detach() {
+    absl::MutexLock lock(&mu_);
+    writer_ = nullptr;
+  }
+
+ private:
+  absl::Mutex mu_;
+  Writer* writer_ ABSL_GUARDED_BY(mu_);
+};
+
+// One write in flight, the rest queued (gRFC L67); Finish only when no write is outstanding.
+template <typename Reactor>
+class WriteQueue {
+ public:
+  explicit WriteQueue(Reactor* reactor) : reactor_(reactor) {}
+
+  void Write(v1::PeerFrame frame) {
+    absl::MutexLock lock(&mu_);
+    if (ending_) return;
+    queue_.push_back(std::move(frame));
+    if (!writing_) {
+      writing_ = true;
+      reactor_->StartWrite(&queue_.front());
+    }
+  }
+
+  // Returns true when the reactor should end now (no write in flight).
+  bool RequestEnd(const absl::Status& why) {
+    absl::MutexLock lock(&mu_);
+    if (ending_) return false;
+    ending_ = true;
+    why_ = why;
+    queue_.erase(queue_.begin() + (writing_ ? 1 : 0), queue_.end());
+    return !writing_;
+  }
+
+  // Returns true when an end was requested and can happen now.
+  bool WriteDone(bool ok) {
+    absl::MutexLock lock(&mu_);
+    queue_.pop_front();
+    if (ok && !queue_.empty() && !ending_) {
+      reactor_->StartWrite(&queue_.front());
+      return false;
+    }
+    writing_ = false;
+    if (!ok) ending_ = true;
+    return ending_;
+  }
+
+  absl::Status why() {
+    absl::MutexLock lock(&mu_);
+    return why_;
+  }
+
+ private:
+  Reactor* reactor_;
+  absl::Mutex mu_;
+  std::deque<v1::PeerFrame> queue_ ABSL_GUARDED_BY(mu_);
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool ending_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status why_ ABSL_GUARDED_BY(mu_);
+};
+
+class ServerStream : public grpc::ServerBidiReactor<v1::PeerFrame, v1::PeerFrame>,
+                     public StreamHandle::Writer {
+ public:
+  explicit ServerStream(Host* host) : host_(host), writes_(this) { StartRead(&in_); }
+
+  void Write(v1::PeerFrame frame) override { writes_.Write(std::move(frame)); }
+  void End(const absl::Status& why) override {
+    if (writes_.RequestEnd(why)) FinishOnce(ToGrpcStatus(why));
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      End(absl::OkStatus());
+      return;
+    }
+    if (agent_ == nullptr) {
+      if (absl::Status s = Handshake(); !s.ok()) {
+        host_->metrics()
+            .Rejected(in_.has_hello() ? in_.hello().to_agent() : "", "handshake")
+            .Increment();
+        v1::LogRecord r;
+        r.set_level(v1::LOG_LEVEL_WARNING);
+        r.set_agent(in_.hello().to_agent());
+        r.set_message(absl::StrCat("refused stream: ", s.message()));
+        host_->logs().Add(std::move(r));
+        End(s);
+        return;
+      }
+    } else {
+      Agent* agent = agent_;
+      std::string remote = remote_;
+      std::shared_ptr<StreamHandle> handle = handle_;
+      agent->strand()->Post([agent, remote, handle, frame = std::move(in_)] {
+        agent->OnFrame(remote, handle, frame);
+      });
+    }
+    StartRead(&in_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (writes_.WriteDone(ok)) FinishOnce(ToGrpcStatus(writes_.why()));
+  }
+
+  void OnDone() override {
+    if (handle_) {
+      handle_->Detach();
+      Agent* agent = agent_;
+      std::string remote = remote_;
+      std::shared_ptr<StreamHandle> handle = handle_;
+      agent->strand()->Post([agent, remote, handle] { agent->Detach(remote, handle.get()); });
+    }
+    delete this;
+  }
+
+ private:
+  absl::Status Handshake() {
+    if (!in_.has_hello()) {
+      return absl::FailedPreconditionError("the first frame of a peer stream must be a Hello");
+    }
+    const v1::Hello& h = in_.hello();
+    if (h.protocol_version() != v1::PROTOCOL_VERSION_1) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("protocol version ", h.protocol_version(), " from ", h.from_agent(),
+                       " is not supported; this agent speaks version 1"));
+    }
+    if (h.from_agent().empty()) return absl::InvalidArgumentError("Hello names no sender");
+    Agent* agent = host_->Find(h.to_agent());
+    if (agent == nullptr) {
+      return absl::NotFoundError(
+          absl::StrCat("no agent '", h.to_agent(), "' here (", host_->address(), ")"));
+    }
+    agent_ = agent;
+    remote_ = h.from_agent();
+    handle_ = std::make_shared<StreamHandle>(this);
+    std::shared_ptr<StreamHandle> handle = handle_;
+    std::string remote = remote_;
+    std::string address = h.from_address();
+    agent->strand()->Post([agent, remote, handle, address] {
+      if (!address.empty()) agent->RememberAddress(remote, address, false).IgnoreError();
+      agent->Attach(remote, handle);
+    });
+    return absl::OkStatus();
+  }
+
+  void FinishOnce(const grpc::Status& status) {
+    absl::MutexLock lock(&finish_mu_);
+    if (finished_) return;
+    finished_ = true;
+    Finish(status);
+  }
+
+  Host* host_;
+  WriteQueue<ServerStream> writes_;
+  v1::PeerFrame in_;
+  Agent* agent_ = nullptr;
+  std::string remote_;
+  std::shared_ptr<StreamHandle> handle_;
+  absl::Mutex finish_mu_;
+  bool finished_ ABSL_GUARDED_BY(finish_mu_) = false;
+};
+
+class ClientStream : public grpc::ClientBidiReactor<v1::PeerFrame, v1::PeerFrame>,
+                     public StreamHandle::Writer {
+ public:
+  ClientStream(Host* host, Agent* local, std::string remote, v1::Peer::Stub* stub)
+      : host_(host), local_(local), remote_(std::move(remote)), writes_(this) {
+    handle_ = std::make_shared<StreamHandle>(this);
+    stub->async()->Connect(&context_, this);
+    v1::PeerFrame hello;
+    hello.mutable_hello()->set_protocol_version(v1::PROTOCOL_VERSION_1);
+    hello.mutable_hello()->set_from_agent(local_->name());
+    hello.mutable_hello()->set_to_agent(remote_);
+    hello.mutable_hello()->set_from_address(host_->address());
+    Write(std::move(hello));
+    StartRead(&in_);
+    StartCall();
+  }
+
+  std::shared_ptr<StreamHandle> handle() const { return handle_; }
+
+  void Write(v1::PeerFrame frame) override { writes_.Write(std::move(frame)); }
+  void End(const absl::Status&) override { context_.TryCancel(); }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) return;  // OnDone follows
+    established_ = true;
+    Agent* agent = local_;
+    std::string remote = remote_;
+    std::shared_ptr<StreamHandle> handle = handle_;
+    agent->strand()->Post(
+        [agent, remote, handle, frame = std::move(in_)] { agent->OnFrame(remote, handle, frame); });
+    StartRead(&in_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (writes_.WriteDone(ok)) context_.TryCancel();
+  }
+
+  void OnDone(const grpc::Status& status) override {
+    handle_->Detach();
+    Agent* agent = local_;
+    std::string remote = remote_;
+    std::shared_ptr<StreamHandle> handle = handle_;
+    agent->strand()->Post([agent, remote, handle] { agent->Detach(remote, handle.get()); });
+    host_->SessionEnded(local_->name(), remote_, established_, FromGrpcStatus(status));
+    Host* host = host_;
+    delete this;
+    host->StreamDone();
+  }
+
+ private:
+  Host* host_;
+  Agent* local_;
+  const std::string remote_;
+  grpc::ClientContext context_;
+  WriteQueue<ClientStream> writes_;
+  v1::PeerFrame in_;
+  std::shared_ptr<StreamHandle> handle_;
+  std::atomic<bool> established_{false};
+};
+
+class LocalSession : public PeerSession {
+ public:
+  LocalSession(Host* host, std::string from, std::string to)
+      : host_(host), from_(std::move(from)), to_(std::move(to)) {}
+  void set_peer(std::weak_ptr<LocalSession> peer) { peer_ = std::move(peer); }
+
+  void Send(v1::PeerFrame frame) override {
+    if (closed_) return;
+    Agent* to = host_->Find(to_);
+    std::shared_ptr<LocalSession> peer = peer_.lock();
+    if (to == nullptr || !peer) return;
+    std::string from = from_;
+    to->strand()->Post(
+        [to, from, peer, frame = std::move(frame)] { to->OnFrame(from, peer, frame); });
+  }
+
+  void Close(const absl::Status& why) override {
+    if (closed_.exchange(true)) return;
+    if (auto peer = peer_.lock()) peer->Close(why);
+    if (Agent* a = host_->Find(from_)) {
+      std::string to = to_;
+      const PeerSession* self = this;
+      a->strand()->Post([a, to, self] { a->Detach(to, self); });
+    }
+    host_->SessionEnded(from_, to_, true, why);
+  }
+
+ private:
+  Host* host_;
+  const std::string from_, to_;
+  std::weak_ptr<LocalSession> peer_;
+  std::atomic<bool> closed_{false};
+};
+
+class PeerService : public v1::Peer::CallbackService {
+ public:
+  explicit PeerService(Host* host) : host_(host) {}
+
+  grpc::ServerBidiReactor<v1::PeerFrame, v1::PeerFrame>* Connect(
+      grpc::CallbackServerContext*) override {
+    return new ServerStream(host_);
+  }
+
+  grpc::ServerUnaryReactor* CheckRelation(grpc::CallbackServerContext* ctx,
+                                          const v1::CheckRelationRequest* request,
+                                          v1::CheckRelationResponse* response) override {
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    Agent* agent = host_->Find(request->agent());
+    if (agent == nullptr) {
+      reactor->Finish(
+          grpc::Status(grpc::StatusCode::NOT_FOUND,
+                       absl::StrCat("no agent '", request->agent(), "' at ", host_->address())));
+      return reactor;
+    }
+    agent->strand()->Post([agent, request, response, reactor] {
+      auto r = agent->CheckRelation(*request);
+      if (r.ok()) *response = *r;
+      reactor->Finish(ToGrpcStatus(r.status()));
+    });
+    return reactor;
+  }
+
+  grpc::ServerUnaryReactor* RequestConnect(grpc::CallbackServerContext* ctx,
+                                           const v1::RequestConnectRequest* request,
+                                           v1::RequestConnectResponse*) override {
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    Agent* agent = host_->Find(request->agent());
+    if (agent == nullptr) {
+      reactor->Finish(
+          grpc::Status(grpc::StatusCode::NOT_FOUND,
+                       absl::StrCat("no agent '", request->agent(), "' at ", host_->address())));
+      return reactor;
+    }
+    agent->strand()->Post([agent, request, reactor] {
+      reactor->Finish(ToGrpcStatus(
+          agent->RememberAddress(request->from_agent(), request->from_address(), true)));
+    });
+    return reactor;
+  }
+
+ private:
+  Host* host_;
+};
+
+}  // namespace
+
+std::unique_ptr<v1::Peer::CallbackService> MakePeerService(Host* host) {
+  return std::make_unique<PeerService>(host);
+}
+
+void DialPeer(Host* host, Agent* local, const std::string& remote, v1::Peer::Stub* stub) {
+  auto* stream = new ClientStream(host, local, remote, stub);
+  std::shared_ptr<StreamHandle> handle = stream->handle();
+  local->strand()->Post([local, remote, handle] { local->Attach(remote, handle); });
+}
+
+void PairLocally(Host* host, Agent* a, Agent* b) {
+  auto ab = std::make_shared<LocalSession>(host, a->name(), b->name());
+  auto ba = std::make_shared<LocalSession>(host, b->name(), a->name());
+  ab->set_peer(ba);
+  ba->set_peer(ab);
+  const std::string an = a->name(), bn = b->name();
+  a->strand()->Post([a, bn, ab] { a->Attach(bn, ab); });
+  b->strand()->Post([b, an, ba] { b->Attach(an, ba); });
+}
+
+}  // namespace parley::services
