@@ -1,5 +1,9 @@
 #include "kb/store.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <filesystem>
 #include <system_error>
 
@@ -115,30 +119,62 @@ absl::Status CheckReadOnly(const std::string& path, const StoreOptions& options)
   return CheckSchemaValue(path, value);
 }
 
+// Creates a complete, empty KB at `path` atomically: built beside it, then renamed into place, so
+// that a crash during creation leaves either nothing or a KB that opens.
+absl::Status Create(const std::string& path) {
+  const std::string building = path + ".creating";
+  std::error_code ec;
+  fs::remove_all(building, ec);  // a creation that crashed before; it was never in use
+  if (ec) {
+    return absl::UnavailableError(
+        absl::StrCat("knowledge base ", path, ": cannot remove ", building, ": ", ec.message()));
+  }
+  {
+    rocksdb::Options o = BaseOptions();
+    o.create_if_missing = true;
+    o.error_if_exists = true;
+    rocksdb::DB* raw = nullptr;
+    RETURN_IF_ERROR(ConvertStatus(rocksdb::DB::Open(o, building, &raw), path, "create"));
+    std::unique_ptr<rocksdb::DB> db(raw);
+    rocksdb::WriteOptions wo;
+    wo.sync = true;
+    RETURN_IF_ERROR(ConvertStatus(db->Put(wo, SchemaKey(), absl::StrCat(kSchemaVersion)), path,
+                                  "writing schema version"));
+    RETURN_IF_ERROR(ConvertStatus(db->Close(), path, "closing the new KB"));
+  }
+  // rename(2) replaces an empty directory at `path`; make it durable in the parent.
+  fs::rename(building, path, ec);
+  if (ec) {
+    return absl::UnavailableError(absl::StrCat("knowledge base ", path, ": cannot move ", building,
+                                               " into place: ", ec.message()));
+  }
+  const std::string parent = fs::path(path).parent_path().empty()
+                                 ? std::string(".")
+                                 : fs::path(path).parent_path().string();
+  if (int fd = ::open(parent.c_str(), O_RDONLY | O_DIRECTORY); fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path,
                                                    const StoreOptions& options) {
   ASSIGN_OR_RETURN(DirState state, Inspect(path));
-  const bool create = state != DirState::kDatabase;
-  if (create && !options.create_if_missing) {
-    return absl::NotFoundError(absl::StrCat("knowledge base ", path, ": does not exist"));
+  if (state != DirState::kDatabase) {
+    if (!options.create_if_missing) {
+      return absl::NotFoundError(absl::StrCat("knowledge base ", path, ": does not exist"));
+    }
+    RETURN_IF_ERROR(Create(path));
   }
-  if (!create) RETURN_IF_ERROR(CheckReadOnly(path, options));
+  RETURN_IF_ERROR(CheckReadOnly(path, options));
 
   rocksdb::Options o = BaseOptions();
-  o.create_if_missing = create;
-  o.error_if_exists = create;
   rocksdb::DB* raw = nullptr;
   RETURN_IF_ERROR(ConvertStatus(rocksdb::DB::Open(o, path, &raw), path, "open"));
-  std::unique_ptr<Store> store(new Store(path, options, std::unique_ptr<rocksdb::DB>(raw)));
-  if (create) {
-    rocksdb::WriteOptions wo;
-    wo.sync = true;
-    RETURN_IF_ERROR(store->Convert(store->db_->Put(wo, SchemaKey(), absl::StrCat(kSchemaVersion)),
-                                   "writing schema version"));
-  }
-  return store;
+  return std::unique_ptr<Store>(new Store(path, options, std::unique_ptr<rocksdb::DB>(raw)));
 }
 
 Store::Store(std::string path, const StoreOptions& options, std::unique_ptr<rocksdb::DB> db)
@@ -178,7 +214,11 @@ void Store::WhenDurable(uint64_t ticket, std::function<void(absl::Status)> done)
   absl::Status status;
   {
     absl::MutexLock lock(&mu_);
-    if (ticket > durable_ && sync_error_.ok()) {
+    // Run at once only when nothing registered earlier is still waiting to run: callbacks run
+    // in ticket order, and a caller's callbacks in the order it registered them.
+    const bool inline_ok = options_.durability == Durability::kSync ||
+                           (ticket <= durable_ && waiters_.empty() && !delivering_);
+    if (sync_error_.ok() && !inline_ok) {
       waiters_.push_back({ticket, std::move(done)});
       return;
     }
@@ -209,39 +249,53 @@ uint64_t Store::durable_ticket() const {
 
 void Store::SyncLoop() {
   for (;;) {
-    uint64_t target;
+    uint64_t target = 0;
+    absl::Status status;
     {
       absl::MutexLock lock(&mu_);
       auto work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return stopping_ || written_ > durable_;
+        return stopping_ || written_ > durable_ || HasReadyWaiters();
       };
       mu_.Await(absl::Condition(&work));
-      if (written_ == durable_) return;  // stopping, nothing left to sync
+      if (written_ == durable_ && !HasReadyWaiters()) return;  // stopping, all done
       target = written_;
     }
-    absl::Status status = Convert(db_->SyncWAL(), "WAL sync");
-    std::vector<Waiter> ready;
-    {
-      absl::MutexLock lock(&mu_);
-      if (status.ok()) {
-        durable_ = target;
-      } else {
-        // A failed fsync leaves the WAL's state unknown; nothing after it may be reported durable.
-        sync_error_ = status;
-      }
-      auto keep = waiters_.begin();
-      for (auto& w : waiters_) {
-        if (w.ticket <= durable_ || !sync_error_.ok()) {
-          ready.push_back(std::move(w));
-        } else {
-          *keep++ = std::move(w);
-        }
-      }
-      waiters_.erase(keep, waiters_.end());
+    if (target > durable_ticket()) {
+      status = Convert(db_->SyncWAL(), "WAL sync");
     }
-    for (auto& w : ready) w.done(w.ticket <= target && status.ok() ? absl::OkStatus() : status);
+    // Deliver every ready callback, lowest ticket first, until none is left; meanwhile new
+    // callbacks queue behind them.
+    for (;;) {
+      std::vector<Waiter> ready;
+      {
+        absl::MutexLock lock(&mu_);
+        if (status.ok()) {
+          durable_ = std::max(durable_, target);
+        } else {
+          // A failed fsync leaves the WAL's state unknown; nothing after it may be reported
+          // durable.
+          sync_error_ = status;
+        }
+        std::stable_sort(waiters_.begin(), waiters_.end(),
+                         [](const Waiter& a, const Waiter& b) { return a.ticket < b.ticket; });
+        auto split = waiters_.begin();
+        while (split != waiters_.end() && (split->ticket <= durable_ || !sync_error_.ok())) ++split;
+        ready.assign(std::make_move_iterator(waiters_.begin()), std::make_move_iterator(split));
+        waiters_.erase(waiters_.begin(), split);
+        delivering_ = !ready.empty();
+        if (ready.empty()) break;
+      }
+      for (auto& w : ready) w.done(w.ticket <= target && status.ok() ? absl::OkStatus() : status);
+    }
     if (!status.ok()) return;
   }
+}
+
+bool Store::HasReadyWaiters() const {
+  for (const auto& w : waiters_) {
+    if (w.ticket <= durable_) return true;
+  }
+  return false;
 }
 
 }  // namespace parley::kb

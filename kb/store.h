@@ -78,8 +78,8 @@ class Store {
 
  private:
   Store(std::string path, const StoreOptions& options, std::unique_ptr<rocksdb::DB> db);
-  absl::Status CheckSchema(bool created);
   void SyncLoop();
+  bool HasReadyWaiters() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::string path_;
   const StoreOptions options_;
@@ -95,6 +95,8 @@ class Store {
   absl::Status sync_error_ ABSL_GUARDED_BY(mu_);
   std::vector<Waiter> waiters_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  // The syncer is running callbacks: new ones queue behind them.
+  bool delivering_ ABSL_GUARDED_BY(mu_) = false;
   // Serializes writes so that tickets follow WAL order.
   absl::Mutex write_mu_;
   std::thread syncer_;
