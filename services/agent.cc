@@ -130,6 +130,16 @@ void Agent::WhenDurable(uint64_t ticket, std::function<void()> fn) {
 }
 
 void Agent::Start() {
+  // Entries left in the outbox by an earlier process were written before it stopped; once the
+  // startup write is durable they may all go.
+  written_through_ = engine_->last_outbox_id();
+  {
+    const uint64_t through = written_through_;
+    WhenDurable(last_ticket_, [this, through] {
+      sendable_through_ = std::max(sendable_through_, through);
+      PumpAll();
+    });
+  }
   ScheduleTimers();
   if (options_.update_interval > absl::ZeroDuration()) {
     std::weak_ptr<bool> alive = alive_;
@@ -211,6 +221,12 @@ void Agent::Process() {
 void Agent::AfterCommit(const engine::RunResult& result) {
   last_ticket_ = result.ticket;
   const uint64_t through = engine_->last_outbox_id();
+  if (through > written_through_) {
+    written_through_ = through;
+    for (auto& [remote, ch] : channels_) {
+      if (ch.session && ch.session->SharesStore()) Pump(remote);
+    }
+  }
   if (through > sendable_through_) {
     WhenDurable(result.ticket, [this, through] {
       if (through <= sendable_through_) return;
@@ -309,7 +325,9 @@ void Agent::PumpAll() {
 
 void Agent::Pump(const std::string& remote) {
   Channel& ch = channels_[remote];
-  if (!ch.session || ch.sent_through >= sendable_through_) return;
+  if (!ch.session) return;
+  const uint64_t limit = ch.session->SharesStore() ? written_through_ : sendable_through_;
+  if (ch.sent_through >= limit) return;
   auto entries = engine_->OutboxAfter(remote, ch.sent_through, options_.send_batch);
   if (!entries.ok()) {
     Log(v1::LOG_LEVEL_ERROR, absl::StrCat("outbox: ", entries.status().message()));
@@ -317,7 +335,7 @@ void Agent::Pump(const std::string& remote) {
   }
   size_t sent = 0;
   for (const auto& e : *entries) {
-    if (e.id() > sendable_through_) break;
+    if (e.id() > limit) break;
     ch.session->Send(ToFrame(e));
     ch.sent_through = e.id();
     ++sent;
@@ -421,7 +439,7 @@ void Agent::OnFrame(const std::string& remote, const std::shared_ptr<PeerSession
   // cumulative, so one for a higher sequence makes a lower one unnecessary.
   const std::string relation = ev.relation_id();
   const bool duplicate = r->duplicate;
-  WhenDurable(last_ticket_, [this, remote, relation, sequence, session, duplicate] {
+  auto send_ack = [this, remote, relation, sequence, session, duplicate] {
     auto& acked = acked_[{remote, relation}];
     if (acked >= sequence && !duplicate) return;
     acked = std::max(acked, sequence);
@@ -431,7 +449,12 @@ void Agent::OnFrame(const std::string& remote, const std::shared_ptr<PeerSession
     ack.mutable_ack()->set_sequence(sequence);
     const auto& current = channels_[remote].session;
     (current ? current : session)->Send(std::move(ack));
-  });
+  };
+  if (session->SharesStore()) {
+    send_ack();
+  } else {
+    WhenDurable(last_ticket_, std::move(send_ack));
+  }
 }
 
 std::set<std::string> Agent::WantedPeers() const {

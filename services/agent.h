@@ -112,6 +112,12 @@ class Agent {
   void Log(v1::LogLevel level, std::string message) const;
   void WhenDurable(uint64_t ticket, std::function<void()> fn);
 
+ public:
+  // Runs `fn` on the strand once everything this agent wrote so far is durable: what the API
+  // reports must not be lost by a crash.
+  void AfterDurable(std::function<void()> fn) { WhenDurable(last_ticket_, std::move(fn)); }
+
+ private:
   Host* host_;
   const std::string name_;
   std::unique_ptr<kb::Kb> kb_;
@@ -122,8 +128,10 @@ class Agent {
   std::shared_ptr<bool> alive_;
 
   std::map<std::string, Channel> channels_;
-  // Outbox entries up to this id belong to durable runs and may be sent.
+  // Outbox entries up to this id belong to durable runs and may be sent; up to written_through_
+  // they may go to sessions that share this agent's store.
   uint64_t sendable_through_ = 0;
+  uint64_t written_through_ = 0;
   uint64_t last_ticket_ = 0;
   bool kick_scheduled_ = false;
   bool executing_ = false;

@@ -151,7 +151,11 @@ class AgentService : public v1::Agent::CallbackService {
                                    absl::StrCat("no agent '", name, "' at ", host_->address())));
       return reactor;
     }
-    agent->strand()->Post([agent, reactor, fn] { reactor->Finish(ToGrpcStatus(fn(agent))); });
+    agent->strand()->Post([agent, reactor, fn] {
+      const grpc::Status status = ToGrpcStatus(fn(agent));
+      // Answer only once what the answer reports is durable.
+      agent->AfterDurable([reactor, status] { reactor->Finish(status); });
+    });
     return reactor;
   }
 

@@ -260,6 +260,7 @@ class LocalSession : public PeerSession {
   LocalSession(Host* host, std::string from, std::string to)
       : host_(host), from_(std::move(from)), to_(std::move(to)) {}
   void set_peer(std::weak_ptr<LocalSession> peer) { peer_ = std::move(peer); }
+  bool SharesStore() const override { return true; }
 
   void Send(v1::PeerFrame frame) override {
     if (closed_) return;
