@@ -176,6 +176,12 @@ struct Engine::Run {
   std::set<std::string> follow_up_broken;
   // (relation, unit) this agent unrelated from: the unit is told with a DEPARTED event.
   std::vector<std::pair<std::string, std::string>> departs;
+  // Outbox entries staged by this run.
+  struct Staged {
+    std::string destination, relation;
+    uint64_t sequence, id;
+  };
+  std::vector<Staged> staged;
   uint32_t executions = 0;
 };
 
@@ -385,10 +391,17 @@ absl::Status Engine::Load() {
       }));
   RETURN_IF_ERROR(parse_status);
   outbox_size_ = 0;
-  RETURN_IF_ERROR(kb_->Scan(Space::kOutbox, "", [&](absl::string_view, absl::string_view) {
-    ++outbox_size_;
-    return true;
-  }));
+  unacked_.clear();
+  RETURN_IF_ERROR(
+      kb_->Scan(Space::kOutbox, "", [&](absl::string_view key, absl::string_view value) {
+        v1::OutboxEntry e;
+        parse_status = Parse(*kb_, "outbox entry", key, value, e);
+        if (!parse_status.ok()) return false;
+        unacked_[{e.destination(), e.relation_id()}].emplace_back(e.sequence(), e.id());
+        ++outbox_size_;
+        return true;
+      }));
+  RETURN_IF_ERROR(parse_status);
 
   inbox_head_ = next_event_id_;
   RETURN_IF_ERROR(kb_->Scan(Space::kInbox, "", [&](absl::string_view key, absl::string_view) {
@@ -571,26 +584,26 @@ absl::StatusOr<EnqueueResult> Engine::EnqueueTimer(absl::string_view name) {
 absl::StatusOr<uint64_t> Engine::Acknowledge(absl::string_view destination,
                                              absl::string_view relation_id, uint64_t sequence) {
   if (run_) return absl::FailedPreconditionError("acknowledgements are applied between runs");
-  kb::Txn txn(kb_);
+  auto it = unacked_.find({std::string(destination), std::string(relation_id)});
+  if (it == unacked_.end()) return 0;
+  auto& pending = it->second;
   size_t removed = 0;
-  absl::Status parse_status;
-  const std::string prefix = absl::StrCat(destination, absl::string_view("\0", 1));
-  RETURN_IF_ERROR(
-      kb_->Scan(Space::kOutbox, prefix, [&](absl::string_view key, absl::string_view value) {
-        v1::OutboxEntry e;
-        parse_status = Parse(*kb_, "outbox entry", key, value, e);
-        if (!parse_status.ok()) return false;
-        if (e.relation_id() == relation_id && e.sequence() <= sequence) {
-          txn.Delete(Space::kOutbox, absl::StrCat(prefix, key));
-          ++removed;
-        }
-        return true;
-      }));
-  RETURN_IF_ERROR(parse_status);
+  kb::Txn txn(kb_);
+  for (auto e = pending.begin(); e != pending.end() && e->first <= sequence; ++e, ++removed) {
+    txn.Delete(Space::kOutbox, OutboxKey(destination, e->second));
+  }
   if (removed == 0) return 0;
   ASSIGN_OR_RETURN(uint64_t ticket, kb_->Commit(txn));
+  pending.erase(pending.begin(), pending.begin() + static_cast<ptrdiff_t>(removed));
+  if (pending.empty()) unacked_.erase(it);
   outbox_size_ -= removed;
   return ticket;
+}
+
+std::set<std::string> Engine::OutboxDestinations() const {
+  std::set<std::string> out;
+  for (const auto& [key, pending] : unacked_) out.insert(key.first);
+  return out;
 }
 
 absl::StatusOr<RunResult> Engine::RunOnce() {
@@ -1122,6 +1135,7 @@ absl::Status Engine::StageOutbox(const v1::Event& event, uint64_t run_number, v1
     txn_->Put(Space::kCursor, cursor, kb::EncodeU64(seq));
     txn_->Put(Space::kOutbox, OutboxKey(destination, entry.id()), entry.SerializeAsString());
     ++outbox_size_;
+    run_->staged.push_back({destination, rel.relation_id(), seq, entry.id()});
     *trace.add_messages() = std::move(entry);
     return absl::OkStatus();
   };
@@ -1249,6 +1263,9 @@ absl::StatusOr<uint64_t> Engine::CommitRun(const v1::Event& event, v1::Trace& tr
   const uint64_t ticket = *committed;
 
   // Committed: the staged state becomes the agent's state.
+  for (const auto& e : run_->staged) {
+    unacked_[{e.destination, e.relation}].emplace_back(e.sequence, e.id);
+  }
   run_counter_ = run_number;
   next_outbox_id_ = next_outbox;
   ++inbox_head_;
@@ -1346,20 +1363,21 @@ absl::StatusOr<std::vector<v1::OutboxEntry>> Engine::Outbox(absl::string_view de
 }
 
 absl::StatusOr<std::vector<v1::OutboxEntry>> Engine::OutboxAfter(absl::string_view destination,
-                                                                 uint64_t after,
-                                                                 size_t limit) const {
+                                                                 uint64_t after, size_t limit,
+                                                                 uint64_t through) const {
   std::vector<v1::OutboxEntry> out;
   absl::Status parse_status;
   const std::string prefix = absl::StrCat(destination, absl::string_view("\0", 1));
-  RETURN_IF_ERROR(kb_->ScanFrom(
-      Space::kOutbox, prefix, kb::EncodeU64(after + 1),
-      [&](absl::string_view key, absl::string_view value) {
-        v1::OutboxEntry e;
-        parse_status = Parse(*kb_, "outbox entry", key, value, e);
-        if (!parse_status.ok()) return false;
-        out.push_back(std::move(e));
-        return out.size() < limit;
-      }));
+  RETURN_IF_ERROR(kb_->ScanFrom(Space::kOutbox, prefix, kb::EncodeU64(after + 1),
+                                [&](absl::string_view key, absl::string_view value) {
+                                  auto id = kb::DecodeU64(key);
+                                  if (id.ok() && *id > through) return false;
+                                  v1::OutboxEntry e;
+                                  parse_status = Parse(*kb_, "outbox entry", key, value, e);
+                                  if (!parse_status.ok()) return false;
+                                  out.push_back(std::move(e));
+                                  return out.size() < limit;
+                                }));
   RETURN_IF_ERROR(parse_status);
   return out;
 }
@@ -1371,8 +1389,7 @@ absl::Status Engine::CheckPeerEvent(absl::string_view relation_id, absl::string_
   if (it != relations_.end()) {
     const v1::RelationRecord& rel = it->second;
     const std::string unit(sender);
-    if (rel.gone() ||
-        std::binary_search(rel.targets().begin(), rel.targets().end(), unit) ||
+    if (rel.gone() || std::binary_search(rel.targets().begin(), rel.targets().end(), unit) ||
         std::binary_search(rel.remote_units().begin(), rel.remote_units().end(), unit)) {
       return absl::OkStatus();
     }

@@ -23,6 +23,7 @@
 #include <memory>
 #include <optional>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -125,10 +126,13 @@ class Engine {
   absl::StatusOr<std::vector<v1::Trace>> Traces(size_t n) const;
   // Outbox entries in the order they must be sent, for one destination or all.
   absl::StatusOr<std::vector<v1::OutboxEntry>> Outbox(absl::string_view destination = "") const;
-  // Up to `limit` entries for `destination` with ids above `after`, in id order.
+  // Up to `limit` entries for `destination` with ids in (after, through], in id order.
   absl::StatusOr<std::vector<v1::OutboxEntry>> OutboxAfter(absl::string_view destination,
-                                                           uint64_t after, size_t limit) const;
+                                                           uint64_t after, size_t limit,
+                                                           uint64_t through = UINT64_MAX) const;
   size_t outbox_size() const { return outbox_size_; }
+  // Agents with unacknowledged outbox entries.
+  std::set<std::string> OutboxDestinations() const;
   // The id of the newest outbox entry ever staged (0: none).
   uint64_t last_outbox_id() const { return next_outbox_id_ - 1; }
   // Why a relation event from `sender` about `relation_id` must be refused, if it must: the
@@ -258,6 +262,8 @@ class Engine {
   std::map<std::string, std::string> config_;
   std::map<std::string, absl::Time> timers_;
   size_t outbox_size_ = 0;
+  // Unacknowledged outbox entries per (destination, relation): (sequence, id), oldest first.
+  std::map<std::pair<std::string, std::string>, std::deque<std::pair<uint64_t, uint64_t>>> unacked_;
   std::optional<v1::RunFailure> failure_;
   v1::WorkloadStatus status_;
 

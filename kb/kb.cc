@@ -36,8 +36,7 @@ std::string Successor(std::string key) {
 }
 
 absl::Status ScanIterator(const Kb& kb, rocksdb::Iterator* it, Space space,
-                          absl::string_view prefix, const ScanFn& fn,
-                          absl::string_view from = "") {
+                          absl::string_view prefix, const ScanFn& fn, absl::string_view from = "") {
   const std::string start = kb.Key(space, absl::StrCat(prefix, from));
   const std::string end = kb.UpperBound(space, prefix);
   const size_t strip = kb.prefix_size() + prefix.size();

@@ -124,6 +124,13 @@ absl::Status CheckReadOnly(const std::string& path, const StoreOptions& options)
 absl::Status Create(const std::string& path) {
   const std::string building = path + ".creating";
   std::error_code ec;
+  if (const fs::path parent = fs::path(path).parent_path(); !parent.empty()) {
+    fs::create_directories(parent, ec);
+    if (ec) {
+      return absl::UnavailableError(absl::StrCat("knowledge base ", path, ": cannot create ",
+                                                 parent.string(), ": ", ec.message()));
+    }
+  }
   fs::remove_all(building, ec);  // a creation that crashed before; it was never in use
   if (ec) {
     return absl::UnavailableError(

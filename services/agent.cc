@@ -116,17 +116,63 @@ void Agent::Log(v1::LogLevel level, std::string message) const {
 }
 
 void Agent::WhenDurable(uint64_t ticket, std::function<void()> fn) {
+  durable_work_.emplace_back(ticket, std::move(fn));
+  if (waiting_for_ == 0) WaitForStore(ticket);
+}
+
+// One registration with the store at a time, for the newest ticket queued: every sync then wakes
+// the agent once, however many runs and events it covered.
+void Agent::WaitForStore(uint64_t ticket) {
+  waiting_for_ = ticket;
   std::weak_ptr<bool> alive = alive_;
   std::shared_ptr<Strand> strand = strand_;
-  host_->store().WhenDurable(ticket, [this, alive, strand, fn = std::move(fn)](absl::Status s) {
-    if (!s.ok()) {
-      if (alive.lock()) Log(v1::LOG_LEVEL_ERROR, absl::StrCat("KB sync failed: ", s.message()));
-      return;
-    }
-    strand->Post([alive, fn] {
-      if (alive.lock()) fn();
+  host_->store().WhenDurable(ticket, [this, alive, strand, ticket](absl::Status s) {
+    strand->Post([this, alive, ticket, s] {
+      if (alive.lock()) OnDurable(ticket, s);
     });
   });
+}
+
+void Agent::OnDurable(uint64_t ticket, const absl::Status& status) {
+  waiting_for_ = 0;
+  if (!status.ok()) {
+    // Nothing may be reported or sent any more: the KB's log is in an unknown state.
+    Log(v1::LOG_LEVEL_ERROR, absl::StrCat("KB sync failed: ", status.message()));
+    return;
+  }
+  while (!durable_work_.empty() && durable_work_.front().first <= ticket) {
+    auto fn = std::move(durable_work_.front().second);
+    durable_work_.pop_front();
+    if (fn) fn();
+  }
+  FlushAcks(ticket);
+  if (pump_due_) {
+    pump_due_ = false;
+    PumpAll();
+  }
+  if (!durable_work_.empty()) WaitForStore(durable_work_.back().first);
+}
+
+void Agent::FlushAcks(uint64_t durable) {
+  for (auto it = pending_acks_.begin(); it != pending_acks_.end();) {
+    const auto& [key, pending] = *it;
+    if (pending.ticket > durable) {
+      ++it;
+      continue;
+    }
+    SendAck(key.first, key.second, pending.sequence, pending.session);
+    it = pending_acks_.erase(it);
+  }
+}
+
+void Agent::SendAck(const std::string& remote, const std::string& relation, uint64_t sequence,
+                    const std::shared_ptr<PeerSession>& session) {
+  v1::PeerFrame ack;
+  ack.mutable_ack()->set_relation_id(relation);
+  ack.mutable_ack()->set_sender_unit(remote);
+  ack.mutable_ack()->set_sequence(sequence);
+  const auto& current = channels_[remote].session;
+  (current ? current : session)->Send(std::move(ack));
 }
 
 void Agent::Start() {
@@ -220,6 +266,10 @@ void Agent::Process() {
 
 void Agent::AfterCommit(const engine::RunResult& result) {
   last_ticket_ = result.ticket;
+  if (options_.on_commit) options_.on_commit(result);
+  if (options_.on_durable) {
+    WhenDurable(result.ticket, [this, result] { options_.on_durable(result); });
+  }
   const uint64_t through = engine_->last_outbox_id();
   if (through > written_through_) {
     written_through_ = through;
@@ -231,7 +281,7 @@ void Agent::AfterCommit(const engine::RunResult& result) {
     WhenDurable(result.ticket, [this, through] {
       if (through <= sendable_through_) return;
       sendable_through_ = through;
-      PumpAll();
+      pump_due_ = true;  // one pump once the work of this sync is done
     });
   }
   for (const auto& m : result.trace->messages()) {
@@ -297,10 +347,6 @@ void Agent::Attach(const std::string& remote, std::shared_ptr<PeerSession> sessi
   }
   ch.session = std::move(session);
   ch.sent_through = 0;  // resend everything unacknowledged; the receiver deduplicates
-  for (auto it = acked_.lower_bound({remote, ""});
-       it != acked_.end() && it->first.first == remote;) {
-    it = acked_.erase(it);
-  }
   host_->metrics().PeerUp(name_, remote).Set(1);
   Log(v1::LOG_LEVEL_INFO, absl::StrCat("stream with ", remote, " up"));
   Pump(remote);
@@ -328,7 +374,7 @@ void Agent::Pump(const std::string& remote) {
   if (!ch.session) return;
   const uint64_t limit = ch.session->SharesStore() ? written_through_ : sendable_through_;
   if (ch.sent_through >= limit) return;
-  auto entries = engine_->OutboxAfter(remote, ch.sent_through, options_.send_batch);
+  auto entries = engine_->OutboxAfter(remote, ch.sent_through, options_.send_batch, limit);
   if (!entries.ok()) {
     Log(v1::LOG_LEVEL_ERROR, absl::StrCat("outbox: ", entries.status().message()));
     return;
@@ -436,25 +482,17 @@ void Agent::OnFrame(const std::string& remote, const std::shared_ptr<PeerSession
     Kick();
   }
   // Acknowledge once the event (or, for a resend, everything up to now) is durable. Acks are
-  // cumulative, so one for a higher sequence makes a lower one unnecessary.
+  // cumulative: one per relation and sync is enough.
   const std::string relation = ev.relation_id();
-  const bool duplicate = r->duplicate;
-  auto send_ack = [this, remote, relation, sequence, session, duplicate] {
-    auto& acked = acked_[{remote, relation}];
-    if (acked >= sequence && !duplicate) return;
-    acked = std::max(acked, sequence);
-    v1::PeerFrame ack;
-    ack.mutable_ack()->set_relation_id(relation);
-    ack.mutable_ack()->set_sender_unit(remote);
-    ack.mutable_ack()->set_sequence(sequence);
-    const auto& current = channels_[remote].session;
-    (current ? current : session)->Send(std::move(ack));
-  };
   if (session->SharesStore()) {
-    send_ack();
-  } else {
-    WhenDurable(last_ticket_, std::move(send_ack));
+    SendAck(remote, relation, sequence, session);
+    return;
   }
+  PendingAck& pending = pending_acks_[{remote, relation}];
+  pending.sequence = std::max(pending.sequence, sequence);
+  pending.ticket = last_ticket_;
+  pending.session = session;
+  WhenDurable(last_ticket_, nullptr);
 }
 
 std::set<std::string> Agent::WantedPeers() const {
@@ -464,10 +502,7 @@ std::set<std::string> Agent::WantedPeers() const {
     peers.insert(rel.targets().begin(), rel.targets().end());
     peers.insert(rel.remote_units().begin(), rel.remote_units().end());
   }
-  auto outbox = engine_->Outbox();
-  if (outbox.ok()) {
-    for (const auto& e : *outbox) peers.insert(e.destination());
-  }
+  for (const auto& d : engine_->OutboxDestinations()) peers.insert(d);
   const absl::Time now = absl::Now();
   for (const auto& [peer, until] : expecting_) {
     if (until > now) peers.insert(peer);

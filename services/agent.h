@@ -9,6 +9,7 @@
 //    acknowledges each once it is durable in the inbox;
 //  - turns timers handlers asked for into timer events.
 
+#include <deque>
 #include <map>
 #include <memory>
 #include <set>
@@ -33,6 +34,10 @@ struct AgentOptions {
   absl::Duration update_interval = absl::ZeroDuration();
   // Outbox entries sent per destination before yielding the strand.
   size_t send_batch = 512;
+  // Observers (benchmarks, embedding programs), called on the strand: after each committed run,
+  // and once that run is durable.
+  std::function<void(const engine::RunResult&)> on_commit;
+  std::function<void(const engine::RunResult&)> on_durable;
 };
 
 class Agent {
@@ -110,7 +115,13 @@ class Agent {
   void Reject(const std::string& remote, const std::shared_ptr<PeerSession>& session,
               const absl::Status& why, absl::string_view reason);
   void Log(v1::LogLevel level, std::string message) const;
+  // Runs `fn` on the strand once `ticket` is durable, after the work queued before it.
   void WhenDurable(uint64_t ticket, std::function<void()> fn);
+  void WaitForStore(uint64_t ticket);
+  void OnDurable(uint64_t ticket, const absl::Status& status);
+  void FlushAcks(uint64_t durable);
+  void SendAck(const std::string& remote, const std::string& relation, uint64_t sequence,
+               const std::shared_ptr<PeerSession>& session);
 
  public:
   // Runs `fn` on the strand once everything this agent wrote so far is durable: what the API
@@ -149,8 +160,17 @@ class Agent {
   std::map<uint64_t, Watcher> watchers_;
   uint64_t next_watcher_ = 1;
   bool stopped_ = false;
-  // Highest sequence acknowledged per (remote, relation).
-  std::map<std::pair<std::string, std::string>, uint64_t> acked_;
+  // Work waiting for durability, in ticket order, and the ticket the store will wake us for.
+  std::deque<std::pair<uint64_t, std::function<void()>>> durable_work_;
+  uint64_t waiting_for_ = 0;
+  bool pump_due_ = false;
+  // Acknowledgements to send once their events are durable, per (remote, relation).
+  struct PendingAck {
+    uint64_t sequence = 0;
+    uint64_t ticket = 0;
+    std::shared_ptr<PeerSession> session;
+  };
+  std::map<std::pair<std::string, std::string>, PendingAck> pending_acks_;
   Metrics::Agent metrics_;
 };
 

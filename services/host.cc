@@ -123,7 +123,7 @@ void Host::Shutdown() {
   // The run in progress, if any, finishes: strands run closures to completion.
   for (Agent* a : agents) a->strand()->Post([a] { a->Stop(); });
   for (Agent* a : agents) a->strand()->Drain();
-  server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+  if (server_) server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
   {
     absl::MutexLock lock(&mu_);
     auto none = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return dialing_ == 0; };
