@@ -34,7 +34,7 @@ v1::Event Named(std::string name) {
 
 v1::Event Rel(std::string endpoint, v1::RelationEventKind kind, std::string id, std::string unit,
               std::vector<std::pair<std::string, std::string>> data = {}) {
-  static const char* kKinds[] = {"", "joined", "changed", "departed", "broken"};
+  static const char* kKinds[] = {"", "joined", "changed", "departed", "broken", "created"};
   v1::Event e;
   e.set_name(absl::StrCat(endpoint, ".", kKinds[kind]));
   auto* r = e.mutable_relation();
