@@ -68,6 +68,10 @@ class Agent {
   // Agents this one needs a stream with: relation targets, outbox destinations and agents that
   // announced a relation recently.
   std::set<std::string> WantedPeers() const;
+  bool HasSession(const std::string& remote) const {
+    auto it = channels_.find(remote);
+    return it != channels_.end() && it->second.session != nullptr;
+  }
   // Where `remote` listens, if known.
   std::string AddressOf(const std::string& remote) const;
   absl::Status RememberAddress(const std::string& remote, const std::string& address,

@@ -132,11 +132,13 @@ void Host::Shutdown() {
   for (Agent* a : agents) a->strand()->Drain();
   // Nothing is left unsynced: every commit reported or not becomes durable.
   if (store_) store_->WaitDurable(store_->written_ticket()).IgnoreError();
+  // No timer may fire into an agent being destroyed.
+  scheduler_.reset();
+  for (Agent* a : agents) a->strand()->Drain();
   {
     absl::MutexLock lock(&mu_);
     agents_.clear();
   }
-  scheduler_.reset();
   pool_.reset();
 }
 
@@ -171,16 +173,7 @@ void Host::EnsureSession(Agent* local, const std::string& remote) {
     Link& link = links_[{local->name(), remote}];
     if (link.active) return;
     if (now < link.next_attempt) {
-      if (!link.retry_scheduled) {
-        link.retry_scheduled = true;
-        scheduler_->At(link.next_attempt, local->strand(), [this, local, remote] {
-          {
-            absl::MutexLock lock(&mu_);
-            links_[{local->name(), remote}].retry_scheduled = false;
-          }
-          if (local->WantedPeers().contains(remote)) EnsureSession(local, remote);
-        });
-      }
+      ScheduleRetry(local, remote, link);
       return;
     }
     link.active = true;
@@ -261,6 +254,10 @@ void Host::SessionEnded(const std::string& local, const std::string& remote, boo
                        : std::min(link.backoff * 2, options_.reconnect_max);
   }
   link.next_attempt = absl::Now() + Jitter(link.backoff);
+  // Whatever ended (a stream, a failed dial, a request to dial us), try again after the backoff
+  // if the agent still wants the peer and has no session with it by then.
+  auto agent = agents_.find(local);
+  if (agent != agents_.end() && !shut_down_) ScheduleRetry(agent->second.get(), remote, link);
   if (!status.ok() && !shut_down_) {
     v1::LogRecord r;
     r.set_agent(local);
@@ -268,6 +265,20 @@ void Host::SessionEnded(const std::string& local, const std::string& remote, boo
     r.set_message(absl::StrCat("stream to ", remote, " ended: ", status.ToString()));
     logs_.Add(std::move(r));
   }
+}
+
+void Host::ScheduleRetry(Agent* local, const std::string& remote, Link& link) {
+  if (link.retry_scheduled) return;
+  link.retry_scheduled = true;
+  scheduler_->At(link.next_attempt, local->strand(), [this, local, remote] {
+    {
+      absl::MutexLock lock(&mu_);
+      links_[{local->name(), remote}].retry_scheduled = false;
+    }
+    if (!local->HasSession(remote) && local->WantedPeers().contains(remote)) {
+      EnsureSession(local, remote);
+    }
+  });
 }
 
 void Host::StreamDone() {

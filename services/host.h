@@ -98,6 +98,9 @@ class Host {
   std::shared_ptr<grpc::Channel> ChannelTo(const std::string& address);
   void Dial(Agent* local, const std::string& remote, const std::string& address);
   void AskToDial(Agent* local, const std::string& remote, const std::string& address);
+  struct Link;
+  void ScheduleRetry(Agent* local, const std::string& remote, Link& link)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   struct Link {
     bool active = false;
