@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "kb/status_macros.h"
 #include "services/api_service.h"
@@ -59,7 +60,9 @@ absl::Status Host::Init() {
   builder.AddListeningPort(options_.listen, creds, &port);
   builder.RegisterService(peer_service_.get());
   builder.RegisterService(agent_service_.get());
-  builder.SetMaxReceiveMessageSize(options_.max_message_bytes);
+  // gRPC's own limit sits above ours so that an oversized frame reaches the stream, which
+  // refuses it with a reason it can count.
+  builder.SetMaxReceiveMessageSize(options_.max_message_bytes + (64 << 10));
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 2000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 2000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
@@ -123,15 +126,24 @@ void Host::Shutdown() {
   // The run in progress, if any, finishes: strands run closures to completion.
   for (Agent* a : agents) a->strand()->Post([a] { a->Stop(); });
   for (Agent* a : agents) a->strand()->Drain();
-  if (server_) server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+  // The agents closed their streams already; what is left are API clients' idle channels.
+  if (server_) server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Milliseconds(200)));
   {
     absl::MutexLock lock(&mu_);
     auto none = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return dialing_ == 0; };
     mu_.AwaitWithTimeout(absl::Condition(&none), absl::Seconds(5));
   }
   for (Agent* a : agents) a->strand()->Drain();
-  // Nothing is left unsynced: every commit reported or not becomes durable.
-  if (store_) store_->WaitDurable(store_->written_ticket()).IgnoreError();
+  // Nothing is left unsynced: every commit reported or not becomes durable. Then a barrier
+  // behind every durability callback (they run in ticket order), so that none is still being
+  // delivered when the agents and the pool they post to go away.
+  if (store_) {
+    store_->WaitDurable(store_->written_ticket()).IgnoreError();
+    absl::Notification delivered;
+    store_->WhenDurable(store_->written_ticket(), [&](absl::Status) { delivered.Notify(); });
+    delivered.WaitForNotification();
+  }
+  for (Agent* a : agents) a->strand()->Drain();
   // No timer may fire into an agent being destroyed.
   scheduler_.reset();
   for (Agent* a : agents) a->strand()->Drain();
@@ -234,10 +246,15 @@ void Host::AskToDial(Agent* local, const std::string& remote, const std::string&
   call->context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
   call->stub = v1::Peer::NewStub(channel);
   const std::string name = local->name();
+  {
+    absl::MutexLock lock(&mu_);
+    ++dialing_;
+  }
   call->stub->async()->RequestConnect(&call->context, &call->request, &call->response,
                                       [this, call, name, remote](grpc::Status s) {
                                         // Not a session: retry later if none appears.
                                         SessionEnded(name, remote, false, FromGrpcStatus(s));
+                                        StreamDone();
                                       });
 }
 
@@ -360,13 +377,18 @@ void Host::Relate(v1::RelateRequest request,
     auto call = std::make_shared<Call>();
     call->context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
     call->stub = v1::Peer::NewStub(ChannelTo(request.remote_address()));
+    {
+      absl::MutexLock lock(&mu_);
+      ++dialing_;
+    }
     call->stub->async()->CheckRelation(&call->context, check.get(), &call->response,
-                                       [call, check, finish](grpc::Status s) {
+                                       [this, call, check, finish](grpc::Status s) {
                                          if (!s.ok()) {
                                            finish(FromGrpcStatus(s));
                                          } else {
                                            finish(call->response);
                                          }
+                                         StreamDone();
                                        });
   });
 }

@@ -43,6 +43,8 @@ struct HostOptions {
   // Backoff between attempts to reach a peer.
   absl::Duration reconnect_initial = absl::Milliseconds(50);
   absl::Duration reconnect_max = absl::Seconds(5);
+  // A dialed stream whose listener does not answer the Hello within this is cancelled.
+  absl::Duration handshake_timeout = absl::Seconds(3);
   // Largest peer or API message accepted.
   int max_message_bytes = 4 << 20;
   // Metrics go here when set (owned by main, which exposes it).

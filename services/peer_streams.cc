@@ -31,6 +31,10 @@ class StreamHandle : public PeerSession {
     absl::MutexLock lock(&mu_);
     if (writer_ != nullptr) writer_->End(why);
   }
+  // Dialed streams: set once the listener answered the Hello.
+  void set_established() { established_ = true; }
+  bool established() const { return established_; }
+
   void Detach() {
     absl::MutexLock lock(&mu_);
     writer_ = nullptr;
@@ -39,6 +43,7 @@ class StreamHandle : public PeerSession {
  private:
   absl::Mutex mu_;
   Writer* writer_ ABSL_GUARDED_BY(mu_);
+  std::atomic<bool> established_{false};
 };
 
 // One write in flight, the rest queued (gRFC L67); Finish only when no write is outstanding.
@@ -109,16 +114,23 @@ class ServerStream : public grpc::ServerBidiReactor<v1::PeerFrame, v1::PeerFrame
       End(absl::OkStatus());
       return;
     }
+    if (const size_t size = in_.ByteSizeLong();
+        size > static_cast<size_t>(host_->options().max_message_bytes)) {
+      const absl::Status s = absl::ResourceExhaustedError(
+          absl::StrCat("frame of ", size, " bytes from ", remote_.empty() ? "a peer" : remote_,
+                       " is larger than the limit of ", host_->options().max_message_bytes));
+      host_->metrics().Rejected(agent_ ? agent_->name() : "-", "too_large").Increment();
+      Log(s);
+      End(s);
+      return;
+    }
     if (agent_ == nullptr) {
-      if (absl::Status s = Handshake(); !s.ok()) {
-        host_->metrics()
-            .Rejected(in_.has_hello() ? in_.hello().to_agent() : "", "handshake")
-            .Increment();
-        v1::LogRecord r;
-        r.set_level(v1::LOG_LEVEL_WARNING);
-        r.set_agent(in_.hello().to_agent());
-        r.set_message(absl::StrCat("refused stream: ", s.message()));
-        host_->logs().Add(std::move(r));
+      std::string reason;
+      if (absl::Status s = Handshake(&reason); !s.ok()) {
+        // The agent label is ours, never the peer's claim: a peer must not mint series.
+        Agent* named = in_.has_hello() ? host_->Find(in_.hello().to_agent()) : nullptr;
+        host_->metrics().Rejected(named ? named->name() : "-", reason).Increment();
+        Log(s);
         End(s);
         return;
       }
@@ -149,19 +161,33 @@ class ServerStream : public grpc::ServerBidiReactor<v1::PeerFrame, v1::PeerFrame
   }
 
  private:
-  absl::Status Handshake() {
+  void Log(const absl::Status& s) {
+    v1::LogRecord r;
+    r.set_level(v1::LOG_LEVEL_WARNING);
+    r.set_agent(agent_ ? agent_->name() : "-");
+    r.set_message(absl::StrCat("refused stream: ", s.message()));
+    host_->logs().Add(std::move(r));
+  }
+
+  absl::Status Handshake(std::string* reason) {
     if (!in_.has_hello()) {
+      *reason = "no_hello";
       return absl::FailedPreconditionError("the first frame of a peer stream must be a Hello");
     }
     const v1::Hello& h = in_.hello();
     if (h.protocol_version() != v1::PROTOCOL_VERSION_1) {
+      *reason = "protocol_version";
       return absl::FailedPreconditionError(
           absl::StrCat("protocol version ", h.protocol_version(), " from ", h.from_agent(),
                        " is not supported; this agent speaks version 1"));
     }
-    if (h.from_agent().empty()) return absl::InvalidArgumentError("Hello names no sender");
+    if (h.from_agent().empty()) {
+      *reason = "no_sender";
+      return absl::InvalidArgumentError("Hello names no sender");
+    }
     Agent* agent = host_->Find(h.to_agent());
     if (agent == nullptr) {
+      *reason = "unknown_agent";
       return absl::NotFoundError(
           absl::StrCat("no agent '", h.to_agent(), "' here (", host_->address(), ")"));
     }
@@ -171,6 +197,13 @@ class ServerStream : public grpc::ServerBidiReactor<v1::PeerFrame, v1::PeerFrame
     std::shared_ptr<StreamHandle> handle = handle_;
     std::string remote = remote_;
     std::string address = h.from_address();
+    // The handshake is two-way: the answer tells the dialer the stream really reached us.
+    v1::PeerFrame answer;
+    answer.mutable_hello()->set_protocol_version(v1::PROTOCOL_VERSION_1);
+    answer.mutable_hello()->set_from_agent(agent->name());
+    answer.mutable_hello()->set_to_agent(remote_);
+    answer.mutable_hello()->set_from_address(host_->address());
+    Write(std::move(answer));
     agent->strand()->Post([agent, remote, handle, address] {
       if (!address.empty()) agent->RememberAddress(remote, address, false).IgnoreError();
       agent->Attach(remote, handle);
@@ -209,8 +242,10 @@ class ClientStream : public grpc::ClientBidiReactor<v1::PeerFrame, v1::PeerFrame
     hello.mutable_hello()->set_from_address(host_->address());
     Write(std::move(hello));
     StartRead(&in_);
-    StartCall();
   }
+
+  // Starts the call; OnDone may run (and delete this) before Start returns.
+  void Start() { StartCall(); }
 
   std::shared_ptr<StreamHandle> handle() const { return handle_; }
 
@@ -219,7 +254,18 @@ class ClientStream : public grpc::ClientBidiReactor<v1::PeerFrame, v1::PeerFrame
 
   void OnReadDone(bool ok) override {
     if (!ok) return;  // OnDone follows
-    established_ = true;
+    if (!established_) {
+      // The first frame must be the listener's answer to our Hello.
+      if (!in_.has_hello() || in_.hello().from_agent() != remote_ ||
+          in_.hello().protocol_version() != v1::PROTOCOL_VERSION_1) {
+        context_.TryCancel();
+        return;
+      }
+      established_ = true;
+      handle_->set_established();
+      StartRead(&in_);
+      return;
+    }
     Agent* agent = local_;
     std::string remote = remote_;
     std::shared_ptr<StreamHandle> handle = handle_;
@@ -349,7 +395,18 @@ std::unique_ptr<v1::Peer::CallbackService> MakePeerService(Host* host) {
 void DialPeer(Host* host, Agent* local, const std::string& remote, v1::Peer::Stub* stub) {
   auto* stream = new ClientStream(host, local, remote, stub);
   std::shared_ptr<StreamHandle> handle = stream->handle();
+  // Attach is queued before the call starts, so the Detach of a call that fails at once comes
+  // after it on the strand.
   local->strand()->Post([local, remote, handle] { local->Attach(remote, handle); });
+  stream->Start();
+  // A dial that gets no answer (a peer that vanished, a blackholed link) must not hold the link
+  // forever: cancel it, which ends the stream and schedules the next attempt.
+  std::weak_ptr<StreamHandle> weak = handle;
+  host->scheduler().At(absl::Now() + host->options().handshake_timeout, local->strand(), [weak] {
+    if (auto h = weak.lock(); h && !h->established()) {
+      h->Close(absl::DeadlineExceededError("no answer to the Hello"));
+    }
+  });
 }
 
 void PairLocally(Host* host, Agent* a, Agent* b) {
