@@ -65,23 +65,6 @@ class FunctionAction : public Action {
   std::function<absl::Status(RunContext&)> fn_;
 };
 
-absl::string_view KindName(v1::RelationEventKind kind) {
-  switch (kind) {
-    case v1::RELATION_EVENT_KIND_JOINED:
-      return "joined";
-    case v1::RELATION_EVENT_KIND_CHANGED:
-      return "changed";
-    case v1::RELATION_EVENT_KIND_DEPARTED:
-      return "departed";
-    case v1::RELATION_EVENT_KIND_BROKEN:
-      return "broken";
-    case v1::RELATION_EVENT_KIND_CREATED:
-      return "created";
-    default:
-      return "";
-  }
-}
-
 // Relation data keys: relation id, NUL, bag, NUL, key.
 std::string BagPrefix(absl::string_view relation_id, absl::string_view bag) {
   return absl::StrCat(relation_id, absl::string_view("\0", 1), bag, absl::string_view("\0", 1));
@@ -134,6 +117,23 @@ bool IsInternalNamespace(absl::string_view prefix) {
 }
 
 }  // namespace
+
+absl::string_view RelationKindName(v1::RelationEventKind kind) {
+  switch (kind) {
+    case v1::RELATION_EVENT_KIND_JOINED:
+      return "joined";
+    case v1::RELATION_EVENT_KIND_CHANGED:
+      return "changed";
+    case v1::RELATION_EVENT_KIND_DEPARTED:
+      return "departed";
+    case v1::RELATION_EVENT_KIND_BROKEN:
+      return "broken";
+    case v1::RELATION_EVENT_KIND_CREATED:
+      return "created";
+    default:
+      return "";
+  }
+}
 
 std::unique_ptr<Action> MakeAction(std::function<absl::Status(RunContext&)> fn) {
   return std::make_unique<FunctionAction>(std::move(fn));
@@ -490,7 +490,7 @@ absl::Status Engine::ValidateEvent(const v1::Event& event) const {
                               spec_.service, "'"));
     }
     if (rc.relation_id().empty()) return bad("relation id is empty");
-    absl::string_view kind = KindName(rc.kind());
+    absl::string_view kind = RelationKindName(rc.kind());
     if (kind.empty()) return bad("relation event kind is unspecified");
     if (event.name() != absl::StrCat(rc.endpoint(), ".", kind)) {
       return bad(absl::StrCat("a ", kind, " event on endpoint '", rc.endpoint(),

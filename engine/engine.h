@@ -40,6 +40,10 @@
 
 namespace parley::engine {
 
+// "joined", "changed", "departed", "broken" or "created"; empty for an unspecified kind. A
+// relationship event is named "<endpoint>.<kind name>".
+absl::string_view RelationKindName(v1::RelationEventKind kind);
+
 struct EngineOptions {
   // A run that executes more handlers than this fails, naming the handlers that cycled.
   uint32_t max_handler_executions = 10000;

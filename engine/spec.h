@@ -10,12 +10,39 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 
 namespace parley::engine {
 
 class RunContext;
 
 enum class Role { kProvides, kRequires, kPeers };
+
+// "provides", "requires" or "peers": how roles are written in definitions and on the wire.
+inline absl::string_view RoleName(Role role) {
+  switch (role) {
+    case Role::kProvides:
+      return "provides";
+    case Role::kRequires:
+      return "requires";
+    case Role::kPeers:
+      return "peers";
+  }
+  return "";
+}
+
+// The role of the other side of a relation: provides <-> requires, peers <-> peers.
+inline Role RemoteRole(Role role) {
+  switch (role) {
+    case Role::kProvides:
+      return Role::kRequires;
+    case Role::kRequires:
+      return Role::kProvides;
+    case Role::kPeers:
+      return Role::kPeers;
+  }
+  return Role::kPeers;
+}
 
 struct EndpointSpec {
   std::string name;

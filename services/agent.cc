@@ -15,36 +15,9 @@ using kb::Space;
 
 const std::string kAddressPrefix = std::string("addr\0", 5);
 
-absl::string_view RoleName(engine::Role role) {
-  switch (role) {
-    case engine::Role::kProvides:
-      return "provides";
-    case engine::Role::kRequires:
-      return "requires";
-    case engine::Role::kPeers:
-      return "peers";
-  }
-  return "";
-}
-
 bool Compatible(absl::string_view a, absl::string_view b) {
   return (a == "provides" && b == "requires") || (a == "requires" && b == "provides") ||
          (a == "peers" && b == "peers");
-}
-
-absl::string_view KindName(v1::RelationEventKind kind) {
-  switch (kind) {
-    case v1::RELATION_EVENT_KIND_JOINED:
-      return "joined";
-    case v1::RELATION_EVENT_KIND_CHANGED:
-      return "changed";
-    case v1::RELATION_EVENT_KIND_DEPARTED:
-      return "departed";
-    case v1::RELATION_EVENT_KIND_BROKEN:
-      return "broken";
-    default:
-      return "";
-  }
 }
 
 v1::PeerFrame ToFrame(const v1::OutboxEntry& e) {
@@ -434,7 +407,7 @@ void Agent::OnFrame(const std::string& remote, const std::shared_ptr<PeerSession
            "wrong_sender");
     return;
   }
-  if (ev.sequence() == 0 || KindName(ev.kind()).empty()) {
+  if (ev.sequence() == 0 || engine::RelationKindName(ev.kind()).empty()) {
     Reject(remote, session,
            absl::InvalidArgumentError(absl::StrCat("agent ", name_, ": event from ", remote,
                                                    " on relation '", ev.relation_id(),
@@ -447,7 +420,7 @@ void Agent::OnFrame(const std::string& remote, const std::shared_ptr<PeerSession
     return;
   }
   v1::Event event;
-  event.set_name(absl::StrCat(ev.receiver_endpoint(), ".", KindName(ev.kind())));
+  event.set_name(absl::StrCat(ev.receiver_endpoint(), ".", engine::RelationKindName(ev.kind())));
   event.set_source(absl::StrCat("peer:", remote));
   v1::RelationChange* rc = event.mutable_relation();
   rc->set_relation_id(ev.relation_id());
@@ -625,10 +598,10 @@ absl::StatusOr<v1::CheckRelationResponse> Agent::CheckRelation(const v1::CheckRe
                      r.interface(), ") to ", name_, ":", r.endpoint(), " (interface ",
                      ep->interface, "): the interfaces differ"));
   }
-  if (!Compatible(r.role(), RoleName(ep->role))) {
+  if (!Compatible(r.role(), engine::RoleName(ep->role))) {
     return absl::FailedPreconditionError(
         absl::StrCat("cannot relate ", r.remote_agent(), ":", r.remote_endpoint(), " (", r.role(),
-                     ") to ", name_, ":", r.endpoint(), " (", RoleName(ep->role),
+                     ") to ", name_, ":", r.endpoint(), " (", engine::RoleName(ep->role),
                      "): roles must be provides/requires or peers/peers"));
   }
   if (engine_->relations().contains(r.relation_id())) {
@@ -638,7 +611,7 @@ absl::StatusOr<v1::CheckRelationResponse> Agent::CheckRelation(const v1::CheckRe
   RETURN_IF_ERROR(RememberAddress(r.remote_agent(), r.remote_address(), true));
   v1::CheckRelationResponse resp;
   resp.set_service(spec().service);
-  resp.set_role(std::string(RoleName(ep->role)));
+  resp.set_role(std::string(engine::RoleName(ep->role)));
   resp.set_interface(ep->interface);
   return resp;
 }
@@ -680,7 +653,7 @@ absl::Status Agent::Unrelate(const std::string& relation_id) {
   units.insert(rel.remote_units().begin(), rel.remote_units().end());
   auto make = [&](v1::RelationEventKind kind, const std::string& unit) {
     v1::Event e;
-    e.set_name(absl::StrCat(rel.endpoint(), ".", KindName(kind)));
+    e.set_name(absl::StrCat(rel.endpoint(), ".", engine::RelationKindName(kind)));
     e.set_source("api");
     v1::RelationChange* rc = e.mutable_relation();
     rc->set_relation_id(relation_id);

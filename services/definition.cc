@@ -525,7 +525,7 @@ class DefinitionReader {
       }
       if (const EndpointDef* earlier = def_.FindEndpoint(name)) {
         return ep_at.Error(absl::StrCat("endpoint '", name, "' is already declared at line ",
-                                        earlier->line, " (", RoleName(earlier->role), ")"));
+                                        earlier->line, " (", engine::RoleName(earlier->role), ")"));
       }
       EndpointDef ep{name, role, "", "", ep_at.line};
       // Either `db: redis` or `db: {interface: redis, description: ...}`.
@@ -721,10 +721,10 @@ class DefinitionReader {
       if (rest == "joined" || rest == "ready") return "";
       if (absl::StartsWith(rest, "remote.")) {
         const absl::string_view key = rest.substr(7);
-        const KeySet& keys = def_.InterfaceOf(prefix)->PublishedBy(RemoteRole(ep->role));
+        const KeySet& keys = def_.InterfaceOf(prefix)->PublishedBy(engine::RemoteRole(ep->role));
         if (keys.Find(key) != nullptr) return "";
         return absl::StrCat("names key '", key, "', which interface '", ep->interface,
-                            "' does not let the ", SideName(RemoteRole(ep->role)),
+                            "' does not let the ", SideName(engine::RemoteRole(ep->role)),
                             " side publish (keys: ", KeyNames(keys), ")");
       }
       return absl::StrCat("names endpoint '", prefix, "', whose facts are ", prefix, ".joined, ",
@@ -1282,10 +1282,11 @@ class ModelReader {
         return item.Error(absl::StrCat(a_name, " has interface '", ea.interface, "' but ", b_name,
                                        " has interface '", eb.interface, "'"));
       }
-      if (RemoteRole(ea.role) != eb.role) {
-        return item.Error(absl::StrCat(
-            a_name, " (", RoleName(ea.role), ") cannot relate to ", b_name, " (", RoleName(eb.role),
-            "): a relation joins provides to requires, or peers to peers"));
+      if (engine::RemoteRole(ea.role) != eb.role) {
+        return item.Error(
+            absl::StrCat(a_name, " (", engine::RoleName(ea.role), ") cannot relate to ", b_name,
+                         " (", engine::RoleName(eb.role),
+                         "): a relation joins provides to requires, or peers to peers"));
       }
       const InterfaceSchema& sa =
           model_.FindService(a.first.service)->definition.interfaces.at(ea.interface);
@@ -1520,30 +1521,6 @@ absl::Status ValidateRelationData(const InterfaceSchema& schema, absl::string_vi
       absl::StrCat("interface '", schema.name, "': key '", key, "': ", s.message()));
 }
 
-engine::Role RemoteRole(engine::Role role) {
-  switch (role) {
-    case engine::Role::kProvides:
-      return engine::Role::kRequires;
-    case engine::Role::kRequires:
-      return engine::Role::kProvides;
-    case engine::Role::kPeers:
-      return engine::Role::kPeers;
-  }
-  return engine::Role::kPeers;
-}
-
-absl::string_view RoleName(engine::Role role) {
-  switch (role) {
-    case engine::Role::kProvides:
-      return "provides";
-    case engine::Role::kRequires:
-      return "requires";
-    case engine::Role::kPeers:
-      return "peers";
-  }
-  return "";
-}
-
 absl::string_view ActionKindName(ActionKind kind) {
   switch (kind) {
     case ActionKind::kExec:
@@ -1715,8 +1692,8 @@ absl::StatusOr<engine::ServiceSpec> BuildSpec(const ServiceDefinition& def, absl
                                                      ep.name, "': interface '", ep.interface,
                                                      "' was not loaded"));
     }
-    spec.endpoints.push_back(
-        {ep.name, ep.role, ep.interface, schema->PublishedBy(RemoteRole(ep.role)).Required()});
+    spec.endpoints.push_back({ep.name, ep.role, ep.interface,
+                              schema->PublishedBy(engine::RemoteRole(ep.role)).Required()});
   }
   for (const HandlerDef& h : def.handlers) {
     ASSIGN_OR_RETURN(std::unique_ptr<engine::Action> action, factory.Make(def, h));

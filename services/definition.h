@@ -113,10 +113,6 @@ absl::Status ValidateRelationData(const InterfaceSchema& schema, absl::string_vi
                                   absl::string_view value,
                                   engine::Role publisher = engine::Role::kProvides);
 
-// The role of the other side of a relation: provides <-> requires, peers <-> peers.
-engine::Role RemoteRole(engine::Role role);
-absl::string_view RoleName(engine::Role role);
-
 // ---------------------------------------------------------------------------------------------
 // Actions handlers run.
 

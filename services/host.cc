@@ -14,18 +14,6 @@
 namespace parley::services {
 namespace {
 
-absl::string_view RoleName(engine::Role role) {
-  switch (role) {
-    case engine::Role::kProvides:
-      return "provides";
-    case engine::Role::kRequires:
-      return "requires";
-    case engine::Role::kPeers:
-      return "peers";
-  }
-  return "";
-}
-
 absl::Duration Jitter(absl::Duration d) {
   thread_local std::mt19937_64 random(std::random_device{}());
   std::uniform_real_distribution<double> unit(0.5, 1.0);
@@ -339,7 +327,7 @@ void Host::Relate(v1::RelateRequest request,
     check->set_remote_service(agent->spec().service);
     check->set_remote_endpoint(request.endpoint());
     check->set_interface(ep->interface);
-    check->set_role(std::string(RoleName(ep->role)));
+    check->set_role(std::string(engine::RoleName(ep->role)));
     check->set_relation_id(request.relation_id());
     check->set_remote_address(address_);
     auto finish = [agent, request, done](absl::StatusOr<v1::CheckRelationResponse> r) {
