@@ -50,30 +50,12 @@ class AgentTest : public ::testing::Test {
   absl::StatusOr<v1::RelateResponse> Relate(Host* host, const std::string& id, Agent* a,
                                             const std::string& ep, Host* remote_host, Agent* b,
                                             const std::string& remote_ep) {
-    v1::RelateRequest r;
-    r.set_agent(a->name());
-    r.set_relation_id(id);
-    r.set_endpoint(ep);
-    r.set_remote_agent(b->name());
-    r.set_remote_address(remote_host->address());
-    r.set_remote_endpoint(remote_ep);
-    absl::Notification done;
-    absl::StatusOr<v1::RelateResponse> result;
-    host->Relate(r, [&](absl::StatusOr<v1::RelateResponse> resp) {
-      result = std::move(resp);
-      done.Notify();
-    });
-    done.WaitForNotification();
-    return result;
+    return testing::Relate(host, id, a, ep, remote_host->address(), b->name(), remote_ep);
   }
 
   void Fire(Agent* a, const std::string& event,
             std::vector<std::pair<std::string, std::string>> params = {}) {
-    v1::FireEventRequest r;
-    r.set_agent(a->name());
-    r.set_event(event);
-    for (auto& [k, v] : params) (*r.mutable_params())[k] = v;
-    auto id = OnStrand(a, [&] { return a->FireEvent(r); });
+    auto id = testing::FireEvent(a, event, params);
     ASSERT_TRUE(id.ok()) << id.status();
   }
 

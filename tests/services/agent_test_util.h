@@ -39,6 +39,42 @@ inline bool WaitFor(const std::function<bool()>& condition,
   return condition();
 }
 
+// Relates `a`'s endpoint `ep` to `remote_agent`'s `remote_ep` through `host` (a's host).
+inline absl::StatusOr<v1::RelateResponse> Relate(Host* host, const std::string& id, Agent* a,
+                                                 const std::string& ep,
+                                                 const std::string& remote_address,
+                                                 const std::string& remote_agent,
+                                                 const std::string& remote_ep) {
+  v1::RelateRequest r;
+  r.set_agent(a->name());
+  r.set_relation_id(id);
+  r.set_endpoint(ep);
+  r.set_remote_agent(remote_agent);
+  r.set_remote_address(remote_address);
+  r.set_remote_endpoint(remote_ep);
+  absl::Notification done;
+  absl::StatusOr<v1::RelateResponse> result;
+  host->Relate(r, [&](absl::StatusOr<v1::RelateResponse> resp) {
+    result = std::move(resp);
+    done.Notify();
+  });
+  if (!done.WaitForNotificationWithTimeout(absl::Seconds(15))) {
+    return absl::DeadlineExceededError("Host::Relate did not answer");
+  }
+  return result;
+}
+
+// Puts `event` with `params` in `a`'s inbox, as the agent API's FireEvent does.
+inline absl::StatusOr<uint64_t> FireEvent(
+    Agent* a, const std::string& event,
+    const std::vector<std::pair<std::string, std::string>>& params = {}) {
+  v1::FireEventRequest r;
+  r.set_agent(a->name());
+  r.set_event(event);
+  for (const auto& [k, v] : params) (*r.mutable_params())[k] = v;
+  return OnStrand(a, [&] { return a->FireEvent(r); });
+}
+
 inline std::optional<std::string> Fact(Agent* agent, const std::string& name) {
   return OnStrand(agent, [&] { return agent->engine().FactValue(name); });
 }
