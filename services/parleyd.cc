@@ -8,14 +8,18 @@
 #include <signal.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "prometheus/exposer.h"
 #include "services/builtin_services.h"
+#include "services/definition.h"
+#include "services/exec_backend.h"
 #include "services/host.h"
 
 ABSL_FLAG(std::string, data, "", "Directory of the agents' knowledge base (created if missing)");
@@ -24,6 +28,9 @@ ABSL_FLAG(std::string, advertise, "", "Address peers dial (default: the listen a
 ABSL_FLAG(std::string, agents, "",
           "Agents to host: unit=kind,... (kinds: relay, recorder, "
           "flaky, proposer, acceptor)");
+ABSL_FLAG(std::string, definitions, "",
+          "Agents to host from service definitions: unit=DIR,... (DIR holds service.yaml)");
+ABSL_FLAG(std::string, interfaces, "", "Directory of interface schemas shared by definitions");
 ABSL_FLAG(std::string, durability, "group", "KB durability: group (group commit) or sync");
 ABSL_FLAG(int, threads, 2, "Worker threads running the agents");
 ABSL_FLAG(std::string, metrics_listen, "", "host:port serving /metrics (off when empty)");
@@ -98,6 +105,32 @@ int main(int argc, char** argv) {
     if (kv.second.empty()) return Fail("--agents: '" + std::string(item) + "' is not unit=kind");
     auto spec = ps::BuiltinService(kv.second, kv.first);
     if (!spec.ok()) return Fail("--agents: " + std::string(spec.status().message()));
+    if (auto a = (*host)->AddAgent(std::move(*spec), agent_options); !a.ok()) {
+      return Fail(std::string(a.status().message()));
+    }
+  }
+
+  // Service definitions: exec actions find parley-hook beside this binary.
+  ps::ExecOptions exec;
+  exec.extra_path.push_back(std::filesystem::path(argv[0]).parent_path().string());
+  ps::Host* h = host->get();
+  exec.log = [h](absl::string_view handler, absl::string_view source, absl::string_view text) {
+    parley::v1::LogRecord r;
+    r.set_agent("exec");
+    r.set_level(source == "stderr" ? parley::v1::LOG_LEVEL_WARNING : parley::v1::LOG_LEVEL_INFO);
+    r.set_message(absl::StrCat(handler, " ", source, ": ", text));
+    h->logs().Add(std::move(r));
+  };
+  ps::ExecActionFactory factory(exec);
+  for (absl::string_view item :
+       absl::StrSplit(absl::GetFlag(FLAGS_definitions), ',', absl::SkipEmpty())) {
+    std::pair<std::string, std::string> kv = absl::StrSplit(item, absl::MaxSplits('=', 1));
+    if (kv.second.empty())
+      return Fail("--definitions: '" + std::string(item) + "' is not unit=DIR");
+    auto def = ps::LoadServiceDefinition(kv.second, absl::GetFlag(FLAGS_interfaces));
+    if (!def.ok()) return Fail("--definitions: " + std::string(def.status().message()));
+    auto spec = ps::BuildSpec(*def, kv.first, factory);
+    if (!spec.ok()) return Fail("--definitions: " + std::string(spec.status().message()));
     if (auto a = (*host)->AddAgent(std::move(*spec), agent_options); !a.ok()) {
       return Fail(std::string(a.status().message()));
     }
