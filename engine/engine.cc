@@ -1206,9 +1206,10 @@ absl::StatusOr<uint64_t> Engine::CommitRun(const v1::Event& event, v1::Trace& tr
     rec.set_set(f->set);
     rec.set_value(f->value);
     rec.set_version(f->version);
-    txn_->Put(Space::kFact, f->name, rec.SerializeAsString());
+    txn_->PutUnindexed(Space::kFact, f->name, rec.SerializeAsString());
   }
-  for (Handler* h : run_->ran) txn_->Put(Space::kHandler, h->name, kb::EncodeU64(h->last_ran));
+  for (Handler* h : run_->ran)
+    txn_->PutUnindexed(Space::kHandler, h->name, kb::EncodeU64(h->last_ran));
 
   uint64_t next_outbox = next_outbox_id_;
   const size_t outbox_before = outbox_size_;
@@ -1240,19 +1241,19 @@ absl::StatusOr<uint64_t> Engine::CommitRun(const v1::Event& event, v1::Trace& tr
     StageInbox(*txn_, e);
     ++next_event_id_;
   }
-  txn_->Put(Space::kMeta, kMetaClock, kb::EncodeU64(change_clock_));
-  txn_->Put(Space::kMeta, kMetaRun, kb::EncodeU64(run_number));
+  txn_->PutUnindexed(Space::kMeta, kMetaClock, kb::EncodeU64(change_clock_));
+  txn_->PutUnindexed(Space::kMeta, kMetaRun, kb::EncodeU64(run_number));
   if (next_outbox != next_outbox_id_) {
-    txn_->Put(Space::kMeta, kMetaNextOutbox, kb::EncodeU64(next_outbox));
+    txn_->PutUnindexed(Space::kMeta, kMetaNextOutbox, kb::EncodeU64(next_outbox));
   }
-  txn_->Delete(Space::kInbox, kb::EncodeU64(event.id()));
+  txn_->DeleteUnindexed(Space::kInbox, kb::EncodeU64(event.id()));
   if (failure_) txn_->Delete(Space::kMeta, kMetaFailure);
 
   BuildTrace(trace);
   trace.set_result(v1::Trace::RESULT_COMMITTED);
-  txn_->Put(Space::kTrace, kb::EncodeU64(run_number), trace.SerializeAsString());
+  txn_->PutUnindexed(Space::kTrace, kb::EncodeU64(run_number), trace.SerializeAsString());
   if (run_number > options_.traces_kept) {
-    txn_->Delete(Space::kTrace, kb::EncodeU64(run_number - options_.traces_kept));
+    txn_->DeleteUnindexed(Space::kTrace, kb::EncodeU64(run_number - options_.traces_kept));
   }
   absl::StatusOr<uint64_t> committed = kb_->Commit(*txn_);
   if (!committed.ok()) {

@@ -116,6 +116,16 @@ void Txn::Delete(Space space, absl::string_view key) {
   batch_.Delete(kb_->Key(space, key)).PermitUncheckedError();
 }
 
+void Txn::PutUnindexed(Space space, absl::string_view key, absl::string_view value) {
+  batch_.GetWriteBatch()
+      ->Put(kb_->Key(space, key), rocksdb::Slice(value.data(), value.size()))
+      .PermitUncheckedError();
+}
+
+void Txn::DeleteUnindexed(Space space, absl::string_view key) {
+  batch_.GetWriteBatch()->Delete(kb_->Key(space, key)).PermitUncheckedError();
+}
+
 absl::Status Txn::DeletePrefix(Space space, absl::string_view prefix) {
   std::vector<std::string> keys;
   RETURN_IF_ERROR(Scan(space, prefix, [&](absl::string_view key, absl::string_view) {

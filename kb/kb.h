@@ -51,6 +51,10 @@ class Txn {
 
   void Put(Space space, absl::string_view key, absl::string_view value);
   void Delete(Space space, absl::string_view key);
+  // For keys this transaction never reads back (written once, at commit): they go into the batch
+  // without entering the index, so Get and Scan through the transaction do not see them.
+  void PutUnindexed(Space space, absl::string_view key, absl::string_view value);
+  void DeleteUnindexed(Space space, absl::string_view key);
   // Deletes every key of `space` that starts with `prefix`, as seen through this transaction.
   absl::Status DeletePrefix(Space space, absl::string_view prefix);
 
