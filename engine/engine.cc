@@ -1102,9 +1102,7 @@ void Engine::BuildTrace(v1::Trace& trace) const {
   trace.set_handlers_run(run_->executions);
 }
 
-absl::Status Engine::StageOutbox(const v1::Event& event, uint64_t run_number, v1::Trace& trace,
-                                 uint64_t& next_outbox) {
-  (void)event;
+absl::Status Engine::StageOutbox(uint64_t run_number, v1::Trace& trace, uint64_t& next_outbox) {
   auto stage = [&](const v1::RelationRecord& rel, const std::string& destination,
                    v1::RelationEventKind kind, auto fill) -> absl::Status {
     const std::string cursor = CursorKey("out", rel.relation_id(), destination);
@@ -1213,7 +1211,7 @@ absl::StatusOr<uint64_t> Engine::CommitRun(const v1::Event& event, v1::Trace& tr
 
   uint64_t next_outbox = next_outbox_id_;
   const size_t outbox_before = outbox_size_;
-  RETURN_IF_ERROR(StageOutbox(event, run_number, trace, next_outbox));
+  RETURN_IF_ERROR(StageOutbox(run_number, trace, next_outbox));
   for (const auto& id : run_->relations_changed) {
     v1::RelationRecord& rel = relations_.at(id);
     if (run_->broken.contains(id)) {

@@ -221,8 +221,7 @@ class Engine {
   absl::Status ValidateEvent(const v1::Event& event) const;
   // Puts `event` (id assigned) in the inbox as part of `txn`.
   void StageInbox(kb::Txn& txn, v1::Event& event);
-  absl::Status StageOutbox(const v1::Event& event, uint64_t run_number, v1::Trace& trace,
-                           uint64_t& next_outbox);
+  absl::Status StageOutbox(uint64_t run_number, v1::Trace& trace, uint64_t& next_outbox);
   absl::Status RecomputeDerived(const std::string& endpoint);
   void FireEvent(absl::string_view event, const Handler* by);
   void Retest();

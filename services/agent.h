@@ -106,7 +106,6 @@ class Agent {
     std::shared_ptr<PeerSession> session;
     // Highest outbox id sent on this session.
     uint64_t sent_through = 0;
-    bool pumping = false;
   };
 
   void Process();

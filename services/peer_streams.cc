@@ -348,41 +348,37 @@ class PeerService : public v1::Peer::CallbackService {
   grpc::ServerUnaryReactor* CheckRelation(grpc::CallbackServerContext* ctx,
                                           const v1::CheckRelationRequest* request,
                                           v1::CheckRelationResponse* response) override {
-    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-    Agent* agent = host_->Find(request->agent());
-    if (agent == nullptr) {
-      reactor->Finish(
-          grpc::Status(grpc::StatusCode::NOT_FOUND,
-                       absl::StrCat("no agent '", request->agent(), "' at ", host_->address())));
-      return reactor;
-    }
-    agent->strand()->Post([agent, request, response, reactor] {
+    return OnAgent(ctx, request->agent(), [request, response](Agent* agent) {
       auto r = agent->CheckRelation(*request);
       if (r.ok()) *response = *r;
-      reactor->Finish(ToGrpcStatus(r.status()));
+      return r.status();
     });
-    return reactor;
   }
 
   grpc::ServerUnaryReactor* RequestConnect(grpc::CallbackServerContext* ctx,
                                            const v1::RequestConnectRequest* request,
                                            v1::RequestConnectResponse*) override {
-    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-    Agent* agent = host_->Find(request->agent());
-    if (agent == nullptr) {
-      reactor->Finish(
-          grpc::Status(grpc::StatusCode::NOT_FOUND,
-                       absl::StrCat("no agent '", request->agent(), "' at ", host_->address())));
-      return reactor;
-    }
-    agent->strand()->Post([agent, request, reactor] {
-      reactor->Finish(ToGrpcStatus(
-          agent->RememberAddress(request->from_agent(), request->from_address(), true)));
+    return OnAgent(ctx, request->agent(), [request](Agent* agent) {
+      return agent->RememberAddress(request->from_agent(), request->from_address(), true);
     });
-    return reactor;
   }
 
  private:
+  // Runs `fn(agent)` on the named agent's strand and finishes the call with its status.
+  template <typename Fn>
+  grpc::ServerUnaryReactor* OnAgent(grpc::CallbackServerContext* ctx, const std::string& name,
+                                    Fn fn) {
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    Agent* agent = host_->Find(name);
+    if (agent == nullptr) {
+      reactor->Finish(grpc::Status(grpc::StatusCode::NOT_FOUND,
+                                   absl::StrCat("no agent '", name, "' at ", host_->address())));
+      return reactor;
+    }
+    agent->strand()->Post([agent, reactor, fn] { reactor->Finish(ToGrpcStatus(fn(agent))); });
+    return reactor;
+  }
+
   Host* host_;
 };
 

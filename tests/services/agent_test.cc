@@ -6,8 +6,10 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "engine/engine.h"
 #include "prometheus/text_serializer.h"
 #include "services/builtin_services.h"
 #include "services/host.h"
@@ -221,6 +223,63 @@ TEST_F(AgentTest, RestartResumes) {
   Agent* c = Add(hosts_[1].get(), "recorder", "c/0");
   Fire(a, "action.set", {{"value", "2"}});
   ASSERT_TRUE(WaitFor([&] { return Fact(c, "seen") == "1,2"; })) << Fact(c, "seen").value_or("");
+}
+
+// Timers a handler asks for fire as timer.<name> events, also across a restart of the host, and
+// the optional periodic `update` timer fires `update`.
+TEST_F(AgentTest, HandlerTimersAndUpdateTimerFire) {
+  auto spec = [] {
+    engine::ServiceSpec s;
+    s.service = "clock";
+    s.unit = "clock/0";
+    auto add = [&](std::string name, std::vector<std::string> on,
+                   std::function<absl::Status(engine::RunContext&)> fn) {
+      s.handlers.push_back({std::move(name), {}, {}, std::move(on), engine::MakeAction(fn)});
+    };
+    add("arm", {"action.arm"},
+        [](engine::RunContext& ctx) { return ctx.SetTimer("tick", absl::Milliseconds(300)); });
+    add("tick", {"timer.tick"}, [](engine::RunContext& ctx) { return ctx.Set("ticked"); });
+    add("update", {"update"}, [](engine::RunContext& ctx) {
+      int n = 0;
+      if (auto v = ctx.Value("updates")) (void)absl::SimpleAtoi(*v, &n);
+      return ctx.Set("updates", absl::StrCat(n + 1));
+    });
+    return s;
+  };
+  Host* h = NewHost();
+  auto a = h->AddAgent(spec());
+  ASSERT_TRUE(a.ok()) << a.status();
+  Fire(*a, "action.arm");
+  ASSERT_TRUE(WaitFor([&] { return Fact(*a, "ticked").has_value(); }));
+
+  // A timer pending when the host stops fires after the restart.
+  Fire(*a, "action.arm");
+  ASSERT_TRUE(
+      WaitFor([&] { return OnStrand(*a, [&] { return (*a)->engine().timers().size(); }) == 1; }));
+  const std::string dir = h->options().data_dir;
+  hosts_.back()->Shutdown();
+  hosts_.pop_back();
+  HostOptions o;
+  o.data_dir = dir;
+  o.tls.plaintext = true;
+  auto restarted = Host::Start(o);
+  ASSERT_TRUE(restarted.ok()) << restarted.status();
+  hosts_.push_back(std::move(*restarted));
+  AgentOptions ao;
+  ao.update_interval = absl::Milliseconds(50);
+  auto b = hosts_.back()->AddAgent(spec(), ao);
+  ASSERT_TRUE(b.ok()) << b.status();
+  ASSERT_TRUE(
+      WaitFor([&] { return OnStrand(*b, [&] { return (*b)->engine().timers().empty(); }); }));
+  auto traces = OnStrand(*b, [&] { return (*b)->engine().Traces(50); });
+  ASSERT_TRUE(traces.ok());
+  int ticks = 0;
+  for (const auto& t : *traces) ticks += t.trigger().name() == "timer.tick";
+  EXPECT_GE(ticks, 1);
+  ASSERT_TRUE(WaitFor([&] {
+    int n = 0;
+    return absl::SimpleAtoi(Fact(*b, "updates").value_or("0"), &n) && n >= 3;
+  }));
 }
 
 }  // namespace
