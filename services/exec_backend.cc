@@ -10,6 +10,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "kb/status_macros.h"
+#include "services/ansible_backend.h"
 #include "services/process_action.h"
 
 namespace parley::services {
@@ -85,12 +86,14 @@ ExecActionFactory::ExecActionFactory(ExecOptions options) : options_(std::move(o
 absl::StatusOr<std::unique_ptr<engine::Action>> ExecActionFactory::Make(
     const ServiceDefinition& def, const HandlerDef& handler) {
   if (handler.action.kind() == ActionKind::kBuiltin) return builtin_.Make(def, handler);
+  if (handler.action.kind() == ActionKind::kAnsible)
+    return MakeAnsibleAction(def, handler, options_);
   const auto* exec = std::get_if<ExecAction>(&handler.action.detail);
   if (exec == nullptr) {
-    return absl::UnimplementedError(
-        absl::StrCat(def.file, ":", handler.action.line, ": handler '", handler.name,
-                     "': action kind '", ActionKindName(handler.action.kind()),
-                     "' has no backend here (this factory runs exec and builtin actions)"));
+    return absl::UnimplementedError(absl::StrCat(
+        def.file, ":", handler.action.line, ": handler '", handler.name, "': action kind '",
+        ActionKindName(handler.action.kind()),
+        "' has no backend here (this factory runs exec, ansible and builtin actions)"));
   }
   if (exec->command.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(def.file, ":", handler.action.line,

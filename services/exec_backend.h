@@ -64,9 +64,10 @@ struct ExecOptions {
       log;
 };
 
-// Makes exec actions; builtin actions are made by BuiltinActionFactory; other kinds are
-// UNIMPLEMENTED. Stateless apart from its options; the actions it makes keep copies of what they
-// need.
+// Makes the actions of the process-based kinds: exec, and ansible (services/ansible_backend.h,
+// the same run with ansible-playbook as the program); builtin actions are made by
+// BuiltinActionFactory; other kinds are UNIMPLEMENTED. Stateless apart from its options; the
+// actions it makes keep copies of what they need.
 class ExecActionFactory : public ActionFactory {
  public:
   explicit ExecActionFactory(ExecOptions options = {});

@@ -923,7 +923,7 @@ absl::Status ProcessAction::RunProgram(engine::RunContext& ctx) {
   child.KillGroup();  // nothing may outlive the run holding the pipes (drain grace elapsed)
   Report(ctx, options, out, err);
 
-  const std::string& name = inv.argv[0];
+  const std::string& name = inv.name.empty() ? inv.argv[0] : inv.name;
   if (timed_out) {
     return absl::DeadlineExceededError(
         absl::StrCat("handler '", ctx.handler(), "': ", name, " timed out after ",

@@ -94,6 +94,8 @@ struct Invocation {
   std::vector<std::string> argv;
   // Set after PATH and before the variables every run gets (which win).
   std::map<std::string, std::string> env;
+  // What errors call the program; empty: argv[0].
+  std::string name;
 };
 
 // Where a process-based action comes from and what it may take.
