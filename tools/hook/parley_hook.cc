@@ -1,4 +1,4 @@
-// parley-hook: what a program run by an `exec` action uses to act on its run (facts, relation
+// parley-hook: what a program run by an `exec` action (or a task of an `ansible` playbook) uses
 // data, status, events, timers, action output). It sends its arguments to the agent over the
 // unix socket named by PARLEY_HOOK_SOCKET (services/exec_backend.h describes the protocol) and
 // prints the reply. Changes land only if the run commits.
