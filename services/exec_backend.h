@@ -56,11 +56,15 @@ struct ExecOptions {
   // "stderr"). May be empty. Called on the calling thread.
   std::function<void(absl::string_view handler, absl::string_view source, absl::string_view text)>
       log;
+
+  // `http` actions (services/http_action.h): bytes of response body accepted; a larger body
+  // fails the handler.
+  size_t http_response_limit = 1 << 20;
 };
 
-// Makes exec actions; builtin actions are made by BuiltinActionFactory; other kinds are
-// UNIMPLEMENTED. Stateless apart from its options; the actions it makes keep copies of what they
-// need.
+// Makes exec and http (services/http_action.h) actions; builtin actions are made by
+// BuiltinActionFactory; other kinds are UNIMPLEMENTED. Stateless apart from its options; the
+// actions it makes keep copies of what they need.
 class ExecActionFactory : public ActionFactory {
  public:
   explicit ExecActionFactory(ExecOptions options = {});
