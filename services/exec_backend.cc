@@ -26,6 +26,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "kb/status_macros.h"
+#include "services/container_action.h"
 #include "services/http_action.h"
 
 namespace parley::services {
@@ -994,6 +995,9 @@ absl::StatusOr<std::unique_ptr<engine::Action>> ExecActionFactory::Make(
     const ServiceDefinition& def, const HandlerDef& handler) {
   if (handler.action.kind() == ActionKind::kBuiltin) return builtin_.Make(def, handler);
   if (handler.action.kind() == ActionKind::kHttp) return MakeHttpAction(def, handler, options_);
+  if (handler.action.kind() == ActionKind::kContainer) {
+    return MakeContainerAction(def, handler, options_);
+  }
   const auto* exec = std::get_if<ExecAction>(&handler.action.detail);
   if (exec == nullptr) {
     return absl::UnimplementedError(

@@ -60,11 +60,16 @@ struct ExecOptions {
   // `http` actions (services/http_action.h): bytes of response body accepted; a larger body
   // fails the handler.
   size_t http_response_limit = 1 << 20;
+  // `container` actions (services/container_action.h): the Docker Engine API socket (Docker, or
+  // `podman system service`). Empty: DefaultContainerSocket().
+  std::string container_socket;
+  // `container` actions: how long a container is given to stop before it is killed.
+  absl::Duration container_stop_grace = absl::Seconds(10);
 };
 
-// Makes exec and http (services/http_action.h) actions; builtin actions are made by
-// BuiltinActionFactory; other kinds are UNIMPLEMENTED. Stateless apart from its options; the
-// actions it makes keep copies of what they need.
+// Makes exec, http (services/http_action.h) and container (services/container_action.h) actions;
+// builtin actions are made by BuiltinActionFactory; other kinds are UNIMPLEMENTED. Stateless apart
+// from its options; the actions it makes keep copies of what they need.
 class ExecActionFactory : public ActionFactory {
  public:
   explicit ExecActionFactory(ExecOptions options = {});

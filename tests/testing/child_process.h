@@ -64,9 +64,17 @@ class ChildProcess {
     int status = 0;
     if (waitpid(pid_, &status, WNOHANG) == pid_) {
       pid_ = -1;
+      exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
       return false;
     }
     return true;
+  }
+
+  // Waits up to `timeout` for it to exit; returns its exit code (128 + the signal if a signal
+  // ended it), or -1 if it is still running.
+  int Wait(absl::Duration timeout) {
+    WaitFor([this] { return !Running(); }, timeout);
+    return pid_ > 0 ? -1 : exit_code_;
   }
 
   // SIGTERM to its group, SIGKILL after `grace`; returns once it is reaped.
@@ -82,6 +90,7 @@ class ChildProcess {
 
  private:
   pid_t pid_ = -1;
+  int exit_code_ = -1;
 };
 
 }  // namespace parley::testing
