@@ -3,6 +3,7 @@
 #include <curl/curl.h>
 
 #include <algorithm>
+#include <cstring>
 #include <memory>
 
 #include "absl/strings/ascii.h"
@@ -168,7 +169,15 @@ absl::StatusOr<HttpResponse> SendHttpRequest(const HttpRequest& request) {
 
   const CURLcode code = curl_easy_perform(c);
   if (code != CURLE_OK) {
-    const std::string why = error_buffer[0] != '\0' ? error_buffer : curl_easy_strerror(code);
+    std::string why = error_buffer[0] != '\0' ? error_buffer : curl_easy_strerror(code);
+    if (code == CURLE_COULDNT_CONNECT && !request.unix_socket.empty()) {
+      // libcurl's text names the URL's host and port, which were not used.
+      long os_errno = 0;
+      curl_easy_getinfo(c, CURLINFO_OS_ERRNO, &os_errno);
+      why = absl::StrCat(
+          "cannot connect to unix socket ", request.unix_socket,
+          os_errno != 0 ? absl::StrCat(": ", strerror(static_cast<int>(os_errno))) : "");
+    }
     switch (code) {
       case CURLE_WRITE_ERROR:
       case CURLE_FILESIZE_EXCEEDED:

@@ -439,6 +439,8 @@ TEST_F(ContainerActionTest, AMissingDaemonFails) {
       FailureMessage(),
       StartsWith(absl::StrCat("handler 'run': container API at ", nowhere,
                               ": GET http://localhost/v1.41/containers/parley-web-4/json: ")));
+  EXPECT_THAT(FailureMessage(), HasSubstr(absl::StrCat("cannot connect to unix socket ", nowhere,
+                                                       ": No such file or directory")));
   EXPECT_FALSE(engine_->IsSet("container.id"));
 }
 
