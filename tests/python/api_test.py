@@ -96,8 +96,9 @@ class AgentApiTest(unittest.TestCase):
                          [("negotiate:1", "negotiate", "db", [DB])])
 
         # The same relation id again is refused, and changes nothing.
-        with self.assertRaises(grpc.RpcError):
+        with self.assertRaises(grpc.RpcError) as e:
             self.relate()
+        self.assertEqual(e.exception.code(), grpc.StatusCode.ALREADY_EXISTS)
 
         # SetConfig fires config.changed; the new proposal converges on both sides.
         changed = self.web.api.SetConfig(
