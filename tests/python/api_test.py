@@ -28,6 +28,7 @@ DB = "db/0"
 class AgentApiTest(unittest.TestCase):
     def setUp(self):
         self.dir = tempfile.mkdtemp(prefix="parley-api-test-")
+        self.addCleanup(shutil.rmtree, self.dir, True)  # also when setUp fails
         self.web = self.db = None
         self.web = pt.Parleyd.start(f"{WEB}=proposer", workdir=os.path.join(self.dir, "web"))
         try:
@@ -38,14 +39,10 @@ class AgentApiTest(unittest.TestCase):
         self.model = [(self.web, WEB), (self.db, DB)]
 
     def tearDown(self):
-        failed = pt.test_failed(self)
-        for p in (self.web, self.db):
-            if p is not None:
-                code = p.stop()
-                self.assertEqual(code, 0, f"parleyd exited with {code} on SIGTERM")
-        if failed or os.environ.get("PARLEY_TEST_LOG"):
+        codes = [p.stop() for p in (self.web, self.db) if p is not None]
+        if pt.test_failed(self) or codes != [0, 0] or os.environ.get("PARLEY_TEST_LOG"):
             pt.dump_logs([self.web, self.db])
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self.assertEqual(codes, [0, 0], "parleyd exit codes on SIGTERM")
 
     def relate(self):
         return self.web.api.Relate(
