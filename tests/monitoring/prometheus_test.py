@@ -185,6 +185,7 @@ class PrometheusTest(unittest.TestCase):
 
         # The alert rules load and evaluate against these series without error.
         rules = self.wait_query_rules()
+        self.assertEqual(len(rules), 7, [r["name"] for r in rules])
         for r in rules:
             self.assertEqual(r["health"], "ok", r)
         # f/0's alert is pending (its `for` has not passed) or firing; no other agent's is.
@@ -199,8 +200,10 @@ class PrometheusTest(unittest.TestCase):
         def evaluated():
             groups = self.prometheus.api("rules", type="alert")["groups"]
             rules = [r for g in groups for r in g["rules"]]
-            if rules and all(r.get("lastEvaluation", "").startswith("0001") is False
-                             and r.get("health") != "unknown" for r in rules):
+            # Before its first evaluation a rule has health "unknown" and a zero timestamp.
+            if rules and all(r.get("health") != "unknown"
+                             and not r.get("lastEvaluation", "0001").startswith("0001")
+                             for r in rules):
                 return rules
             return None
 
