@@ -211,5 +211,32 @@ class PrometheusTest(unittest.TestCase):
                            interval_s=0.5)
 
 
+class ScrapeConfigDocTest(unittest.TestCase):
+    """deploy/prometheus/README.md shows exactly what scrape_config() writes, and promtool
+    accepts it."""
+
+    def test_readme_example_is_the_generated_config(self):
+        with open(os.path.join(mu.REPO, "deploy", "prometheus", "README.md")) as f:
+            readme = f.read()
+        start = readme.index("```yaml\n") + len("```yaml\n")
+        example = readme[start:readme.index("```", start)]
+        self.assertEqual(example, mu.scrape_config(
+            ["10.0.0.5:9100", "10.0.0.6:9100"], model="shop", scrape_interval="15s",
+            rule_files=["/etc/prometheus/parley/alerts.yml"]))
+
+    def test_promtool_accepts_the_config(self):
+        promtool = shutil.which("promtool")
+        if not promtool:
+            self.fail("no promtool (tools/setup installs prometheus)")
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "prometheus.yml")
+            with open(path, "w") as f:
+                f.write(mu.scrape_config(["127.0.0.1:9100"], rule_files=[
+                    os.path.join(mu.REPO, "deploy", "prometheus", "alerts.yml")]))
+            r = subprocess.run([promtool, "check", "config", path], capture_output=True,
+                               text=True, timeout=60)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
