@@ -358,7 +358,8 @@ class Session {
   }
 
   // Stops the unit, departs its relations, waits for the departures to be delivered, removes it.
-  absl::Status RemoveUnit(const std::string& unit) {
+  // `unit` is a copy: the record it names is deleted on the way.
+  absl::Status RemoveUnit(std::string unit) {
     ASSIGN_OR_RETURN(auto found, RequireUnit(unit));
     AgentClient& client = Client(found.second->address());
     absl::StatusOr<v1::AgentStatus> status = client.Status(unit);
@@ -509,8 +510,9 @@ class Session {
   }
 
   // Waits until every unit is idle and nothing changed between two polls. Shows progress on
-  // stderr; prints each unit's failures once.
-  absl::Status Wait(absl::Duration timeout) {
+  // stderr; prints each unit's failures once. With `failed_settles`, a unit whose inbox head is
+  // failing counts as settled (it will not get further before its retry).
+  absl::Status Wait(absl::Duration timeout, bool failed_settles = false) {
     const absl::Time deadline = absl::Now() + timeout;
     std::map<std::string, uint64_t> last;
     std::map<std::string, std::string> reported;
@@ -540,6 +542,10 @@ class Session {
             if (reported[u->name()] != st->failure().message()) {
               reported[u->name()] = st->failure().message();
               std::fprintf(stderr, "%s%s\n", tty ? "\r\033[K" : "", msg.c_str());
+            }
+            if (failed_settles && it != last.end() && it->second == idle->progress()) {
+              ++settled;
+              pending.pop_back();
             }
           }
         }
@@ -709,7 +715,7 @@ absl::Status Down(Session& s, const Args& args) {
       if (!st.ok())
         std::fprintf(stderr, "parley: %s: %s\n", u->name().c_str(), st.ToString().c_str());
     }
-    if (absl::Status st = s.Wait(absl::Seconds(60)); !st.ok()) {
+    if (absl::Status st = s.Wait(absl::Seconds(60), /*failed_settles=*/true); !st.ok()) {
       std::fprintf(stderr, "parley: stopping anyway: %s\n", std::string(st.message()).c_str());
     }
     RETURN_IF_ERROR(s.dir().StopHost(s.state().host(), absl::Seconds(20)));
