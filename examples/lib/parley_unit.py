@@ -116,7 +116,7 @@ def stop_daemon(pidfile, marker, timeout=10.0):
         return False
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while pid_alive(pidfile, marker) == pid:
+    while not _gone(pid):
         if time.monotonic() > deadline:
             os.kill(pid, signal.SIGKILL)
         time.sleep(0.1)
@@ -126,6 +126,15 @@ def stop_daemon(pidfile, marker, timeout=10.0):
     except FileNotFoundError:
         pass
     return True
+
+
+def _gone(pid):
+    """Exited (a zombie counts: it holds no ports or files any more)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True
 
 
 def _reap(pid):
