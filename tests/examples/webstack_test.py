@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""End to end: examples/webstack (or model-ansible.yaml) on this machine, with the real parley CLI.
+
+- a value PUT through the balancer is in Redis (read with redis-cli and the negotiated password);
+- GET / through the balancer round-robins over both app units, then over three after add-unit;
+- a config change (app greeting) reaches every unit; the balancer's status counts its backends;
+- user actions: redis info, app flush;
+- remove-unit takes the unit out of the balancer; down stops every process.
+"""
+
+import os
+import random
+import subprocess
+
+from e2e import EXAMPLES, Model, args, check, http, main, port_open, say, wait_for
+
+opts = args(__doc__.splitlines()[0])
+
+
+def test():
+    with Model(opts, os.path.join(EXAMPLES, "webstack", "model.yaml")) as m:
+        redis_port = int(m.config["redis"]["port"])
+        app_base = int(m.config["app"]["port"])
+        lb = "http://127.0.0.1:%d" % int(m.config["balancer"]["port"])
+
+        m.run("wait", "--timeout", "180s")
+        statuses = m.wait_active(["redis", "app", "balancer"])
+        say("active: %s" % statuses)
+        check("2 backends" in statuses["balancer/0"], "balancer status: %r" % statuses["balancer/0"])
+
+        # A value written through the balancer is in Redis.
+        key, value = "e2e-%d" % random.randrange(1 << 30), "value-%d" % random.randrange(1 << 30)
+        status, body = http("PUT", "%s/kv/%s" % (lb, key), value.encode())
+        check(status == 200, "PUT through the balancer: %d %s" % (status, body))
+        check(http("GET", "%s/kv/%s" % (lb, key)) == (200, value), "GET through the balancer")
+        password = m.relation_data("app/0", "db")["unit:redis/0"]["password"]
+        check(password == m.facts("redis/0")["redis.password"], "the app got the redis unit's password")
+        stored = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(redis_port), "--no-auth-warning", "GET", key],
+                                env=dict(os.environ, REDISCLI_AUTH=password), capture_output=True, text=True)
+        check(stored.stdout.strip() == value, "redis-cli GET %s: %r %r" % (key, stored.stdout, stored.stderr))
+        say("PUT through the balancer, read back from Redis: %s=%s" % (key, value))
+
+        def answering(n):
+            want = {"app/%d" % i for i in range(n)}
+            seen = set()
+            for _ in range(3 * n):
+                status, body = http("GET", lb + "/")
+                if status == 200:
+                    seen.add(body.split()[-1])
+            return seen if seen == want else None
+
+        say("round robin over %s" % sorted(wait_for("GET / answered by app/0 and app/1", lambda: answering(2), 30)))
+
+        m.run("add-unit", "app")
+        m.run("wait", "--timeout", "180s")
+        say("round robin over %s" % sorted(wait_for("GET / answered by 3 app units", lambda: answering(3), 90)))
+        wait_for("the balancer counting 3 backends", lambda: "3 backends" in m.units()["balancer/0"][1], 30)
+
+        # Config change: every unit greets differently.
+        m.run("config", "app", "greeting=Howdy from")
+
+        def greeted():
+            bodies = {http("GET", "http://127.0.0.1:%d/" % (app_base + i))[1].strip() for i in range(3)}
+            return bodies == {"Howdy from app/%d" % i for i in range(3)} and bodies
+        say("after config: %s" % sorted(wait_for("the new greeting on every app unit", greeted, 60)))
+        check(http("GET", lb + "/")[1].startswith("Howdy from"), "the new greeting through the balancer")
+
+        # User actions.
+        info = m.action("redis/0", "info")
+        check(info.get("redis_version", "").startswith("7") and info.get("port") == str(redis_port), "redis info: %r" % info)
+        flushed = m.action("app/0", "flush")
+        check(int(flushed.get("flushed", "0")) >= 1, "app flush: %r" % flushed)
+        check(http("GET", "%s/kv/%s" % (lb, key))[0] == 404, "the key is gone after flush")
+        say("actions: info %s, flush %s" % (info, flushed))
+
+        # remove-unit: the balancer forgets it.
+        m.run("remove-unit", "app/2")
+        m.run("wait", "--timeout", "180s")
+        wait_for("the balancer counting 2 backends", lambda: "2 backends" in m.units()["balancer/0"][1], 60)
+        say("after remove-unit: %s" % sorted(wait_for("GET / answered by app/0 and app/1 only", lambda: answering(2), 30)))
+        check(not port_open(app_base + 2), "app/2's server stopped")
+
+    ports = [redis_port, app_base, app_base + 1, int(m.config["balancer"]["port"])]
+    wait_for("every port closed after down", lambda: not any(port_open(p) for p in ports), 30)
+    say("down: ports %s closed" % ports)
+
+
+main(test)
