@@ -8,8 +8,9 @@
 //    defaults, the facts, the data of every relation, the event with its parameters);
 //  - the program is spawned without a shell, from the definition directory, in its own process
 //    group, with a clean environment: PATH, HOME (the temp dir), PARLEY_HOOK_SOCKET,
-//    PARLEY_CONTEXT, PARLEY_UNIT, PARLEY_SERVICE, PARLEY_EVENT, PARLEY_HANDLER and the handler's
-//    `env` templates;
+//    PARLEY_CONTEXT, PARLEY_STATE_DIR (the unit's persistent state dir, when
+//    ExecOptions::state_root is set), PARLEY_UNIT, PARLEY_SERVICE, PARLEY_EVENT, PARLEY_HANDLER
+//    and the handler's `env` templates;
 //  - hook requests are served on the calling thread (the agent's serial executor) while the
 //    program runs, by calling RunContext: every change lands in the run's transaction and only if
 //    the run commits;
@@ -41,6 +42,11 @@ namespace parley::services {
 struct ExecOptions {
   // Where per-run temp dirs are made; empty: $TMPDIR, else /tmp.
   std::string temp_root;
+  // When not empty, each unit has a persistent state dir `<state_root>/<unit, '/' replaced by
+  // '-'>` (web/0: web-0), made with mode 0700 on its first run and kept across runs, restarts and
+  // failed runs (files are not transactional: only KB changes roll back). Programs find it in
+  // PARLEY_STATE_DIR and keep their data and config files there.
+  std::string state_root;
   // Directories put before /usr/local/bin:/usr/bin:/bin in the program's PATH (for example where
   // parley-hook is installed).
   std::vector<std::string> extra_path;
@@ -58,9 +64,10 @@ struct ExecOptions {
       log;
 };
 
-// Makes exec actions; builtin actions are made by BuiltinActionFactory; other kinds are
-// UNIMPLEMENTED. Stateless apart from its options; the actions it makes keep copies of what they
-// need.
+// Makes the actions of the process-based kinds: exec, and ansible (services/ansible_backend.h,
+// the same run with ansible-playbook as the program); builtin actions are made by
+// BuiltinActionFactory; other kinds are UNIMPLEMENTED. Stateless apart from its options; the
+// actions it makes keep copies of what they need.
 class ExecActionFactory : public ActionFactory {
  public:
   explicit ExecActionFactory(ExecOptions options = {});

@@ -7,7 +7,6 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 
@@ -16,19 +15,19 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "engine/clock.h"
-#include "engine/engine.h"
-#include "kb/kb.h"
-#include "kb/store.h"
-#include "tests/testing/temp_dir.h"
+#include "tests/services/backend_test_util.h"
 
 namespace parley::services {
 namespace {
 
 using ::testing::AllOf;
 using ::testing::Contains;
+using testing::Gone;
 using ::testing::HasSubstr;
+using testing::Joined;
+using testing::Named;
 using ::testing::Not;
+using testing::Shell;
 using ::testing::StartsWith;
 
 constexpr char kHook[] = PARLEY_HOOK;
@@ -57,6 +56,7 @@ events:
   context: Reads the JSON context.
   environment: Reports its environment.
   leak: Leaves its socket path behind.
+  state: Appends to a file in its state dir.
   refused: Asks for things the agent refuses.
 handlers:
   - name: install
@@ -104,6 +104,9 @@ handlers:
   - name: leak
     on: [leak]
     action: {kind: exec, command: [sh, -c, 'parley-hook fact set socket "$PARLEY_HOOK_SOCKET"']}
+  - name: state
+    on: [state]
+    action: {kind: exec, command: [./bin/state.sh]}
 )";
 
 constexpr char kInstall[] = R"sh(#!/bin/sh
@@ -189,6 +192,12 @@ values = [c["unit"], c["service"], c["handler"], c["event"]["name"], c["config"]
 subprocess.run(["parley-hook", "fact", "set", "seen", ",".join(values)], check=True)
 )sh";
 
+constexpr char kState[] = R"sh(#!/bin/sh
+set -e
+echo run >> "$PARLEY_STATE_DIR/runs"
+parley-hook fact set state "$PARLEY_STATE_DIR $(stat -c %a "$PARLEY_STATE_DIR") $(wc -l < "$PARLEY_STATE_DIR/runs")"
+)sh";
+
 constexpr char kEnvironment[] = R"sh(import json, os, subprocess
 subprocess.run(["parley-hook", "fact", "set", "env", json.dumps(dict(os.environ))], check=True)
 )sh";
@@ -208,58 +217,7 @@ try() { "$@" 2>"$HOME/err"; echo "$?: $(cat "$HOME/err")"; }
 parley-hook fact set refusals "$(cat "$HOME/out")"
 )sh";
 
-v1::Event Named(std::string name, std::map<std::string, std::string> params = {}) {
-  v1::Event e;
-  e.set_name(std::move(name));
-  for (auto& [k, v] : params) (*e.mutable_params())[k] = v;
-  return e;
-}
-
-v1::Event Joined(std::string endpoint, std::string id, std::string unit,
-                 std::vector<std::pair<std::string, std::string>> data = {}) {
-  v1::Event e;
-  e.set_name(endpoint + ".joined");
-  auto* r = e.mutable_relation();
-  r->set_relation_id(id);
-  r->set_endpoint(endpoint);
-  r->set_remote_service(unit.substr(0, unit.find('/')));
-  r->set_remote_unit(unit);
-  r->set_kind(v1::RELATION_EVENT_KIND_JOINED);
-  for (auto& [k, v] : data) {
-    auto* c = r->add_unit_changes();
-    c->set_key(k);
-    c->set_value(v);
-  }
-  return e;
-}
-
-// Runs `command` through sh; returns its output (stdout and stderr) and exit status.
-std::pair<std::string, int> Shell(const std::string& command) {
-  FILE* f = popen((command + " 2>&1").c_str(), "r");
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), f)) > 0) out.append(buf, n);
-  const int status = pclose(f);
-  return {out, WIFEXITED(status) ? WEXITSTATUS(status) : -1};
-}
-
-// Whether process `pid` is gone (or a zombie) before `deadline`.
-bool Gone(int pid, absl::Time deadline) {
-  while (true) {
-    std::ifstream stat(absl::StrCat("/proc/", pid, "/stat"));
-    std::string line;
-    if (!std::getline(stat, line)) return true;
-    const size_t paren = line.rfind(')');
-    if (paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] == 'Z') {
-      return true;
-    }
-    if (absl::Now() > deadline) return false;
-    absl::SleepFor(absl::Milliseconds(10));
-  }
-}
-
-class ExecBackendTest : public ::testing::Test {
+class ExecBackendTest : public testing::BackendTest {
  protected:
   void SetUp() override {
     Write("shared/redis.yaml", kRedis);
@@ -271,70 +229,16 @@ class ExecBackendTest : public ::testing::Test {
     Script("svc/bin/fail.sh", kFail);
     Script("svc/bin/hang.sh", kHang);
     Script("svc/bin/refused.sh", kRefused);
+    Script("svc/bin/state.sh", kState);
     Write("svc/bin/flood.py", kFlood);
     Write("svc/bin/garbage.py", kGarbage);
     Write("svc/bin/context.py", kContext);
     Write("svc/bin/environment.py", kEnvironment);
-    auto def = LoadServiceDefinition(dir_.Sub("svc"), dir_.Sub("shared"));
-    ASSERT_TRUE(def.ok()) << def.status();
-
     ExecOptions options;
     options.extra_path = {std::filesystem::path(kHook).parent_path().string()};
-    options.log = [this](absl::string_view handler, absl::string_view source,
-                         absl::string_view text) {
-      logs_.push_back(absl::StrCat(handler, "|", source, "|", text));
-    };
-    ExecActionFactory factory(options);
-    auto spec = BuildSpec(*def, "web/0", factory);
-    ASSERT_TRUE(spec.ok()) << spec.status();
-    kb::StoreOptions o;
-    o.durability = kb::Durability::kGroupCommit;
-    auto store = kb::Store::Open(dir_.Sub("kb"), o);
-    ASSERT_TRUE(store.ok()) << store.status();
-    store_ = std::move(*store);
-    auto kb = kb::Kb::Open(store_.get(), "web/0");
-    ASSERT_TRUE(kb.ok()) << kb.status();
-    kb_ = std::move(*kb);
-    auto engine = engine::Engine::Create(std::move(*spec), kb_.get(), &clock_);
-    ASSERT_TRUE(engine.ok()) << engine.status();
-    engine_ = std::move(*engine);
+    options.state_root = dir_.Sub("state");
+    ASSERT_NO_FATAL_FAILURE(Start(options));
   }
-
-  void Write(const std::string& rel, const std::string& text) {
-    const std::string path = dir_.Sub(rel);
-    std::filesystem::create_directories(std::filesystem::path(path).parent_path());
-    std::ofstream(path) << text;
-  }
-
-  void Script(const std::string& rel, const std::string& text) {
-    Write(rel, text);
-    chmod(dir_.Sub(rel).c_str(), 0755);
-  }
-
-  engine::RunResult Run(v1::Event e) {
-    auto id = engine_->Enqueue(std::move(e));
-    EXPECT_TRUE(id.ok()) << id.status();
-    auto r = engine_->RunOnce();
-    EXPECT_TRUE(r.ok()) << r.status();
-    return r.ok() ? *r : engine::RunResult{};
-  }
-
-  std::string FailureMessage() const {
-    return engine_->failure() ? engine_->failure()->message() : "(no failure)";
-  }
-
-  std::map<std::string, std::string> LocalBag(const std::string& relation) {
-    auto bag = engine_->Bag(relation, "lu");
-    EXPECT_TRUE(bag.ok()) << bag.status();
-    return bag.ok() ? *bag : std::map<std::string, std::string>{};
-  }
-
-  ::parley::testing::TempDir dir_;
-  engine::ManualClock clock_;
-  std::unique_ptr<kb::Store> store_;
-  std::unique_ptr<kb::Kb> kb_;
-  std::unique_ptr<engine::Engine> engine_;
-  std::vector<std::string> logs_;
 };
 
 TEST_F(ExecBackendTest, HookToolsActOnTheRun) {
@@ -496,9 +400,18 @@ TEST_F(ExecBackendTest, TheEnvironmentIsClean) {
   EXPECT_THAT(env, HasSubstr(R"("PARLEY_HANDLER": "environment")"));
   EXPECT_THAT(env, HasSubstr("\"PARLEY_HOOK_SOCKET\": \""));
   EXPECT_THAT(env, HasSubstr("\"PARLEY_CONTEXT\": \""));
+  EXPECT_THAT(env,
+              HasSubstr(absl::StrCat("\"PARLEY_STATE_DIR\": \"", dir_.Sub("state/web-0"), "\"")));
   EXPECT_THAT(env, HasSubstr(absl::StrCat("\"PATH\": \"",
                                           std::filesystem::path(kHook).parent_path().string(),
                                           ":/usr/local/bin:/usr/bin:/bin\"")));
+}
+
+TEST_F(ExecBackendTest, EachUnitHasAPersistentStateDir) {
+  ASSERT_EQ(Run(Named("state")).outcome, engine::RunOutcome::kCommitted) << FailureMessage();
+  EXPECT_EQ(engine_->FactValue("state"), absl::StrCat(dir_.Sub("state/web-0"), " 700 1"));
+  ASSERT_EQ(Run(Named("state")).outcome, engine::RunOutcome::kCommitted) << FailureMessage();
+  EXPECT_EQ(engine_->FactValue("state"), absl::StrCat(dir_.Sub("state/web-0"), " 700 2"));
 }
 
 }  // namespace
