@@ -76,6 +76,12 @@ struct HandlerSpec {
   std::unique_ptr<Action> action;
 };
 
+// A config option a service declares. `check` validates a value (not set: any text).
+struct ConfigOptionSpec {
+  std::string name;
+  std::function<absl::Status(absl::string_view value)> check;
+};
+
 struct ServiceSpec {
   std::string service;
   // This agent's unit, for example "redis/0"; the sender of its relation data.
@@ -83,6 +89,10 @@ struct ServiceSpec {
   std::vector<EndpointSpec> endpoints;
   // Declaration order is the order handlers are queued in.
   std::vector<HandlerSpec> handlers;
+  // When set, the service accepts only the config options in `config_options` (the agent refuses
+  // a change naming another key, or a value its check refuses); otherwise any key.
+  bool declares_config = false;
+  std::vector<ConfigOptionSpec> config_options;
 };
 
 }  // namespace parley::engine

@@ -54,10 +54,20 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Create(Host* host, engine::Service
       }));
   engine::Engine& e = *agent->engine_;
   if (e.runs() == 0 && e.inbox_depth() == 0 && !e.failure()) {
+    v1::Event config;
+    config.set_name("config.changed");
+    config.set_source("agent");
+    for (const auto& [k, v] : agent->options_.initial_config) {
+      RETURN_IF_ERROR(agent->CheckConfig(k, v));
+      v1::BagChange* c = config.add_config_changes();
+      c->set_key(k);
+      c->set_value(v);
+    }
     v1::Event install;
     install.set_name("install");
     install.set_source("agent");
     RETURN_IF_ERROR(e.Enqueue(std::move(install)).status());
+    if (config.config_changes_size() > 0) RETURN_IF_ERROR(e.Enqueue(std::move(config)).status());
   }
   v1::Event start;
   start.set_name("start");
@@ -419,6 +429,9 @@ void Agent::OnFrame(const std::string& remote, const std::shared_ptr<PeerSession
     Reject(remote, session, s, absl::IsNotFound(s) ? "unknown_relation" : "not_party_to_relation");
     return;
   }
+  // The relation it announced is here: from now on it is wanted for the relation's sake only, so
+  // that a unit removed right after relating is not dialed for the rest of the minute.
+  expecting_.erase(remote);
   v1::Event event;
   event.set_name(absl::StrCat(ev.receiver_endpoint(), ".", engine::RelationKindName(ev.kind())));
   event.set_source(absl::StrCat("peer:", remote));
@@ -550,6 +563,8 @@ absl::StatusOr<uint64_t> Agent::SetConfig(const v1::SetConfigRequest& request) {
   e.set_name("config.changed");
   e.set_source("api");
   const auto& config = engine_->config();
+  for (const auto& [k, v] : request.set()) RETURN_IF_ERROR(CheckConfig(k, v));
+  for (const auto& k : request.unset()) RETURN_IF_ERROR(CheckConfig(k, ""));
   for (const auto& [k, v] : request.set()) {
     auto it = config.find(k);
     if (it != config.end() && it->second == v) continue;
@@ -567,6 +582,26 @@ absl::StatusOr<uint64_t> Agent::SetConfig(const v1::SetConfigRequest& request) {
   ASSIGN_OR_RETURN(auto r, engine_->Enqueue(std::move(e)));
   Kick();
   return r.event_id;
+}
+
+absl::Status Agent::CheckConfig(const std::string& key, const std::string& value) const {
+  const engine::ServiceSpec& s = spec();
+  if (!s.declares_config) return absl::OkStatus();
+  std::vector<std::string> names;
+  for (const auto& option : s.config_options) {
+    if (option.name != key) {
+      names.push_back(option.name);
+      continue;
+    }
+    // An empty value resets an option (unset); only set values are checked.
+    if (value.empty() || !option.check) return absl::OkStatus();
+    absl::Status st = option.check(value);
+    if (st.ok()) return st;
+    return absl::InvalidArgumentError(absl::StrCat("service ", s.service, ": ", st.message()));
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("service ", s.service, " has no config option '", key,
+                   "' (it has: ", names.empty() ? "none" : absl::StrJoin(names, ", "), ")"));
 }
 
 absl::StatusOr<uint64_t> Agent::FireEvent(const v1::FireEventRequest& request) {
@@ -604,10 +639,8 @@ absl::StatusOr<v1::CheckRelationResponse> Agent::CheckRelation(const v1::CheckRe
                      ") to ", name_, ":", r.endpoint(), " (", engine::RoleName(ep->role),
                      "): roles must be provides/requires or peers/peers"));
   }
-  if (engine_->relations().contains(r.relation_id())) {
-    return absl::AlreadyExistsError(
-        absl::StrCat("agent ", name_, ": relation id '", r.relation_id(), "' is already in use"));
-  }
+  RETURN_IF_ERROR(
+      CheckRelationId(r.relation_id(), r.endpoint(), r.remote_service(), r.remote_endpoint()));
   RETURN_IF_ERROR(RememberAddress(r.remote_agent(), r.remote_address(), true));
   v1::CheckRelationResponse resp;
   resp.set_service(spec().service);
@@ -616,11 +649,35 @@ absl::StatusOr<v1::CheckRelationResponse> Agent::CheckRelation(const v1::CheckRe
   return resp;
 }
 
+absl::Status Agent::CheckRelationId(const std::string& relation_id, const std::string& endpoint,
+                                    const std::string& remote_service,
+                                    const std::string& remote_endpoint) const {
+  auto it = engine_->relations().find(relation_id);
+  if (it == engine_->relations().end()) return absl::OkStatus();
+  const v1::RelationRecord& rel = it->second;
+  if (!rel.gone() && rel.endpoint() == endpoint && rel.remote_service() == remote_service &&
+      rel.remote_endpoint() == remote_endpoint) {
+    return absl::OkStatus();
+  }
+  return absl::AlreadyExistsError(
+      absl::StrCat("agent ", name_, ": relation id '", relation_id, "' is already in use",
+                   rel.gone() ? " by a removed relation"
+                              : absl::StrCat(" by ", rel.endpoint(), " with ", rel.remote_service(),
+                                             ":", rel.remote_endpoint())));
+}
+
 absl::Status Agent::Relate(const v1::RelateRequest& request, const std::string& remote_service,
                            const std::string& interface) {
-  if (engine_->relations().contains(request.relation_id())) {
-    return absl::AlreadyExistsError(absl::StrCat("agent ", name_, ": relation id '",
-                                                 request.relation_id(), "' is already in use"));
+  RETURN_IF_ERROR(CheckRelationId(request.relation_id(), request.endpoint(), remote_service,
+                                  request.remote_endpoint()));
+  if (auto it = engine_->relations().find(request.relation_id());
+      it != engine_->relations().end()) {
+    const auto& t = it->second.targets();
+    const auto& r = it->second.remote_units();
+    if (std::find(t.begin(), t.end(), request.remote_agent()) != t.end() ||
+        std::find(r.begin(), r.end(), request.remote_agent()) != r.end()) {
+      return absl::OkStatus();
+    }
   }
   RETURN_IF_ERROR(RememberAddress(request.remote_agent(), request.remote_address(), false));
   v1::Event e;

@@ -38,6 +38,9 @@ struct AgentOptions {
   // and once that run is durable.
   std::function<void(const engine::RunResult&)> on_commit;
   std::function<void(const engine::RunResult&)> on_durable;
+  // Config applied when the agent is created for the first time: a config.changed event queued
+  // between install and start. Checked against the spec's config options.
+  std::map<std::string, std::string> initial_config;
 };
 
 class Agent {
@@ -82,10 +85,20 @@ class Agent {
   v1::CheckIdleResponse CheckIdle() const;
   absl::StatusOr<uint64_t> SetConfig(const v1::SetConfigRequest& request);
   absl::StatusOr<uint64_t> FireEvent(const v1::FireEventRequest& request);
-  // Validates and records a relation whose other side already agreed (see Host::Relate).
+  // Checks a config change against the service's declared options: INVALID_ARGUMENT naming the
+  // service and the key.
+  absl::Status CheckConfig(const std::string& key, const std::string& value) const;
+  // Validates and records a relation whose other side already agreed (see Host::Relate). Relating
+  // an existing relation to one more remote unit adds it (same endpoint and remote service);
+  // relating it to a unit it already targets changes nothing.
   absl::Status Relate(const v1::RelateRequest& request, const std::string& remote_service,
                       const std::string& interface);
   absl::Status Unrelate(const std::string& relation_id);
+  // A relation id may be used for a new relation, or for one more remote unit of the relation
+  // that has it (same endpoint, remote service and remote endpoint); else ALREADY_EXISTS.
+  absl::Status CheckRelationId(const std::string& relation_id, const std::string& endpoint,
+                               const std::string& remote_service,
+                               const std::string& remote_endpoint) const;
   // Checks a relation another agent proposes to this one; returns this side's role.
   absl::StatusOr<v1::CheckRelationResponse> CheckRelation(const v1::CheckRelationRequest& r);
   v1::GetRelationDataResponse RelationData(const std::string& endpoint) const;

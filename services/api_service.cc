@@ -1,6 +1,7 @@
 #include "services/api_service.h"
 
 #include <deque>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -288,6 +289,38 @@ class AgentService : public v1::Agent::CallbackService {
     auto* w = new LogStream(host_, *req);
     w->Begin();
     return w;
+  }
+
+  grpc::ServerUnaryReactor* GetHost(grpc::CallbackServerContext* ctx, const v1::GetHostRequest*,
+                                    v1::HostInfo* resp) override {
+    *resp = host_->Info();
+    auto* reactor = ctx->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+
+  // Hosting changes block (definition files, durable writes, stopping a strand): they run on a
+  // thread of their own, never on a gRPC or pool thread.
+  grpc::ServerUnaryReactor* AddAgent(grpc::CallbackServerContext* ctx,
+                                     const v1::AddAgentRequest* req,
+                                     v1::AddAgentResponse* resp) override {
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    std::thread([host = host_, req, resp, reactor] {
+      absl::StatusOr<std::string> service = host->AddAgentFromRecipe(req->recipe());
+      if (service.ok()) resp->set_service(*service);
+      reactor->Finish(ToGrpcStatus(service.status()));
+    }).detach();
+    return reactor;
+  }
+
+  grpc::ServerUnaryReactor* RemoveAgent(grpc::CallbackServerContext* ctx,
+                                        const v1::RemoveAgentRequest* req,
+                                        v1::RemoveAgentResponse*) override {
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    std::thread([host = host_, req, reactor] {
+      reactor->Finish(ToGrpcStatus(host->RemoveAgent(req->agent())));
+    }).detach();
+    return reactor;
   }
 
   grpc::ServerUnaryReactor* CheckIdle(grpc::CallbackServerContext* ctx,

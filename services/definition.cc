@@ -1699,6 +1699,16 @@ absl::StatusOr<engine::ServiceSpec> BuildSpec(const ServiceDefinition& def, absl
     ASSIGN_OR_RETURN(std::unique_ptr<engine::Action> action, factory.Make(def, h));
     spec.handlers.push_back({h.name, h.when, h.when_not, h.on, std::move(action)});
   }
+  spec.declares_config = true;
+  for (const ConfigOption& option : def.config) {
+    spec.config_options.push_back(
+        {option.name, [type = option.type, name = option.name](absl::string_view value) {
+           absl::Status s = CheckValue(type, value);
+           if (s.ok()) return s;
+           return absl::InvalidArgumentError(
+               absl::StrCat("config option '", name, "': ", s.message()));
+         }});
+  }
   return spec;
 }
 

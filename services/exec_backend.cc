@@ -1,6 +1,5 @@
 #include "services/exec_backend.h"
 
-#include <filesystem>
 #include <map>
 #include <memory>
 #include <string>
@@ -15,8 +14,6 @@
 
 namespace parley::services {
 namespace {
-
-namespace fs = std::filesystem;
 
 // A hook request with more arguments than this is refused.
 constexpr size_t kMaxArgs = 64;

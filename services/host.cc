@@ -1,8 +1,12 @@
 #include "services/host.h"
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
@@ -35,6 +39,8 @@ absl::Status Host::Init() {
   kb::StoreOptions so;
   so.durability = options_.durability;
   ASSIGN_OR_RETURN(store_, kb::Store::Open(options_.data_dir, so));
+  // Unit names are "<service>/<number>" and agents added in code never start with '.'.
+  ASSIGN_OR_RETURN(host_kb_, kb::Kb::Open(store_.get(), ".parleyd"));
   pool_ = std::make_unique<ThreadPool>(options_.threads);
   scheduler_ = std::make_unique<Scheduler>();
   if (!options_.registry) options_.registry = std::make_shared<prometheus::Registry>();
@@ -90,6 +96,126 @@ absl::StatusOr<Agent*> Host::AddAgent(engine::ServiceSpec spec, AgentOptions opt
   return raw;
 }
 
+namespace {
+constexpr absl::string_view kRecipePrefix = "recipe/";
+}  // namespace
+
+absl::StatusOr<std::string> Host::AddAgentFromRecipe(const v1::AgentRecipe& recipe) {
+  absl::MutexLock hosting(&hosting_mu_);
+  if (!options_.build_agent) {
+    return absl::UnimplementedError(
+        absl::StrCat("the server at ", address_, " does not host agents from definitions"));
+  }
+  if (Find(recipe.agent()) != nullptr) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("agent '", recipe.agent(), "' is already hosted at ", address_));
+  }
+  ASSIGN_OR_RETURN(engine::ServiceSpec spec, options_.build_agent(recipe));
+  std::string service = spec.service;
+  AgentOptions agent_options = options_.recipe_agent_options;
+  for (const auto& [k, v] : recipe.config()) agent_options.initial_config[k] = v;
+  // Check the config before anything is recorded, so that a refused recipe leaves no trace.
+  for (const auto& [k, v] : recipe.config()) {
+    const auto& opts = spec.config_options;
+    auto it = std::find_if(opts.begin(), opts.end(), [&](const auto& o) { return o.name == k; });
+    if (spec.declares_config && it == opts.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("service ", service, " has no config option '", k, "'"));
+    }
+    if (it != opts.end() && it->check && !v.empty()) {
+      absl::Status st = it->check(v);
+      if (!st.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat("service ", service, ": ", st.message()));
+      }
+    }
+  }
+  auto txn = host_kb_->Begin();
+  txn->Put(kb::Space::kMeta, absl::StrCat(kRecipePrefix, recipe.agent()),
+           recipe.SerializeAsString());
+  ASSIGN_OR_RETURN(uint64_t ticket, host_kb_->Commit(*txn));
+  RETURN_IF_ERROR(store_->WaitDurable(ticket));
+  RETURN_IF_ERROR(AddAgent(std::move(spec), std::move(agent_options)).status());
+  return service;
+}
+
+absl::Status Host::RestoreAgents() {
+  if (!options_.build_agent) return absl::OkStatus();
+  std::vector<v1::AgentRecipe> recipes;
+  absl::Status parse;
+  RETURN_IF_ERROR(host_kb_->Scan(
+      kb::Space::kMeta, kRecipePrefix, [&](absl::string_view key, absl::string_view value) {
+        v1::AgentRecipe r;
+        if (!r.ParseFromString(std::string(value))) {
+          parse = absl::DataLossError(
+              absl::StrCat(options_.data_dir, ": the recipe of agent '", key, "' does not parse"));
+          return false;
+        }
+        recipes.push_back(std::move(r));
+        return true;
+      }));
+  RETURN_IF_ERROR(parse);
+  std::vector<std::string> failed;
+  for (const v1::AgentRecipe& recipe : recipes) {
+    absl::StatusOr<engine::ServiceSpec> spec = options_.build_agent(recipe);
+    absl::Status st = spec.status();
+    if (st.ok()) {
+      AgentOptions agent_options = options_.recipe_agent_options;
+      for (const auto& [k, v] : recipe.config()) agent_options.initial_config[k] = v;
+      st = AddAgent(std::move(*spec), std::move(agent_options)).status();
+    }
+    if (!st.ok()) failed.push_back(absl::StrCat(recipe.agent(), ": ", st.message()));
+  }
+  if (failed.empty()) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      absl::StrCat("agents not hosted again: ", absl::StrJoin(failed, "; ")));
+}
+
+absl::Status Host::RemoveAgent(const std::string& name) {
+  absl::MutexLock hosting(&hosting_mu_);
+  Agent* agent = Find(name);
+  if (agent == nullptr) {
+    return absl::NotFoundError(absl::StrCat("no agent '", name, "' at ", address_));
+  }
+  // Let the run in progress finish, then stop; nothing else runs on the strand afterwards.
+  absl::Notification stopped;
+  agent->strand()->Post([agent, &stopped] {
+    agent->Stop();
+    stopped.Notify();
+  });
+  stopped.WaitForNotification();
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = agents_.find(name);
+    retired_.push_back(std::move(it->second));
+    agents_.erase(it);
+  }
+  // Forget the recipe and delete the knowledge base in one atomic write.
+  rocksdb::WriteBatch batch;
+  batch.Delete(host_kb_->Key(kb::Space::kMeta, absl::StrCat(kRecipePrefix, name)));
+  const std::string begin = absl::StrCat(name, absl::string_view("\0", 1));
+  const std::string end = absl::StrCat(name, absl::string_view("\1", 1));
+  batch.DeleteRange(begin, end);
+  ASSIGN_OR_RETURN(uint64_t ticket, store_->Write(&batch));
+  RETURN_IF_ERROR(store_->WaitDurable(ticket));
+  v1::LogRecord r;
+  r.set_agent(name);
+  r.set_level(v1::LOG_LEVEL_INFO);
+  r.set_message("removed: agent stopped and its knowledge base deleted");
+  logs_.Add(std::move(r));
+  return absl::OkStatus();
+}
+
+v1::HostInfo Host::Info() const {
+  v1::HostInfo info;
+  info.set_version(options_.version);
+  info.set_pid(getpid());
+  info.set_address(address_);
+  info.set_data_dir(options_.data_dir);
+  info.set_started_unix_ms(absl::ToUnixMillis(started_));
+  info.set_hosts_definitions(static_cast<bool>(options_.build_agent));
+  return info;
+}
+
 Agent* Host::Find(absl::string_view name) const {
   absl::MutexLock lock(&mu_);
   auto it = agents_.find(name);
@@ -138,6 +264,7 @@ void Host::Shutdown() {
   {
     absl::MutexLock lock(&mu_);
     agents_.clear();
+    retired_.clear();
   }
   pool_.reset();
 }
@@ -313,11 +440,6 @@ void Host::Relate(v1::RelateRequest request,
         request.remote_endpoint().empty()) {
       done(
           absl::InvalidArgumentError("relate needs relation_id, remote_agent and remote_endpoint"));
-      return;
-    }
-    if (agent->engine().relations().contains(request.relation_id())) {
-      done(absl::AlreadyExistsError(absl::StrCat("agent ", agent->name(), ": relation id '",
-                                                 request.relation_id(), "' is already in use")));
       return;
     }
     auto check = std::make_shared<v1::CheckRelationRequest>();

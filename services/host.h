@@ -18,6 +18,7 @@
 #include "absl/synchronization/mutex.h"
 #include "engine/clock.h"
 #include "grpcpp/grpcpp.h"
+#include "kb/kb.h"
 #include "kb/store.h"
 #include "parley/v1/agent.grpc.pb.h"
 #include "parley/v1/peer.grpc.pb.h"
@@ -51,6 +52,13 @@ struct HostOptions {
   std::shared_ptr<prometheus::Registry> registry;
   size_t log_capacity = 10000;
   engine::Clock* clock = engine::SystemClock::Get();
+  // Builds the spec of an agent from its recipe (a service definition), for the AddAgent call and
+  // to host recipes again after a restart. Unset: the host only runs agents added in code.
+  std::function<absl::StatusOr<engine::ServiceSpec>(const v1::AgentRecipe&)> build_agent;
+  // Options of agents built from recipes.
+  AgentOptions recipe_agent_options;
+  // Reported by GetHost.
+  std::string version;
 };
 
 class Host {
@@ -64,6 +72,19 @@ class Host {
   // Adds and starts an agent for `spec` (its name is spec.unit).
   absl::StatusOr<Agent*> AddAgent(engine::ServiceSpec spec, AgentOptions options = {});
   Agent* Find(absl::string_view name) const;
+
+  // Agents built from service definitions (options.build_agent). The host records each recipe in
+  // its store, durably, before it starts the agent, and RestoreAgents hosts them again after a
+  // restart. Both block; call them from a thread of your own (not a strand).
+  // Returns the service the agent belongs to.
+  absl::StatusOr<std::string> AddAgentFromRecipe(const v1::AgentRecipe& recipe);
+  // Hosts every recorded recipe (at startup). A recipe that no longer builds (its definition
+  // changed or vanished) is skipped and reported in the returned error; the others start.
+  absl::Status RestoreAgents();
+  // Stops the agent, forgets its recipe and deletes its knowledge base. Its memory is freed when
+  // the host shuts down.
+  absl::Status RemoveAgent(const std::string& name);
+  v1::HostInfo Info() const;
   std::vector<Agent*> Agents() const;
   const std::string& address() const { return address_; }
 
@@ -124,6 +145,12 @@ class Host {
 
   mutable absl::Mutex mu_;
   std::map<std::string, std::unique_ptr<Agent>, std::less<>> agents_ ABSL_GUARDED_BY(mu_);
+  // Removed agents: stopped, kept until shutdown because closures may still name them.
+  std::vector<std::unique_ptr<Agent>> retired_ ABSL_GUARDED_BY(mu_);
+  // The host's own records (recipes) in the store.
+  std::unique_ptr<kb::Kb> host_kb_;
+  absl::Mutex hosting_mu_;  // serializes AddAgentFromRecipe / RemoveAgent
+  absl::Time started_ = absl::Now();
   std::map<std::pair<std::string, std::string>, Link> links_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::shared_ptr<grpc::Channel>> channels_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::shared_ptr<v1::Peer::Stub>> stubs_ ABSL_GUARDED_BY(mu_);

@@ -41,6 +41,8 @@ ABSL_FLAG(std::string, tls_ca, "", "PEM CA that signs peers (mutual TLS when set
 ABSL_FLAG(std::string, tls_server_name, "", "Name expected in peers' certificates");
 ABSL_FLAG(std::string, address_file, "", "Write the bound address here once listening");
 ABSL_FLAG(bool, log_stderr, true, "Echo the agents' log to stderr");
+ABSL_FLAG(std::string, state_dir, "",
+          "Directory of the units' state directories (PARLEY_STATE_DIR of their programs)");
 ABSL_FLAG(int, update_interval_s, 0, "Fire `update` this often (0: never)");
 
 namespace {
@@ -93,9 +95,34 @@ int main(int argc, char** argv) {
     exposer->RegisterCollectable(options.registry);
   }
 
+  options.version = PARLEY_VERSION;
+  options.recipe_agent_options.update_interval =
+      absl::Seconds(absl::GetFlag(FLAGS_update_interval_s));
+  // Agents from service definitions run exec/ansible/... actions; the factory outlives the host
+  // (the actions it made keep copies of what they need).
+  ps::ExecOptions exec;
+  exec.extra_path.push_back(std::filesystem::path(argv[0]).parent_path().string());
+  ps::Host* h = nullptr;
+  exec.log = [&h](absl::string_view handler, absl::string_view source, absl::string_view text) {
+    if (h == nullptr) return;
+    parley::v1::LogRecord r;
+    r.set_agent("exec");
+    r.set_level(source == "stderr" ? parley::v1::LOG_LEVEL_WARNING : parley::v1::LOG_LEVEL_INFO);
+    r.set_message(absl::StrCat(handler, " ", source, ": ", text));
+    h->logs().Add(std::move(r));
+  };
+  auto factory = std::make_shared<ps::ExecActionFactory>(exec);
+  options.build_agent =
+      [factory](const parley::v1::AgentRecipe& r) -> absl::StatusOr<parley::engine::ServiceSpec> {
+    auto def = ps::LoadServiceDefinition(r.definition_dir(), r.interfaces_dir());
+    if (!def.ok()) return def.status();
+    return ps::BuildSpec(*def, r.agent(), *factory);
+  };
+
   auto host = ps::Host::Start(options);
   if (!host.ok()) return Fail(std::string(host.status().message()));
   (*host)->logs().set_echo(absl::GetFlag(FLAGS_log_stderr));
+  h = host->get();
 
   ps::AgentOptions agent_options;
   agent_options.update_interval = absl::Seconds(absl::GetFlag(FLAGS_update_interval_s));
@@ -110,18 +137,6 @@ int main(int argc, char** argv) {
     }
   }
 
-  // Service definitions: exec actions find parley-hook beside this binary.
-  ps::ExecOptions exec;
-  exec.extra_path.push_back(std::filesystem::path(argv[0]).parent_path().string());
-  ps::Host* h = host->get();
-  exec.log = [h](absl::string_view handler, absl::string_view source, absl::string_view text) {
-    parley::v1::LogRecord r;
-    r.set_agent("exec");
-    r.set_level(source == "stderr" ? parley::v1::LOG_LEVEL_WARNING : parley::v1::LOG_LEVEL_INFO);
-    r.set_message(absl::StrCat(handler, " ", source, ": ", text));
-    h->logs().Add(std::move(r));
-  };
-  ps::ExecActionFactory factory(exec);
   for (absl::string_view item :
        absl::StrSplit(absl::GetFlag(FLAGS_definitions), ',', absl::SkipEmpty())) {
     std::pair<std::string, std::string> kv = absl::StrSplit(item, absl::MaxSplits('=', 1));
@@ -129,11 +144,15 @@ int main(int argc, char** argv) {
       return Fail("--definitions: '" + std::string(item) + "' is not unit=DIR");
     auto def = ps::LoadServiceDefinition(kv.second, absl::GetFlag(FLAGS_interfaces));
     if (!def.ok()) return Fail("--definitions: " + std::string(def.status().message()));
-    auto spec = ps::BuildSpec(*def, kv.first, factory);
+    auto spec = ps::BuildSpec(*def, kv.first, *factory);
     if (!spec.ok()) return Fail("--definitions: " + std::string(spec.status().message()));
     if (auto a = (*host)->AddAgent(std::move(*spec), agent_options); !a.ok()) {
       return Fail(std::string(a.status().message()));
     }
+  }
+  // Agents added through the API (parley up) were recorded; host them again.
+  if (absl::Status s = (*host)->RestoreAgents(); !s.ok()) {
+    std::fprintf(stderr, "parleyd: %s\n", std::string(s.message()).c_str());
   }
 
   if (const std::string f = absl::GetFlag(FLAGS_address_file); !f.empty()) {

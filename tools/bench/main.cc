@@ -15,6 +15,7 @@
 #include "absl/strings/string_view.h"
 #include "tools/bench/agent_bench.h"
 #include "tools/bench/bench.h"
+#include "tools/bench/exec_bench.h"
 
 namespace pb = parley::bench;
 
@@ -68,6 +69,16 @@ Scenarios:
            Targets: chain of 1000 <= 1000 ms, star of 1000 <= 300 ms.
     --topology T     chain, star or tree (default chain)
     --agents N       agents (default 1000)
+    --dir D
+
+  exec     Cost of an `exec` handler whose /bin/sh script calls three hook tools (config get,
+           fact set, status set), per executed handler, through a real engine and group-commit KB
+           (enqueue + run + commit; every run one handler). References measured in the same run:
+           the same script with no hook calls through the engine (exec_no_hooks), spawned bare
+           (spawn_script), and a bare spawn of /bin/true. Target: mean <= 10 ms per handler.
+    --runs N         measured handlers per configuration (default 300)
+    --rounds N       rounds in which the configurations take turns (default 6)
+    --hook P         the parley-hook binary (default: beside parley-bench)
     --dir D
 
   memory   Idle RSS of a parleyd process hosting one agent, and per further agent (hosting
@@ -225,7 +236,7 @@ int main(int argc, char** argv) {
     }
   }
   if (args.empty()) {
-    return UsageError("no scenario given (engine, kb, hop, throughput, converge or memory)");
+    return UsageError("no scenario given (engine, kb, hop, throughput, converge, exec or memory)");
   }
   const std::string scenario = args[0];
 
@@ -280,6 +291,18 @@ int main(int argc, char** argv) {
     if (auto it = flags->values.find("dir"); it != flags->values.end()) o.dir = it->second;
     json = Has(*flags, "json");
     reports = pb::RunConvergeBench(o);
+  } else if (scenario == "exec") {
+    auto flags = ParseFlags(args, 1, {"runs", "rounds", "hook", "dir"}, {"json"});
+    if (!flags.ok()) return UsageError(flags.status().message());
+    pb::ExecBenchOptions o;
+    absl::Status s = IntFlag(*flags, "runs", 1, 1000000, o.runs);
+    if (s.ok()) s = IntFlag(*flags, "rounds", 1, 1000, o.rounds);
+    if (!s.ok()) return UsageError(s.message());
+    o.hook = (std::filesystem::path(argv[0]).parent_path() / "parley-hook").string();
+    if (auto it = flags->values.find("hook"); it != flags->values.end()) o.hook = it->second;
+    if (auto it = flags->values.find("dir"); it != flags->values.end()) o.dir = it->second;
+    json = Has(*flags, "json");
+    reports = pb::RunExecBench(o);
   } else if (scenario == "memory") {
     auto flags = ParseFlags(args, 1, {"agents", "parleyd", "dir"}, {"json"});
     if (!flags.ok()) return UsageError(flags.status().message());
@@ -294,7 +317,7 @@ int main(int argc, char** argv) {
     reports = pb::RunMemoryBench(o);
   } else {
     return UsageError(absl::StrCat("unknown scenario '", scenario,
-                                   "' (engine, kb, hop, throughput, converge or memory)"));
+                                   "' (engine, kb, hop, throughput, converge, exec or memory)"));
   }
   if (!reports.ok()) {
     std::fprintf(stderr, "parley-bench %s: %s\n", scenario.c_str(),

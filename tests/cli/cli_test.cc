@@ -1,0 +1,352 @@
+// The parley CLI end to end: real `parley` and `parleyd` processes, a model of two services with
+// builtin actions (no external software), every command against what the agents report.
+
+#include <signal.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "google/protobuf/util/json_util.h"
+#include "gtest/gtest.h"
+#include "parley/v1/model.pb.h"
+#include "tests/testing/run_command.h"
+#include "tests/testing/temp_dir.h"
+
+namespace parley {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+using testing::CommandResult;
+using testing::RunCommand;
+
+void Write(const std::string& path, const std::string& text) {
+  std::filesystem::create_directories(std::filesystem::path(path).parent_path());
+  std::ofstream(path) << text;
+}
+
+// `web` publishes host/port on an http relation and has an action; `lb` reports the port it got.
+constexpr char kWeb[] = R"(name: web
+provides:
+  website: http
+peers:
+  cluster: web-peers
+config:
+  port: {type: int, default: 8000}
+  greeting: {type: string, default: hello}
+actions:
+  hello:
+    params:
+      who: {type: string, required: true}
+handlers:
+  - name: remember
+    on: [install]
+    action:
+      kind: builtin
+      steps:
+        - set: "installed=yes"
+  - name: publish
+    when: [website.joined]
+    on: [config.changed, website.joined, start]
+    action:
+      kind: builtin
+      steps:
+        - relation-set: {endpoint: website, key: host, value: "127.0.0.1"}
+        - relation-set: {endpoint: website, key: port, value: "{{config.port}}"}
+        - status: {state: active, message: "{{config.greeting}} on {{config.port}}"}
+  - name: hello
+    on: [action.hello]
+    action:
+      kind: builtin
+      steps:
+        - set: "action.output.reply=hi {{event.who}}"
+)";
+
+constexpr char kPeers[] = "name: web-peers\nrequired: {}\n";
+
+constexpr char kLb[] = R"(name: lb
+requires:
+  backends: http
+handlers:
+  - name: wait
+    when_not: [backends.ready]
+    action:
+      kind: builtin
+      steps:
+        - status: {state: waiting, message: "no backends"}
+  - name: ready
+    when: [backends.ready]
+    action:
+      kind: builtin
+      steps:
+        - status: {state: active, message: "port {{fact.backends.remote.port}}"}
+)";
+
+class CliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    Write(dir_.Sub("web/service.yaml"), kWeb);
+    Write(dir_.Sub("web/interfaces/web-peers.yaml"), kPeers);
+    Write(dir_.Sub("lb/service.yaml"), kLb);
+    WriteModel(2, "9000");
+  }
+
+  void TearDown() override {
+    CommandResult r = Parley({"down", "--purge"});
+    // Never leave a daemon behind, whatever happened.
+    if (r.code != 0) {
+      for (const auto& u : status_.units()) (void)u;
+      if (status_.host().pid() > 0) kill(static_cast<pid_t>(status_.host().pid()), SIGKILL);
+    }
+  }
+
+  void WriteModel(int web_units, const std::string& port, bool with_lb = true) {
+    std::string model = absl::StrCat("interfaces: ", PARLEY_SOURCE_DIR,
+                                     "/examples/interfaces\nservices:\n  web:\n"
+                                     "    definition: web\n    units: ",
+                                     web_units, "\n    config: {port: ", port, "}\n");
+    if (with_lb) {
+      absl::StrAppend(&model,
+                      "  lb:\n    definition: lb\nrelations:\n  - [web:website, lb:backends]\n");
+    }
+    Write(dir_.Sub("model.yaml"), model);
+  }
+
+  CommandResult Parley(std::vector<std::string> args) {
+    args.insert(args.begin(), PARLEY_BIN);
+    return RunCommand(args, {{"PARLEY_MODEL_DIR", dir_.Sub(".parley")}});
+  }
+
+  // Runs a command that must succeed.
+  std::string Ok(std::vector<std::string> args) {
+    CommandResult r = Parley(args);
+    EXPECT_EQ(r.code, 0) << absl::StrJoin(args, " ") << "\nstdout: " << r.out
+                         << "\nstderr: " << r.err;
+    return r.out;
+  }
+
+  v1::ModelStatus Status() {
+    const std::string json = Ok({"status", "--json"});
+    v1::ModelStatus st;
+    EXPECT_TRUE(google::protobuf::util::JsonStringToMessage(json, &st).ok()) << json;
+    status_ = st;
+    return st;
+  }
+
+  const v1::AgentStatus* Unit(const v1::ModelStatus& st, const std::string& name) {
+    for (const auto& u : st.units()) {
+      if (u.agent() == name) return &u;
+    }
+    return nullptr;
+  }
+
+  // Units named in the lb's relation data.
+  std::vector<std::string> Backends() {
+    std::vector<std::string> units;
+    for (absl::string_view line : absl::StrSplit(Ok({"relation-data", "lb/0", "backends"}), '\n')) {
+      if (absl::StrContains(line, " port ")) {
+        std::vector<std::string> cols = absl::StrSplit(line, ' ', absl::SkipEmpty());
+        units.push_back(cols[0].substr(5));  // "unit:web/0"
+      }
+    }
+    return units;
+  }
+
+  testing::TempDir dir_;
+  v1::ModelStatus status_;
+};
+
+TEST_F(CliTest, UpConvergesAndStatusReportsEveryUnit) {
+  CommandResult up = Parley({"up", dir_.Sub("model.yaml"), "--timeout", "60s"});
+  ASSERT_EQ(up.code, 0) << up.err;
+  EXPECT_THAT(up.err, HasSubstr("settled 3/3 units"));
+
+  v1::ModelStatus st = Status();
+  EXPECT_TRUE(st.host_up());
+  ASSERT_EQ(st.units_size(), 3);
+  for (const auto& u : st.units()) {
+    EXPECT_EQ(u.agent_state(), v1::AGENT_STATE_IDLE) << u.agent();
+    EXPECT_EQ(u.workload().state(), v1::WORKLOAD_STATE_ACTIVE) << u.agent();
+  }
+  EXPECT_EQ(Unit(st, "web/0")->workload().message(), "hello on 9000");
+  EXPECT_EQ(Unit(st, "lb/0")->workload().message(), "port 9000");
+  // The peer relation is implicit; the model's relation has a generated id.
+  ASSERT_EQ(st.relations_size(), 2);
+  EXPECT_EQ(st.relations(0).id(), "web:cluster#1");
+  EXPECT_EQ(st.relations(1).id(), "web:website-lb:backends#2");
+  EXPECT_THAT(Backends(), ::testing::ElementsAre("web/0", "web/1"));
+
+  const std::string table = Ok({"status"});
+  EXPECT_THAT(table, HasSubstr("web/1  active    idle   0      hello on 9000"));
+
+  // Up again with the same model changes nothing.
+  up = Parley({"up", dir_.Sub("model.yaml")});
+  ASSERT_EQ(up.code, 0) << up.err;
+  EXPECT_THAT(up.err, Not(HasSubstr("added")));
+  EXPECT_EQ(Status().units_size(), 3);
+}
+
+TEST_F(CliTest, ConfigScaleAndActions) {
+  ASSERT_EQ(Parley({"up", dir_.Sub("model.yaml")}).code, 0);
+
+  Ok({"config", "web", "port=9100", "greeting=howdy"});
+  Ok({"wait", "--timeout", "60s"});
+  v1::ModelStatus st = Status();
+  EXPECT_EQ(Unit(st, "web/1")->workload().message(), "howdy on 9100");
+  EXPECT_EQ(Unit(st, "lb/0")->workload().message(), "port 9100");
+  EXPECT_THAT(Ok({"config", "web"}), HasSubstr("greeting  string  howdy  hello"));
+
+  // A new unit gets the service's current config and joins every relation.
+  Ok({"add-unit", "web"});
+  Ok({"wait"});
+  EXPECT_THAT(Backends(), ::testing::ElementsAre("web/0", "web/1", "web/2"));
+  EXPECT_EQ(Unit(Status(), "web/2")->workload().message(), "howdy on 9100");
+
+  CommandResult run = Parley({"run", "web/2", "hello", "who=bob"});
+  EXPECT_EQ(run.code, 0) << run.err;
+  EXPECT_EQ(run.out, "reply: hi bob\n");
+
+  // Removing a unit departs its relations: the lb forgets it.
+  Ok({"remove-unit", "web/1"});
+  Ok({"wait"});
+  EXPECT_THAT(Backends(), ::testing::ElementsAre("web/0", "web/2"));
+  EXPECT_EQ(Unit(Status(), "web/1"), nullptr);
+  // Unit numbers are never reused.
+  Ok({"add-unit", "web"});
+  EXPECT_NE(Unit(Status(), "web/3"), nullptr);
+}
+
+TEST_F(CliTest, RelateAndUnrelate) {
+  ASSERT_EQ(Parley({"up", dir_.Sub("model.yaml")}).code, 0);
+  Ok({"unrelate", "lb:backends", "web:website"});
+  Ok({"wait"});
+  v1::ModelStatus st = Status();
+  EXPECT_EQ(Unit(st, "lb/0")->workload().message(), "no backends");
+  EXPECT_EQ(Unit(st, "lb/0")->relations_size(), 0);
+
+  CommandResult again = Parley({"unrelate", "lb:backends", "web:website"});
+  EXPECT_EQ(again.code, 1);
+  EXPECT_THAT(again.err, HasSubstr("are not related"));
+
+  Ok({"relate", "web:website", "lb:backends"});
+  Ok({"wait"});
+  st = Status();
+  EXPECT_EQ(Unit(st, "lb/0")->workload().message(), "port 9000");
+  // A new relation gets a new id: the old one is a tombstone in the agents' KBs.
+  EXPECT_EQ(st.relations(1).id(), "web:website-lb:backends#3");
+
+  CommandResult bad = Parley({"relate", "web:cluster", "lb:backends"});
+  EXPECT_EQ(bad.code, 2);
+  EXPECT_THAT(bad.err, HasSubstr("(interface web-peers) to lb:backends (interface http)"));
+}
+
+TEST_F(CliTest, ChangedModelIsAppliedAsADifference) {
+  ASSERT_EQ(Parley({"up", dir_.Sub("model.yaml")}).code, 0);
+  WriteModel(3, "9200", /*with_lb=*/false);
+  CommandResult up = Parley({"up", dir_.Sub("model.yaml")});
+  ASSERT_EQ(up.code, 0) << up.err;
+  EXPECT_THAT(up.err, HasSubstr("added web/2"));
+  EXPECT_THAT(up.err, HasSubstr("removed lb/0"));
+  v1::ModelStatus st = Status();
+  ASSERT_EQ(st.units_size(), 3);
+  EXPECT_EQ(st.relations_size(), 1);
+  for (const auto& u : st.units()) {
+    // Nothing relates to the website any more, so nothing publishes the status again; the
+    // config reached every unit all the same.
+    EXPECT_EQ(u.agent_state(), v1::AGENT_STATE_IDLE);
+  }
+  CommandResult cfg = Parley({"config", "web"});
+  EXPECT_THAT(cfg.out, HasSubstr("port      int     9200"));
+}
+
+TEST_F(CliTest, DownKeepsStateAndUpResumes) {
+  ASSERT_EQ(Parley({"up", dir_.Sub("model.yaml")}).code, 0);
+  const int64_t first_pid = Status().host().pid();
+  Ok({"config", "web", "greeting=kept"});
+  Ok({"wait"});
+  Ok({"down"});
+  v1::ModelStatus st = Status();
+  EXPECT_FALSE(st.host_up());
+  EXPECT_EQ(kill(static_cast<pid_t>(first_pid), 0), -1);
+
+  // Up again: the agents come back from their KBs (installed once, facts kept); the model's
+  // config is applied again, as `up` makes the model what the file says.
+  ASSERT_EQ(Parley({"up", dir_.Sub("model.yaml")}).code, 0);
+  st = Status();
+  EXPECT_TRUE(st.host_up());
+  EXPECT_NE(st.host().pid(), first_pid);
+  EXPECT_THAT(Ok({"facts", "web/0"}), HasSubstr("installed"));
+  EXPECT_EQ(Unit(st, "web/0")->workload().message(), "hello on 9000");
+  EXPECT_EQ(Unit(st, "lb/0")->workload().message(), "port 9000");
+
+  Ok({"down", "--purge"});
+  EXPECT_FALSE(std::filesystem::exists(dir_.Sub(".parley")));
+  CommandResult none = Parley({"status"});
+  EXPECT_EQ(none.code, 1);
+  EXPECT_THAT(none.err, HasSubstr("no model in"));
+}
+
+TEST_F(CliTest, BadInputIsRefusedWithNothingApplied) {
+  Write(dir_.Sub("bad.yaml"), "services:\n  web:\n    definition: web\n    unitz: 3\n");
+  CommandResult r = Parley({"up", dir_.Sub("bad.yaml")});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_THAT(r.err, HasSubstr("bad.yaml:4: services.web: unknown key 'unitz'"));
+  EXPECT_FALSE(std::filesystem::exists(dir_.Sub(".parley/model.json")));
+
+  ASSERT_EQ(Parley({"up", dir_.Sub("model.yaml")}).code, 0);
+  r = Parley({"config", "web", "port=abc"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_THAT(r.err, HasSubstr("config option web.port: expected an int, got 'abc'"));
+  r = Parley({"config", "web", "nope=1"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_THAT(r.err, HasSubstr("has no config option 'nope' (it has: port, greeting)"));
+  r = Parley({"run", "web/0", "hello"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_THAT(r.err, HasSubstr("parameter 'who' is required"));
+  r = Parley({"run", "web/9", "hello", "who=x"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.err, HasSubstr("no unit 'web/9'"));
+  EXPECT_EQ(Parley({"frobnicate"}).code, 2);
+  EXPECT_EQ(Parley({"status", "--bogus"}).code, 2);
+  EXPECT_EQ(Parley({"relate", "web:website"}).code, 2);
+  EXPECT_EQ(Parley({"wait", "--timeout", "soon"}).code, 2);
+  // Nothing of the refused changes reached the agents.
+  EXPECT_EQ(Unit(Status(), "web/0")->workload().message(), "hello on 9000");
+
+  CommandResult help = Parley({"--help"});
+  EXPECT_EQ(help.code, 0);
+  EXPECT_THAT(help.out, HasSubstr("remove-unit"));
+  EXPECT_THAT(Ok({"version"}), HasSubstr("parleyd"));
+}
+
+TEST_F(CliTest, WaitTimesOutOnAFailingUnitAndSaysWhy) {
+  // A handler that fails on every attempt: the unit never settles.
+  Write(dir_.Sub("web/service.yaml"),
+        absl::StrCat(kWeb, R"(  - name: broken
+    on: [action.hello]
+    action:
+      kind: builtin
+      steps:
+        - set: "x={{fact.missing}}"
+)"));
+  ASSERT_EQ(Parley({"up", dir_.Sub("model.yaml")}).code, 0);
+  CommandResult run = Parley({"run", "web/0", "hello", "who=x"});
+  EXPECT_EQ(run.code, 1);
+  EXPECT_THAT(run.err, HasSubstr("action.hello failed on web/0"));
+  EXPECT_THAT(run.err, HasSubstr("broken"));
+  CommandResult wait = Parley({"wait", "--timeout", "2s"});
+  EXPECT_EQ(wait.code, 3);
+  EXPECT_THAT(wait.err, HasSubstr("web/0: action.hello failed"));
+  EXPECT_THAT(wait.err, HasSubstr("still busy: web/0"));
+  EXPECT_THAT(Ok({"status"}), HasSubstr("action.hello failed:"));
+}
+
+}  // namespace
+}  // namespace parley

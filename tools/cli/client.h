@@ -1,0 +1,79 @@
+#pragma once
+
+// The parley CLI's view of a parleyd: its agent API (proto/parley/v1/agent.proto) with a deadline
+// on every call and errors as absl::Status naming the address.
+
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "grpcpp/grpcpp.h"
+#include "parley/v1/agent.grpc.pb.h"
+
+namespace parley::cli {
+
+class AgentClient {
+ public:
+  explicit AgentClient(std::string address)
+      : address_(std::move(address)),
+        stub_(
+            v1::Agent::NewStub(grpc::CreateChannel(address_, grpc::InsecureChannelCredentials()))) {
+  }
+
+  const std::string& address() const { return address_; }
+  v1::Agent::Stub* stub() { return stub_.get(); }
+
+  // Calls `method` with `request`; the answer lands in `response`.
+  template <typename Req, typename Resp>
+  absl::Status Call(grpc::Status (v1::Agent::Stub::*method)(grpc::ClientContext*, const Req&,
+                                                            Resp*),
+                    const Req& request, Resp* response,
+                    absl::Duration timeout = absl::Seconds(30)) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+    grpc::Status s = (stub_.get()->*method)(&ctx, request, response);
+    if (s.ok()) return absl::OkStatus();
+    if (s.error_code() == grpc::StatusCode::UNAVAILABLE ||
+        s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+      return absl::Status(static_cast<absl::StatusCode>(s.error_code()),
+                          absl::StrCat("parleyd at ", address_, ": ", s.error_message()));
+    }
+    return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+  }
+
+  absl::StatusOr<v1::AgentStatus> Status(const std::string& agent,
+                                         absl::Duration timeout = absl::Seconds(10)) {
+    v1::GetStatusRequest req;
+    req.set_agent(agent);
+    v1::AgentStatus resp;
+    absl::Status s = Call(&v1::Agent::Stub::GetStatus, req, &resp, timeout);
+    if (!s.ok()) return s;
+    return resp;
+  }
+
+  absl::StatusOr<v1::CheckIdleResponse> CheckIdle(const std::string& agent) {
+    v1::CheckIdleRequest req;
+    req.set_agent(agent);
+    v1::CheckIdleResponse resp;
+    absl::Status s = Call(&v1::Agent::Stub::CheckIdle, req, &resp, absl::Seconds(10));
+    if (!s.ok()) return s;
+    return resp;
+  }
+
+  absl::StatusOr<v1::HostInfo> Host(absl::Duration timeout = absl::Seconds(2)) {
+    v1::HostInfo resp;
+    absl::Status s = Call(&v1::Agent::Stub::GetHost, v1::GetHostRequest(), &resp, timeout);
+    if (!s.ok()) return s;
+    return resp;
+  }
+
+ private:
+  std::string address_;
+  std::unique_ptr<v1::Agent::Stub> stub_;
+};
+
+}  // namespace parley::cli
