@@ -817,7 +817,7 @@ class DefinitionReader {
       return ReadAnsible(f, h);
     }
     if (kind == "container") {
-      RETURN_IF_ERROR(f.Allow({"kind", "image", "command", "env", "ports"}));
+      RETURN_IF_ERROR(f.Allow({"kind", "image", "command", "env", "ports", "state"}));
       return ReadContainer(f, h);
     }
     if (kind == "http") {
@@ -951,6 +951,19 @@ class DefinitionReader {
     }
     if (const At* env = f.Get("env")) {
       ASSIGN_OR_RETURN(c.env, ReadTemplateMap(*env, h, NameRule::kEnv, "variable"));
+    }
+    if (const At* state = f.Get("state")) {
+      ASSIGN_OR_RETURN(std::string name, ReadString(*state));
+      static const std::map<std::string, ContainerAction::State> kStates = {
+          {"running", ContainerAction::State::kRunning},
+          {"stopped", ContainerAction::State::kStopped},
+          {"absent", ContainerAction::State::kAbsent}};
+      auto it = kStates.find(name);
+      if (it == kStates.end()) {
+        return state->Error(
+            absl::StrCat("unknown state '", name, "' (expected running, stopped or absent)"));
+      }
+      c.state = it->second;
     }
     if (const At* ports = f.Get("ports")) {
       ASSIGN_OR_RETURN(std::vector<At> items, ReadItems(*ports, false));

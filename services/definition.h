@@ -138,6 +138,9 @@ struct AnsibleAction {
 // Runs a container. Relation data reaches it through templates such as
 // {{fact.db.remote.host}} in `env`.
 struct ContainerAction {
+  // What the handler converges the unit's container to (services/container_action.h).
+  enum class State { kRunning, kStopped, kAbsent };
+  State state = State::kRunning;
   Template image;
   // Overrides the image's command when not empty.
   std::vector<Template> command;

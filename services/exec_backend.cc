@@ -11,6 +11,8 @@
 #include "kb/status_macros.h"
 #include "services/ansible_backend.h"
 #include "services/process_action.h"
+#include "services/container_action.h"
+#include "services/http_action.h"
 
 namespace parley::services {
 namespace {
@@ -85,6 +87,10 @@ absl::StatusOr<std::unique_ptr<engine::Action>> ExecActionFactory::Make(
   if (handler.action.kind() == ActionKind::kBuiltin) return builtin_.Make(def, handler);
   if (handler.action.kind() == ActionKind::kAnsible)
     return MakeAnsibleAction(def, handler, options_);
+  if (handler.action.kind() == ActionKind::kHttp) return MakeHttpAction(def, handler, options_);
+  if (handler.action.kind() == ActionKind::kContainer) {
+    return MakeContainerAction(def, handler, options_);
+  }
   const auto* exec = std::get_if<ExecAction>(&handler.action.detail);
   if (exec == nullptr) {
     return absl::UnimplementedError(absl::StrCat(

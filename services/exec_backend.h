@@ -62,12 +62,22 @@ struct ExecOptions {
   // "stderr"). May be empty. Called on the calling thread.
   std::function<void(absl::string_view handler, absl::string_view source, absl::string_view text)>
       log;
+
+  // `http` actions (services/http_action.h): bytes of response body accepted; a larger body
+  // fails the handler.
+  size_t http_response_limit = 1 << 20;
+  // `container` actions (services/container_action.h): the Docker Engine API socket (Docker, or
+  // `podman system service`). Empty: DefaultContainerSocket().
+  std::string container_socket;
+  // `container` actions: how long a container is given to stop before it is killed.
+  absl::Duration container_stop_grace = absl::Seconds(10);
 };
 
-// Makes the actions of the process-based kinds: exec, and ansible (services/ansible_backend.h,
-// the same run with ansible-playbook as the program); builtin actions are made by
-// BuiltinActionFactory; other kinds are UNIMPLEMENTED. Stateless apart from its options; the
-// actions it makes keep copies of what they need.
+// Makes the actions of every kind that acts outside the agent: exec and ansible (a program run
+// with hook tools; ansible is the same run with ansible-playbook as the program, see
+// services/ansible_backend.h), http (services/http_action.h) and container
+// (services/container_action.h); builtin actions are made by BuiltinActionFactory. Stateless apart
+// from its options; the actions it makes keep copies of what they need.
 class ExecActionFactory : public ActionFactory {
  public:
   explicit ExecActionFactory(ExecOptions options = {});

@@ -102,6 +102,7 @@ int main(int argc, char** argv) {
   // (the actions it made keep copies of what they need).
   ps::ExecOptions exec;
   exec.extra_path.push_back(std::filesystem::path(argv[0]).parent_path().string());
+  exec.state_root = absl::GetFlag(FLAGS_state_dir);
   ps::Host* h = nullptr;
   exec.log = [&h](absl::string_view handler, absl::string_view source, absl::string_view text) {
     if (h == nullptr) return;

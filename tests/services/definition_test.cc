@@ -244,6 +244,7 @@ TEST_F(EveryKindTest, ParsesEveryField) {
   ASSERT_EQ(container.ports.size(), 3u);
   EXPECT_EQ(container.ports[1].source, "9090");
   EXPECT_EQ(container.command.size(), 2u);
+  EXPECT_EQ(container.state, ContainerAction::State::kRunning);  // the default
 
   const auto& http = std::get<HttpAction>(def->handlers[3].action.detail);
   EXPECT_EQ(http.method, "POST");
@@ -980,6 +981,10 @@ TEST_F(DefinitionTest, ActionFieldsAreChecked) {
   EXPECT_EQ(ServiceError(yaml), At(yaml, "80:http", "handlers[0].action.ports[0]") +
                                     "expected '<host port>:<container port>' or '<port>' with "
                                     "ports from 1 to 65535, got '80:http'");
+
+  yaml = head + "      kind: container\n      image: x\n      state: paused\n";
+  EXPECT_EQ(ServiceError(yaml), At(yaml, "paused", "handlers[0].action.state") +
+                                    "unknown state 'paused' (expected running, stopped or absent)");
 
   yaml = head + "      kind: http\n      url: ftp://x/\n";
   EXPECT_EQ(ServiceError(yaml), At(yaml, "ftp:", "handlers[0].action.url") +
