@@ -9,8 +9,11 @@
 """
 
 import os
+import sys
 import random
 import subprocess
+
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 
 from e2e import EXAMPLES, Model, args, check, http, main, port_open, say, wait_for
 

@@ -3,7 +3,10 @@
 over their peer relation, elect exactly one leader, and each reports its role in its status."""
 
 import os
+import sys
 import socket
+
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 
 from e2e import EXAMPLES, Model, args, check, main, port_open, say, wait_for
 
