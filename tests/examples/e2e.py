@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -123,7 +124,14 @@ class Model:
         return p.stdout
 
     def __enter__(self):
-        self.run("up", self.file)
+        # ctest's timeout and ^C end the test through __exit__, which takes the model down.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _interrupted)
+        try:
+            self.run("up", self.file)
+        except BaseException:
+            self.__exit__(*sys.exc_info())
+            raise
         return self
 
     def __exit__(self, *exc):
@@ -189,6 +197,10 @@ class Model:
             if sep:
                 result[key] = value
         return result
+
+
+def _interrupted(signum, frame):
+    raise Failure("interrupted by signal %d" % signum)
 
 
 def main(test):

@@ -4,6 +4,8 @@
 - a value PUT through the balancer is in Redis (read with redis-cli and the negotiated password);
 - GET / through the balancer round-robins over both app units, then over three after add-unit;
 - a config change (app greeting) reaches every unit; the balancer's status counts its backends;
+- a balancer setting haproxy refuses blocks the balancer and leaves haproxy serving;
+- moving Redis to another port (config) moves every app unit to it, with no word to the app;
 - user actions: redis info, app flush;
 - remove-unit takes the unit out of the balancer; down stops every process.
 """
@@ -67,6 +69,25 @@ def test():
             return bodies == {"Howdy from app/%d" % i for i in range(3)} and bodies
         say("after config: %s" % sorted(wait_for("the new greeting on every app unit", greeted, 60)))
         check(http("GET", lb + "/")[1].startswith("Howdy from"), "the new greeting through the balancer")
+
+        # A setting haproxy refuses: blocked with its reason, the running haproxy untouched.
+        m.run("config", "balancer", "balance=bogus")
+        wait_for("the balancer blocked", lambda: m.units()["balancer/0"][0] == "blocked", 30)
+        say("balance=bogus: %s" % m.units()["balancer/0"][1])
+        check(http("GET", lb + "/")[0] == 200, "haproxy still serving with the old config")
+        m.run("config", "balancer", "balance=roundrobin")
+        wait_for("the balancer active again", lambda: m.units()["balancer/0"][0] == "active", 30)
+
+        # Redis moves: the apps follow the relation data, nobody configures them.
+        redis_port += 10
+        m.run("config", "redis", "port=%d" % redis_port)
+        where = "redis 127.0.0.1:%d" % redis_port
+        wait_for("every app unit using %s" % where,
+                 lambda: all(where in msg for u, (state, msg) in m.units().items() if u.startswith("app/")), 60)
+        m.wait_active(["redis", "app", "balancer"], 60)
+        check(http("PUT", "%s/kv/%s" % (lb, key), b"moved")[0] == 200, "PUT after redis moved")
+        check(http("GET", "%s/kv/%s" % (lb, key)) == (200, "moved"), "GET after redis moved")
+        say("redis moved to port %d; the apps followed" % redis_port)
 
         # User actions.
         info = m.action("redis/0", "info")
