@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """End to end: examples/zookeeper with the real parley CLI: three servers agree on ids and ports
-over their peer relation, elect exactly one leader, and each reports its role in its status."""
+over their peer relation, elect exactly one leader, and each reports its role in its status; when
+a follower is removed, the other two keep their quorum."""
 
 import os
 import sys
@@ -45,6 +46,18 @@ def test():
 
         out = m.action("zookeeper/%d" % leader, "srvr")
         check(out.get("mode") == "leader", "srvr action: %r" % out)
+
+        # A follower leaves: the other two keep their quorum, and still say who leads.
+        gone = [i for i, mode in modes.items() if mode == "follower"][0]
+        m.run("remove-unit", "zookeeper/%d" % gone)
+        m.run("wait", "--timeout", "120s")
+        wait_for("zookeeper/%d's client port closed" % gone, lambda: not port_open(client + gone), 30)
+        left = [i for i in range(3) if i != gone]
+        wait_for("a leader and a follower among the two left",
+                 lambda: sorted(four_letter(client + i, "srvr", ":").get("Mode") for i in left) == ["follower", "leader"], 60)
+        statuses = m.wait_active(["zookeeper"], timeout=60)
+        check(sorted(s.split()[0] for s in statuses.values()) == ["follower", "leader"], "statuses after remove-unit: %r" % statuses)
+        say("after remove-unit zookeeper/%d: %s" % (gone, statuses))
 
     wait_for("every client port closed after down", lambda: not any(port_open(client + i) for i in range(3)), 60)
     say("down: client ports closed")
