@@ -7,7 +7,8 @@
 - a balancer setting haproxy refuses blocks the balancer and leaves haproxy serving;
 - moving Redis to another port (config) moves every app unit to it, with no word to the app;
 - user actions: redis info, app flush;
-- remove-unit takes the unit out of the balancer; down stops every process.
+- remove-unit takes the unit out of the balancer;
+- down stops every process, and up again brings the same data back (state dirs and facts kept).
 """
 
 import os
@@ -104,9 +105,19 @@ def test():
         say("after remove-unit: %s" % sorted(wait_for("GET / answered by app/0 and app/1 only", lambda: answering(2), 30)))
         check(not port_open(app_base + 2), "app/2's server stopped")
 
-    ports = [redis_port, app_base, app_base + 1, int(m.config["balancer"]["port"])]
-    wait_for("every port closed after down", lambda: not any(port_open(p) for p in ports), 30)
-    say("down: ports %s closed" % ports)
+        # down without --purge stops every process; up again starts them on the same state.
+        check(http("PUT", "%s/kv/%s" % (lb, key), b"kept")[0] == 200, "PUT before down")
+        m.run("down")
+        ports = [redis_port, app_base, app_base + 1, int(m.config["balancer"]["port"])]
+        wait_for("every port closed after down", lambda: not any(port_open(p) for p in ports), 30)
+        m.run("up", m.file)  # applies the model's config again: redis goes back to its port
+        m.run("wait", "--timeout", "180s")
+        ports.append(int(m.config["redis"]["port"]))
+        say("up again: %s" % m.wait_active(["redis", "app", "balancer"], 60))
+        check(http("GET", "%s/kv/%s" % (lb, key)) == (200, "kept"), "the value kept across down and up")
+
+    wait_for("every port closed after down --purge", lambda: not any(port_open(p) for p in ports), 30)
+    say("down --purge: ports %s closed" % ports)
 
 
 main(test)
