@@ -244,6 +244,8 @@ void Agent::Process() {
   }
   metrics_.inbox_depth->Set(static_cast<double>(engine_->inbox_depth()));
   metrics_.outbox_unacked->Set(static_cast<double>(engine_->outbox_size()));
+  // A failure is set and cleared only by runs, so this follows AgentStatus.agent_state.
+  metrics_.in_error->Set(engine_->failure() ? 1 : 0);
   Notify();
 }
 
@@ -331,6 +333,7 @@ void Agent::Attach(const std::string& remote, std::shared_ptr<PeerSession> sessi
   ch.session = std::move(session);
   ch.sent_through = 0;  // resend everything unacknowledged; the receiver deduplicates
   host_->metrics().PeerUp(name_, remote).Set(1);
+  host_->metrics().Reconnects(name_, remote);  // the series exists, at 0, before the first end
   Log(v1::LOG_LEVEL_INFO, absl::StrCat("stream with ", remote, " up"));
   Pump(remote);
 }

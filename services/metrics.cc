@@ -1,6 +1,17 @@
 #include "services/metrics.h"
 
 namespace parley::services {
+namespace {
+
+// The reasons a frame addressed to a hosted agent can be refused for (peer_streams.cc and
+// agent.cc). Their series exist from the start at 0, so that increase() sees the first refusal;
+// Prometheus cannot tell a new series at 1 from one that was always 1.
+constexpr const char* kRejectReasons[] = {
+    "protocol_version", "no_sender", "too_large",        "unexpected_frame",
+    "wrong_sender",     "invalid",   "unknown_relation", "not_party_to_relation",
+    "sequence_gap"};
+
+}  // namespace
 
 using prometheus::BuildCounter;
 using prometheus::BuildGauge;
@@ -31,6 +42,10 @@ Metrics::Metrics(prometheus::Registry& r)
                           .Name("parley_agent_outbox_unacked")
                           .Help("Relation events sent or to send, not yet acknowledged")
                           .Register(r)),
+      in_error_(BuildGauge()
+                    .Name("parley_agent_in_error")
+                    .Help("1 while the event at the inbox head failed and waits for its retry")
+                    .Register(r)),
       events_sent_(BuildCounter()
                        .Name("parley_peer_events_sent_total")
                        .Help("Relation events sent to peers (resends included)")
@@ -72,10 +87,12 @@ Metrics::Agent Metrics::ForAgent(const std::string& agent) {
   a.handler_failures = &handler_failures_.Add(l);
   a.inbox_depth = &inbox_depth_.Add(l);
   a.outbox_unacked = &outbox_unacked_.Add(l);
+  a.in_error = &in_error_.Add(l);
   a.events_sent = &events_sent_.Add(l);
   a.events_received = &events_received_.Add(l);
   a.events_deduplicated = &events_deduplicated_.Add(l);
   a.acks_received = &acks_received_.Add(l);
+  for (const char* reason : kRejectReasons) Rejected(agent, reason);
   return a;
 }
 

@@ -27,6 +27,8 @@ class Metrics {
     prometheus::Counter* handler_failures;
     prometheus::Gauge* inbox_depth;
     prometheus::Gauge* outbox_unacked;
+    // 1 while the event at the inbox head failed and waits for its retry (AGENT_STATE_ERROR).
+    prometheus::Gauge* in_error;
     prometheus::Counter* events_sent;
     prometheus::Counter* events_received;
     prometheus::Counter* events_deduplicated;
@@ -45,6 +47,7 @@ class Metrics {
   prometheus::Family<prometheus::Counter>& handler_failures_;
   prometheus::Family<prometheus::Gauge>& inbox_depth_;
   prometheus::Family<prometheus::Gauge>& outbox_unacked_;
+  prometheus::Family<prometheus::Gauge>& in_error_;
   prometheus::Family<prometheus::Counter>& events_sent_;
   prometheus::Family<prometheus::Counter>& events_received_;
   prometheus::Family<prometheus::Counter>& events_deduplicated_;

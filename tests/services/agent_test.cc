@@ -6,6 +6,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -150,8 +151,13 @@ TEST_F(AgentTest, FailingHandlerIsRetriedUntilItSucceeds) {
   Agent* f = Add(h2, "flaky", "f/0");
   ASSERT_TRUE(Relate(h1, "r:1", a, "out", h2, f, "in").ok());
   Fire(a, "action.set", {{"value", "7"}});
+  // Between the failed attempts and their retries the agent is in error, and says so.
+  const std::string in_error = "parley_agent_in_error{agent=\"f/0\"} ";
+  ASSERT_TRUE(WaitFor([&] { return absl::StrContains(Metrics(h2), in_error + "1"); }))
+      << Metrics(h2);
   ASSERT_TRUE(WaitFor([&] { return Fact(f, "value") == "7"; }));
   const std::string m = Metrics(h2);
+  EXPECT_THAT(m, HasSubstr(in_error + "0"));
   EXPECT_THAT(m, HasSubstr("parley_agent_runs_total{agent=\"f/0\",result=\"failed\"} 2"));
   EXPECT_THAT(m, HasSubstr("parley_agent_handler_failures_total{agent=\"f/0\"} 2"));
   auto traces = OnStrand(f, [&] { return f->engine().Traces(20); });

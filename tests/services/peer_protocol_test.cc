@@ -767,6 +767,11 @@ TEST_F(HostTest, MetricsAreServedOverHttp) {
   EXPECT_EQ(value("parley_agent_outbox_unacked{agent=\"a/0\"}"), 0);
   EXPECT_EQ(value("parley_peer_stream_up{agent=\"a/0\",peer=\"c/0\"}"), 1);
   EXPECT_EQ(value("parley_peer_stream_up{agent=\"c/0\",peer=\"a/0\"}"), 1);
+  // Series that count trouble exist at 0 before any, so that increase() sees the first one.
+  EXPECT_EQ(value("parley_peer_reconnects_total{agent=\"a/0\",peer=\"c/0\"}"), 0);
+  EXPECT_EQ(value("parley_peer_events_rejected_total{agent=\"c/0\",reason=\"wrong_sender\"}"), 0);
+  EXPECT_EQ(value("parley_peer_events_rejected_total{agent=\"a/0\",reason=\"sequence_gap\"}"), 0);
+  EXPECT_EQ(value("parley_agent_in_error{agent=\"a/0\"}"), 0);
   // a sent JOINED then two CHANGED (resends included in "sent"); c accepted each exactly once.
   const double sent = value("parley_peer_events_sent_total{agent=\"a/0\"}").value_or(-1);
   const double received = value("parley_peer_events_received_total{agent=\"c/0\"}").value_or(-1);
