@@ -1,7 +1,7 @@
 # The two entry points of the README. Both install what they need first.
 JOBS ?= $(shell nproc)
 
-.PHONY: setup build test demo bench clean
+.PHONY: setup build test demo engine-demo bench clean
 
 setup:
 	tools/setup
@@ -13,7 +13,12 @@ build: setup
 test: build
 	ctest --preset release -j $(JOBS)
 
+# The main job: the webstack example end to end (tools/demo/webstack-demo).
 demo: build
+	tools/demo/webstack-demo
+
+# The engine alone, with its traces (docs/engine.md).
+engine-demo: build
 	build/bin/parley-engine-demo
 
 bench: build

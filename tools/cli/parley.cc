@@ -790,10 +790,13 @@ std::string RenderStatus(const v1::ModelStatus& st) {
                message});
   }
   out += units.Render() + "\n";
-  Table rels({"Relation", "Interface", "Provider/peer", "Other end"});
+  Table rels({"Relation", "Interface", "Endpoints"});
   for (const auto& r : st.relations()) {
-    rels.Add({r.id(), r.interface(), absl::StrCat(r.a_service(), ":", r.a_endpoint()),
-              absl::StrCat(r.b_service(), ":", r.b_endpoint())});
+    const bool peers = r.a_service() == r.b_service() && r.a_endpoint() == r.b_endpoint();
+    rels.Add({r.id(), r.interface(),
+              peers ? absl::StrCat(r.a_service(), ":", r.a_endpoint(), " (peers)")
+                    : absl::StrCat(r.a_service(), ":", r.a_endpoint(), " - ", r.b_service(), ":",
+                                   r.b_endpoint())});
   }
   if (st.relations_size() > 0) out += rels.Render();
   return out;
