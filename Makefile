@@ -24,6 +24,8 @@ engine-demo: build
 bench: build
 	build/bin/parley-bench engine --json
 	build/bin/parley-bench kb --json
+	build/bin/parley-bench exec --json
+	build/bin/parley-bench up --json
 
 clean:
 	rm -rf build build-debug build-asan build-tsan

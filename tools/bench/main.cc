@@ -16,6 +16,7 @@
 #include "tools/bench/agent_bench.h"
 #include "tools/bench/bench.h"
 #include "tools/bench/exec_bench.h"
+#include "tools/bench/up_bench.h"
 
 namespace pb = parley::bench;
 
@@ -79,6 +80,15 @@ Scenarios:
     --runs N         measured handlers per configuration (default 300)
     --rounds N       rounds in which the configurations take turns (default 6)
     --hook P         the parley-hook binary (default: beside parley-bench)
+    --dir D
+
+  up       Time from `parley up MODEL` to `parley wait` returning, as a user runs them (packages
+           already installed): applied_* is `parley up --no-wait` (parleyd started, every unit
+           added, related, configured), settled_* adds `parley wait`. Each run starts from an
+           empty model directory and ends with `parley down --purge`.
+    --model M        default: examples/webstack/model.yaml of the source tree
+    --runs N         default 3
+    --parley P       the parley binary (default: beside parley-bench)
     --dir D
 
   memory   Idle RSS of a parleyd process hosting one agent, and per further agent (hosting
@@ -236,7 +246,8 @@ int main(int argc, char** argv) {
     }
   }
   if (args.empty()) {
-    return UsageError("no scenario given (engine, kb, hop, throughput, converge, exec or memory)");
+    return UsageError(
+        "no scenario given (engine, kb, hop, throughput, converge, exec, up or memory)");
   }
   const std::string scenario = args[0];
 
@@ -303,6 +314,18 @@ int main(int argc, char** argv) {
     if (auto it = flags->values.find("dir"); it != flags->values.end()) o.dir = it->second;
     json = Has(*flags, "json");
     reports = pb::RunExecBench(o);
+  } else if (scenario == "up") {
+    auto flags = ParseFlags(args, 1, {"model", "runs", "parley", "dir"}, {"json"});
+    if (!flags.ok()) return UsageError(flags.status().message());
+    pb::UpBenchOptions o;
+    if (auto s = IntFlag(*flags, "runs", 1, 1000, o.runs); !s.ok()) return UsageError(s.message());
+    o.model = PARLEY_SOURCE_DIR "/examples/webstack/model.yaml";
+    if (auto it = flags->values.find("model"); it != flags->values.end()) o.model = it->second;
+    o.parley = (std::filesystem::path(argv[0]).parent_path() / "parley").string();
+    if (auto it = flags->values.find("parley"); it != flags->values.end()) o.parley = it->second;
+    if (auto it = flags->values.find("dir"); it != flags->values.end()) o.dir = it->second;
+    json = Has(*flags, "json");
+    reports = pb::RunUpBench(o);
   } else if (scenario == "memory") {
     auto flags = ParseFlags(args, 1, {"agents", "parleyd", "dir"}, {"json"});
     if (!flags.ok()) return UsageError(flags.status().message());
@@ -316,8 +339,9 @@ int main(int argc, char** argv) {
     json = Has(*flags, "json");
     reports = pb::RunMemoryBench(o);
   } else {
-    return UsageError(absl::StrCat("unknown scenario '", scenario,
-                                   "' (engine, kb, hop, throughput, converge, exec or memory)"));
+    return UsageError(
+        absl::StrCat("unknown scenario '", scenario,
+                     "' (engine, kb, hop, throughput, converge, exec, up or memory)"));
   }
   if (!reports.ok()) {
     std::fprintf(stderr, "parley-bench %s: %s\n", scenario.c_str(),
