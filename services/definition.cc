@@ -1207,8 +1207,8 @@ class ModelReader {
     if (!root.IsMap()) {
       return top.Error(absl::StrCat("expected a map of model fields, got ", Describe(root)));
     }
-    ASSIGN_OR_RETURN(Fields f,
-                     Fields::Read(top, {"description", "interfaces", "services", "relations"}));
+    ASSIGN_OR_RETURN(Fields f, Fields::Read(top, {"description", "interfaces", "hosts", "services",
+                                                  "relations"}));
     ASSIGN_OR_RETURN(model_.description, ReadText(f.Get("description")));
     const fs::path base = fs::path(model_.file).parent_path();
     if (const At* at = f.Get("interfaces")) {
@@ -1219,6 +1219,7 @@ class ModelReader {
         return at->Error(absl::StrCat("'", model_.interfaces_dir, "' is not a directory"));
       }
     }
+    if (const At* at = f.Get("hosts")) RETURN_IF_ERROR(ReadHosts(*at));
     ASSIGN_OR_RETURN(const At* services, f.Require("services"));
     RETURN_IF_ERROR(ReadServices(*services, base));
     if (const At* at = f.Get("relations")) RETURN_IF_ERROR(ReadRelations(*at));
@@ -1226,6 +1227,38 @@ class ModelReader {
   }
 
  private:
+  absl::Status ReadHosts(const At& at) {
+    ASSIGN_OR_RETURN(Entries entries, MapEntries(at));
+    for (const auto& [name, host_at] : entries) {
+      RETURN_IF_ERROR(CheckName(host_at, name, NameRule::kService, "host name"));
+      if (name == "local") {
+        return host_at.Error("'local' is the parleyd `parley up` starts; it is not declared");
+      }
+      ModelHost host;
+      host.name = name;
+      host.line = host_at.line;
+      ASSIGN_OR_RETURN(Fields f, Fields::Read(host_at, {"address", "model_root"}));
+      ASSIGN_OR_RETURN(const At* address, f.Require("address"));
+      ASSIGN_OR_RETURN(host.address, ReadString(*address));
+      const size_t colon = host.address.rfind(':');
+      int port = 0;
+      if (colon == std::string::npos || colon == 0 ||
+          !absl::SimpleAtoi(host.address.substr(colon + 1), &port) || port < 1 || port > 65535) {
+        return address->Error(
+            absl::StrCat("expected <host>:<port> of a parleyd, got '", host.address, "'"));
+      }
+      if (const At* root = f.Get("model_root")) {
+        ASSIGN_OR_RETURN(host.model_root, ReadString(*root));
+        if (!fs::path(host.model_root).is_absolute()) {
+          return root->Error(
+              absl::StrCat("expected an absolute path, got '", host.model_root, "'"));
+        }
+      }
+      model_.hosts.push_back(std::move(host));
+    }
+    return absl::OkStatus();
+  }
+
   absl::Status ReadServices(const At& at, const fs::path& base) {
     ASSIGN_OR_RETURN(Entries entries, MapEntries(at));
     if (entries.empty()) return at.Error("a model has at least one service");
@@ -1234,7 +1267,16 @@ class ModelReader {
       ModelService svc;
       svc.name = name;
       svc.line = svc_at.line;
-      ASSIGN_OR_RETURN(Fields f, Fields::Read(svc_at, {"definition", "units", "config"}));
+      ASSIGN_OR_RETURN(Fields f, Fields::Read(svc_at, {"definition", "units", "config", "host"}));
+      if (const At* host = f.Get("host")) {
+        ASSIGN_OR_RETURN(svc.host, ReadString(*host));
+        if (svc.host != "local" && model_.FindHost(svc.host) == nullptr) {
+          std::vector<std::string> names = {"local"};
+          for (const auto& h : model_.hosts) names.push_back(h.name);
+          return host->Error(absl::StrCat("host '", svc.host, "' is not declared under hosts (",
+                                          absl::StrJoin(names, ", "), ")"));
+        }
+      }
       ASSIGN_OR_RETURN(const At* definition, f.Require("definition"));
       ASSIGN_OR_RETURN(svc.definition_path, ReadString(*definition));
       svc.definition_dir = (base / svc.definition_path).lexically_normal().string();
@@ -1607,6 +1649,8 @@ const InterfaceSchema* ServiceDefinition::InterfaceOf(absl::string_view endpoint
 const ModelService* Model::FindService(absl::string_view name) const {
   return FindByName(services, name);
 }
+
+const ModelHost* Model::FindHost(absl::string_view name) const { return FindByName(hosts, name); }
 
 absl::StatusOr<ServiceDefinition> LoadServiceDefinition(const std::string& dir,
                                                         const std::string& shared_interfaces_dir) {

@@ -306,6 +306,8 @@ struct ModelService {
   // Config values set by the model (normalized text), checked against the definition's options.
   std::map<std::string, std::string> config;
   ServiceDefinition definition;
+  // Where its units run: "local" (the parleyd `parley up` starts) or a name under `hosts`.
+  std::string host = "local";
   int line = 0;
 };
 
@@ -320,6 +322,16 @@ struct ModelRelation {
   int line = 0;
 };
 
+// A machine (a parleyd) the model places services on, besides the local one `parley up` starts.
+struct ModelHost {
+  std::string name;
+  // host:port of its parleyd.
+  std::string address;
+  // Where the model's directory is on that machine; empty: the same path as here.
+  std::string model_root;
+  int line = 0;
+};
+
 struct Model {
   std::string file;
   std::string description;
@@ -328,8 +340,11 @@ struct Model {
   // In declaration order.
   std::vector<ModelService> services;
   std::vector<ModelRelation> relations;
+  // Hosts other than "local", in declaration order.
+  std::vector<ModelHost> hosts;
 
   const ModelService* FindService(absl::string_view name) const;
+  const ModelHost* FindHost(absl::string_view name) const;
 };
 
 // Reads a model and every definition it names; checks config values, relation ends, interfaces

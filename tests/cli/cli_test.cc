@@ -15,7 +15,9 @@
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "google/protobuf/util/json_util.h"
+#include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "parley/v1/agent.grpc.pb.h"
 #include "parley/v1/model.pb.h"
 #include "tests/testing/run_command.h"
 #include "tests/testing/temp_dir.h"
@@ -304,6 +306,32 @@ TEST_F(CliTest, DownKeepsStateAndUpResumes) {
   CommandResult none = Parley({"status"});
   EXPECT_EQ(none.code, 1);
   EXPECT_THAT(none.err, HasSubstr("no model in"));
+}
+
+// Asks the parleyd at `address` for its identity without any certificate.
+grpc::Status PlaintextGetHost(const std::string& address) {
+  auto stub = v1::Agent::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(3));
+  v1::HostInfo info;
+  return stub->GetHost(&ctx, v1::GetHostRequest(), &info);
+}
+
+TEST_F(CliTest, MutualTlsByDefaultPlaintextOnRequest) {
+  ASSERT_EQ(Parley({"up", dir_.Sub("model.yaml")}).code, 0);
+  v1::ModelStatus st = Status();
+  EXPECT_TRUE(std::filesystem::exists(dir_.Sub(".parley/pki/ca.pem")));
+  // Without a certificate from the model's CA, parleyd does not talk.
+  EXPECT_FALSE(PlaintextGetHost(st.host().address()).ok());
+  CommandResult r = Parley({"up", dir_.Sub("model.yaml"), "--plaintext"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.err, HasSubstr("this model runs with TLS"));
+  Ok({"down", "--purge"});
+
+  ASSERT_EQ(Parley({"up", dir_.Sub("model.yaml"), "--plaintext"}).code, 0);
+  st = Status();
+  EXPECT_EQ(Unit(st, "lb/0")->workload().message(), "port 9000");
+  EXPECT_TRUE(PlaintextGetHost(st.host().address()).ok());
 }
 
 TEST_F(CliTest, BadInputIsRefusedWithNothingApplied) {

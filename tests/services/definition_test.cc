@@ -1162,6 +1162,40 @@ TEST_F(ModelTest, BadModelsAreRefused) {
                                   "services, relations)");
 }
 
+TEST_F(ModelTest, HostsPlaceServicesOnOtherParleyds) {
+  const std::string ok =
+      "interfaces: ../shared\nhosts:\n  east: {address: '10.77.0.1:7000', model_root: /srv/m}\n"
+      "services:\n  web: {definition: ../defs/webapp, host: east}\n"
+      "  cache: {definition: ../defs/redis}\n";
+  auto model = LoadModel(Write("stack/model.yaml", ok));
+  ASSERT_TRUE(model.ok()) << model.status();
+  ASSERT_EQ(model->hosts.size(), 1u);
+  EXPECT_EQ(model->hosts[0].name, "east");
+  EXPECT_EQ(model->hosts[0].address, "10.77.0.1:7000");
+  EXPECT_EQ(model->hosts[0].model_root, "/srv/m");
+  EXPECT_EQ(model->FindService("web")->host, "east");
+  EXPECT_EQ(model->FindService("cache")->host, "local");
+
+  std::string yaml =
+      "hosts:\n  east: {address: '10.77.0.1'}\nservices:\n"
+      "  web: {definition: ../defs/webapp}\n";
+  EXPECT_EQ(ModelError(yaml), ModelAt(yaml, "10.77.0.1", "hosts.east.address") +
+                                  "expected <host>:<port> of a parleyd, got '10.77.0.1'");
+  yaml =
+      "hosts:\n  local: {address: '10.0.0.1:1'}\nservices:\n"
+      "  web: {definition: ../defs/webapp}\n";
+  EXPECT_THAT(ModelError(yaml), HasSubstr("'local' is the parleyd `parley up` starts"));
+  yaml =
+      "hosts:\n  east: {address: '10.0.0.1:1', model_root: rel}\nservices:\n"
+      "  web: {definition: ../defs/webapp}\n";
+  EXPECT_THAT(ModelError(yaml), HasSubstr("expected an absolute path, got 'rel'"));
+  yaml =
+      "hosts:\n  east: {address: '10.0.0.1:1'}\nservices:\n"
+      "  web: {definition: ../defs/webapp, host: west}\n";
+  EXPECT_EQ(ModelError(yaml), ModelAt(yaml, "west", "services.web.host") +
+                                  "host 'west' is not declared under hosts (local, east)");
+}
+
 TEST_F(ModelTest, DefinitionErrorsNameBothFiles) {
   Write("defs/broken/service.yaml", "name: broken\nrequires: {db: mysql}\n");
   const std::string yaml = "interfaces: ../shared\nservices:\n  b: {definition: ../defs/broken}\n";

@@ -18,11 +18,12 @@ namespace parley::cli {
 
 class AgentClient {
  public:
-  explicit AgentClient(std::string address)
+  // `credentials`: the model's (see ModelDir::credentials()); plaintext when null.
+  explicit AgentClient(std::string address,
+                       std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr)
       : address_(std::move(address)),
-        stub_(
-            v1::Agent::NewStub(grpc::CreateChannel(address_, grpc::InsecureChannelCredentials()))) {
-  }
+        stub_(v1::Agent::NewStub(grpc::CreateChannel(
+            address_, credentials ? credentials : grpc::InsecureChannelCredentials()))) {}
 
   const std::string& address() const { return address_; }
   v1::Agent::Stub* stub() { return stub_.get(); }

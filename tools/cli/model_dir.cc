@@ -23,6 +23,7 @@
 #include "google/protobuf/util/json_util.h"
 #include "kb/status_macros.h"
 #include "tools/cli/client.h"
+#include "tools/cli/pki.h"
 
 namespace parley::cli {
 namespace fs = std::filesystem;
@@ -142,6 +143,33 @@ absl::Status ModelDir::Lock(absl::Duration timeout) {
   return absl::OkStatus();
 }
 
+std::string ModelDir::pki_dir() const { return (fs::path(path_) / "pki").string(); }
+
+absl::Status ModelDir::UseTls(bool tls) {
+  tls_ = tls;
+  if (!tls) {
+    credentials_ = nullptr;
+    return absl::OkStatus();
+  }
+  ASSIGN_OR_RETURN(CertFiles cli, IssueCert(pki_dir(), "cli", {}, {"parley-cli"}));
+  auto read = [](const std::string& file) {
+    std::ifstream in(file);
+    std::stringstream s;
+    s << in.rdbuf();
+    return s.str();
+  };
+  grpc::SslCredentialsOptions options;
+  options.pem_root_certs = read(cli.ca);
+  options.pem_cert_chain = read(cli.cert);
+  options.pem_private_key = read(cli.key);
+  if (options.pem_root_certs.empty() || options.pem_private_key.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot read the CLI's certificate in ", cli.dir));
+  }
+  credentials_ = grpc::SslCredentials(options);
+  return absl::OkStatus();
+}
+
 std::string ModelDir::LogTail(size_t bytes) const {
   std::ifstream in(fs::path(path_) / "parleyd.log", std::ios::binary);
   if (!in) return "";
@@ -155,7 +183,7 @@ std::string ModelDir::LogTail(size_t bytes) const {
 
 absl::Status ModelDir::EnsureHost(const std::string& parleyd, v1::HostRecord& host) const {
   if (!host.address().empty()) {
-    AgentClient client(host.address());
+    AgentClient client(host.address(), credentials_);
     absl::StatusOr<v1::HostInfo> info = client.Host(absl::Seconds(2));
     if (info.ok() && info->pid() == host.pid()) return absl::OkStatus();
     if (ProcessAlive(host.pid())) {
@@ -189,8 +217,15 @@ absl::Status ModelDir::EnsureHost(const std::string& parleyd, v1::HostRecord& ho
                                    "--state_dir=" + host.state_dir(),
                                    "--listen=" + listen,
                                    "--metrics_listen=" + metrics,
-                                   "--address_file=" + address_file,
-                                   "--plaintext"};
+                                   "--address_file=" + address_file};
+  if (tls_) {
+    ASSIGN_OR_RETURN(CertFiles files, IssueCert(pki_dir(), "local", {"127.0.0.1"}, {"localhost"}));
+    args.push_back("--tls_cert=" + files.cert);
+    args.push_back("--tls_key=" + files.key);
+    args.push_back("--tls_ca=" + files.ca);
+  } else {
+    args.push_back("--plaintext");
+  }
   const int log = open(host.log_file().c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (log < 0) return Errno("cannot open", host.log_file());
   const pid_t pid = fork();
@@ -240,7 +275,7 @@ absl::Status ModelDir::EnsureHost(const std::string& parleyd, v1::HostRecord& ho
 absl::Status ModelDir::StopHost(const v1::HostRecord& host, absl::Duration grace) const {
   if (!ProcessAlive(host.pid())) return absl::OkStatus();
   // Only signal the process if it is the parleyd recorded (pids get reused).
-  AgentClient client(host.address());
+  AgentClient client(host.address(), credentials_);
   absl::StatusOr<v1::HostInfo> info = client.Host(absl::Seconds(2));
   if (!info.ok() || info->pid() != host.pid()) {
     return absl::FailedPreconditionError(

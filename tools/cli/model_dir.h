@@ -10,6 +10,7 @@
 //   <dir>/kb/             parleyd's knowledge base
 //   <dir>/units/<unit>/   each unit's state directory (PARLEY_STATE_DIR)
 //   <dir>/parleyd.log     parleyd's output
+//   <dir>/pki/            the model's CA and certificates (pki.h)
 
 #include <optional>
 #include <string>
@@ -17,6 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "grpcpp/security/credentials.h"
 #include "parley/v1/model.pb.h"
 
 namespace parley::cli {
@@ -40,6 +42,15 @@ class ModelDir {
   // Takes the directory's lock, waiting up to `timeout` for another command to finish.
   absl::Status Lock(absl::Duration timeout);
 
+  // The model's CA and certificates (see pki.h).
+  std::string pki_dir() const;
+  // With `tls`, talks to parleyd with mutual TLS: makes the model's CA and the CLI's certificate
+  // if missing. Without, plaintext.
+  absl::Status UseTls(bool tls);
+  bool tls() const { return tls_; }
+  // What clients of the model's parleyd processes use.
+  std::shared_ptr<grpc::ChannelCredentials> credentials() const { return credentials_; }
+
   // Starts parleyd for this directory (in the background, in a session of its own) unless the one
   // recorded in `host` answers. Fills `host` with where it listens. `parleyd` is the binary.
   absl::Status EnsureHost(const std::string& parleyd, v1::HostRecord& host) const;
@@ -52,6 +63,8 @@ class ModelDir {
  private:
   std::string path_;
   int lock_fd_ = -1;
+  bool tls_ = false;
+  std::shared_ptr<grpc::ChannelCredentials> credentials_;
 };
 
 // Where the binaries the CLI starts live: beside the running `parley`, else in PATH.

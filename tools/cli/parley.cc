@@ -35,6 +35,7 @@
 #include "services/definition.h"
 #include "tools/cli/client.h"
 #include "tools/cli/model_dir.h"
+#include "tools/cli/pki.h"
 
 namespace parley::cli {
 namespace {
@@ -91,7 +92,9 @@ const std::vector<Command>& Commands() {
       {"up",
        "MODEL",
        "Start the model on this machine, or apply what changed in it; waits until settled",
-       {{"--no-wait", false, "Return once applied, without waiting to settle"}, kTimeoutFlag},
+       {{"--no-wait", false, "Return once applied, without waiting to settle"},
+        {"--plaintext", false, "A new model without TLS (default: mutual TLS from the model's CA)"},
+        kTimeoutFlag},
        1,
        1},
       {"down",
@@ -153,6 +156,14 @@ const std::vector<Command>& Commands() {
        1,
        1},
       {"metrics-config", "", "A Prometheus scrape config for the running model", {}, 0, 0},
+      {"cert",
+       "NAME",
+       "Issue a certificate from the model's CA for a parleyd on another host",
+       {{"--ip", true, "IP addresses it is reached at, comma-separated"},
+        {"--dns", true, "DNS names it is reached at, comma-separated"},
+        {"--out", true, "Directory for cert.pem, key.pem, ca.pem (default <model dir>/pki/NAME)"}},
+       1,
+       1},
       {"version", "", "Versions of parley and of the model's parleyd", {}, 0, 0},
   };
   return *commands;
@@ -287,14 +298,30 @@ class Session {
 
   absl::Status LoadState() {
     ASSIGN_OR_RETURN(state_, dir_.Load());
-    return absl::OkStatus();
+    return dir_.UseTls(state_.tls());
   }
   absl::Status Save() { return dir_.Save(state_); }
 
   AgentClient& Client(const std::string& address) {
     auto& c = clients_[address];
-    if (!c) c = std::make_unique<AgentClient>(address);
+    if (!c) c = std::make_unique<AgentClient>(address, dir_.credentials());
     return *c;
+  }
+
+  // A host of the model: "local" or one under `hosts`.
+  const v1::HostRecord* FindHost(const std::string& name) const {
+    if (name.empty() || name == "local") return &state_.host();
+    for (const auto& h : state_.hosts()) {
+      if (h.name() == name) return &h;
+    }
+    return nullptr;
+  }
+
+  // `path` (a definition or interfaces directory here) as the host of `svc` sees it.
+  std::string OnHost(const v1::HostRecord& host, const std::string& path) const {
+    if (host.model_root().empty() || path.empty()) return path;
+    const fs::path base = fs::path(state_.model_file()).parent_path();
+    return (fs::path(host.model_root()) / fs::path(path).lexically_relative(base)).string();
   }
   AgentClient& Host() { return Client(state_.host().address()); }
 
@@ -341,17 +368,23 @@ class Session {
     v1::AddAgentRequest req;
     v1::AgentRecipe* r = req.mutable_recipe();
     r->set_agent(unit);
-    r->set_definition_dir(svc.definition_dir());
-    r->set_interfaces_dir(state_.interfaces_dir());
+    const v1::HostRecord* host = FindHost(svc.host());
+    if (host == nullptr) {
+      return absl::NotFoundError(absl::StrCat("service ", svc.name(), " is placed on host '",
+                                              svc.host(), "', which the model does not declare"));
+    }
+    r->set_definition_dir(OnHost(*host, svc.definition_dir()));
+    r->set_interfaces_dir(OnHost(*host, state_.interfaces_dir()));
     *r->mutable_config() = svc.config();
     v1::AddAgentResponse resp;
     // Numbers are never reused, even for a unit whose start failed.
     svc.set_next_unit(svc.next_unit() + 1);
     RETURN_IF_ERROR(Save());
-    RETURN_IF_ERROR(Host().Call(&v1::Agent::Stub::AddAgent, req, &resp, absl::Seconds(60)));
+    RETURN_IF_ERROR(
+        Client(host->address()).Call(&v1::Agent::Stub::AddAgent, req, &resp, absl::Seconds(60)));
     v1::UnitRecord* u = svc.add_units();
     u->set_name(unit);
-    u->set_address(state_.host().address());
+    u->set_address(host->address());
     RETURN_IF_ERROR(Save());
     std::fprintf(stderr, "added %s\n", unit.c_str());
     return absl::OkStatus();
@@ -611,18 +644,55 @@ absl::Status Up(Session& s, const Args& args) {
   state.set_model_file(AbsolutePath(model.file));
   state.set_interfaces_dir(model.interfaces_dir.empty() ? "" : AbsolutePath(model.interfaces_dir));
 
-  const std::string parleyd = FindBinary("parleyd");
-  RETURN_IF_ERROR(s.dir().EnsureHost(parleyd, *state.mutable_host()));
+  // Mutual TLS from the model's CA unless the model was first brought up with --plaintext; a
+  // model keeps its choice until `down --purge`.
+  if (state.host().name().empty()) {
+    state.set_tls(!args.Has("--plaintext"));
+    state.mutable_host()->set_name("local");
+  } else if (args.Has("--plaintext") && state.tls()) {
+    return absl::FailedPreconditionError(
+        "this model runs with TLS; --plaintext applies to a new model (down --purge first)");
+  }
+  RETURN_IF_ERROR(s.dir().UseTls(state.tls()));
+
+  // Hosts run by others must answer before anything changes.
+  state.clear_hosts();
+  for (const services::ModelHost& h : model.hosts) {
+    v1::HostRecord* rec = state.add_hosts();
+    rec->set_name(h.name);
+    rec->set_address(h.address);
+    rec->set_model_root(h.model_root);
+    absl::StatusOr<v1::HostInfo> info = s.Client(h.address).Host(absl::Seconds(5));
+    if (!info.ok()) {
+      return absl::UnavailableError(absl::StrCat("host ", h.name, " (", model.file, ":", h.line,
+                                                 ") does not answer: ", info.status().message()));
+    }
+    if (!info->hosts_definitions()) {
+      return absl::FailedPreconditionError(absl::StrCat("host ", h.name, " at ", h.address,
+                                                        " does not host agents from definitions"));
+    }
+    rec->set_pid(info->pid());
+    rec->set_data_dir(info->data_dir());
+  }
+  // The local parleyd, when the model places anything on it.
+  const bool local = std::any_of(model.services.begin(), model.services.end(),
+                                 [](const ModelService& m) { return m.host == "local"; }) ||
+                     std::any_of(state.services().begin(), state.services().end(),
+                                 [](const auto& svc) { return svc.host() == "local"; });
+  if (local) {
+    RETURN_IF_ERROR(s.dir().EnsureHost(FindBinary("parleyd"), *state.mutable_host()));
+    std::fprintf(stderr, "parleyd %s (pid %lld), model directory %s\n",
+                 state.host().address().c_str(), static_cast<long long>(state.host().pid()),
+                 s.dir().path().c_str());
+  }
   RETURN_IF_ERROR(s.Save());
-  std::fprintf(stderr, "parleyd %s (pid %lld), model directory %s\n",
-               state.host().address().c_str(), static_cast<long long>(state.host().pid()),
-               s.dir().path().c_str());
 
   // Relations to drop: not in the model, or with a service that leaves or changes definition.
   std::set<std::string> leaving;
   for (const auto& svc : state.services()) {
     const ModelService* m = model.FindService(svc.name());
-    if (m == nullptr || AbsolutePath(m->definition_dir) != svc.definition_dir()) {
+    if (m == nullptr || AbsolutePath(m->definition_dir) != svc.definition_dir() ||
+        m->host != svc.host()) {
       leaving.insert(svc.name());
     }
   }
@@ -659,6 +729,7 @@ absl::Status Up(Session& s, const Args& args) {
       svc->set_name(m.name);
       svc->set_definition_dir(AbsolutePath(m.definition_dir));
       svc->set_definition_name(m.definition.name);
+      svc->set_host(m.host);
       RETURN_IF_ERROR(s.Save());
     }
     RETURN_IF_ERROR(s.ApplyConfig(*svc, m.config));
@@ -703,10 +774,11 @@ absl::Status Down(Session& s, const Args& args) {
     return absl::OkStatus();
   }
   RETURN_IF_ERROR(loaded);
-  AgentClient& host = s.Host();
-  absl::StatusOr<v1::HostInfo> info = host.Host();
-  if (info.ok() && info->pid() == s.state().host().pid()) {
+  absl::StatusOr<v1::HostInfo> info = s.Host().Host();
+  const bool local_up = info.ok() && info->pid() == s.state().host().pid();
+  {
     for (const v1::UnitRecord* u : s.AllUnits()) {
+      if (u->address() == s.state().host().address() && !local_up) continue;
       v1::FireEventRequest req;
       req.set_agent(u->name());
       req.set_event("stop");
@@ -718,9 +790,26 @@ absl::Status Down(Session& s, const Args& args) {
     if (absl::Status st = s.Wait(absl::Seconds(60), /*failed_settles=*/true); !st.ok()) {
       std::fprintf(stderr, "parley: stopping anyway: %s\n", std::string(st.message()).c_str());
     }
-    RETURN_IF_ERROR(s.dir().StopHost(s.state().host(), absl::Seconds(20)));
-    std::fprintf(stderr, "stopped parleyd (pid %lld)\n",
-                 static_cast<long long>(s.state().host().pid()));
+    // Units on hosts run by others stay hosted there (stopped) unless the model is purged.
+    if (args.Has("--purge")) {
+      for (const v1::UnitRecord* u : s.AllUnits()) {
+        if (u->address() == s.state().host().address()) continue;
+        v1::RemoveAgentRequest req;
+        req.set_agent(u->name());
+        v1::RemoveAgentResponse resp;
+        absl::Status st = s.Client(u->address())
+                              .Call(&v1::Agent::Stub::RemoveAgent, req, &resp, absl::Seconds(60));
+        if (!st.ok()) {
+          std::fprintf(stderr, "parley: removing %s at %s: %s\n", u->name().c_str(),
+                       u->address().c_str(), std::string(st.message()).c_str());
+        }
+      }
+    }
+    if (local_up) {
+      RETURN_IF_ERROR(s.dir().StopHost(s.state().host(), absl::Seconds(20)));
+      std::fprintf(stderr, "stopped parleyd (pid %lld)\n",
+                   static_cast<long long>(s.state().host().pid()));
+    }
   }
   if (args.Has("--purge")) {
     std::error_code ec;
@@ -1151,6 +1240,26 @@ absl::Status MetricsConfig(Session& s, const Args&) {
   return absl::OkStatus();
 }
 
+absl::Status Cert(Session& s, const Args& args) {
+  auto list = [](const std::string& text) {
+    std::vector<std::string> out = absl::StrSplit(text, ',', absl::SkipEmpty());
+    return out;
+  };
+  const std::string name = args.positional[0];
+  if (name == "cli" || name == "local" || name.find('/') != std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat("'", name, "' is reserved or not a host name"));
+  }
+  RETURN_IF_ERROR(s.dir().Create());
+  ASSIGN_OR_RETURN(CertFiles files, IssueCert(s.dir().pki_dir(), name, list(args.Get("--ip")),
+                                              list(args.Get("--dns")), args.Get("--out")));
+  std::printf(
+      "%s\n%s\n%s\n\nOn that host:\n  parleyd --data DIR --listen ADDRESS:PORT "
+      "--tls_cert %s --tls_key %s --tls_ca %s\n",
+      files.cert.c_str(), files.key.c_str(), files.ca.c_str(), files.cert.c_str(),
+      files.key.c_str(), files.ca.c_str());
+  return absl::OkStatus();
+}
+
 absl::Status Version(Session& s, const Args&) {
   std::printf("parley %s\n", PARLEY_VERSION);
   if (!s.dir().Exists()) return absl::OkStatus();
@@ -1256,38 +1365,27 @@ int Main(int argc, char** argv) {
   Session s(model_dir);
   int exit_code = kFailed;
   absl::Status st;
-  if (name == "up")
-    st = Up(s, args);
-  else if (name == "down")
-    st = Down(s, args);
-  else if (name == "status")
-    st = Status(s, args);
-  else if (name == "wait")
-    st = Wait(s, args);
-  else if (name == "relate")
-    st = Relate(s, args, true);
-  else if (name == "unrelate")
-    st = Relate(s, args, false);
-  else if (name == "config")
-    st = Config(s, args);
-  else if (name == "add-unit")
-    st = AddUnit(s, args);
-  else if (name == "remove-unit")
-    st = RemoveUnit(s, args);
-  else if (name == "run")
-    st = Run(s, args, exit_code);
-  else if (name == "logs")
-    st = Logs(s, args);
-  else if (name == "facts")
-    st = Facts(s, args);
-  else if (name == "relation-data")
-    st = RelationData(s, args);
-  else if (name == "trace")
-    st = Trace(s, args);
-  else if (name == "metrics-config")
-    st = MetricsConfig(s, args);
-  else if (name == "version")
-    st = Version(s, args);
+  using Handler = std::function<absl::Status(Session&, const Args&)>;
+  const std::map<std::string, Handler> handlers = {
+      {"up", Up},
+      {"down", Down},
+      {"status", Status},
+      {"wait", Wait},
+      {"relate", [](Session& s, const Args& a) { return Relate(s, a, true); }},
+      {"unrelate", [](Session& s, const Args& a) { return Relate(s, a, false); }},
+      {"config", Config},
+      {"add-unit", AddUnit},
+      {"remove-unit", RemoveUnit},
+      {"run", [&exit_code](Session& s, const Args& a) { return Run(s, a, exit_code); }},
+      {"logs", Logs},
+      {"facts", Facts},
+      {"relation-data", RelationData},
+      {"trace", Trace},
+      {"metrics-config", MetricsConfig},
+      {"cert", Cert},
+      {"version", Version},
+  };
+  st = handlers.at(name)(s, args);
   if (st.ok()) return kOk;
   std::fprintf(stderr, "parley %s: %s\n", name.c_str(), std::string(st.message()).c_str());
   if (absl::IsInvalidArgument(st)) return kUsage;
