@@ -367,6 +367,27 @@ TEST_F(CliTest, BadInputIsRefusedWithNothingApplied) {
   EXPECT_THAT(Ok({"version"}), HasSubstr("parleyd"));
 }
 
+TEST_F(CliTest, AFailingScriptIsReportedInStatusLogsAndCli) {
+  // An exec handler that prints garbage and fails: the run rolls back (the fact it set is not
+  // kept) and the error reaches `run`, `status` and `logs` with the tail of stderr.
+  Write(dir_.Sub("web/service.yaml"), absl::StrCat(kWeb, R"(  - name: crash
+    on: [action.hello]
+    timeout: 5s
+    action:
+      kind: exec
+      command: [sh, -c, 'parley-hook fact set half done; printf "\001\002 garbage"; echo "disk on fire" >&2; exit 3']
+)"));
+  ASSERT_EQ(Parley({"up", dir_.Sub("model.yaml")}).code, 0);
+  CommandResult run = Parley({"run", "web/0", "hello", "who=x", "--timeout", "30s"});
+  EXPECT_EQ(run.code, 1);
+  EXPECT_THAT(run.err, HasSubstr("handler crash"));
+  EXPECT_THAT(run.err, HasSubstr("exited with status 3"));
+  EXPECT_THAT(run.err, HasSubstr("disk on fire"));
+  EXPECT_THAT(Ok({"status"}), HasSubstr("disk on fire"));
+  EXPECT_THAT(Ok({"facts", "web/0"}), Not(HasSubstr("half")));
+  EXPECT_THAT(Ok({"logs", "--unit", "web/0", "--level", "warning"}), HasSubstr("crash"));
+}
+
 TEST_F(CliTest, WaitTimesOutOnAFailingUnitAndSaysWhy) {
   // A handler that fails on every attempt: the unit never settles.
   Write(dir_.Sub("web/service.yaml"), absl::StrCat(kWeb, R"(  - name: broken
