@@ -213,6 +213,7 @@ v1::HostInfo Host::Info() const {
   info.set_data_dir(options_.data_dir);
   info.set_started_unix_ms(absl::ToUnixMillis(started_));
   info.set_hosts_definitions(static_cast<bool>(options_.build_agent));
+  info.set_metrics_address(options_.metrics_address);
   return info;
 }
 

@@ -59,6 +59,7 @@ struct HostOptions {
   AgentOptions recipe_agent_options;
   // Reported by GetHost.
   std::string version;
+  std::string metrics_address;
 };
 
 class Host {

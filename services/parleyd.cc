@@ -93,6 +93,9 @@ int main(int argc, char** argv) {
       return Fail("--metrics_listen " + m + ": " + e.what());
     }
     exposer->RegisterCollectable(options.registry);
+    // Where Prometheus reaches it: a wildcard listen address is advertised as the peer address's
+    // host, like --advertise.
+    options.metrics_address = m;
   }
 
   options.version = PARLEY_VERSION;

@@ -361,6 +361,16 @@ TEST_F(CliTest, BadInputIsRefusedWithNothingApplied) {
   // Nothing of the refused changes reached the agents.
   EXPECT_EQ(Unit(Status(), "web/0")->workload().message(), "hello on 9000");
 
+  // The scrape config names the parleyd's metrics address and passes Prometheus's own check.
+  const std::string scrape = Ok({"metrics-config", dir_.Sub("model.yaml"), "--interval", "5s"});
+  EXPECT_THAT(scrape, HasSubstr("job_name: parley"));
+  EXPECT_THAT(scrape, HasSubstr(absl::StrCat("- ", Status().host().metrics_address())));
+  Write(dir_.Sub("prometheus.yml"), scrape);
+  CommandResult check =
+      RunCommand({"/usr/bin/promtool", "check", "config", dir_.Sub("prometheus.yml")});
+  EXPECT_EQ(check.code, 0) << check.out << check.err;
+  EXPECT_EQ(Parley({"metrics-config", dir_.Sub("other.yaml")}).code, 1);
+
   CommandResult help = Parley({"--help"});
   EXPECT_EQ(help.code, 0);
   EXPECT_THAT(help.out, HasSubstr("remove-unit"));

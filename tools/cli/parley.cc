@@ -155,7 +155,14 @@ const std::vector<Command>& Commands() {
        {{"--last", true, "How many (default 5)"}},
        1,
        1},
-      {"metrics-config", "", "A Prometheus scrape config for the running model", {}, 0, 0},
+      {"metrics-config",
+       "[MODEL]",
+       "A Prometheus scrape config for the running model",
+       {{"--interval", true, "Scrape and evaluation interval (default 15s)"},
+        {"--rules", true, "Alert rules file to load (e.g. deploy/prometheus/alerts.yml)"},
+        {"--name", true, "The model label (default: the model file's directory name)"}},
+       0,
+       1},
       {"cert",
        "NAME",
        "Issue a certificate from the model's CA for a parleyd on another host",
@@ -673,6 +680,7 @@ absl::Status Up(Session& s, const Args& args) {
     }
     rec->set_pid(info->pid());
     rec->set_data_dir(info->data_dir());
+    rec->set_metrics_address(info->metrics_address());
   }
   // The local parleyd, when the model places anything on it.
   const bool local = std::any_of(model.services.begin(), model.services.end(),
@@ -1220,23 +1228,56 @@ absl::Status Trace(Session& s, const Args& args) {
   return absl::OkStatus();
 }
 
-absl::Status MetricsConfig(Session& s, const Args&) {
+// The format of deploy/prometheus/README.md: one `parley` job, one target per parleyd of the
+// model, every series labelled with the model's name.
+absl::Status MetricsConfig(Session& s, const Args& args) {
   RETURN_IF_ERROR(s.LoadState());
-  const v1::HostRecord& h = s.state().host();
-  if (h.metrics_address().empty()) {
-    return absl::FailedPreconditionError("the model's parleyd serves no metrics");
+  if (!args.positional.empty() && AbsolutePath(args.positional[0]) != s.state().model_file()) {
+    return absl::FailedPreconditionError(absl::StrCat("the model directory ", s.dir().path(),
+                                                      " runs ", s.state().model_file(), ", not ",
+                                                      args.positional[0], " (pass --model-dir)"));
   }
-  std::printf(
-      "# Prometheus scrape config for the Parley model %s\n"
-      "scrape_configs:\n"
-      "  - job_name: parley\n"
-      "    scrape_interval: 5s\n"
-      "    static_configs:\n"
-      "      - targets: ['%s']\n"
-      "        labels:\n"
-      "          model: '%s'\n",
-      s.state().model_file().c_str(), h.metrics_address().c_str(),
-      fs::path(s.state().model_file()).parent_path().filename().string().c_str());
+  std::vector<std::string> targets;
+  std::vector<const v1::HostRecord*> hosts;
+  if (std::any_of(s.state().services().begin(), s.state().services().end(),
+                  [](const auto& svc) { return svc.host().empty() || svc.host() == "local"; })) {
+    hosts.push_back(&s.state().host());
+  }
+  for (const auto& h : s.state().hosts()) hosts.push_back(&h);
+  for (const v1::HostRecord* h : hosts) {
+    if (h->metrics_address().empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "parleyd ", h->name(), " at ", h->address(),
+          " serves no metrics (start it with --metrics_listen, then run parley up again)"));
+    }
+    std::string target = h->metrics_address();
+    // A wildcard listen address is reached at the host the peers reach.
+    for (absl::string_view any : {"0.0.0.0:", "[::]:"}) {
+      if (absl::StartsWith(target, any)) {
+        target = absl::StrCat(h->address().substr(0, h->address().rfind(':')), ":",
+                              target.substr(any.size()));
+      }
+    }
+    if (std::find(targets.begin(), targets.end(), target) == targets.end()) {
+      targets.push_back(target);
+    }
+  }
+  ASSIGN_OR_RETURN(absl::Duration interval, ParseDuration(args.Get("--interval", "15s")));
+  const std::string every = absl::StrCat(absl::ToInt64Seconds(interval), "s");
+  const std::string name =
+      args.Get("--name", fs::path(s.state().model_file()).parent_path().filename().string());
+  std::string out = absl::StrCat(
+      "# Parley: scrape every parleyd of a model (deploy/prometheus/README.md).\n"
+      "global:\n  scrape_interval: ",
+      every, "\n  evaluation_interval: ", every, "\n");
+  if (args.Has("--rules")) {
+    absl::StrAppend(&out, "rule_files:\n  - ", AbsolutePath(args.Get("--rules")), "\n");
+  }
+  absl::StrAppend(&out, "scrape_configs:\n  - job_name: parley\n    scrape_interval: ", every,
+                  "\n    metrics_path: /metrics\n    static_configs:\n      - targets:\n");
+  for (const auto& t : targets) absl::StrAppend(&out, "          - ", t, "\n");
+  absl::StrAppend(&out, "        labels:\n          model: ", name, "\n");
+  std::printf("%s", out.c_str());
   return absl::OkStatus();
 }
 
