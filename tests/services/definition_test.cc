@@ -1145,7 +1145,7 @@ TEST_F(ModelTest, BadModelsAreRefused) {
 
   yaml = "interfaces: ../shared\nservices:\n  web:\n    definitoin: ../defs/webapp\n";
   EXPECT_EQ(ModelError(yaml), ModelAt(yaml, "definitoin", "services.web") +
-                                  "unknown key 'definitoin' (expected definition, units, config)");
+                                  "unknown key 'definitoin' (expected definition, units, config, host)");
 
   yaml = "interfaces: ../shared\nservices:\n  web: {units: 2}\n";
   EXPECT_EQ(ModelError(yaml),
@@ -1159,7 +1159,7 @@ TEST_F(ModelTest, BadModelsAreRefused) {
   yaml = "interfaces: ../shared\nservicse: {}\n";
   EXPECT_EQ(ModelError(yaml), ModelAt(yaml, "servicse", "") +
                                   "unknown key 'servicse' (expected description, interfaces, "
-                                  "services, relations)");
+                                  "hosts, services, relations)");
 }
 
 TEST_F(ModelTest, HostsPlaceServicesOnOtherParleyds) {
