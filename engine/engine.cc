@@ -705,6 +705,9 @@ absl::StatusOr<RunResult> Engine::Execute(const v1::Event& event, uint32_t attem
   RunResult result;
   result.handler_time = clock_->Now() - start;
   result.handlers_run = run_->executions;
+  // The stored trace says how long the run took up to its commit (the commit itself is written
+  // with it, so it cannot count itself).
+  trace.set_duration_ns(absl::ToInt64Nanoseconds(result.handler_time));
   auto ticket = CommitRun(event, trace);
   if (!ticket.ok()) {
     run_.reset();

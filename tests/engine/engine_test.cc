@@ -521,6 +521,21 @@ TEST_F(EngineTest, TracesAreKeptInTheKb) {
   EXPECT_THAT(Ran((*traces)[2]), ElementsAre("h"));
 }
 
+// A stored trace says how long its run took (time passes on the manual clock inside a handler).
+TEST_F(EngineTest, StoredTracesHaveTheirRunsDuration) {
+  Handler("slow", {}, {}, {"go"}, [&](RunContext&) {
+    clock_.Advance(absl::Milliseconds(7));
+    return absl::OkStatus();
+  });
+  Start();
+  Run(Named("go"));
+  auto traces = engine_->Traces(1);
+  ASSERT_TRUE(traces.ok());
+  ASSERT_EQ(traces->size(), 1u);
+  EXPECT_EQ((*traces)[0].result(), v1::Trace::RESULT_COMMITTED);
+  EXPECT_EQ((*traces)[0].duration_ns(), absl::ToInt64Nanoseconds(absl::Milliseconds(7)));
+}
+
 // The inbox is FIFO and durable: events queued before a restart run after it, in order.
 TEST_F(EngineTest, InboxIsDurableFifo) {
   std::vector<std::string> order;
