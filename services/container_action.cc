@@ -322,7 +322,7 @@ class ContainerRunner : public engine::Action {
   }
 
   void Log(engine::RunContext& ctx, absl::string_view text) const {
-    if (options_.log) options_.log(ctx.handler(), "container", text);
+    if (options_.log) options_.log(ctx.unit(), ctx.handler(), "container", text);
   }
 
   const ContainerAction action_;

@@ -59,8 +59,10 @@ struct ExecOptions {
   // leave the group (setsid) or, better, be started by the service manager.
   absl::Duration drain_grace = absl::Seconds(1);
   // Receives `parley-hook log` messages and the captured output of each run ("log", "stdout",
-  // "stderr"). May be empty. Called on the calling thread.
-  std::function<void(absl::string_view handler, absl::string_view source, absl::string_view text)>
+  // "stderr", "http", "container"), with the unit and handler that produced them. May be empty.
+  // Called on the calling thread.
+  std::function<void(absl::string_view unit, absl::string_view handler, absl::string_view source,
+                     absl::string_view text)>
       log;
 
   // `http` actions (services/http_action.h): bytes of response body accepted; a larger body

@@ -65,7 +65,7 @@ class HttpRunner : public engine::Action {
 
     ASSIGN_OR_RETURN(HttpResponse response, SendHttpRequest(request));
     if (options_.log) {
-      options_.log(ctx.handler(), "http",
+      options_.log(ctx.unit(), ctx.handler(), "http",
                    absl::StrCat(request.method, " ", request.url, ": ", response.status));
     }
     if (!Expected(response.status)) {

@@ -108,10 +108,11 @@ int main(int argc, char** argv) {
   exec.extra_path.push_back(std::filesystem::absolute(argv[0]).parent_path().string());
   exec.state_root = absl::GetFlag(FLAGS_state_dir);
   ps::Host* h = nullptr;
-  exec.log = [&h](absl::string_view handler, absl::string_view source, absl::string_view text) {
+  exec.log = [&h](absl::string_view unit, absl::string_view handler, absl::string_view source,
+                  absl::string_view text) {
     if (h == nullptr) return;
     parley::v1::LogRecord r;
-    r.set_agent("exec");
+    r.set_agent(std::string(unit));
     r.set_level(source == "stderr" ? parley::v1::LOG_LEVEL_WARNING : parley::v1::LOG_LEVEL_INFO);
     r.set_message(absl::StrCat(handler, " ", source, ": ", text));
     h->logs().Add(std::move(r));

@@ -382,7 +382,7 @@ Reply Handle(const HookEnv& env, const std::vector<std::string>& a) {
   }
   if (!a.empty() && a[0] == "log") {
     if (a.size() != 2) return Refused("usage: log MESSAGE");
-    if (env.options->log) env.options->log(ctx.handler(), "log", a[1]);
+    if (env.options->log) env.options->log(ctx.unit(), ctx.handler(), "log", a[1]);
     return Ok();
   }
   if (verb == "event fire") {
@@ -730,7 +730,7 @@ void Report(const engine::RunContext& ctx, const ExecOptions& options, const Out
       text = absl::StrCat("[truncated: ", p->buffer.dropped(), " of ", p->buffer.total(),
                           " bytes dropped]\n", text);
     }
-    options.log(ctx.handler(), name, text);
+    options.log(ctx.unit(), ctx.handler(), name, text);
   }
 }
 

@@ -5,12 +5,14 @@
 
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
@@ -279,6 +281,31 @@ TEST_F(CliTest, ChangedModelIsAppliedAsADifference) {
   }
   CommandResult cfg = Parley({"config", "web"});
   EXPECT_THAT(cfg.out, HasSubstr("port      int     9200"));
+}
+
+TEST_F(CliTest, AReplacedDefinitionGetsNewUnitNumbers) {
+  ASSERT_EQ(Parley({"up", dir_.Sub("model.yaml")}).code, 0);
+  // The same lb job from another definition directory: its units are replaced, with new numbers
+  // (and so new state directories); the service keeps its place in the model.
+  Write(dir_.Sub("lb2/service.yaml"), kLb);
+  std::string model;
+  {
+    std::ifstream in(dir_.Sub("model.yaml"));
+    std::stringstream text;
+    text << in.rdbuf();
+    model = text.str();
+  }
+  absl::StrReplaceAll({{"definition: lb", "definition: lb2"}}, &model);
+  Write(dir_.Sub("model.yaml"), model);
+  CommandResult up = Parley({"up", dir_.Sub("model.yaml")});
+  ASSERT_EQ(up.code, 0) << up.err;
+  EXPECT_THAT(up.err, HasSubstr("removed lb/0"));
+  EXPECT_THAT(up.err, HasSubstr("added lb/1"));
+  v1::ModelStatus st = Status();
+  ASSERT_EQ(st.services_size(), 2);
+  EXPECT_EQ(st.services(0).name(), "web");
+  EXPECT_EQ(st.services(1).name(), "lb");
+  EXPECT_EQ(Unit(st, "lb/1")->workload().message(), "port 9000");
 }
 
 TEST_F(CliTest, DownKeepsStateAndUpResumes) {

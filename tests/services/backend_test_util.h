@@ -89,7 +89,7 @@ class BackendTest : public ::testing::Test {
   void Start(ExecOptions options) {
     auto def = LoadServiceDefinition(dir_.Sub("svc"), dir_.Sub("shared"));
     ASSERT_TRUE(def.ok()) << def.status();
-    options.log = [this](absl::string_view handler, absl::string_view source,
+    options.log = [this](absl::string_view, absl::string_view handler, absl::string_view source,
                          absl::string_view text) {
       logs_.push_back(absl::StrCat(handler, "|", source, "|", text));
     };

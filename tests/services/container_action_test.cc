@@ -261,7 +261,7 @@ class ContainerActionTest : public ::testing::Test {
     ExecOptions options;
     options.container_socket = socket.empty() ? podman_->socket : socket;
     options.container_stop_grace = absl::Seconds(3);
-    options.log = [this](absl::string_view handler, absl::string_view source,
+    options.log = [this](absl::string_view, absl::string_view handler, absl::string_view source,
                          absl::string_view text) {
       logs_.push_back(absl::StrCat(handler, "|", source, "|", text));
     };

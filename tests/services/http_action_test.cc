@@ -332,7 +332,7 @@ class HttpActionTest : public HttpServerTest {
     ASSERT_TRUE(def.ok()) << def.status();
     ExecOptions options;
     options.http_response_limit = 64 * 1024;
-    options.log = [this](absl::string_view handler, absl::string_view source,
+    options.log = [this](absl::string_view, absl::string_view handler, absl::string_view source,
                          absl::string_view text) {
       logs_.push_back(absl::StrCat(handler, "|", source, "|", text));
     };

@@ -720,6 +720,7 @@ absl::Status Up(Session& s, const Args& args) {
     while (svc->units_size() > 0) {
       RETURN_IF_ERROR(s.RemoveUnit(svc->units(svc->units_size() - 1).name()));
     }
+    (*state.mutable_next_units())[name] = svc->next_unit();
     auto* services = state.mutable_services();
     for (int i = 0; i < services->size(); ++i) {
       if (services->Get(i).name() == name) {
@@ -738,6 +739,9 @@ absl::Status Up(Session& s, const Args& args) {
       svc->set_definition_dir(AbsolutePath(m.definition_dir));
       svc->set_definition_name(m.definition.name);
       svc->set_host(m.host);
+      if (auto it = state.next_units().find(m.name); it != state.next_units().end()) {
+        svc->set_next_unit(it->second);
+      }
       RETURN_IF_ERROR(s.Save());
     }
     RETURN_IF_ERROR(s.ApplyConfig(*svc, m.config));
@@ -766,6 +770,18 @@ absl::Status Up(Session& s, const Args& args) {
         s.AddRelation(mr.a.service, mr.a.endpoint, mr.b.service, mr.b.endpoint, ep->interface)
             .status());
   }
+  // Services in the model's order, as model.proto promises (a replaced one was re-added last).
+  std::stable_sort(state.mutable_services()->begin(), state.mutable_services()->end(),
+                   [&](const v1::ServiceRecord& a, const v1::ServiceRecord& b) {
+                     auto index = [&](const std::string& name) {
+                       for (size_t i = 0; i < model.services.size(); ++i) {
+                         if (model.services[i].name == name) return i;
+                       }
+                       return model.services.size();
+                     };
+                     return index(a.name()) < index(b.name());
+                   });
+  RETURN_IF_ERROR(s.Save());
   // Every unit pair of every relation (new units included); relating again changes nothing.
   for (const auto& rel : state.relations()) RETURN_IF_ERROR(s.RelateUnits(rel));
   std::fprintf(stderr, "applied %s: %zu services, %zu units, %d relations\n", model.file.c_str(),
