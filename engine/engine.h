@@ -98,6 +98,17 @@ class Engine {
   // Appends `event` to the durable inbox (its id is assigned here) in a transaction of its own.
   absl::StatusOr<EnqueueResult> Enqueue(v1::Event event);
 
+  // Changes config: sets `set`, removes `unset`. Config is a state, not a stream of events: the
+  // change is made against the config the inbox already leads to (the committed config with the
+  // changes of every config.changed event still queued). When config.changed events are queued,
+  // the first of them is rewritten to carry the whole change from the committed config to the
+  // new one and the later ones carry none, so a value that made a handler fail can be corrected
+  // (if the first one is the failing inbox head, it is retried at once). Otherwise a new
+  // config.changed is queued. Returns the id of the event that will apply it, 0 when the config
+  // the inbox leads to does not change.
+  absl::StatusOr<EnqueueResult> ChangeConfig(const std::map<std::string, std::string>& set,
+                                             const std::vector<std::string>& unset);
+
   // Appends a relation event received from the remote unit it names, with the sender's
   // sequence number for (relation, sender, this agent). Exactly once, in order: a sequence
   // already received is reported as a duplicate and changes nothing; a gap is OUT_OF_RANGE.

@@ -562,28 +562,15 @@ v1::CheckIdleResponse Agent::CheckIdle() const {
 }
 
 absl::StatusOr<uint64_t> Agent::SetConfig(const v1::SetConfigRequest& request) {
-  v1::Event e;
-  e.set_name("config.changed");
-  e.set_source("api");
-  const auto& config = engine_->config();
   for (const auto& [k, v] : request.set()) RETURN_IF_ERROR(CheckConfig(k, v));
   for (const auto& k : request.unset()) RETURN_IF_ERROR(CheckConfig(k, ""));
-  for (const auto& [k, v] : request.set()) {
-    auto it = config.find(k);
-    if (it != config.end() && it->second == v) continue;
-    v1::BagChange* c = e.add_config_changes();
-    c->set_key(k);
-    c->set_value(v);
-  }
-  for (const auto& k : request.unset()) {
-    if (!config.contains(k)) continue;
-    v1::BagChange* c = e.add_config_changes();
-    c->set_key(k);
-    c->set_deleted(true);
-  }
-  if (e.config_changes_size() == 0) return 0;
-  ASSIGN_OR_RETURN(auto r, engine_->Enqueue(std::move(e)));
+  const std::map<std::string, std::string> set(request.set().begin(), request.set().end());
+  const std::vector<std::string> unset(request.unset().begin(), request.unset().end());
+  ASSIGN_OR_RETURN(engine::EnqueueResult r, engine_->ChangeConfig(set, unset));
+  if (r.event_id == 0) return 0;
+  last_ticket_ = std::max(last_ticket_, r.ticket);
   Kick();
+  Notify();
   return r.event_id;
 }
 
@@ -616,6 +603,8 @@ absl::StatusOr<uint64_t> Agent::FireEvent(const v1::FireEventRequest& request) {
   e.set_source("api");
   *e.mutable_params() = request.params();
   ASSIGN_OR_RETURN(auto r, engine_->Enqueue(std::move(e)));
+  // The API answers once this is durable (AfterDurable).
+  last_ticket_ = std::max(last_ticket_, r.ticket);
   Kick();
   Notify();
   return r.event_id;
@@ -694,7 +683,8 @@ absl::Status Agent::Relate(const v1::RelateRequest& request, const std::string& 
   rc->set_kind(v1::RELATION_EVENT_KIND_CREATED);
   rc->set_remote_endpoint(request.remote_endpoint());
   rc->set_interface(interface);
-  RETURN_IF_ERROR(engine_->Enqueue(std::move(e)).status());
+  ASSIGN_OR_RETURN(engine::EnqueueResult queued, engine_->Enqueue(std::move(e)));
+  last_ticket_ = std::max(last_ticket_, queued.ticket);
   Log(v1::LOG_LEVEL_INFO,
       absl::StrCat("related ", request.endpoint(), " to ", request.remote_agent(), ":",
                    request.remote_endpoint(), " as ", request.relation_id()));
@@ -726,10 +716,14 @@ absl::Status Agent::Unrelate(const std::string& relation_id) {
   };
   // The last departure queues the broken event (see the engine).
   for (const auto& unit : units) {
-    RETURN_IF_ERROR(engine_->Enqueue(make(v1::RELATION_EVENT_KIND_DEPARTED, unit)).status());
+    ASSIGN_OR_RETURN(engine::EnqueueResult queued,
+                     engine_->Enqueue(make(v1::RELATION_EVENT_KIND_DEPARTED, unit)));
+    last_ticket_ = std::max(last_ticket_, queued.ticket);
   }
   if (units.empty()) {
-    RETURN_IF_ERROR(engine_->Enqueue(make(v1::RELATION_EVENT_KIND_BROKEN, "")).status());
+    ASSIGN_OR_RETURN(engine::EnqueueResult queued,
+                     engine_->Enqueue(make(v1::RELATION_EVENT_KIND_BROKEN, "")));
+    last_ticket_ = std::max(last_ticket_, queued.ticket);
   }
   Log(v1::LOG_LEVEL_INFO, absl::StrCat("unrelating ", relation_id));
   Kick();

@@ -425,6 +425,27 @@ TEST_F(CliTest, AFailingScriptIsReportedInStatusLogsAndCli) {
   EXPECT_THAT(Ok({"logs", "--unit", "web/0", "--level", "warning"}), HasSubstr("crash"));
 }
 
+TEST_F(CliTest, AConfigValueThatFailsCanBeCorrected) {
+  Write(dir_.Sub("web/service.yaml"), absl::StrCat(kWeb, R"(  - name: check
+    on: [config.changed]
+    action:
+      kind: exec
+      command: [sh, -c, '[ "$1" != bad ] || { echo "greeting bad refused" >&2; exit 1; }', sh, "{{config.greeting}}"]
+)"));
+  ASSERT_EQ(Parley({"up", dir_.Sub("model.yaml")}).code, 0);
+  Ok({"config", "web", "greeting=bad"});
+  CommandResult wait = Parley({"wait", "--timeout", "3s"});
+  EXPECT_EQ(wait.code, 3);
+  EXPECT_THAT(wait.err, HasSubstr("greeting bad refused"));
+  // Resetting the value corrects the queued change: the units settle without waiting out the
+  // retries of the failed one.
+  Ok({"config", "web", "greeting="});
+  Ok({"wait", "--timeout", "20s"});
+  v1::ModelStatus st = Status();
+  EXPECT_EQ(Unit(st, "web/0")->agent_state(), v1::AGENT_STATE_IDLE);
+  EXPECT_EQ(Unit(st, "web/0")->workload().message(), "hello on 9000");
+}
+
 TEST_F(CliTest, WaitTimesOutOnAFailingUnitAndSaysWhy) {
   // A handler that fails on every attempt: the unit never settles.
   Write(dir_.Sub("web/service.yaml"), absl::StrCat(kWeb, R"(  - name: broken

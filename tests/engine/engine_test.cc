@@ -774,6 +774,50 @@ TEST_F(EngineTest, ConfigChangesApplyInTheRun) {
   EXPECT_EQ(engine_->config().at("port"), "8080");
 }
 
+// Config is a state: a change is made against what the inbox leads to, and a queued config
+// change that fails can be corrected instead of blocking the inbox until its retries give up.
+TEST_F(EngineTest, ConfigChangesMergeIntoTheQueuedOne) {
+  std::vector<std::string> seen;
+  Handler("apply", {}, {}, {"config.changed"}, [&](RunContext& ctx) {
+    const std::string port = ctx.Config("port").value_or("-");
+    seen.push_back(port);
+    if (port == "bad") return absl::InternalError("cannot listen on port 'bad'");
+    return absl::OkStatus();
+  });
+  Start();
+  // Nothing queued: a new event. The same config again: nothing.
+  auto first = engine_->ChangeConfig({{"port", "1"}}, {});
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_GT(first->event_id, 0u);
+  EXPECT_EQ(engine_->ChangeConfig({{"port", "1"}}, {})->event_id, 0u);
+  // Queued: the change merges into the queued event rather than queueing another.
+  auto second = engine_->ChangeConfig({{"port", "2"}, {"mode", "x"}}, {});
+  EXPECT_EQ(second->event_id, first->event_id);
+  EXPECT_EQ(engine_->inbox_depth(), 1u);
+  ASSERT_TRUE(engine_->RunUntilIdle().ok());
+  EXPECT_THAT(seen, ElementsAre("2"));
+  EXPECT_EQ(engine_->config().at("mode"), "x");
+
+  // A value the handler refuses: the run fails and waits for its retry...
+  auto bad = engine_->ChangeConfig({{"port", "bad"}}, {{"mode"}});
+  auto r = engine_->RunOnce();
+  ASSERT_TRUE(r.ok());
+  ASSERT_EQ(r->outcome, RunOutcome::kFailed);
+  EXPECT_EQ(engine_->RunOnce()->outcome, RunOutcome::kNotDue);
+  // ...until the value is corrected: the failing event now carries the correction and is due.
+  auto fixed = engine_->ChangeConfig({{"port", "3"}}, {});
+  EXPECT_EQ(fixed->event_id, bad->event_id);
+  r = engine_->RunOnce();
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->outcome, RunOutcome::kCommitted);
+  EXPECT_EQ(engine_->config().at("port"), "3");
+  EXPECT_FALSE(engine_->config().contains("mode"));
+  EXPECT_FALSE(engine_->failure().has_value());
+  EXPECT_THAT(seen, ElementsAre("2", "bad", "3"));
+  // Restoring what is committed while nothing is queued changes nothing.
+  EXPECT_EQ(engine_->ChangeConfig({{"port", "3"}}, {})->event_id, 0u);
+}
+
 // Timers a handler asks for are stored with the run and become timer.<name> events.
 TEST_F(EngineTest, TimersBecomeEvents) {
   int fired = 0;
