@@ -160,6 +160,8 @@ struct Engine::Run {
   RunContext ctx;
   Handler* current = nullptr;
   std::deque<std::pair<Handler*, uint32_t>> queue;
+  // RunContext::Output, for the trace.
+  std::map<std::string, std::string> outputs;
   std::vector<FactState*> changed;  // since the last retest
   std::vector<std::string> fired;   // by the current handler
   std::vector<v1::FactChange>* current_changes = nullptr;
@@ -1100,6 +1102,7 @@ void Engine::BuildTrace(v1::Trace& trace) const {
     c->set_value(f->value);
   }
   trace.set_handlers_run(run_->executions);
+  for (const auto& [k, v] : run_->outputs) (*trace.mutable_outputs())[k] = v;
 }
 
 absl::Status Engine::StageOutbox(uint64_t run_number, v1::Trace& trace, uint64_t& next_outbox) {
@@ -1509,6 +1512,15 @@ absl::Status RunContext::SetTimer(absl::string_view name, absl::Duration delay) 
   engine_->timers_[std::string(name)] = due;
   engine_->txn_->Put(Space::kMeta, MetaKey("timer", name),
                      kb::EncodeU64(static_cast<uint64_t>(absl::ToUnixMillis(due))));
+  return absl::OkStatus();
+}
+
+absl::Status RunContext::Output(absl::string_view key, absl::string_view value) {
+  if (key.empty() || key.find('\0') != absl::string_view::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("handler ", handler(), ": an output key is empty or has a NUL byte"));
+  }
+  engine_->run_->outputs[std::string(key)] = std::string(value);
   return absl::OkStatus();
 }
 

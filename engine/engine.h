@@ -304,6 +304,9 @@ class RunContext {
                           bool service = false);
 
   absl::Status SetStatus(v1::WorkloadState state, absl::string_view message);
+  // Reports `key` = `value` as a result of this run (a user action's answer): recorded in the
+  // run's trace if it commits, not in the facts.
+  absl::Status Output(absl::string_view key, absl::string_view value);
 
   // Config as of this run (config.changed events apply their change before handlers run).
   std::optional<std::string> Config(absl::string_view key) const;

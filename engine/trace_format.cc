@@ -1,5 +1,7 @@
 #include "engine/trace_format.h"
 
+#include <map>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -85,6 +87,10 @@ std::string FormatTrace(const v1::Trace& t) {
         &out, t.result() == v1::Trace::RESULT_COMMITTED ? ", facts " : ", discarded ",
         absl::StrJoin(t.facts_changed(), " ",
                       [](std::string* o, const v1::FactChange& c) { o->append(FormatChange(c)); }));
+  }
+  if (t.outputs_size() > 0) {
+    std::map<std::string, std::string> outputs(t.outputs().begin(), t.outputs().end());
+    absl::StrAppend(&out, ", output ", absl::StrJoin(outputs, " ", absl::PairFormatter("=")));
   }
   if (!t.error().empty()) absl::StrAppend(&out, "\n  error: ", t.error());
   absl::StrAppend(&out, "\n");

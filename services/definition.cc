@@ -1071,7 +1071,7 @@ class DefinitionReader {
   absl::StatusOr<BuiltinStep> ReadStep(const At& at, const HandlerDef& h) {
     static constexpr absl::string_view kSteps =
         "set: <fact>[=<value>], clear: <fact>, relation-set: {endpoint, key, value}, "
-        "status: {state, message} or fire: <event>";
+        "status: {state, message}, fire: <event> or output: <key>=<value>";
     if (!at.node.IsMap() || at.node.size() != 1) {
       return at.Error(absl::StrCat("a step is a map with one key: ", kSteps));
     }
@@ -1094,6 +1094,19 @@ class DefinitionReader {
         value_at.node = YAML::Node(text.substr(eq + 1));
         ASSIGN_OR_RETURN(step.value, ReadTemplate(value_at, h));
       }
+      return step;
+    }
+    if (op == "output") {
+      step.kind = BuiltinStep::Kind::kOutput;
+      ASSIGN_OR_RETURN(std::string text, ReadString(value));
+      const size_t eq = text.find('=');
+      if (eq == std::string::npos || eq == 0) {
+        return value.Error(absl::StrCat("expected <key>=<value>, got '", text, "'"));
+      }
+      step.name = text.substr(0, eq);
+      At value_at = value;
+      value_at.node = YAML::Node(text.substr(eq + 1));
+      ASSIGN_OR_RETURN(step.value, ReadTemplate(value_at, h));
       return step;
     }
     if (op == "fire") {
@@ -1354,6 +1367,11 @@ class BuiltinRunner : public engine::Action {
         ASSIGN_OR_RETURN(std::string value, ExpandTemplate(step.value, ctx, defaults_));
         absl::Status s = ctx.Set(step.name, value);
         return s.ok() ? s : fail(absl::StrCat("set ", step.name), s);
+      }
+      case BuiltinStep::Kind::kOutput: {
+        ASSIGN_OR_RETURN(std::string value, ExpandTemplate(step.value, ctx, defaults_));
+        absl::Status s = ctx.Output(step.name, value);
+        return s.ok() ? s : fail(absl::StrCat("output ", step.name), s);
       }
       case BuiltinStep::Kind::kClear: {
         absl::Status s = ctx.Clear(step.name);

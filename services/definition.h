@@ -173,13 +173,14 @@ struct HttpAction {
 
 // One step of a builtin action.
 struct BuiltinStep {
-  enum class Kind { kSet, kClear, kRelationSet, kStatus, kFire };
+  enum class Kind { kSet, kClear, kRelationSet, kStatus, kFire, kOutput };
   Kind kind = Kind::kSet;
-  // kSet / kClear: the fact; kRelationSet: the endpoint; kFire: the event.
+  // kSet / kClear: the fact; kRelationSet: the endpoint; kFire: the event; kOutput: the key.
   std::string name;
   // kRelationSet: the relation data key.
   std::string key;
-  // kSet: the fact's value; kRelationSet: the data value; kStatus: the message.
+  // kSet: the fact's value; kRelationSet: the data value; kStatus: the message; kOutput: the
+  // reported value.
   Template value;
   // kStatus.
   v1::WorkloadState state = v1::WORKLOAD_STATE_UNSPECIFIED;

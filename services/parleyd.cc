@@ -101,7 +101,8 @@ int main(int argc, char** argv) {
   // Agents from service definitions run exec/ansible/... actions; the factory outlives the host
   // (the actions it made keep copies of what they need).
   ps::ExecOptions exec;
-  exec.extra_path.push_back(std::filesystem::path(argv[0]).parent_path().string());
+  // parley-hook is installed beside parleyd; an absolute path, since programs run elsewhere.
+  exec.extra_path.push_back(std::filesystem::absolute(argv[0]).parent_path().string());
   exec.state_root = absl::GetFlag(FLAGS_state_dir);
   ps::Host* h = nullptr;
   exec.log = [&h](absl::string_view handler, absl::string_view source, absl::string_view text) {

@@ -400,7 +400,7 @@ Reply Handle(const HookEnv& env, const std::vector<std::string>& a) {
   if (verb == "action output") {
     if (a.size() != 4) return Refused("usage: action output KEY VALUE");
     if (a[2].empty()) return Refused("action output: the key is empty");
-    return FromStatus(ctx.Set(absl::StrCat("action.output.", a[2]), a[3]));
+    return FromStatus(ctx.Output(a[2], a[3]));
   }
   return Refused(absl::StrCat(
       "unknown request '", Printable(verb.substr(0, 100)),

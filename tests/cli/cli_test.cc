@@ -77,7 +77,7 @@ handlers:
     action:
       kind: builtin
       steps:
-        - set: "action.output.reply=hi {{event.who}}"
+        - output: "reply=hi {{event.who}}"
 )";
 
 constexpr char kPeers[] = "name: web-peers\nrequired: {}\n";
@@ -222,6 +222,9 @@ TEST_F(CliTest, ConfigScaleAndActions) {
   CommandResult run = Parley({"run", "web/2", "hello", "who=bob"});
   EXPECT_EQ(run.code, 0) << run.err;
   EXPECT_EQ(run.out, "reply: hi bob\n");
+  // The output is the run's own, not a fact: the same answer again is printed again.
+  run = Parley({"run", "web/2", "hello", "who=bob"});
+  EXPECT_EQ(run.out, "reply: hi bob\n") << run.err;
 
   // Removing a unit departs its relations: the lb forgets it.
   Ok({"remove-unit", "web/1"});

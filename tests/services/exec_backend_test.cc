@@ -274,7 +274,11 @@ TEST_F(ExecBackendTest, HookToolsActOnTheRun) {
   // Action output, with a parameter passed as an argument (never through a shell string).
   r = Run(Named("action.backup", {{"path", "/tmp/x; rm -rf /"}}));
   ASSERT_EQ(r.outcome, engine::RunOutcome::kCommitted) << FailureMessage();
-  EXPECT_EQ(engine_->FactValue("action.output.path"), "/tmp/x; rm -rf /");
+  auto traces = engine_->Traces(1);
+  ASSERT_TRUE(traces.ok()) << traces.status();
+  ASSERT_EQ(traces->size(), 1u);
+  EXPECT_EQ(traces->back().outputs().at("path"), "/tmp/x; rm -rf /");
+  EXPECT_FALSE(engine_->FactValue("action.output.path").has_value());
 }
 
 TEST_F(ExecBackendTest, AFailingScriptLeavesNothing) {

@@ -1003,11 +1003,8 @@ absl::Status Run(Session& s, const Args& args, int& exit_code) {
       const v1::Trace& t = traces.traces(i);
       if (t.trigger().id() != fired.event_id()) continue;
       if (t.result() == v1::Trace::RESULT_COMMITTED) {
-        for (const auto& f : t.facts_changed()) {
-          if (f.set() && absl::StartsWith(f.name(), "action.output.")) {
-            std::printf("%s: %s\n", f.name().substr(14).c_str(), f.value().c_str());
-          }
-        }
+        std::map<std::string, std::string> outputs(t.outputs().begin(), t.outputs().end());
+        for (const auto& [k, v] : outputs) std::printf("%s: %s\n", k.c_str(), v.c_str());
         return absl::OkStatus();
       }
       return absl::AbortedError(absl::StrCat(
