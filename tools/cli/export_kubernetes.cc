@@ -150,9 +150,9 @@ void StatefulSet(YAML::Emitter& y, const services::ModelService& s, bool interfa
     << YAML::Key << "containerPort" << YAML::Value << kMetricsPort << YAML::EndMap;
   y << YAML::EndSeq;
   // Live: parleyd answers. Ready: the unit is idle (nothing queued, running or unacknowledged)
-  // and every relation it takes part in has its remote units joined.
+  // and every relation the plan gives it has all its remote units joined.
   ExecProbe(y, "livenessProbe", {"parley", "probe"}, 10, 10, 3);
-  ExecProbe(y, "readinessProbe", {"parley", "probe", "--ready"}, 2, 5, 1);
+  ExecProbe(y, "readinessProbe", {"parley", "probe", "--ready", "--plan", kPlanFile}, 2, 5, 1);
   y << YAML::Key << "resources" << YAML::Value << YAML::BeginMap << YAML::Key << "requests"
     << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "cpu" << YAML::Value
     << o.cpu_request << YAML::Key << "memory" << YAML::Value << o.memory_request << YAML::EndMap

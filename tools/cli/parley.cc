@@ -177,7 +177,8 @@ const std::vector<Command>& Commands() {
        "",
        "Exit 0 when the parleyd answers (and with --ready, its units are idle and related)",
        {{"--ready", false, "Readiness: idle, with every relation's remote units joined"},
-        {"--address", true, "The parleyd (default 127.0.0.1:7000)"}},
+        {"--address", true, "The parleyd (default 127.0.0.1:7000)"},
+        {"--plan", true, "Ready also means every relation of this exported plan is there"}},
        0,
        0},
   };
@@ -1352,7 +1353,8 @@ int Main(int argc, char** argv) {
   else if (name == "export")
     st = Export(args);
   else if (name == "probe")
-    st = Probe(args.Get("--address", absl::StrCat("127.0.0.1:", kAgentPort)), args.Has("--ready"));
+    st = Probe(args.Get("--address", absl::StrCat("127.0.0.1:", kAgentPort)), args.Has("--ready"),
+               args.Get("--plan"));
   if (st.ok()) return kOk;
   std::fprintf(stderr, "parley %s: %s\n", name.c_str(), std::string(st.message()).c_str());
   if (absl::IsInvalidArgument(st)) return kUsage;

@@ -96,21 +96,24 @@ absl::Status Host(AgentClient& client, const v1::ModelState& plan, const v1::Ser
   return absl::OkStatus();
 }
 
-// Relates `unit` where its service is the asking side; relating again changes nothing.
-absl::Status Relate(AgentClient& client, const v1::ModelState& plan, const std::string& service,
-                    const std::string& unit) {
-  auto find = [&](const std::string& name) -> const v1::ServiceRecord* {
-    for (const auto& s : plan.services()) {
-      if (s.name() == name) return &s;
-    }
-    return nullptr;
-  };
+const v1::ServiceRecord* FindService(const v1::ModelState& plan, const std::string& name) {
+  for (const auto& s : plan.services()) {
+    if (s.name() == name) return &s;
+  }
+  return nullptr;
+}
+
+// What `unit` asks for where its service is a relation's asking side (as `parley up` does; peers:
+// each pair once, asked by the lower-numbered unit).
+std::vector<v1::RelateRequest> RelateRequests(const v1::ModelState& plan,
+                                              const std::string& service,
+                                              const std::string& unit) {
+  std::vector<v1::RelateRequest> out;
   for (const auto& rel : plan.relations()) {
     if (rel.a_service() != service) continue;
-    const v1::ServiceRecord* b = find(rel.b_service());
+    const v1::ServiceRecord* b = FindService(plan, rel.b_service());
     if (b == nullptr) continue;
     const bool peers = rel.a_service() == rel.b_service() && rel.a_endpoint() == rel.b_endpoint();
-    // Peers: each pair once, asked by the lower-numbered unit (as `parley up` does).
     bool seen_self = false;
     for (const auto& remote : b->units()) {
       if (remote.name() == unit) {
@@ -125,11 +128,10 @@ absl::Status Relate(AgentClient& client, const v1::ModelState& plan, const std::
       req.set_remote_agent(remote.name());
       req.set_remote_address(remote.address());
       req.set_remote_endpoint(rel.b_endpoint());
-      v1::RelateResponse resp;
-      RETURN_IF_ERROR(client.Call(&v1::Agent::Stub::Relate, req, &resp));
+      out.push_back(std::move(req));
     }
   }
-  return absl::OkStatus();
+  return out;
 }
 
 pid_t StartParleyd(const HostUnitOptions& o, const std::string& advertise) {
@@ -168,8 +170,48 @@ absl::Status SetUp(const HostUnitOptions& o, const v1::ModelState& plan,
     }
     absl::SleepFor(absl::Milliseconds(100));
   }
-  RETURN_IF_ERROR(Host(client, plan, svc, unit));
-  return Relate(client, plan, svc.name(), unit);
+  return Host(client, plan, svc, unit);
+}
+
+// Relating asks the remote agent (CheckRelation), which may not be up yet: each request is tried
+// again every `kRetry` until it is accepted, a signal comes (passed on to parleyd; returns it) or
+// `kGiveUp` passes (fails: the container restarts and tries again). Relating again changes nothing.
+constexpr absl::Duration kRetry = absl::Seconds(1);
+constexpr absl::Duration kGiveUp = absl::Minutes(10);
+
+absl::StatusOr<int> RelateAll(AgentClient& client, std::vector<v1::RelateRequest> pending,
+                              const sigset_t& signals, pid_t parleyd) {
+  const absl::Time deadline = absl::Now() + kGiveUp;
+  std::map<std::string, std::string> last_error;
+  while (!pending.empty()) {
+    std::vector<v1::RelateRequest> left;
+    for (const auto& req : pending) {
+      v1::RelateResponse resp;
+      absl::Status s = client.Call(&v1::Agent::Stub::Relate, req, &resp, absl::Seconds(5));
+      const std::string what = absl::StrCat(req.relation_id(), " with ", req.remote_agent());
+      if (s.ok()) {
+        std::fprintf(stderr, "parley host-unit: related %s\n", what.c_str());
+        continue;
+      }
+      if (last_error[what] != s.message()) {
+        last_error[what] = std::string(s.message());
+        std::fprintf(stderr, "parley host-unit: relating %s (will retry): %s\n", what.c_str(),
+                     last_error[what].c_str());
+      }
+      left.push_back(req);
+    }
+    pending = std::move(left);
+    if (pending.empty()) break;
+    if (absl::Now() > deadline) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "could not relate within ", absl::FormatDuration(kGiveUp), ": ", last_error.begin()->second));
+    }
+    if (waitpid(parleyd, nullptr, WNOHANG) == parleyd) return absl::UnavailableError("parleyd exited");
+    timespec wait = absl::ToTimespec(kRetry);
+    const int sig = sigtimedwait(&signals, nullptr, &wait);
+    if (sig == SIGTERM || sig == SIGINT) return sig;
+  }
+  return 0;
 }
 
 }  // namespace
@@ -220,11 +262,18 @@ int HostUnit(const HostUnitOptions& o) {
   sigprocmask(SIG_BLOCK, &signals, nullptr);
   const pid_t parleyd = StartParleyd(o, record->address());
   if (parleyd < 0) return fail(absl::InternalError(std::strerror(errno)));
-  if (absl::Status s = SetUp(o, *plan, *svc, *unit, parleyd); !s.ok()) {
+  absl::Status set_up = SetUp(o, *plan, *svc, *unit, parleyd);
+  absl::StatusOr<int> signalled = 0;
+  if (set_up.ok()) {
+    AgentClient client(absl::StrCat("127.0.0.1:", o.port));
+    signalled = RelateAll(client, RelateRequests(*plan, svc->name(), *unit), signals, parleyd);
+  }
+  if (!set_up.ok() || !signalled.ok()) {
     kill(parleyd, SIGTERM);
     waitpid(parleyd, nullptr, 0);
-    return fail(s);
+    return fail(set_up.ok() ? signalled.status() : set_up);
   }
+  if (*signalled != 0) kill(parleyd, *signalled);
   std::fprintf(stderr, "parley host-unit: %s at %s\n", unit->c_str(), record->address().c_str());
   while (true) {
     int status = 0;
@@ -237,7 +286,7 @@ int HostUnit(const HostUnitOptions& o) {
   }
 }
 
-absl::Status Probe(const std::string& address, bool ready) {
+absl::Status Probe(const std::string& address, bool ready, const std::string& plan_file) {
   AgentClient client(address);
   RETURN_IF_ERROR(client.Host(absl::Seconds(3)).status());
   if (!ready) return absl::OkStatus();
@@ -245,14 +294,33 @@ absl::Status Probe(const std::string& address, bool ready) {
   RETURN_IF_ERROR(client.Call(&v1::Agent::Stub::ListAgents, v1::ListAgentsRequest(), &agents,
                               absl::Seconds(3)));
   if (agents.agents().empty()) return absl::UnavailableError("no agent hosted yet");
+  absl::StatusOr<v1::ModelState> plan = v1::ModelState();
+  if (!plan_file.empty()) plan = LoadPlan(plan_file);
+  RETURN_IF_ERROR(plan.status());
   for (const auto& a : agents.agents()) {
     ASSIGN_OR_RETURN(v1::CheckIdleResponse idle, client.CheckIdle(a.agent()));
     if (!idle.idle()) return absl::UnavailableError(absl::StrCat(a.agent(), " is busy"));
     ASSIGN_OR_RETURN(v1::AgentStatus st, client.Status(a.agent(), absl::Seconds(3)));
+    std::map<std::string, int> joined;
     for (const auto& rel : st.relations()) {
+      joined[rel.relation_id()] = rel.remote_units_size();
       if (rel.remote_units().empty()) {
         return absl::UnavailableError(
             absl::StrCat(a.agent(), ": no remote unit has joined ", rel.relation_id()));
+      }
+    }
+    // Every relation of the plan, with every remote unit.
+    for (const auto& rel : plan->relations()) {
+      for (const auto& [mine, other] : {std::pair{rel.a_service(), rel.b_service()},
+                                        std::pair{rel.b_service(), rel.a_service()}}) {
+        if (mine != a.service()) continue;
+        const v1::ServiceRecord* remote = FindService(*plan, other);
+        const int want = remote == nullptr ? 0 : remote->units_size() - (mine == other ? 1 : 0);
+        if (joined[rel.id()] < want) {
+          return absl::UnavailableError(absl::StrCat(a.agent(), ": ", joined[rel.id()], " of ",
+                                                     want, " remote units joined ", rel.id()));
+        }
+        break;
       }
     }
   }

@@ -31,8 +31,9 @@ struct HostUnitOptions {
 int HostUnit(const HostUnitOptions& options);
 
 // Liveness: parleyd at `address` answers. Readiness (`ready`): besides, it hosts at least one
-// agent, every agent is idle (CheckIdle) and every relation it takes part in has remote units.
-// OK or why not.
-absl::Status Probe(const std::string& address, bool ready);
+// agent, every agent is idle (CheckIdle) and every relation it takes part in has remote units;
+// with a `plan_file`, every relation the plan gives its service is there with all the remote
+// units. OK or why not.
+absl::Status Probe(const std::string& address, bool ready, const std::string& plan_file);
 
 }  // namespace parley::cli
