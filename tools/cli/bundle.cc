@@ -32,7 +32,11 @@ bool IsUtf8Text(const std::string& s) {
   while (i < s.size()) {
     const unsigned char c = s[i];
     if (c == 0) return false;
-    const int extra = c < 0x80 ? 0 : (c >> 5) == 0x6 ? 1 : (c >> 4) == 0xe ? 2 : (c >> 3) == 0x1e ? 3 : -1;
+    const int extra = c < 0x80           ? 0
+                      : (c >> 5) == 0x6  ? 1
+                      : (c >> 4) == 0xe  ? 2
+                      : (c >> 3) == 0x1e ? 3
+                                         : -1;
     if (extra < 0 || i + extra >= s.size() + 1) return false;
     for (int k = 1; k <= extra; ++k) {
       if ((static_cast<unsigned char>(s[i + k]) >> 6) != 0x2) return false;
@@ -81,7 +85,7 @@ absl::StatusOr<Bundle> MakeBundle(const std::string& dir, size_t max_bytes) {
     }
     total += text.size();
     bundle.files[key] = std::move(text);
-    struct stat st{};
+    struct stat st {};
     const bool executable = stat(p.c_str(), &st) == 0 && (st.st_mode & S_IXUSR) != 0;
     google::protobuf::Struct entry;
     (*entry.mutable_fields())["key"].set_string_value(key);
@@ -114,11 +118,13 @@ absl::Status RestoreBundle(const std::string& mounted, const std::string& dir) {
   for (const auto& v : index.fields().at("files").list_value().values()) {
     const auto& f = v.struct_value().fields();
     if (!f.contains("key") || !f.contains("path")) {
-      return absl::DataLossError(absl::StrCat((src / kBundleIndex).string(), ": an entry without key or path"));
+      return absl::DataLossError(
+          absl::StrCat((src / kBundleIndex).string(), ": an entry without key or path"));
     }
     const std::string rel = f.at("path").string_value();
     if (rel.empty() || rel[0] == '/' || absl::StrContains(rel, "..")) {
-      return absl::DataLossError(absl::StrCat((src / kBundleIndex).string(), ": bad path '", rel, "'"));
+      return absl::DataLossError(
+          absl::StrCat((src / kBundleIndex).string(), ": bad path '", rel, "'"));
     }
     ASSIGN_OR_RETURN(std::string text, ReadFile(src / f.at("key").string_value()));
     const fs::path dst = fs::path(dir) / rel;

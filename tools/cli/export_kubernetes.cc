@@ -38,8 +38,9 @@ void Metadata(YAML::Emitter& y, const std::string& name, const KubernetesOptions
   y << YAML::EndMap << YAML::EndMap;
 }
 
-void ConfigMap(YAML::Emitter& y, const std::string& name, const std::map<std::string, std::string>& data,
-               const KubernetesOptions& o, const std::string& model, const std::string& service) {
+void ConfigMap(YAML::Emitter& y, const std::string& name,
+               const std::map<std::string, std::string>& data, const KubernetesOptions& o,
+               const std::string& model, const std::string& service) {
   y << YAML::BeginDoc << YAML::BeginMap;
   y << YAML::Key << "apiVersion" << YAML::Value << "v1";
   y << YAML::Key << "kind" << YAML::Value << "ConfigMap";
@@ -68,18 +69,18 @@ void Service(YAML::Emitter& y, const std::string& service, const KubernetesOptio
   y << YAML::Key << "parley.dev/model" << YAML::Value << model;
   y << YAML::Key << "parley.dev/service" << YAML::Value << service << YAML::EndMap;
   y << YAML::Key << "ports" << YAML::Value << YAML::BeginSeq;
-  y << YAML::Flow << YAML::BeginMap << YAML::Key << "name" << YAML::Value << "agent"
-    << YAML::Key << "port" << YAML::Value << kAgentPort << YAML::EndMap;
-  y << YAML::Flow << YAML::BeginMap << YAML::Key << "name" << YAML::Value << "metrics"
-    << YAML::Key << "port" << YAML::Value << kMetricsPort << YAML::EndMap;
+  y << YAML::Flow << YAML::BeginMap << YAML::Key << "name" << YAML::Value << "agent" << YAML::Key
+    << "port" << YAML::Value << kAgentPort << YAML::EndMap;
+  y << YAML::Flow << YAML::BeginMap << YAML::Key << "name" << YAML::Value << "metrics" << YAML::Key
+    << "port" << YAML::Value << kMetricsPort << YAML::EndMap;
   y << YAML::EndSeq << YAML::EndMap << YAML::EndMap;
 }
 
 void ExecProbe(YAML::Emitter& y, const char* key, std::vector<std::string> command, int delay,
                int period, int failures) {
   y << YAML::Key << key << YAML::Value << YAML::BeginMap;
-  y << YAML::Key << "exec" << YAML::Value << YAML::BeginMap << YAML::Key << "command"
-    << YAML::Value << YAML::Flow << command << YAML::EndMap;
+  y << YAML::Key << "exec" << YAML::Value << YAML::BeginMap << YAML::Key << "command" << YAML::Value
+    << YAML::Flow << command << YAML::EndMap;
   y << YAML::Key << "initialDelaySeconds" << YAML::Value << delay;
   y << YAML::Key << "periodSeconds" << YAML::Value << period;
   y << YAML::Key << "timeoutSeconds" << YAML::Value << 5;
@@ -125,10 +126,10 @@ void StatefulSet(YAML::Emitter& y, const services::ModelService& s, bool interfa
   y << YAML::Key << "parley.dev/service" << YAML::Value << s.name << YAML::EndMap << YAML::EndMap;
   y << YAML::Key << "spec" << YAML::Value << YAML::BeginMap;
   // The image's user (deploy/Dockerfile); fsGroup lets it write the volume.
-  y << YAML::Key << "securityContext" << YAML::Value << YAML::Flow << YAML::BeginMap
-    << YAML::Key << "runAsNonRoot" << YAML::Value << true << YAML::Key << "runAsUser"
-    << YAML::Value << 10001 << YAML::Key << "runAsGroup" << YAML::Value << 10001 << YAML::Key
-    << "fsGroup" << YAML::Value << 10001 << YAML::EndMap;
+  y << YAML::Key << "securityContext" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key
+    << "runAsNonRoot" << YAML::Value << true << YAML::Key << "runAsUser" << YAML::Value << 10001
+    << YAML::Key << "runAsGroup" << YAML::Value << 10001 << YAML::Key << "fsGroup" << YAML::Value
+    << 10001 << YAML::EndMap;
   // stop handlers run on SIGTERM before parleyd exits.
   y << YAML::Key << "terminationGracePeriodSeconds" << YAML::Value << 60;
   y << YAML::Key << "containers" << YAML::Value << YAML::BeginSeq << YAML::BeginMap;
@@ -146,8 +147,8 @@ void StatefulSet(YAML::Emitter& y, const services::ModelService& s, bool interfa
   y << YAML::Key << "ports" << YAML::Value << YAML::BeginSeq;
   y << YAML::Flow << YAML::BeginMap << YAML::Key << "name" << YAML::Value << "agent" << YAML::Key
     << "containerPort" << YAML::Value << kAgentPort << YAML::EndMap;
-  y << YAML::Flow << YAML::BeginMap << YAML::Key << "name" << YAML::Value << "metrics"
-    << YAML::Key << "containerPort" << YAML::Value << kMetricsPort << YAML::EndMap;
+  y << YAML::Flow << YAML::BeginMap << YAML::Key << "name" << YAML::Value << "metrics" << YAML::Key
+    << "containerPort" << YAML::Value << kMetricsPort << YAML::EndMap;
   y << YAML::EndSeq;
   // Live: parleyd answers. Ready: the unit is idle (nothing queued, running or unacknowledged)
   // and every relation the plan gives it has all its remote units joined.
@@ -220,7 +221,8 @@ v1::ModelState MakePlan(const services::Model& model, const std::string& definit
     }
     s->set_next_unit(m.units);
     for (const auto& ep : m.definition.endpoints) {
-      if (ep.role == engine::Role::kPeers) add_relation(m.name, ep.name, m.name, ep.name, ep.interface);
+      if (ep.role == engine::Role::kPeers)
+        add_relation(m.name, ep.name, m.name, ep.name, ep.interface);
     }
   }
   for (const services::ModelRelation& mr : model.relations) {
@@ -235,11 +237,11 @@ absl::StatusOr<std::string> ExportKubernetes(const services::Model& model,
                                              const KubernetesOptions& o) {
   const std::string name = ModelName(model);
   const std::string materialized = absl::StrCat(kUnitDataDir, "/definitions");
-  v1::ModelState plan = MakePlan(
-      model, materialized, absl::StrCat(kUnitDataDir, "/", kInterfacesBundle),
-      [](const std::string& service, int n) {
-        return absl::StrCat(service, "-", n, ".", service, ":", kAgentPort);
-      });
+  v1::ModelState plan =
+      MakePlan(model, materialized, absl::StrCat(kUnitDataDir, "/", kInterfacesBundle),
+               [](const std::string& service, int n) {
+                 return absl::StrCat(service, "-", n, ".", service, ":", kAgentPort);
+               });
   std::string plan_json;
   google::protobuf::util::JsonPrintOptions json_options;
   json_options.add_whitespace = true;

@@ -17,8 +17,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "google/protobuf/util/json_util.h"
-#include "parley/v1/model.pb.h"
 #include "kb/status_macros.h"
+#include "parley/v1/model.pb.h"
 #include "tools/cli/bundle.h"
 #include "tools/cli/client.h"
 
@@ -44,9 +44,8 @@ absl::StatusOr<std::string> UnitFromPodName(const std::string& pod) {
   const size_t dash = pod.rfind('-');
   int n = 0;
   if (dash == std::string::npos || dash == 0 || !absl::SimpleAtoi(pod.substr(dash + 1), &n)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cannot tell the unit from the pod name '", pod,
-                     "' (expected <service>-<number>); pass --unit"));
+    return absl::InvalidArgumentError(absl::StrCat("cannot tell the unit from the pod name '", pod,
+                                                   "' (expected <service>-<number>); pass --unit"));
   }
   return absl::StrCat(pod.substr(0, dash), "/", n);
 }
@@ -106,8 +105,7 @@ const v1::ServiceRecord* FindService(const v1::ModelState& plan, const std::stri
 // What `unit` asks for where its service is a relation's asking side (as `parley up` does; peers:
 // each pair once, asked by the lower-numbered unit).
 std::vector<v1::RelateRequest> RelateRequests(const v1::ModelState& plan,
-                                              const std::string& service,
-                                              const std::string& unit) {
+                                              const std::string& service, const std::string& unit) {
   std::vector<v1::RelateRequest> out;
   for (const auto& rel : plan.relations()) {
     if (rel.a_service() != service) continue;
@@ -135,14 +133,13 @@ std::vector<v1::RelateRequest> RelateRequests(const v1::ModelState& plan,
 }
 
 pid_t StartParleyd(const HostUnitOptions& o, const std::string& advertise) {
-  std::vector<std::string> args = {
-      o.parleyd,
-      absl::StrCat("--data=", o.data_dir, "/kb"),
-      absl::StrCat("--state_dir=", o.data_dir, "/units"),
-      absl::StrCat("--listen=0.0.0.0:", o.port),
-      absl::StrCat("--advertise=", advertise),
-      absl::StrCat("--metrics_listen=0.0.0.0:", o.metrics_port),
-      "--plaintext"};
+  std::vector<std::string> args = {o.parleyd,
+                                   absl::StrCat("--data=", o.data_dir, "/kb"),
+                                   absl::StrCat("--state_dir=", o.data_dir, "/units"),
+                                   absl::StrCat("--listen=0.0.0.0:", o.port),
+                                   absl::StrCat("--advertise=", advertise),
+                                   absl::StrCat("--metrics_listen=0.0.0.0:", o.metrics_port),
+                                   "--plaintext"};
   const pid_t pid = fork();
   if (pid != 0) return pid;
   sigset_t none;
@@ -203,10 +200,12 @@ absl::StatusOr<int> RelateAll(AgentClient& client, std::vector<v1::RelateRequest
     pending = std::move(left);
     if (pending.empty()) break;
     if (absl::Now() > deadline) {
-      return absl::DeadlineExceededError(absl::StrCat(
-          "could not relate within ", absl::FormatDuration(kGiveUp), ": ", last_error.begin()->second));
+      return absl::DeadlineExceededError(absl::StrCat("could not relate within ",
+                                                      absl::FormatDuration(kGiveUp), ": ",
+                                                      last_error.begin()->second));
     }
-    if (waitpid(parleyd, nullptr, WNOHANG) == parleyd) return absl::UnavailableError("parleyd exited");
+    if (waitpid(parleyd, nullptr, WNOHANG) == parleyd)
+      return absl::UnavailableError("parleyd exited");
     timespec wait = absl::ToTimespec(kRetry);
     const int sig = sigtimedwait(&signals, nullptr, &wait);
     if (sig == SIGTERM || sig == SIGINT) return sig;
@@ -236,9 +235,9 @@ int HostUnit(const HostUnitOptions& o) {
     }
   }
   if (record == nullptr) {
-    return fail(absl::NotFoundError(
-        absl::StrCat("the plan ", o.plan_file, " has no unit ", *unit,
-                     " (scaled beyond the export? export the model again)")));
+    return fail(
+        absl::NotFoundError(absl::StrCat("the plan ", o.plan_file, " has no unit ", *unit,
+                                         " (scaled beyond the export? export the model again)")));
   }
   // The definitions as the plan names them, from their bundles.
   const fs::path bundles(o.bundles_dir);
