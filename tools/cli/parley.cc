@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <iostream>
 #include <map>
@@ -34,8 +35,10 @@
 #include "kb/status_macros.h"
 #include "services/definition.h"
 #include "tools/cli/client.h"
+#include "tools/cli/export_kubernetes.h"
 #include "tools/cli/model_dir.h"
 #include "tools/cli/pki.h"
+#include "tools/cli/unit_host.h"
 
 namespace parley::cli {
 namespace {
@@ -172,6 +175,30 @@ const std::vector<Command>& Commands() {
        1,
        1},
       {"version", "", "Versions of parley and of the model's parleyd", {}, 0, 0},
+      {"export",
+       "kubernetes MODEL",
+       "Write the model as Kubernetes manifests (docs/deploy.md)",
+       {{"--image", true, "The image the pods run (default parley:latest)"},
+        {"--namespace", true, "Put every resource in this namespace"},
+        {"--storage", true, "Each unit's volume claim (default 1Gi)"},
+        {"-o", true, "Write to this file instead of stdout"}},
+       2,
+       2},
+      {"host-unit",
+       "",
+       "Run parleyd hosting one unit of an exported model (a pod's entry point)",
+       {{"--plan", true, "The exported plan (default /etc/parley/plan/model.json)"},
+        {"--unit", true, "The unit (default: from $POD_NAME or the host name, app-1 is app/1)"}},
+       0,
+       0},
+      {"probe",
+       "",
+       "Exit 0 when the parleyd answers (and with --ready, its units are idle and related)",
+       {{"--ready", false, "Readiness: idle, with every relation's remote units joined"},
+        {"--address", true, "The parleyd (default 127.0.0.1:7000)"},
+        {"--plan", true, "Ready also means every relation of this exported plan is there"}},
+       0,
+       0},
   };
   return *commands;
 }
@@ -1331,6 +1358,43 @@ absl::Status Version(Session& s, const Args&) {
   return absl::OkStatus();
 }
 
+// ---------------------------------------------------------------------------------------------
+// Containers and Kubernetes (docs/deploy.md).
+
+absl::Status Export(const Args& args) {
+  if (args.positional[0] != "kubernetes") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("export: unknown format '", args.positional[0], "' (known: kubernetes)"));
+  }
+  ASSIGN_OR_RETURN(Model model, LoadModel(args.positional[1]));
+  KubernetesOptions options;
+  options.image = args.Get("--image", options.image);
+  options.name_space = args.Get("--namespace");
+  options.storage = args.Get("--storage", options.storage);
+  ASSIGN_OR_RETURN(std::string manifests, ExportKubernetes(model, options));
+  if (!args.Has("-o")) {
+    std::fwrite(manifests.data(), 1, manifests.size(), stdout);
+    return absl::OkStatus();
+  }
+  std::ofstream out(args.Get("-o"), std::ios::trunc);
+  out << manifests;
+  out.close();
+  if (!out) return absl::InternalError(absl::StrCat("cannot write ", args.Get("-o")));
+  return absl::OkStatus();
+}
+
+int HostUnitCommand(const Args& args) {
+  HostUnitOptions o;
+  o.plan_file = args.Get("--plan", kPlanFile);
+  o.unit = args.Get("--unit");
+  o.bundles_dir = kBundlesDir;
+  o.data_dir = kUnitDataDir;
+  o.parleyd = FindBinary("parleyd");
+  o.port = kAgentPort;
+  o.metrics_port = kMetricsPort;
+  return HostUnit(o);
+}
+
 int Main(int argc, char** argv) {
   std::vector<std::string> tokens(argv + 1, argv + argc);
   std::string model_dir;
@@ -1419,6 +1483,7 @@ int Main(int argc, char** argv) {
     return kUsage;
   }
 
+  if (name == "host-unit") return HostUnitCommand(args);
   Session s(model_dir);
   int exit_code = kFailed;
   absl::Status st;
@@ -1441,6 +1506,12 @@ int Main(int argc, char** argv) {
       {"metrics-config", MetricsConfig},
       {"cert", Cert},
       {"version", Version},
+      {"export", [](Session&, const Args& a) { return Export(a); }},
+      {"probe",
+       [](Session&, const Args& a) {
+         return Probe(a.Get("--address", absl::StrCat("127.0.0.1:", kAgentPort)), a.Has("--ready"),
+                      a.Get("--plan"));
+       }},
   };
   st = handlers.at(name)(s, args);
   if (st.ok()) return kOk;

@@ -1,0 +1,62 @@
+# Sourced by the deploy tests: podman as it works on the test machines, and the shared helpers.
+#
+# podman runs with runc (crun refuses hybrid cgroup hierarchies), cgroupfs and a file event log (no
+# systemd in a test machine) and no default ulimits (the sandbox does not allow raising them). Its
+# storage is the tests' own, under $PARLEY_IMAGE_CACHE (default /var/tmp/parley-images), kept
+# between runs so that the image layers (the bookworm base, the apt-get of the runtime packages)
+# are built once: the first run takes a few minutes, later ones seconds. The deploy tests share
+# this storage and must not run at once (ctest RESOURCE_LOCK podman_storage); each removes every
+# container, pod and volume in it before it starts and when it ends.
+set -euo pipefail
+
+: "${PARLEY_BIN_DIR:?the directory of parley, parleyd and parley-hook}"
+: "${PARLEY_SOURCE_DIR:?the source tree}"
+cache="${PARLEY_IMAGE_CACHE:-/var/tmp/parley-images}"
+# The run's files; a test re-entering itself (in a new network namespace) passes it on.
+work="${PARLEY_TEST_WORK:-$(mktemp -d "${TMPDIR:-/tmp}/parley-deploy-test.XXXXXX")}"
+export PARLEY_TEST_WORK="$work"
+mkdir -p "$cache/storage" "$cache/run"
+cat >"$work/containers.conf" <<'CONF'
+[containers]
+default_ulimits = []
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+CONF
+cat >"$work/storage.conf" <<CONF
+[storage]
+driver = "overlay"
+graphroot = "$cache/storage"
+runroot = "$cache/run"
+CONF
+export CONTAINERS_CONF="$work/containers.conf" CONTAINERS_STORAGE_CONF="$work/storage.conf"
+export PATH="$PARLEY_BIN_DIR:$PATH"
+
+log() { echo "[$(date +%T)] $*" >&2; }
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+# Removes what a run leaves in the tests' storage (a crashed earlier run included).
+podman_clean() {
+  podman pod rm -af -t 0 >/dev/null 2>&1 || true
+  podman rm -af -t 0 >/dev/null 2>&1 || true
+  podman volume rm -af >/dev/null 2>&1 || true
+}
+
+# wait_until SECONDS DESCRIPTION COMMAND...: runs COMMAND every half second until it succeeds.
+wait_until() {
+  local limit=$1 what=$2
+  shift 2
+  local deadline=$((SECONDS + limit))
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || { "$@" || true; fail "$what: not within ${limit}s"; }
+    sleep 0.5
+  done
+}
+
+# The image, built from this tree's binaries on a local bookworm (deploy/build-image.sh).
+build_test_image() {
+  local started=$SECONDS
+  "$PARLEY_SOURCE_DIR/deploy/build-image.sh" --local-base --bin "$PARLEY_BIN_DIR" --tag "$@"
+  log "image built in $((SECONDS - started))s"
+}
