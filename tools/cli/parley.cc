@@ -833,7 +833,9 @@ v1::ModelStatus CollectStatus(Session& s) {
   *out.mutable_relations() = state.relations();
   for (const v1::UnitRecord* u : s.AllUnits()) {
     v1::AgentStatus st;
-    if (out.host_up()) {
+    // Units on hosts run by others answer whether or not the local parleyd runs (a model placed
+    // only on other hosts has none).
+    if (out.host_up() || u->address() != state.host().address()) {
       absl::StatusOr<v1::AgentStatus> got = s.Client(u->address()).Status(u->name());
       if (got.ok()) st = *got;
     }
