@@ -521,6 +521,10 @@ relations:
         check(len(lb_rel) == 1 and sorted(lb_rel[0].get("remote_units", [])) == ["web/0", "web/1"],
               "lb/0's relations: %s" % lb_rel)
 
+        text = self.parley("status")
+        check("parleyd  none on this machine" in text.stdout and "lost" not in text.stdout
+              and not text.stderr, "parley status says:\n%s%s" % (text.stdout, text.stderr))
+
         data = json.loads(self.parley("relation-data", "lb/0", "backends", "--json").stdout)
         bags = {b["name"]: b.get("data", {}) for r in data.get("relations", []) for b in r.get("bags", [])}
         for web in ("web/0", "web/1"):
