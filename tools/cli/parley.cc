@@ -358,6 +358,14 @@ class Session {
     return (fs::path(host.model_root()) / fs::path(path).lexically_relative(base)).string();
   }
   AgentClient& Host() { return Client(state_.host().address()); }
+  // The local parleyd's identity; NOT_FOUND, without dialing, when the model never started one
+  // (every service placed on other hosts).
+  absl::StatusOr<v1::HostInfo> LocalHostInfo() {
+    if (state_.host().address().empty()) {
+      return absl::NotFoundError("no parleyd on this machine: the model's units run on its hosts");
+    }
+    return Host().Host();
+  }
 
   v1::ServiceRecord* FindService(const std::string& name) {
     for (auto& s : *state_.mutable_services()) {
@@ -825,7 +833,7 @@ absl::Status Down(Session& s, const Args& args) {
     return absl::OkStatus();
   }
   RETURN_IF_ERROR(loaded);
-  absl::StatusOr<v1::HostInfo> info = s.Host().Host();
+  absl::StatusOr<v1::HostInfo> info = s.LocalHostInfo();
   const bool local_up = info.ok() && info->pid() == s.state().host().pid();
   {
     for (const v1::UnitRecord* u : s.AllUnits()) {
@@ -878,13 +886,15 @@ v1::ModelStatus CollectStatus(Session& s) {
   const v1::ModelState& state = s.state();
   out.set_model_file(state.model_file());
   *out.mutable_host() = state.host();
-  absl::StatusOr<v1::HostInfo> info = s.Host().Host();
+  absl::StatusOr<v1::HostInfo> info = s.LocalHostInfo();
   out.set_host_up(info.ok() && info->pid() == state.host().pid());
   *out.mutable_services() = state.services();
   *out.mutable_relations() = state.relations();
   for (const v1::UnitRecord* u : s.AllUnits()) {
     v1::AgentStatus st;
-    if (out.host_up()) {
+    // Units on hosts run by others answer whether or not the local parleyd runs (a model placed
+    // only on other hosts has none).
+    if (out.host_up() || u->address() != state.host().address()) {
       absl::StatusOr<v1::AgentStatus> got = s.Client(u->address()).Status(u->name());
       if (got.ok()) st = *got;
     }
@@ -897,8 +907,10 @@ v1::ModelStatus CollectStatus(Session& s) {
 
 std::string RenderStatus(const v1::ModelStatus& st) {
   std::string out =
-      absl::StrCat("Model    ", st.model_file(), "\nparleyd  ", st.host().address(), " pid ",
-                   st.host().pid(), st.host_up() ? "" : "  (NOT RUNNING)", "\n\n");
+      st.host().address().empty()
+          ? absl::StrCat("Model    ", st.model_file(), "\nparleyd  none on this machine\n\n")
+          : absl::StrCat("Model    ", st.model_file(), "\nparleyd  ", st.host().address(), " pid ",
+                         st.host().pid(), st.host_up() ? "" : "  (NOT RUNNING)", "\n\n");
   std::map<std::string, std::vector<const v1::AgentStatus*>> by_service;
   for (const auto& u : st.units()) by_service[u.service()].push_back(&u);
   Table services({"Service", "Definition", "Units", "Workload"});
@@ -1348,7 +1360,7 @@ absl::Status Version(Session& s, const Args&) {
   std::printf("parley %s\n", PARLEY_VERSION);
   if (!s.dir().Exists()) return absl::OkStatus();
   RETURN_IF_ERROR(s.LoadState());
-  absl::StatusOr<v1::HostInfo> info = s.Host().Host();
+  absl::StatusOr<v1::HostInfo> info = s.LocalHostInfo();
   if (info.ok()) {
     std::printf("parleyd %s (pid %lld at %s)\n", info->version().c_str(),
                 static_cast<long long>(info->pid()), info->address().c_str());
