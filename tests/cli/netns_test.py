@@ -536,6 +536,11 @@ relations:
                   "lb/0 sees %s's data as %s" % (web, bags.get("unit:" + web)))
         say("converged: %s" % {n: u["workload"]["message"] for n, u in sorted(units.items())})
 
+        # parley logs gathers the records of every host of the model.
+        logs = self.parley("logs").stdout
+        for unit in ("web/0", "web/1", "lb/0"):
+            check(" %s: " % unit in logs, "parley logs shows nothing of %s:\n%s" % (unit, logs[-2000:]))
+
         # The agents talk across the namespaces: west holds a connection with east's parleyd.
         conns = sh("ip", "netns", "exec", self.net.namespaces[1], "ss", "-Htn", "state",
                    "established").stdout.replace("[::ffff:", "").replace("]", "")

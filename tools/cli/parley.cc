@@ -20,6 +20,7 @@
 #include <map>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -27,8 +28,10 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "engine/trace_format.h"
 #include "google/protobuf/util/json_util.h"
@@ -1202,24 +1205,63 @@ absl::Status Logs(Session& s, const Args& args) {
     }
     req.set_min_level(it->second);
   }
-  grpc::ClientContext ctx;
-  auto reader = s.Host().stub()->StreamLogs(&ctx, req);
-  v1::LogRecord r;
+  // Every parleyd of the model: the local one (when the model uses it) and the other hosts.
+  std::vector<std::string> addresses;
+  for (const v1::UnitRecord* u : s.AllUnits()) {
+    if (std::find(addresses.begin(), addresses.end(), u->address()) == addresses.end()) {
+      addresses.push_back(u->address());
+    }
+  }
+  if (addresses.empty() && !s.state().host().address().empty()) {
+    addresses.push_back(s.state().host().address());
+  }
   static const char* kLevel[] = {"?", "DEBUG", "INFO", "WARN", "ERROR"};
-  while (reader->Read(&r)) {
+  auto format = [](const v1::LogRecord& r) {
     const int level = r.level() >= 0 && r.level() <= 4 ? r.level() : 0;
-    std::printf(
-        "%s %-5s %s: %s\n",
-        absl::FormatTime("%H:%M:%E3S", absl::FromUnixMillis(r.unix_ms()), absl::LocalTimeZone())
-            .c_str(),
-        kLevel[level], r.agent().c_str(), r.message().c_str());
+    return absl::StrCat(
+        absl::FormatTime("%H:%M:%E3S", absl::FromUnixMillis(r.unix_ms()), absl::LocalTimeZone()),
+        " ", absl::StrFormat("%-5s", kLevel[level]), " ", r.agent(), ": ", r.message(), "\n");
+  };
+  // Past records of every host, merged by time; then, with -f, new ones as each host sends them.
+  absl::Mutex mu;
+  std::vector<std::pair<int64_t, std::string>> past;
+  std::vector<std::string> errors;
+  std::vector<std::thread> readers;
+  bool live = false;
+  for (const std::string& address : addresses) {
+    readers.emplace_back([&, address] {
+      grpc::ClientContext ctx;
+      auto reader = s.Client(address).stub()->StreamLogs(&ctx, req);
+      v1::LogRecord r;
+      while (reader->Read(&r)) {
+        absl::MutexLock lock(&mu);
+        if (live) {
+          std::fputs(format(r).c_str(), stdout);
+          std::fflush(stdout);
+        } else {
+          past.emplace_back(r.unix_ms(), format(r));
+        }
+      }
+      grpc::Status st = reader->Finish();
+      absl::MutexLock lock(&mu);
+      if (!st.ok())
+        errors.push_back(absl::StrCat("parleyd at ", address, ": ", st.error_message()));
+    });
+  }
+  if (req.follow()) {
+    // The past records arrive first on each stream; give them a moment, then go live.
+    absl::SleepFor(absl::Milliseconds(300));
+    absl::MutexLock lock(&mu);
+    std::stable_sort(past.begin(), past.end());
+    for (const auto& [t, line] : past) std::fputs(line.c_str(), stdout);
     std::fflush(stdout);
+    past.clear();
+    live = true;
   }
-  grpc::Status st = reader->Finish();
-  if (!st.ok()) {
-    return absl::UnavailableError(
-        absl::StrCat("parleyd at ", s.Host().address(), ": ", st.error_message()));
-  }
+  for (auto& t : readers) t.join();
+  std::stable_sort(past.begin(), past.end());
+  for (const auto& [t, line] : past) std::fputs(line.c_str(), stdout);
+  if (!errors.empty()) return absl::UnavailableError(absl::StrJoin(errors, "; "));
   return absl::OkStatus();
 }
 
