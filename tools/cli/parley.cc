@@ -731,9 +731,21 @@ class Session {
 
   // Waits until the parleyd in `container` answers at `address`.
   absl::Status AwaitContainer(const std::string& address, const std::string& container) {
+    // A channel of its own that retries connecting every quarter second: with gRPC's default
+    // backoff (1 s, growing 1.6 times) a parleyd that took a few seconds to listen would be
+    // found only many seconds later.
+    grpc::ChannelArguments channel_args;
+    channel_args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 250);
+    channel_args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 250);
+    channel_args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    AgentClient client(
+        address,
+        grpc::CreateCustomChannel(
+            address, dir_.credentials() ? dir_.credentials() : grpc::InsecureChannelCredentials(),
+            channel_args));
     const absl::Time deadline = absl::Now() + absl::Seconds(60);
     while (true) {
-      absl::StatusOr<v1::HostInfo> info = Client(address).Host(absl::Seconds(2));
+      absl::StatusOr<v1::HostInfo> info = client.Host(absl::Seconds(2));
       if (info.ok()) return absl::OkStatus();
       if (absl::Now() > deadline) {
         return absl::UnavailableError(absl::StrCat(
