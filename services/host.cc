@@ -47,6 +47,8 @@ absl::Status Host::Init() {
   metrics_ = std::make_unique<Metrics>(*options_.registry);
 
   ASSIGN_OR_RETURN(auto creds, ServerCredentials(options_.tls));
+  // Without usable dialing credentials (a TLS server given no CA) the host serves but cannot dial.
+  if (auto dial = ChannelCredentials(options_.tls); dial.ok()) channel_credentials_ = *dial;
   peer_service_ = MakePeerService(this);
   agent_service_ = MakeAgentService(this);
   grpc::ServerBuilder builder;
@@ -274,8 +276,7 @@ std::shared_ptr<grpc::Channel> Host::ChannelTo(const std::string& address) {
   absl::MutexLock lock(&mu_);
   auto it = channels_.find(address);
   if (it != channels_.end()) return it->second;
-  auto creds = ChannelCredentials(options_.tls);
-  if (!creds.ok()) return nullptr;
+  if (!channel_credentials_) return nullptr;
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(options_.max_message_bytes);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 2000);
@@ -288,7 +289,7 @@ std::shared_ptr<grpc::Channel> Host::ChannelTo(const std::string& address) {
   if (!options_.tls.server_name_override.empty()) {
     args.SetSslTargetNameOverride(options_.tls.server_name_override);
   }
-  auto channel = grpc::CreateCustomChannel(address, *creds, args);
+  auto channel = grpc::CreateCustomChannel(address, channel_credentials_, args);
   channels_.emplace(address, channel);
   return channel;
 }
@@ -349,6 +350,11 @@ void Host::Dial(Agent* local, const std::string& remote, const std::string& addr
 
 void Host::AskToDial(Agent* local, const std::string& remote, const std::string& address) {
   auto channel = ChannelTo(address);
+  if (!channel) {
+    SessionEnded(local->name(), remote, false,
+                 absl::InvalidArgumentError("TLS credentials for dialing are not usable"));
+    return;
+  }
   struct Call {
     grpc::ClientContext context;
     v1::RequestConnectRequest request;
@@ -480,6 +486,11 @@ void Host::Relate(v1::RelateRequest request,
           "agent ", request.remote_agent(), " is not hosted here: remote_address is required")));
       return;
     }
+    auto channel = ChannelTo(request.remote_address());
+    if (!channel) {
+      done(absl::FailedPreconditionError("TLS credentials for dialing are not usable"));
+      return;
+    }
     struct Call {
       grpc::ClientContext context;
       v1::CheckRelationResponse response;
@@ -487,7 +498,7 @@ void Host::Relate(v1::RelateRequest request,
     };
     auto call = std::make_shared<Call>();
     call->context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
-    call->stub = v1::Peer::NewStub(ChannelTo(request.remote_address()));
+    call->stub = v1::Peer::NewStub(channel);
     {
       absl::MutexLock lock(&mu_);
       ++dialing_;

@@ -153,6 +153,8 @@ class Host {
   absl::Mutex hosting_mu_;  // serializes AddAgentFromRecipe / RemoveAgent
   absl::Time started_ = absl::Now();
   std::map<std::pair<std::string, std::string>, Link> links_ ABSL_GUARDED_BY(mu_);
+  // What every dial uses, read once at start: the files may change or vanish later.
+  std::shared_ptr<grpc::ChannelCredentials> channel_credentials_;
   std::map<std::string, std::shared_ptr<grpc::Channel>> channels_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::shared_ptr<v1::Peer::Stub>> stubs_ ABSL_GUARDED_BY(mu_);
   // Dialed streams gRPC has not finished with yet.

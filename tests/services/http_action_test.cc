@@ -20,6 +20,7 @@
 #include "services/exec_backend.h"
 #include "services/http_client.h"
 #include "services/json.h"
+#include "tests/services/backend_test_util.h"
 #include "tests/testing/child_process.h"
 #include "tests/testing/temp_dir.h"
 
@@ -188,29 +189,8 @@ HttpRequest Get(std::string url, std::string method = "GET") {
   return r;
 }
 
-v1::Event Named(std::string name) {
-  v1::Event e;
-  e.set_name(std::move(name));
-  return e;
-}
-
-v1::Event Joined(std::string endpoint, std::string id, std::string unit,
-                 std::vector<std::pair<std::string, std::string>> data) {
-  v1::Event e;
-  e.set_name(endpoint + ".joined");
-  auto* r = e.mutable_relation();
-  r->set_relation_id(id);
-  r->set_endpoint(endpoint);
-  r->set_remote_service(unit.substr(0, unit.find('/')));
-  r->set_remote_unit(unit);
-  r->set_kind(v1::RELATION_EVENT_KIND_JOINED);
-  for (auto& [k, v] : data) {
-    auto* c = r->add_unit_changes();
-    c->set_key(k);
-    c->set_value(v);
-  }
-  return e;
-}
+using testing::Joined;
+using testing::Named;
 
 class HttpServerTest : public ::testing::Test {
  protected:

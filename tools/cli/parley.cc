@@ -20,6 +20,7 @@
 #include <map>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -27,8 +28,10 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "engine/trace_format.h"
 #include "google/protobuf/util/json_util.h"
@@ -373,6 +376,14 @@ class Session {
     return (fs::path(host.model_root()) / fs::path(path).lexically_relative(base)).string();
   }
   AgentClient& Host() { return Client(state_.host().address()); }
+  // The local parleyd's identity; NOT_FOUND, without dialing, when the model never started one
+  // (every service placed on other hosts).
+  absl::StatusOr<v1::HostInfo> LocalHostInfo() {
+    if (state_.host().address().empty()) {
+      return absl::NotFoundError("no parleyd on this machine: the model's units run on its hosts");
+    }
+    return Host().Host();
+  }
 
   v1::ServiceRecord* FindService(const std::string& name) {
     for (auto& s : *state_.mutable_services()) {
@@ -1025,7 +1036,7 @@ absl::Status Down(Session& s, const Args& args) {
   }
   RETURN_IF_ERROR(loaded);
   if (s.runtime() != nullptr) return DownContainers(s, args.Has("--purge"));
-  absl::StatusOr<v1::HostInfo> info = s.Host().Host();
+  absl::StatusOr<v1::HostInfo> info = s.LocalHostInfo();
   const bool local_up = info.ok() && info->pid() == s.state().host().pid();
   {
     for (const v1::UnitRecord* u : s.AllUnits()) {
@@ -1078,17 +1089,15 @@ v1::ModelStatus CollectStatus(Session& s) {
   const v1::ModelState& state = s.state();
   out.set_model_file(state.model_file());
   *out.mutable_host() = state.host();
-  // A model in containers has no local parleyd.
-  absl::StatusOr<v1::HostInfo> info = state.host().address().empty()
-                                          ? absl::StatusOr<v1::HostInfo>(absl::UnavailableError(""))
-                                          : s.Host().Host();
+  absl::StatusOr<v1::HostInfo> info = s.LocalHostInfo();
   out.set_host_up(info.ok() && info->pid() == state.host().pid());
   *out.mutable_services() = state.services();
   *out.mutable_relations() = state.relations();
   *out.mutable_runtime() = state.runtime();
   for (const v1::UnitRecord* u : s.AllUnits()) {
     v1::AgentStatus st;
-    // Units on other hosts (in containers) answer whether or not the local parleyd runs.
+    // Units on hosts run by others answer whether or not the local parleyd runs (a model placed
+    // only on other hosts has none).
     if (out.host_up() || u->address() != state.host().address()) {
       absl::StatusOr<v1::AgentStatus> got = s.Client(u->address()).Status(u->name());
       if (got.ok()) st = *got;
@@ -1102,12 +1111,14 @@ v1::ModelStatus CollectStatus(Session& s) {
 
 std::string RenderStatus(const v1::ModelStatus& st) {
   std::string out =
-      st.runtime().engine().empty()
-          ? absl::StrCat("Model    ", st.model_file(), "\nparleyd  ", st.host().address(), " pid ",
-                         st.host().pid(), st.host_up() ? "" : "  (NOT RUNNING)", "\n\n")
-          : absl::StrCat("Model    ", st.model_file(), "\nRuntime  ", st.runtime().engine(), " (",
+      !st.runtime().engine().empty()
+          ? absl::StrCat("Model    ", st.model_file(), "\nRuntime  ", st.runtime().engine(), " (",
                          st.runtime().image(), "), network ", st.runtime().network(), " ",
-                         st.runtime().subnet(), "\n\n");
+                         st.runtime().subnet(), "\n\n")
+      : st.host().address().empty()
+          ? absl::StrCat("Model    ", st.model_file(), "\nparleyd  none on this machine\n\n")
+          : absl::StrCat("Model    ", st.model_file(), "\nparleyd  ", st.host().address(), " pid ",
+                         st.host().pid(), st.host_up() ? "" : "  (NOT RUNNING)", "\n\n");
   std::map<std::string, std::vector<const v1::AgentStatus*>> by_service;
   for (const auto& u : st.units()) by_service[u.service()].push_back(&u);
   Table services({"Service", "Definition", "Units", "Workload"});
@@ -1375,11 +1386,6 @@ absl::Status Run(Session& s, const Args& args, int& exit_code) {
 
 absl::Status Logs(Session& s, const Args& args) {
   RETURN_IF_ERROR(s.LoadState());
-  if (s.runtime() != nullptr) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "the units run in containers: `", s.runtime()->record().engine(),
-        " logs CONTAINER` shows a unit's parleyd (`parley status --json` names them)"));
-  }
   v1::StreamLogsRequest req;
   req.set_agent(args.Get("--unit"));
   req.set_follow(args.Has("-f"));
@@ -1404,24 +1410,63 @@ absl::Status Logs(Session& s, const Args& args) {
     }
     req.set_min_level(it->second);
   }
-  grpc::ClientContext ctx;
-  auto reader = s.Host().stub()->StreamLogs(&ctx, req);
-  v1::LogRecord r;
+  // Every parleyd of the model: the local one (when the model uses it) and the other hosts.
+  std::vector<std::string> addresses;
+  for (const v1::UnitRecord* u : s.AllUnits()) {
+    if (std::find(addresses.begin(), addresses.end(), u->address()) == addresses.end()) {
+      addresses.push_back(u->address());
+    }
+  }
+  if (addresses.empty() && !s.state().host().address().empty()) {
+    addresses.push_back(s.state().host().address());
+  }
   static const char* kLevel[] = {"?", "DEBUG", "INFO", "WARN", "ERROR"};
-  while (reader->Read(&r)) {
+  auto format = [](const v1::LogRecord& r) {
     const int level = r.level() >= 0 && r.level() <= 4 ? r.level() : 0;
-    std::printf(
-        "%s %-5s %s: %s\n",
-        absl::FormatTime("%H:%M:%E3S", absl::FromUnixMillis(r.unix_ms()), absl::LocalTimeZone())
-            .c_str(),
-        kLevel[level], r.agent().c_str(), r.message().c_str());
+    return absl::StrCat(
+        absl::FormatTime("%H:%M:%E3S", absl::FromUnixMillis(r.unix_ms()), absl::LocalTimeZone()),
+        " ", absl::StrFormat("%-5s", kLevel[level]), " ", r.agent(), ": ", r.message(), "\n");
+  };
+  // Past records of every host, merged by time; then, with -f, new ones as each host sends them.
+  absl::Mutex mu;
+  std::vector<std::pair<int64_t, std::string>> past;
+  std::vector<std::string> errors;
+  std::vector<std::thread> readers;
+  bool live = false;
+  for (const std::string& address : addresses) {
+    readers.emplace_back([&, address] {
+      grpc::ClientContext ctx;
+      auto reader = s.Client(address).stub()->StreamLogs(&ctx, req);
+      v1::LogRecord r;
+      while (reader->Read(&r)) {
+        absl::MutexLock lock(&mu);
+        if (live) {
+          std::fputs(format(r).c_str(), stdout);
+          std::fflush(stdout);
+        } else {
+          past.emplace_back(r.unix_ms(), format(r));
+        }
+      }
+      grpc::Status st = reader->Finish();
+      absl::MutexLock lock(&mu);
+      if (!st.ok())
+        errors.push_back(absl::StrCat("parleyd at ", address, ": ", st.error_message()));
+    });
+  }
+  if (req.follow()) {
+    // The past records arrive first on each stream; give them a moment, then go live.
+    absl::SleepFor(absl::Milliseconds(300));
+    absl::MutexLock lock(&mu);
+    std::stable_sort(past.begin(), past.end());
+    for (const auto& [t, line] : past) std::fputs(line.c_str(), stdout);
     std::fflush(stdout);
+    past.clear();
+    live = true;
   }
-  grpc::Status st = reader->Finish();
-  if (!st.ok()) {
-    return absl::UnavailableError(
-        absl::StrCat("parleyd at ", s.Host().address(), ": ", st.error_message()));
-  }
+  for (auto& t : readers) t.join();
+  std::stable_sort(past.begin(), past.end());
+  for (const auto& [t, line] : past) std::fputs(line.c_str(), stdout);
+  if (!errors.empty()) return absl::UnavailableError(absl::StrJoin(errors, "; "));
   return absl::OkStatus();
 }
 
@@ -1562,7 +1607,7 @@ absl::Status Version(Session& s, const Args&) {
   std::printf("parley %s\n", PARLEY_VERSION);
   if (!s.dir().Exists()) return absl::OkStatus();
   RETURN_IF_ERROR(s.LoadState());
-  absl::StatusOr<v1::HostInfo> info = s.Host().Host();
+  absl::StatusOr<v1::HostInfo> info = s.LocalHostInfo();
   if (info.ok()) {
     std::printf("parleyd %s (pid %lld at %s)\n", info->version().c_str(),
                 static_cast<long long>(info->pid()), info->address().c_str());
