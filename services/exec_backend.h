@@ -9,8 +9,8 @@
 //  - the program is spawned without a shell, from the definition directory, in its own process
 //    group, with a clean environment: PATH, HOME (the temp dir), PARLEY_HOOK_SOCKET,
 //    PARLEY_CONTEXT, PARLEY_STATE_DIR (the unit's persistent state dir, when
-//    ExecOptions::state_root is set), PARLEY_UNIT, PARLEY_SERVICE, PARLEY_EVENT, PARLEY_HANDLER
-//    and the handler's `env` templates;
+//    ExecOptions::state_root is set), PARLEY_UNIT_HOST (where peers reach the unit), PARLEY_UNIT,
+//    PARLEY_SERVICE, PARLEY_EVENT, PARLEY_HANDLER and the handler's `env` templates;
 //  - hook requests are served on the calling thread (the agent's serial executor) while the
 //    program runs, by calling RunContext: every change lands in the run's transaction and only if
 //    the run commits;
@@ -47,6 +47,10 @@ struct ExecOptions {
   // failed runs (files are not transactional: only KB changes roll back). Programs find it in
   // PARLEY_STATE_DIR and keep their data and config files there.
   std::string state_root;
+  // The address this unit's peers reach it at, for programs that bind or publish one: in
+  // PARLEY_UNIT_HOST. 127.0.0.1 when every unit runs on this machine; the container's address
+  // when each unit has a container of its own (`parley up --runtime`).
+  std::string unit_host = "127.0.0.1";
   // Directories put before /usr/local/bin:/usr/bin:/bin in the program's PATH (for example where
   // parley-hook is installed).
   std::vector<std::string> extra_path;

@@ -43,6 +43,8 @@ ABSL_FLAG(std::string, address_file, "", "Write the bound address here once list
 ABSL_FLAG(bool, log_stderr, true, "Echo the agents' log to stderr");
 ABSL_FLAG(std::string, state_dir, "",
           "Directory of the units' state directories (PARLEY_STATE_DIR of their programs)");
+ABSL_FLAG(std::string, unit_host, "127.0.0.1",
+          "The address peers reach this host's units at (PARLEY_UNIT_HOST for their programs)");
 ABSL_FLAG(int, update_interval_s, 0, "Fire `update` this often (0: never)");
 
 namespace {
@@ -107,6 +109,7 @@ int main(int argc, char** argv) {
   // parley-hook is installed beside parleyd; an absolute path, since programs run elsewhere.
   exec.extra_path.push_back(std::filesystem::absolute(argv[0]).parent_path().string());
   exec.state_root = absl::GetFlag(FLAGS_state_dir);
+  exec.unit_host = absl::GetFlag(FLAGS_unit_host);
   ps::Host* h = nullptr;
   exec.log = [&h](absl::string_view unit, absl::string_view handler, absl::string_view source,
                   absl::string_view text) {

@@ -878,6 +878,7 @@ absl::Status ProcessAction::RunProgram(engine::RunContext& ctx) {
   env["PARLEY_CONTEXT"] = run.context_file;
   if (!run.state_dir.empty()) env["PARLEY_STATE_DIR"] = run.state_dir;
   env["PARLEY_UNIT"] = ctx.unit();
+  env["PARLEY_UNIT_HOST"] = options.unit_host;
   env["PARLEY_SERVICE"] = run.service;
   env["PARLEY_EVENT"] = ctx.event().name();
   env["PARLEY_HANDLER"] = ctx.handler();

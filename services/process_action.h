@@ -10,8 +10,8 @@
 //  - asks the kind (Prepare) for the program, its arguments and environment variables of its own;
 //  - spawns it without a shell, from the definition directory, in its own process group, with a
 //    clean environment: PATH, the kind's variables, then HOME (the temp dir),
-//    PARLEY_HOOK_SOCKET, PARLEY_CONTEXT, PARLEY_STATE_DIR (with a state root), PARLEY_UNIT,
-//    PARLEY_SERVICE, PARLEY_EVENT, PARLEY_HANDLER, which the kind cannot override;
+//    PARLEY_HOOK_SOCKET, PARLEY_CONTEXT, PARLEY_STATE_DIR (with a state root), PARLEY_UNIT_HOST,
+//    PARLEY_UNIT, PARLEY_SERVICE, PARLEY_EVENT, PARLEY_HANDLER, which the kind cannot override;
 //  - serves hook requests on the calling thread while the program runs, enforces the handler's
 //    timeout (SIGKILL to the process group), captures bounded stdout and stderr;
 //  - turns a non-zero exit, a signal or a timeout into an error naming the handler, the program

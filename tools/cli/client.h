@@ -25,6 +25,10 @@ class AgentClient {
         stub_(v1::Agent::NewStub(grpc::CreateChannel(
             address_, credentials ? credentials : grpc::InsecureChannelCredentials()))) {}
 
+  // Over `channel` (one with channel arguments of its own).
+  AgentClient(std::string address, const std::shared_ptr<grpc::Channel>& channel)
+      : address_(std::move(address)), stub_(v1::Agent::NewStub(channel)) {}
+
   const std::string& address() const { return address_; }
   v1::Agent::Stub* stub() { return stub_.get(); }
 

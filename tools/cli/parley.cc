@@ -38,6 +38,7 @@
 #include "kb/status_macros.h"
 #include "services/definition.h"
 #include "tools/cli/client.h"
+#include "tools/cli/container_runtime.h"
 #include "tools/cli/export_kubernetes.h"
 #include "tools/cli/model_dir.h"
 #include "tools/cli/pki.h"
@@ -100,13 +101,18 @@ const std::vector<Command>& Commands() {
        "Start the model on this machine, or apply what changed in it; waits until settled",
        {{"--no-wait", false, "Return once applied, without waiting to settle"},
         {"--plaintext", false, "A new model without TLS (default: mutual TLS from the model's CA)"},
+        {"--runtime", true,
+         "A new model's units each in a container: podman or docker (docs/deploy.md)"},
+        {"--image", true, "With --runtime: the image (default localhost/parley:latest)"},
         kTimeoutFlag},
        1,
        1},
       {"down",
        "",
-       "Stop every unit (fires stop) and the model's parleyd",
-       {{"--purge", false, "Also delete the model directory: knowledge bases, unit state"}},
+       "Stop every unit (fires stop) and the model's parleyd (or its containers)",
+       {{"--purge", false,
+         "Also delete the model directory (and containers, volumes, network): knowledge bases, "
+         "unit state"}},
        0,
        0},
       {"status",
@@ -335,8 +341,17 @@ class Session {
 
   absl::Status LoadState() {
     ASSIGN_OR_RETURN(state_, dir_.Load());
+    UseRuntime();
     return dir_.UseTls(state_.tls());
   }
+  // The container runtime the state records, or none.
+  void UseRuntime() {
+    runtime_.reset();
+    if (!state_.runtime().engine().empty()) {
+      runtime_ = std::make_unique<ContainerRuntime>(state_.runtime());
+    }
+  }
+  ContainerRuntime* runtime() { return runtime_.get(); }
   absl::Status Save() { return dir_.Save(state_); }
 
   AgentClient& Client(const std::string& address) {
@@ -425,11 +440,22 @@ class Session {
     // Numbers are never reused, even for a unit whose start failed.
     svc.set_next_unit(svc.next_unit() + 1);
     RETURN_IF_ERROR(Save());
-    RETURN_IF_ERROR(
-        Client(host->address()).Call(&v1::Agent::Stub::AddAgent, req, &resp, absl::Seconds(60)));
+    // With a container runtime, the unit's own container is its host.
+    std::string address = host->address(), container;
+    if (runtime_ != nullptr) {
+      container = runtime_->ContainerName(unit);
+      ASSIGN_OR_RETURN(address, StartContainer(unit, container));
+    }
+    absl::Status added =
+        Client(address).Call(&v1::Agent::Stub::AddAgent, req, &resp, absl::Seconds(60));
+    if (!added.ok()) {
+      if (!container.empty()) (void)runtime_->Remove(container);
+      return added;
+    }
     v1::UnitRecord* u = svc.add_units();
     u->set_name(unit);
-    u->set_address(host->address());
+    u->set_address(address);
+    u->set_container(container);
     RETURN_IF_ERROR(Save());
     std::fprintf(stderr, "added %s\n", unit.c_str());
     return absl::OkStatus();
@@ -439,6 +465,13 @@ class Session {
   // `unit` is a copy: the record it names is deleted on the way.
   absl::Status RemoveUnit(std::string unit) {
     ASSIGN_OR_RETURN(auto found, RequireUnit(unit));
+    const std::string container = found.second->container();
+    if (!container.empty() && runtime_ != nullptr) {
+      // Its stop handlers run in its container.
+      absl::Status up = runtime_->Start(container);
+      if (up.ok()) up = AwaitContainer(found.second->address(), container);
+      if (!up.ok()) std::fprintf(stderr, "parley: %s\n", std::string(up.message()).c_str());
+    }
     AgentClient& client = Client(found.second->address());
     absl::StatusOr<v1::AgentStatus> status = client.Status(unit);
     if (status.ok()) {
@@ -474,9 +507,14 @@ class Session {
       req.set_agent(unit);
       v1::RemoveAgentResponse resp;
       RETURN_IF_ERROR(client.Call(&v1::Agent::Stub::RemoveAgent, req, &resp, absl::Seconds(60)));
+    } else if (!container.empty()) {
+      // Its container is removed with everything the agent kept.
+      std::fprintf(stderr, "parley: %s did not answer (%s); removing its container anyway\n",
+                   unit.c_str(), std::string(status.status().message()).c_str());
     } else if (!absl::IsNotFound(status.status())) {
       return status.status();
     }
+    if (!container.empty() && runtime_ != nullptr) RETURN_IF_ERROR(runtime_->Remove(container));
     v1::ServiceRecord* svc = found.first;
     auto* units = svc->mutable_units();
     for (int i = 0; i < units->size(); ++i) {
@@ -648,9 +686,91 @@ class Session {
     }
   }
 
+  // --- Containers (a model with a runtime) ---
+
+  // Prepares the runtime for `up`: the image is there, the network exists (recorded), and every
+  // unit's container runs and answers (a container stopped by `down` resumes from its KB).
+  absl::Status StartRuntime() {
+    RETURN_IF_ERROR(runtime_->CheckImage());
+    RETURN_IF_ERROR(runtime_->EnsureNetwork());
+    *state_.mutable_runtime() = runtime_->record();
+    RETURN_IF_ERROR(Save());
+    for (const v1::UnitRecord* u : AllUnits()) RETURN_IF_ERROR(runtime_->Start(u->container()));
+    for (const v1::UnitRecord* u : AllUnits()) {
+      RETURN_IF_ERROR(AwaitContainer(u->address(), u->container()));
+    }
+    return absl::OkStatus();
+  }
+
+  // Runs a new unit's container; returns the address its parleyd answers at.
+  absl::StatusOr<std::string> StartContainer(const std::string& unit,
+                                             const std::string& container) {
+    std::set<std::string> used;
+    for (const v1::UnitRecord* u : AllUnits()) {
+      used.insert(u->address().substr(0, u->address().rfind(':')));
+    }
+    UnitContainer c;
+    c.unit = unit;
+    c.container = container;
+    ASSIGN_OR_RETURN(c.ip, runtime_->AllocateIp(used));
+    // Definitions and interfaces, at the paths recipes name; nested directories once.
+    std::set<std::string> dirs = {fs::path(state_.model_file()).parent_path().string()};
+    if (!state_.interfaces_dir().empty()) dirs.insert(state_.interfaces_dir());
+    for (const auto& svc : state_.services()) dirs.insert(svc.definition_dir());
+    for (const std::string& d : dirs) {
+      const bool nested = std::any_of(dirs.begin(), dirs.end(), [&](const std::string& o) {
+        return o != d && absl::StartsWith(d, o + "/");
+      });
+      if (!nested) c.mounts.push_back(d);
+    }
+    if (state_.tls()) {
+      ASSIGN_OR_RETURN(CertFiles files, IssueCert(dir_.pki_dir(), container, {c.ip}, {container}));
+      c.tls_dir = files.dir;
+    }
+    // A container or volume left by an earlier model in this directory is not this unit's.
+    RETURN_IF_ERROR(runtime_->Remove(container));
+    RETURN_IF_ERROR(runtime_->Run(c));
+    const std::string address = absl::StrCat(c.ip, ":", kContainerAgentPort);
+    absl::Status up = AwaitContainer(address, container);
+    if (!up.ok()) {
+      (void)runtime_->Remove(container);
+      return up;
+    }
+    std::fprintf(stderr, "container %s at %s\n", container.c_str(), address.c_str());
+    return address;
+  }
+
+  // Waits until the parleyd in `container` answers at `address`.
+  absl::Status AwaitContainer(const std::string& address, const std::string& container) {
+    // A channel of its own that retries connecting every quarter second: with gRPC's default
+    // backoff (1 s, growing 1.6 times) a parleyd that took a few seconds to listen would be
+    // found only many seconds later.
+    grpc::ChannelArguments channel_args;
+    channel_args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 250);
+    channel_args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 250);
+    channel_args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    AgentClient client(
+        address,
+        grpc::CreateCustomChannel(
+            address, dir_.credentials() ? dir_.credentials() : grpc::InsecureChannelCredentials(),
+            channel_args));
+    const absl::Time deadline = absl::Now() + absl::Seconds(60);
+    while (true) {
+      absl::StatusOr<v1::HostInfo> info = client.Host(absl::Seconds(2));
+      if (info.ok()) return absl::OkStatus();
+      if (absl::Now() > deadline) {
+        return absl::UnavailableError(absl::StrCat(
+            "the parleyd in container ", container, " does not answer at ", address,
+            " within 60 s: ", info.status().message(), "\n", runtime_->LogTail(container)));
+      }
+      absl::SleepFor(absl::Milliseconds(250));
+    }
+  }
+
  private:
   ModelDir dir_;
   v1::ModelState state_;
+  std::unique_ptr<ContainerRuntime> runtime_;
   std::map<std::string, std::unique_ptr<AgentClient>> clients_;
 };
 
@@ -693,12 +813,45 @@ absl::Status Up(Session& s, const Args& args) {
   // model keeps its choice until `down --purge`.
   if (state.host().name().empty()) {
     state.set_tls(!args.Has("--plaintext"));
+    // Likewise its runtime: processes on hosts, or a container per unit.
+    if (args.Has("--runtime")) {
+      ASSIGN_OR_RETURN(*state.mutable_runtime(),
+                       ContainerRuntime::NewRecord(args.Get("--runtime"),
+                                                   args.Get("--image", "localhost/parley:latest"),
+                                                   AbsolutePath(s.dir().path())));
+    }
     state.mutable_host()->set_name("local");
   } else if (args.Has("--plaintext") && state.tls()) {
     return absl::FailedPreconditionError(
         "this model runs with TLS; --plaintext applies to a new model (down --purge first)");
+  } else if (args.Has("--runtime") && args.Get("--runtime") != state.runtime().engine()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "this model runs ",
+        state.runtime().engine().empty() ? "without containers" : "in " + state.runtime().engine(),
+        "; --runtime applies to a new model (down --purge first)"));
   }
+  if (args.Has("--image") && state.runtime().engine().empty()) {
+    return absl::InvalidArgumentError("--image goes with --runtime");
+  }
+  // A new image serves the units added from now on.
+  if (args.Has("--image")) state.mutable_runtime()->set_image(args.Get("--image"));
   RETURN_IF_ERROR(s.dir().UseTls(state.tls()));
+  s.UseRuntime();
+  if (s.runtime() != nullptr) {
+    // Each unit's container is its host: the model places nothing.
+    if (!model.hosts.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          model.file, ": `hosts` and --runtime do not mix (each unit has a container)"));
+    }
+    for (const ModelService& m : model.services) {
+      if (m.host != "local") {
+        return absl::InvalidArgumentError(
+            absl::StrCat(model.file, ": service ", m.name, " is placed on host ", m.host,
+                         "; with --runtime each unit has a container of its own"));
+      }
+    }
+    RETURN_IF_ERROR(s.StartRuntime());
+  }
 
   // Hosts run by others must answer before anything changes.
   state.clear_hosts();
@@ -721,10 +874,11 @@ absl::Status Up(Session& s, const Args& args) {
     rec->set_metrics_address(info->metrics_address());
   }
   // The local parleyd, when the model places anything on it.
-  const bool local = std::any_of(model.services.begin(), model.services.end(),
-                                 [](const ModelService& m) { return m.host == "local"; }) ||
-                     std::any_of(state.services().begin(), state.services().end(),
-                                 [](const auto& svc) { return svc.host() == "local"; });
+  const bool local = s.runtime() == nullptr &&
+                     (std::any_of(model.services.begin(), model.services.end(),
+                                  [](const ModelService& m) { return m.host == "local"; }) ||
+                      std::any_of(state.services().begin(), state.services().end(),
+                                  [](const auto& svc) { return svc.host() == "local"; }));
   if (local) {
     RETURN_IF_ERROR(s.dir().EnsureHost(FindBinary("parleyd"), *state.mutable_host()));
     std::fprintf(stderr, "parleyd %s (pid %lld), model directory %s\n",
@@ -828,6 +982,51 @@ absl::Status Up(Session& s, const Args& args) {
   return s.Wait(timeout);
 }
 
+// `down` of a model in containers: the units' stop handlers run, then their containers stop
+// (volumes kept: `up` starts them again, from their KBs); --purge removes containers, volumes, the
+// network and the model directory.
+absl::Status DownContainers(Session& s, bool purge) {
+  ContainerRuntime& rt = *s.runtime();
+  std::vector<std::string> containers;
+  bool all_up = true;
+  for (const v1::UnitRecord* u : s.AllUnits()) {
+    containers.push_back(u->container());
+    absl::StatusOr<v1::HostInfo> info = s.Client(u->address()).Host(absl::Seconds(2));
+    if (!info.ok()) {
+      all_up = false;
+      continue;
+    }
+    v1::FireEventRequest req;
+    req.set_agent(u->name());
+    req.set_event("stop");
+    v1::FireEventResponse resp;
+    absl::Status st = s.Client(u->address()).Call(&v1::Agent::Stub::FireEvent, req, &resp);
+    if (!st.ok())
+      std::fprintf(stderr, "parley: %s: %s\n", u->name().c_str(), st.ToString().c_str());
+  }
+  if (all_up) {
+    if (absl::Status st = s.Wait(absl::Seconds(60), /*failed_settles=*/true); !st.ok()) {
+      std::fprintf(stderr, "parley: stopping anyway: %s\n", std::string(st.message()).c_str());
+    }
+  }
+  if (!purge) {
+    RETURN_IF_ERROR(rt.Stop(containers, 20));
+    std::fprintf(stderr, "stopped %zu containers (their volumes are kept)\n", containers.size());
+    return absl::OkStatus();
+  }
+  for (const std::string& c : containers) RETURN_IF_ERROR(rt.Remove(c));
+  RETURN_IF_ERROR(rt.RemoveNetwork());
+  std::fprintf(stderr, "removed %zu containers, their volumes and the network %s\n",
+               containers.size(), rt.record().network().c_str());
+  std::error_code ec;
+  fs::remove_all(s.dir().path(), ec);
+  if (ec) {
+    return absl::InternalError(absl::StrCat("cannot delete ", s.dir().path(), ": ", ec.message()));
+  }
+  std::fprintf(stderr, "deleted %s\n", s.dir().path().c_str());
+  return absl::OkStatus();
+}
+
 absl::Status Down(Session& s, const Args& args) {
   RETURN_IF_ERROR(s.dir().Lock(absl::Seconds(30)));
   absl::Status loaded = s.LoadState();
@@ -836,6 +1035,7 @@ absl::Status Down(Session& s, const Args& args) {
     return absl::OkStatus();
   }
   RETURN_IF_ERROR(loaded);
+  if (s.runtime() != nullptr) return DownContainers(s, args.Has("--purge"));
   absl::StatusOr<v1::HostInfo> info = s.LocalHostInfo();
   const bool local_up = info.ok() && info->pid() == s.state().host().pid();
   {
@@ -893,6 +1093,7 @@ v1::ModelStatus CollectStatus(Session& s) {
   out.set_host_up(info.ok() && info->pid() == state.host().pid());
   *out.mutable_services() = state.services();
   *out.mutable_relations() = state.relations();
+  *out.mutable_runtime() = state.runtime();
   for (const v1::UnitRecord* u : s.AllUnits()) {
     v1::AgentStatus st;
     // Units on hosts run by others answer whether or not the local parleyd runs (a model placed
@@ -910,7 +1111,11 @@ v1::ModelStatus CollectStatus(Session& s) {
 
 std::string RenderStatus(const v1::ModelStatus& st) {
   std::string out =
-      st.host().address().empty()
+      !st.runtime().engine().empty()
+          ? absl::StrCat("Model    ", st.model_file(), "\nRuntime  ", st.runtime().engine(), " (",
+                         st.runtime().image(), "), network ", st.runtime().network(), " ",
+                         st.runtime().subnet(), "\n\n")
+      : st.host().address().empty()
           ? absl::StrCat("Model    ", st.model_file(), "\nparleyd  none on this machine\n\n")
           : absl::StrCat("Model    ", st.model_file(), "\nparleyd  ", st.host().address(), " pid ",
                          st.host().pid(), st.host_up() ? "" : "  (NOT RUNNING)", "\n\n");
