@@ -1,6 +1,8 @@
 #include "tools/cli/export_kubernetes.h"
 
 #include <filesystem>
+#include <fstream>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -231,6 +233,97 @@ v1::ModelState MakePlan(const services::Model& model, const std::string& definit
   }
   plan.set_next_relation(next_relation);
   return plan;
+}
+
+namespace {
+
+absl::Status WriteFile(const fs::path& path, const std::string& text) {
+  std::error_code ec;
+  fs::create_directories(path.parent_path(), ec);
+  std::ofstream out(path, std::ios::trunc | std::ios::binary);
+  out << text;
+  out.close();
+  if (ec || !out) return absl::InternalError(absl::StrCat("cannot write ", path.string()));
+  return absl::OkStatus();
+}
+
+absl::Status WriteBundle(const fs::path& dir, const Bundle& bundle) {
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+  for (const auto& [key, text] : bundle.files) RETURN_IF_ERROR(WriteFile(dir / key, text));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ExportCompose(const services::Model& model, const std::string& dir,
+                           const ComposeOptions& o) {
+  const std::string name = ModelName(model);
+  const fs::path out(dir);
+  v1::ModelState plan = MakePlan(model, absl::StrCat(kUnitDataDir, "/definitions"),
+                                 absl::StrCat(kUnitDataDir, "/", kInterfacesBundle),
+                                 [](const std::string& service, int n) {
+                                   return absl::StrCat(service, "-", n, ":", kAgentPort);
+                                 });
+  std::string plan_json;
+  google::protobuf::util::JsonPrintOptions json_options;
+  json_options.add_whitespace = true;
+  json_options.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(plan, &plan_json, json_options);
+  RETURN_IF_ERROR(WriteFile(out / "plan" / "model.json", plan_json));
+  if (!model.interfaces_dir.empty()) {
+    ASSIGN_OR_RETURN(Bundle bundle, MakeBundle(model.interfaces_dir));
+    RETURN_IF_ERROR(WriteBundle(out / "bundles" / kInterfacesBundle, bundle));
+  }
+  for (const services::ModelService& s : model.services) {
+    auto bundle = MakeBundle(s.definition_dir);
+    if (!bundle.ok()) {
+      return absl::Status(bundle.status().code(),
+                          absl::StrCat("service ", s.name, ": ", bundle.status().message()));
+    }
+    RETURN_IF_ERROR(WriteBundle(out / "bundles" / s.name, *bundle));
+  }
+
+  YAML::Emitter y;
+  y << YAML::Comment(absl::StrCat("The Parley model ", name, " (", model.file,
+                                  "), exported by `parley export compose`: one service per "
+                                  "unit, each running `parley host-unit`."));
+  y << YAML::BeginMap << YAML::Key << "services" << YAML::Value << YAML::BeginMap;
+  std::vector<std::string> volumes;
+  for (const services::ModelService& s : model.services) {
+    for (int n = 0; n < s.units; ++n) {
+      const std::string unit = absl::StrCat(s.name, "-", n);
+      volumes.push_back(unit);
+      y << YAML::Key << unit << YAML::Value << YAML::BeginMap;
+      y << YAML::Key << "image" << YAML::Value << o.image;
+      y << YAML::Key << "hostname" << YAML::Value << unit;
+      y << YAML::Key << "entrypoint" << YAML::Value << YAML::Flow
+        << std::vector<std::string>{"/usr/local/bin/parley"};
+      y << YAML::Key << "command" << YAML::Value << YAML::Flow
+        << std::vector<std::string>{"host-unit", "--plan", kPlanFile, "--unit",
+                                    absl::StrCat(s.name, "/", n)};
+      y << YAML::Key << "volumes" << YAML::Value << YAML::BeginSeq
+        << absl::StrCat("./plan:", fs::path(kPlanFile).parent_path().string(), ":ro")
+        << absl::StrCat("./bundles:", kBundlesDir, ":ro") << absl::StrCat(unit, ":", kUnitDataDir)
+        << YAML::EndSeq;
+      y << YAML::Key << "healthcheck" << YAML::Value << YAML::BeginMap;
+      y << YAML::Key << "test" << YAML::Value << YAML::Flow
+        << std::vector<std::string>{"CMD",    "/usr/local/bin/parley", "probe", "--ready", "--plan",
+                                    kPlanFile};
+      y << YAML::Key << "interval" << YAML::Value << "10s";
+      y << YAML::Key << "start_period" << YAML::Value << "5s";
+      y << YAML::EndMap;
+      y << YAML::Key << "restart" << YAML::Value << "unless-stopped";
+      y << YAML::EndMap;
+    }
+  }
+  y << YAML::EndMap;
+  y << YAML::Key << "volumes" << YAML::Value << YAML::BeginMap;
+  for (const auto& v : volumes)
+    y << YAML::Key << v << YAML::Value << YAML::BeginMap << YAML::EndMap;
+  y << YAML::EndMap << YAML::EndMap;
+  if (!y.good()) return absl::InternalError(absl::StrCat("writing YAML: ", y.GetLastError()));
+  return WriteFile(out / "compose.yaml", std::string(y.c_str()) + "\n");
 }
 
 absl::StatusOr<std::string> ExportKubernetes(const services::Model& model,

@@ -50,4 +50,18 @@ struct KubernetesOptions {
 absl::StatusOr<std::string> ExportKubernetes(const services::Model& model,
                                              const KubernetesOptions& options);
 
+// `parley export compose MODEL -o DIR`: the model as a compose project in DIR, for
+// `podman-compose` or `docker compose`: DIR/compose.yaml with one service per unit (`web-0` hosts
+// web/0, running `parley host-unit` as a pod does), a named volume per unit for its knowledge
+// base and state directory, one network on which units find each other by service name
+// (`web-0:7000`), a healthcheck that is `parley probe --ready`; DIR/plan/model.json, the plan
+// (mounted at kPlanFile; also a model directory for the CLI: `parley --model-dir DIR/plan status`
+// from where the unit names resolve); DIR/bundles/<service> and DIR/bundles/interfaces, the
+// definitions as bundles (mounted at kBundlesDir). Existing files in DIR are replaced.
+struct ComposeOptions {
+  std::string image = "parley:latest";
+};
+absl::Status ExportCompose(const services::Model& model, const std::string& dir,
+                           const ComposeOptions& options);
+
 }  // namespace parley::cli

@@ -185,12 +185,12 @@ const std::vector<Command>& Commands() {
        1},
       {"version", "", "Versions of parley and of the model's parleyd", {}, 0, 0},
       {"export",
-       "kubernetes MODEL",
-       "Write the model as Kubernetes manifests (docs/deploy.md)",
-       {{"--image", true, "The image the pods run (default parley:latest)"},
-        {"--namespace", true, "Put every resource in this namespace"},
-        {"--storage", true, "Each unit's volume claim (default 1Gi)"},
-        {"-o", true, "Write to this file instead of stdout"}},
+       "kubernetes|compose MODEL",
+       "Write the model as Kubernetes manifests or a compose project (docs/deploy.md)",
+       {{"--image", true, "The image the units run (default parley:latest)"},
+        {"--namespace", true, "kubernetes: put every resource in this namespace"},
+        {"--storage", true, "kubernetes: each unit's volume claim (default 1Gi)"},
+        {"-o", true, "kubernetes: a file instead of stdout; compose: the project directory"}},
        2,
        2},
       {"host-unit",
@@ -1621,11 +1621,23 @@ absl::Status Version(Session& s, const Args&) {
 // Containers and Kubernetes (docs/deploy.md).
 
 absl::Status Export(const Args& args) {
-  if (args.positional[0] != "kubernetes") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("export: unknown format '", args.positional[0], "' (known: kubernetes)"));
+  if (args.positional[0] != "kubernetes" && args.positional[0] != "compose") {
+    return absl::InvalidArgumentError(absl::StrCat("export: unknown format '", args.positional[0],
+                                                   "' (known: kubernetes, compose)"));
   }
   ASSIGN_OR_RETURN(Model model, LoadModel(args.positional[1]));
+  if (args.positional[0] == "compose") {
+    if (!args.Has("-o")) {
+      return absl::InvalidArgumentError("export compose: -o DIR is required (a project directory)");
+    }
+    ComposeOptions options;
+    options.image = args.Get("--image", options.image);
+    RETURN_IF_ERROR(ExportCompose(model, args.Get("-o"), options));
+    std::fprintf(stderr,
+                 "wrote %s/compose.yaml; start it with: podman-compose -f %s/compose.yaml up -d\n",
+                 args.Get("-o").c_str(), args.Get("-o").c_str());
+    return absl::OkStatus();
+  }
   KubernetesOptions options;
   options.image = args.Get("--image", options.image);
   options.name_space = args.Get("--namespace");
