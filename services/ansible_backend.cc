@@ -201,6 +201,7 @@ class AnsibleRunner : public ProcessAction {
     vars["parley_unit"] = UnsafeJson(ctx.unit());
     vars["parley_service"] = UnsafeJson(run.service);
     vars["parley_handler"] = UnsafeJson(ctx.handler());
+    vars["parley_unit_host"] = UnsafeJson(setup().options.unit_host);
     if (!run.state_dir.empty()) vars["parley_state_dir"] = UnsafeJson(run.state_dir);
 
     std::map<std::string, std::string> config;

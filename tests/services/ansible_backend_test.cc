@@ -105,7 +105,7 @@ constexpr char kDump[] = R"(- hosts: localhost
           - fact
           - set
           - dump
-          - "{{ parley_unit }}|{{ parley_service }}|{{ parley_handler }}|{{ parley_event.name }}|{{ parley_event.params.level + 1 }}|{{ parley_config.port + 1 }}|{{ parley_config.debug | ternary('debug', 'quiet') }}|{{ parley_relations.website['website:1'].remote_service }}|{{ parley_relations.website['website:1'].remote_units['lb/0'].client }}|{{ parley_relations.db | length }}|{{ parley_facts['website.joined'] is defined }}"
+          - "{{ parley_unit }}|{{ parley_service }}|{{ parley_handler }}|{{ parley_event.name }}|{{ parley_event.params.level + 1 }}|{{ parley_config.port + 1 }}|{{ parley_config.debug | ternary('debug', 'quiet') }}|{{ parley_relations.website['website:1'].remote_service }}|{{ parley_relations.website['website:1'].remote_units['lb/0'].client }}|{{ parley_relations.db | length }}|{{ parley_facts['website.joined'] is defined }}|{{ parley_unit_host }}"
 )";
 
 constexpr char kFail[] = R"(- hosts: localhost
@@ -154,6 +154,7 @@ class AnsibleBackendTest : public testing::BackendTest {
     ExecOptions options;
     options.extra_path = {std::filesystem::path(kHook).parent_path().string()};
     options.state_root = dir_.Sub("state");
+    options.unit_host = "10.213.7.9";
     ASSERT_NO_FATAL_FAILURE(Start(options));
   }
 
@@ -187,7 +188,7 @@ TEST_F(AnsibleBackendTest, ExtraVarsHoldTheRunsDataWithTheirTypes) {
   ASSERT_EQ(r.outcome, engine::RunOutcome::kCommitted) << FailureMessage();
   // level and port are ints (3 + 1, 8080 + 1); debug is the bool false, not the string "false"
   // (which Jinja would find true); every declared endpoint is there, even without relations.
-  EXPECT_EQ(engine_->FactValue("dump"), "web/0|web|dump|action.dump|4|8081|quiet|lb|nginx|0|True");
+  EXPECT_EQ(engine_->FactValue("dump"), "web/0|web|dump|action.dump|4|8081|quiet|lb|nginx|0|True|10.213.7.9");
 }
 
 TEST_F(AnsibleBackendTest, AFailingTaskRollsTheRunBack) {

@@ -723,6 +723,24 @@ class Session {
       });
       if (!nested) c.mounts.push_back(d);
     }
+    // What their symbolic links point at outside them (the webstack's bin/parley_unit.py ->
+    // examples/lib), at the path the link names, so that it resolves in the container too.
+    std::set<std::string> targets;
+    for (const std::string& m : std::vector<std::string>(c.mounts)) {
+      std::error_code ec;
+      for (fs::recursive_directory_iterator it(m, ec), end; !ec && it != end; it.increment(ec)) {
+        if (!it->is_symlink(ec)) continue;
+        fs::path target = fs::read_symlink(it->path(), ec);
+        if (ec) break;
+        if (target.is_relative()) target = it->path().parent_path() / target;
+        const std::string t = target.lexically_normal().string();
+        const bool inside = std::any_of(c.mounts.begin(), c.mounts.end(), [&](const std::string& o) {
+          return t == o || absl::StartsWith(t, o + "/");
+        });
+        if (!inside && fs::exists(t)) targets.insert(t);
+      }
+    }
+    for (const std::string& t : targets) c.mounts.push_back(t);
     if (state_.tls()) {
       ASSIGN_OR_RETURN(CertFiles files, IssueCert(dir_.pki_dir(), container, {c.ip}, {container}));
       c.tls_dir = files.dir;
