@@ -542,6 +542,15 @@ absl::StatusOr<EnqueueResult> Engine::Enqueue(v1::Event event) {
 absl::StatusOr<EnqueueResult> Engine::ChangeConfig(const std::map<std::string, std::string>& set,
                                                    const std::vector<std::string>& unset) {
   if (run_) return absl::FailedPreconditionError("config cannot change during a run");
+  auto bad_key = [](const std::string& k) {
+    return k.empty() || k.find('\0') != std::string::npos;
+  };
+  for (const auto& [k, v] : set) {
+    if (bad_key(k)) return absl::InvalidArgumentError("a config key is empty or has a NUL byte");
+  }
+  for (const auto& k : unset) {
+    if (bad_key(k)) return absl::InvalidArgumentError("a config key is empty or has a NUL byte");
+  }
   // The queued config.changed events, oldest first, and the config they lead to.
   std::vector<v1::Event> queued;
   std::map<std::string, std::string> pending = config_;

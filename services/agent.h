@@ -110,6 +110,7 @@ class Agent {
 
   // Stops timers and detaches sessions; the strand must be drained afterwards.
   void Stop();
+  bool stopped() const { return stopped_; }
 
  private:
   Agent(Host* host, std::unique_ptr<kb::Kb> kb, std::unique_ptr<engine::Engine> engine,

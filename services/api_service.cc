@@ -153,6 +153,13 @@ class AgentService : public v1::Agent::CallbackService {
       return reactor;
     }
     agent->strand()->Post([agent, reactor, fn] {
+      // Stopped (shutting down, or being removed): its KB must not change and nothing it would
+      // wait for will come.
+      if (agent->stopped()) {
+        reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                     absl::StrCat("agent ", agent->name(), " is stopping")));
+        return;
+      }
       const grpc::Status status = ToGrpcStatus(fn(agent));
       // Answer only once what the answer reports is durable.
       agent->AfterDurable([reactor, status] { reactor->Finish(status); });

@@ -10,9 +10,9 @@
 #include "absl/strings/str_cat.h"
 #include "kb/status_macros.h"
 #include "services/ansible_backend.h"
-#include "services/process_action.h"
 #include "services/container_action.h"
 #include "services/http_action.h"
+#include "services/process_action.h"
 
 namespace parley::services {
 namespace {

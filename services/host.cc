@@ -91,7 +91,12 @@ absl::StatusOr<Agent*> Host::AddAgent(engine::ServiceSpec spec, AgentOptions opt
   ASSIGN_OR_RETURN(std::unique_ptr<Agent> agent, Agent::Create(this, std::move(spec), options));
   Agent* raw = agent.get();
   {
+    // Checked again: another AddAgent of the same name, or Shutdown, may have come in between.
     absl::MutexLock lock(&mu_);
+    if (shut_down_) return absl::FailedPreconditionError("host is shut down");
+    if (agents_.contains(raw->name())) {
+      return absl::AlreadyExistsError(absl::StrCat("agent '", raw->name(), "' already hosted"));
+    }
     agents_.emplace(raw->name(), std::move(agent));
   }
   raw->strand()->Post([raw] { raw->Start(); });
@@ -136,12 +141,21 @@ absl::StatusOr<std::string> Host::AddAgentFromRecipe(const v1::AgentRecipe& reci
            recipe.SerializeAsString());
   ASSIGN_OR_RETURN(uint64_t ticket, host_kb_->Commit(*txn));
   RETURN_IF_ERROR(store_->WaitDurable(ticket));
-  RETURN_IF_ERROR(AddAgent(std::move(spec), std::move(agent_options)).status());
+  if (absl::Status added = AddAgent(std::move(spec), std::move(agent_options)).status();
+      !added.ok()) {
+    // Not hosted: not hosted again after a restart either.
+    txn->Delete(kb::Space::kMeta, absl::StrCat(kRecipePrefix, recipe.agent()));
+    if (auto undone = host_kb_->Commit(*txn); undone.ok()) {
+      store_->WaitDurable(*undone).IgnoreError();
+    }
+    return added;
+  }
   return service;
 }
 
 absl::Status Host::RestoreAgents() {
   if (!options_.build_agent) return absl::OkStatus();
+  absl::MutexLock hosting(&hosting_mu_);
   std::vector<v1::AgentRecipe> recipes;
   absl::Status parse;
   RETURN_IF_ERROR(host_kb_->Scan(
@@ -185,13 +199,8 @@ absl::Status Host::RemoveAgent(const std::string& name) {
     stopped.Notify();
   });
   stopped.WaitForNotification();
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = agents_.find(name);
-    retired_.push_back(std::move(it->second));
-    agents_.erase(it);
-  }
-  // Forget the recipe and delete the knowledge base in one atomic write.
+  // Forget the recipe and delete the knowledge base in one atomic write; only then is the agent
+  // no longer hosted (if the write fails, a retry finds it, stopped, and tries again).
   rocksdb::WriteBatch batch;
   batch.Delete(host_kb_->Key(kb::Space::kMeta, absl::StrCat(kRecipePrefix, name)));
   const std::string begin = absl::StrCat(name, absl::string_view("\0", 1));
@@ -199,6 +208,12 @@ absl::Status Host::RemoveAgent(const std::string& name) {
   batch.DeleteRange(begin, end);
   ASSIGN_OR_RETURN(uint64_t ticket, store_->Write(&batch));
   RETURN_IF_ERROR(store_->WaitDurable(ticket));
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = agents_.find(name);
+    retired_.push_back(std::move(it->second));
+    agents_.erase(it);
+  }
   v1::LogRecord r;
   r.set_agent(name);
   r.set_level(v1::LOG_LEVEL_INFO);
@@ -468,13 +483,18 @@ void Host::Relate(v1::RelateRequest request,
                                          request.remote_endpoint(), ": ", r.status().message())));
           return;
         }
+        if (agent->stopped()) {
+          done(absl::UnavailableError(absl::StrCat("agent ", agent->name(), " is stopping")));
+          return;
+        }
         if (absl::Status s = agent->Relate(request, r->service(), r->interface()); !s.ok()) {
           done(s);
           return;
         }
         v1::RelateResponse resp;
         resp.set_interface(r->interface());
-        done(resp);
+        // Answer only once the relation is durable.
+        agent->AfterDurable([done, resp] { done(resp); });
       });
     };
     if (Agent* remote = Find(request.remote_agent())) {

@@ -240,6 +240,19 @@ TEST_F(CliTest, ConfigScaleAndActions) {
   EXPECT_NE(Unit(Status(), "web/3"), nullptr);
 }
 
+TEST_F(CliTest, AServiceEmptiedAndScaledAgainRelatesAgain) {
+  ASSERT_EQ(Parley({"up", dir_.Sub("model.yaml")}).code, 0);
+  // The web units break their relation when its last lb unit departs; a new lb unit relates
+  // under a new id (the broken one is a tombstone on the web side).
+  Ok({"remove-unit", "lb/0"});
+  Ok({"add-unit", "lb"});
+  Ok({"wait", "--timeout", "60s"});
+  v1::ModelStatus st = Status();
+  EXPECT_EQ(Unit(st, "lb/1")->workload().message(), "port 9000");
+  EXPECT_EQ(st.relations(1).id(), "web:website-lb:backends#3");
+  EXPECT_EQ(Unit(st, "web/0")->relations_size(), 2);
+}
+
 TEST_F(CliTest, RelateAndUnrelate) {
   ASSERT_EQ(Parley({"up", dir_.Sub("model.yaml")}).code, 0);
   Ok({"unrelate", "lb:backends", "web:website"});

@@ -523,6 +523,16 @@ class Session {
         break;
       }
     }
+    // Its service's last unit gone, the far ends of its relations have broken them (tombstones
+    // under the old ids): a unit added later relates under new ids.
+    if (svc->units_size() == 0) {
+      for (auto& rel : *state_.mutable_relations()) {
+        if (rel.a_service() != svc->name() && rel.b_service() != svc->name()) continue;
+        state_.set_next_relation(state_.next_relation() + 1);
+        const std::string old = rel.id();
+        rel.set_id(absl::StrCat(old.substr(0, old.rfind('#')), "#", state_.next_relation()));
+      }
+    }
     RETURN_IF_ERROR(Save());
     std::fprintf(stderr, "removed %s\n", unit.c_str());
     return absl::OkStatus();
@@ -734,9 +744,9 @@ class Session {
         if (ec) break;
         if (target.is_relative()) target = it->path().parent_path() / target;
         const std::string t = target.lexically_normal().string();
-        const bool inside = std::any_of(c.mounts.begin(), c.mounts.end(), [&](const std::string& o) {
-          return t == o || absl::StartsWith(t, o + "/");
-        });
+        const bool inside = std::any_of(
+            c.mounts.begin(), c.mounts.end(),
+            [&](const std::string& o) { return t == o || absl::StartsWith(t, o + "/"); });
         if (!inside && fs::exists(t)) targets.insert(t);
       }
     }
@@ -1451,10 +1461,14 @@ absl::Status Logs(Session& s, const Args& args) {
   std::vector<std::string> errors;
   std::vector<std::thread> readers;
   bool live = false;
-  for (const std::string& address : addresses) {
-    readers.emplace_back([&, address] {
+  // Clients are made here: Session's map is not for several threads.
+  std::vector<v1::Agent::Stub*> stubs;
+  for (const std::string& address : addresses) stubs.push_back(s.Client(address).stub());
+  for (size_t n = 0; n < addresses.size(); ++n) {
+    readers.emplace_back([&, n] {
+      const std::string& address = addresses[n];
       grpc::ClientContext ctx;
-      auto reader = s.Client(address).stub()->StreamLogs(&ctx, req);
+      auto reader = stubs[n]->StreamLogs(&ctx, req);
       v1::LogRecord r;
       while (reader->Read(&r)) {
         absl::MutexLock lock(&mu);
@@ -1559,8 +1573,15 @@ absl::Status MetricsConfig(Session& s, const Args& args) {
   }
   std::vector<std::string> targets;
   std::vector<const v1::HostRecord*> hosts;
-  if (std::any_of(s.state().services().begin(), s.state().services().end(),
-                  [](const auto& svc) { return svc.host().empty() || svc.host() == "local"; })) {
+  if (!s.state().runtime().engine().empty()) {
+    // A container per unit: each parleyd serves /metrics on kMetricsPort of its address.
+    for (const v1::UnitRecord* u : s.AllUnits()) {
+      targets.push_back(
+          absl::StrCat(u->address().substr(0, u->address().rfind(':')), ":", kMetricsPort));
+    }
+  } else if (std::any_of(
+                 s.state().services().begin(), s.state().services().end(),
+                 [](const auto& svc) { return svc.host().empty() || svc.host() == "local"; })) {
     hosts.push_back(&s.state().host());
   }
   for (const auto& h : s.state().hosts()) hosts.push_back(&h);
@@ -1610,7 +1631,8 @@ absl::Status Cert(Session& s, const Args& args) {
   if (name == "cli" || name == "local" || name.find('/') != std::string::npos) {
     return absl::InvalidArgumentError(absl::StrCat("'", name, "' is reserved or not a host name"));
   }
-  RETURN_IF_ERROR(s.dir().Create());
+  // The lock keeps two commands from making the model's CA at once.
+  RETURN_IF_ERROR(s.dir().Lock(absl::Seconds(30)));
   ASSIGN_OR_RETURN(CertFiles files, IssueCert(s.dir().pki_dir(), name, list(args.Get("--ip")),
                                               list(args.Get("--dns")), args.Get("--out")));
   std::printf(

@@ -26,6 +26,11 @@ absl::Status Openssl(const std::string& dir, std::vector<std::string> args) {
   int err[2];
   if (pipe2(err, O_CLOEXEC) != 0) return absl::InternalError("pipe failed");
   const pid_t pid = fork();
+  if (pid < 0) {
+    close(err[0]);
+    close(err[1]);
+    return absl::InternalError(absl::StrCat("cannot run openssl: fork: ", std::strerror(errno)));
+  }
   if (pid == 0) {
     if (chdir(dir.c_str()) != 0) _exit(126);
     const int null = open("/dev/null", O_RDWR);
