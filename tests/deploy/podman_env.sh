@@ -60,3 +60,21 @@ build_test_image() {
   "$PARLEY_SOURCE_DIR/deploy/build-image.sh" --local-base --bin "$PARLEY_BIN_DIR" --tag "$@"
   log "image built in $((SECONDS - started))s"
 }
+
+# The EXIT trap of a test that ran a model with `parley up --runtime`: on failure, the containers'
+# last log lines and the model's status; then every container, volume and model network goes.
+runtime_test_finish() {
+  local rc=$?
+  if [ $rc -ne 0 ]; then
+    for c in $(podman ps -a --format '{{.Names}}' | grep '^parley-'); do
+      echo "--- podman logs $c (last 20 lines)" >&2
+      podman logs "$c" 2>&1 | tail -n 20 >&2
+    done
+    parley status >&2 || true
+  fi
+  podman_clean
+  for n in $(podman network ls --format '{{.Name}}' | grep '^parley-[0-9a-f]\{8\}$'); do
+    podman network rm -f "$n" >/dev/null 2>&1 || true
+  done
+  return $rc
+}

@@ -25,22 +25,7 @@ fi
 # Inside the private network namespace.
 ip link set lo up
 export PARLEY_MODEL_DIR="$work/model/.parley"
-finish() {
-  local rc=$?
-  if [ $rc -ne 0 ]; then
-    for c in $(podman ps -a --format '{{.Names}}' | grep '^parley-'); do
-      echo "--- podman logs $c (last 20 lines)" >&2
-      podman logs "$c" 2>&1 | tail -n 20 >&2
-    done
-    parley status >&2 || true
-  fi
-  podman_clean
-  for n in $(podman network ls --format '{{.Name}}' | grep '^parley-[0-9a-f]\{8\}$'); do
-    podman network rm -f "$n" >/dev/null 2>&1 || true
-  done
-  return $rc
-}
-trap finish EXIT
+trap runtime_test_finish EXIT
 mkdir -p "$work/model"
 
 # The unit's address on the model's network (model.json's "address" without the agent's port).
