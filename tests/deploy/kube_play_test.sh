@@ -76,10 +76,28 @@ for u in listener/0 listener/1; do
 done
 parley relation-data listener/0 roster | grep -q listener/1 || fail "listener/0 does not know listener/1"
 
-# Kill a unit's container and start it again: same knowledge base, install not run again.
+# Kill a unit's container and start its pod again: same knowledge base, install not run again.
+# kube play's pods have exit policy "stop": once the agent is gone, podman stops the pod's infra
+# container too, taking the pod's network down, from the agent's cleanup process (started by its
+# conmon), some time after the agent stopped. A container started while that is pending joins a
+# network about to vanish (seen in CI: "Network is unreachable" for good). So the pod is started
+# again only when nothing of the killed agent runs any more (no conmon, no cleanup process) and the
+# pod has stopped as a whole (stopped here if podman's exit policy did not).
+id=$(podman inspect -f '{{.Id}}' listener-1-agent)
 podman kill listener-1-agent >/dev/null
-wait_until 30 "listener-1-agent stopped" test "$(podman inspect -f '{{.State.Running}}' listener-1-agent)" = false
-podman start listener-1-agent >/dev/null
+agent_gone() {
+  [ "$(podman inspect -f '{{.State.Status}}' listener-1-agent)" = exited ] && ! pgrep -f "$id" >/dev/null
+}
+wait_until 30 "listener-1-agent exited and cleaned up" agent_gone
+podman pod stop -t 0 listener-1 >/dev/null
+pod_exited() {
+  local state
+  state=$(podman pod inspect -f '{{.State}} {{range .Containers}}{{.Name}}={{.State}} {{end}}' listener-1)
+  echo "pod listener-1: $state"
+  [ "${state%% *}" = Exited ]
+}
+wait_until 30 "pod listener-1 stopped" pod_exited
+podman pod start listener-1 >/dev/null
 wait_until 60 "listener-1 ready again" parley probe --ready --plan "$work/plan.json" --address "$(awk '$1=="listener-1"{print $2}' "$work/addresses"):7000"
 parley wait --timeout 60s
 [ "$(podman exec listener-1-agent cat /var/lib/parley/units/listener-1/installed)" = installed ] ||
