@@ -529,14 +529,28 @@ void Engine::StageInbox(kb::Txn& txn, v1::Event& event) {
 }
 
 absl::StatusOr<EnqueueResult> Engine::Enqueue(v1::Event event) {
+  std::vector<v1::Event> one;
+  one.push_back(std::move(event));
+  return EnqueueAll(std::move(one));
+}
+
+absl::StatusOr<EnqueueResult> Engine::EnqueueAll(std::vector<v1::Event> events) {
   if (run_) return absl::FailedPreconditionError("events cannot be enqueued during a run");
-  RETURN_IF_ERROR(ValidateEvent(event));
+  if (events.empty()) return absl::InvalidArgumentError("no events to enqueue");
+  for (const v1::Event& e : events) RETURN_IF_ERROR(ValidateEvent(e));
   kb::Txn txn(kb_);
-  StageInbox(txn, event);
-  ASSIGN_OR_RETURN(uint64_t ticket, kb_->Commit(txn));
-  ++next_event_id_;
-  ++inbox_depth_;
-  return EnqueueResult{event.id(), ticket};
+  const uint64_t first = next_event_id_;
+  for (v1::Event& e : events) {
+    StageInbox(txn, e);
+    ++next_event_id_;
+  }
+  absl::StatusOr<uint64_t> ticket = kb_->Commit(txn);
+  if (!ticket.ok()) {
+    next_event_id_ = first;
+    return ticket.status();
+  }
+  inbox_depth_ += events.size();
+  return EnqueueResult{events.back().id(), *ticket};
 }
 
 absl::StatusOr<EnqueueResult> Engine::ChangeConfig(const std::map<std::string, std::string>& set,

@@ -98,6 +98,11 @@ class Engine {
   // Appends `event` to the durable inbox (its id is assigned here) in a transaction of its own.
   absl::StatusOr<EnqueueResult> Enqueue(v1::Event event);
 
+  // Appends `events`, in order, in one transaction: all of them or none (an agent's first events,
+  // install and its initial config, must not be split by a crash). Returns the last one's id; the
+  // ticket covers them all.
+  absl::StatusOr<EnqueueResult> EnqueueAll(std::vector<v1::Event> events);
+
   // Changes config: sets `set`, removes `unset`. Config is a state, not a stream of events: the
   // change is made against the config the inbox already leads to (the committed config with the
   // changes of every config.changed event still queued). When config.changed events are queued,

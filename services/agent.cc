@@ -53,7 +53,12 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Create(Host* host, engine::Service
         return true;
       }));
   engine::Engine& e = *agent->engine_;
+  // A new agent's first events (install, its initial config, start) are queued in one write: a
+  // crash cannot leave it installed without its config. An agent that ran before only starts.
+  std::vector<v1::Event> first;
   if (e.runs() == 0 && e.inbox_depth() == 0 && !e.failure()) {
+    first.emplace_back().set_name("install");
+    first.back().set_source("agent");
     v1::Event config;
     config.set_name("config.changed");
     config.set_source("agent");
@@ -63,16 +68,11 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Create(Host* host, engine::Service
       c->set_key(k);
       c->set_value(v);
     }
-    v1::Event install;
-    install.set_name("install");
-    install.set_source("agent");
-    RETURN_IF_ERROR(e.Enqueue(std::move(install)).status());
-    if (config.config_changes_size() > 0) RETURN_IF_ERROR(e.Enqueue(std::move(config)).status());
+    if (config.config_changes_size() > 0) first.push_back(std::move(config));
   }
-  v1::Event start;
-  start.set_name("start");
-  start.set_source("agent");
-  ASSIGN_OR_RETURN(auto started, e.Enqueue(std::move(start)));
+  first.emplace_back().set_name("start");
+  first.back().set_source("agent");
+  ASSIGN_OR_RETURN(auto started, e.EnqueueAll(std::move(first)));
   agent->last_ticket_ = started.ticket;
   return agent;
 }

@@ -636,6 +636,45 @@ TEST_F(EngineTest, InvalidEventsAreRefused) {
   EXPECT_EQ(engine_->inbox_depth(), 0u);
 }
 
+// EnqueueAll writes its events in one transaction: consecutive ids in order, all of them durable
+// together (they are there after a reopen), and none at all when one of them is invalid.
+TEST_F(EngineTest, EnqueueAllIsAllOrNothing) {
+  Endpoint("db");
+  std::vector<std::string> order;
+  Handler("any", {}, {}, {"install", "config.changed", "start"}, [&](RunContext& ctx) {
+    order.push_back(ctx.event().name());
+    return absl::OkStatus();
+  });
+  Start();
+  std::vector<v1::Event> bad = {Named("install"), Named("db.joined"), Named("start")};
+  auto r = engine_->EnqueueAll(bad);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("must carry their relation"));
+  EXPECT_EQ(engine_->inbox_depth(), 0u);
+  EXPECT_FALSE(engine_->EnqueueAll({}).ok());
+
+  r = engine_->EnqueueAll({Named("install"), Named("config.changed"), Named("start")});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(engine_->inbox_depth(), 3u);
+  const uint64_t last = r->event_id;
+  // Reopened (as after a crash once the write is durable): all three, in order, ids consecutive.
+  ASSERT_TRUE(store_->WaitDurable(r->ticket).ok());
+  engine_.reset();
+  kb_.reset();
+  store_.reset();
+  OpenStore();
+  Start();
+  EXPECT_EQ(engine_->inbox_depth(), 3u);
+  std::vector<uint64_t> ids;
+  for (int i = 0; i < 3; ++i) {
+    auto run = engine_->RunOnce();
+    ASSERT_TRUE(run.ok()) << run.status();
+    ids.push_back(run->trace->trigger().id());
+  }
+  EXPECT_THAT(order, ElementsAre("install", "config.changed", "start"));
+  EXPECT_THAT(ids, ElementsAre(last - 2, last - 1, last));
+}
+
 // Fact changes outside a run are refused (nothing else touches the KB meanwhile).
 TEST_F(EngineTest, EnqueueDuringRunIsRefused) {
   Engine* self = nullptr;
