@@ -782,6 +782,7 @@ class Session {
         grpc::CreateCustomChannel(
             address, dir_.credentials() ? dir_.credentials() : grpc::InsecureChannelCredentials(),
             channel_args));
+    client.set_wait_for_ready(true);
     const absl::Time deadline = absl::Now() + absl::Seconds(60);
     while (true) {
       absl::StatusOr<v1::HostInfo> info = client.Host(absl::Seconds(2));

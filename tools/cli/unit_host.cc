@@ -157,6 +157,7 @@ pid_t StartParleyd(const HostUnitOptions& o, const std::string& advertise) {
 absl::Status SetUp(const HostUnitOptions& o, const v1::ModelState& plan,
                    const v1::ServiceRecord& svc, const std::string& unit, pid_t parleyd) {
   AgentClient client(absl::StrCat("127.0.0.1:", o.port));
+  client.set_wait_for_ready(true);
   const absl::Time deadline = absl::Now() + absl::Seconds(60);
   while (!client.Host(absl::Seconds(2)).ok()) {
     if (waitpid(parleyd, nullptr, WNOHANG) == parleyd) {
@@ -167,6 +168,7 @@ absl::Status SetUp(const HostUnitOptions& o, const v1::ModelState& plan,
     }
     absl::SleepFor(absl::Milliseconds(100));
   }
+  client.set_wait_for_ready(false);
   return Host(client, plan, svc, unit);
 }
 
