@@ -662,6 +662,9 @@ absl::Status Agent::Relate(const v1::RelateRequest& request, const std::string& 
                            const std::string& interface) {
   RETURN_IF_ERROR(CheckRelationId(request.relation_id(), request.endpoint(), remote_service,
                                   request.remote_endpoint()));
+  // Before the check below: relating again is how an operator tells an agent where a remote unit
+  // moved (peers may not, docs/protocol.md "Peer identity").
+  RETURN_IF_ERROR(RememberAddress(request.remote_agent(), request.remote_address(), false));
   if (auto it = engine_->relations().find(request.relation_id());
       it != engine_->relations().end()) {
     const auto& t = it->second.targets();
@@ -671,7 +674,6 @@ absl::Status Agent::Relate(const v1::RelateRequest& request, const std::string& 
       return absl::OkStatus();
     }
   }
-  RETURN_IF_ERROR(RememberAddress(request.remote_agent(), request.remote_address(), false));
   v1::Event e;
   e.set_name(absl::StrCat(request.endpoint(), ".created"));
   e.set_source("api");

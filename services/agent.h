@@ -90,7 +90,8 @@ class Agent {
   absl::Status CheckConfig(const std::string& key, const std::string& value) const;
   // Validates and records a relation whose other side already agreed (see Host::Relate). Relating
   // an existing relation to one more remote unit adds it (same endpoint and remote service);
-  // relating it to a unit it already targets changes nothing.
+  // relating it to a unit it already targets changes nothing but where that unit is, when the
+  // request gives another address (how an operator tells agents that a unit moved).
   absl::Status Relate(const v1::RelateRequest& request, const std::string& remote_service,
                       const std::string& interface);
   absl::Status Unrelate(const std::string& relation_id);

@@ -1,13 +1,17 @@
 #include "services/api_service.h"
 
+#include <algorithm>
 #include <deque>
+#include <iterator>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "services/agent.h"
 #include "services/host.h"
 #include "services/status_convert.h"
+#include "services/tls.h"
 
 namespace parley::services {
 namespace {
@@ -137,9 +141,51 @@ class LogStream : public QueuedWriter<v1::LogRecord> {
   uint64_t subscription_ = 0;
 };
 
+// What a host certificate may call (docs/api.md): what probes and monitoring of a parleyd need,
+// nothing that changes a model or reads what agents keep (config, relation data, facts, traces and
+// logs may hold passwords). parleyds never call each other's agent API; `parley host-unit` talks
+// to its own parleyd in plaintext.
+constexpr absl::string_view kHostMethods[] = {"GetHost", "ListAgents", "GetStatus", "WatchStatus",
+                                              "CheckIdle"};
+
 class AgentService : public v1::Agent::CallbackService {
  public:
   explicit AgentService(Host* host) : host_(host) {}
+
+  // With mutual TLS, whether the caller's certificate allows `method`: OK or PERMISSION_DENIED
+  // naming the method, the certificate and what is needed.
+  grpc::Status Authorize(grpc::CallbackServerContext* ctx, absl::string_view method) const {
+    if (!RequiresClientCertificates(host_->options().tls)) return grpc::Status::OK;
+    const CallerIdentity caller = IdentityOf(*ctx->auth_context());
+    if (caller.IsOperator() || std::find(std::begin(kHostMethods), std::end(kHostMethods),
+                                         method) != std::end(kHostMethods)) {
+      return grpc::Status::OK;
+    }
+    std::string message = absl::StrCat(
+        "Agent.", method, " needs an operator certificate (", kRoleUriPrefix, kOperatorRole,
+        "); the caller's certificate (", caller.Describe(), ") ",
+        caller.roles.empty()
+            ? absl::StrCat("names no role: it was made before certificates had roles and counts "
+                           "as a host's. The parley CLI renews its own; for another operator run "
+                           "`parley cert NAME --operator` and use that certificate")
+            : "is not an operator's",
+        "; a host certificate may call only ", absl::StrJoin(kHostMethods, ", "));
+    v1::LogRecord r;
+    r.set_level(v1::LOG_LEVEL_WARNING);
+    r.set_agent("-");
+    r.set_message(absl::StrCat("refused API call: ", message));
+    host_->logs().Add(std::move(r));
+    return grpc::Status(grpc::StatusCode::PERMISSION_DENIED, message);
+  }
+
+  // A reactor finished with the refusal, or null when `method` is allowed.
+  grpc::ServerUnaryReactor* Deny(grpc::CallbackServerContext* ctx, absl::string_view method) {
+    grpc::Status allowed = Authorize(ctx, method);
+    if (allowed.ok()) return nullptr;
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    reactor->Finish(allowed);
+    return reactor;
+  }
 
   // Runs `fn(agent)` on the agent's strand and finishes the call with its status.
   template <typename Fn>
@@ -170,6 +216,7 @@ class AgentService : public v1::Agent::CallbackService {
   grpc::ServerUnaryReactor* ListAgents(grpc::CallbackServerContext* ctx,
                                        const v1::ListAgentsRequest*,
                                        v1::ListAgentsResponse* resp) override {
+    if (grpc::ServerUnaryReactor* denied = Deny(ctx, "ListAgents")) return denied;
     for (Agent* a : host_->Agents()) {
       v1::AgentSummary* s = resp->add_agents();
       s->set_agent(a->name());
@@ -183,14 +230,20 @@ class AgentService : public v1::Agent::CallbackService {
   grpc::ServerUnaryReactor* GetStatus(grpc::CallbackServerContext* ctx,
                                       const v1::GetStatusRequest* req,
                                       v1::AgentStatus* resp) override {
+    if (grpc::ServerUnaryReactor* denied = Deny(ctx, "GetStatus")) return denied;
     return OnAgent(ctx, req->agent(), [resp](Agent* a) {
       *resp = a->Status();
       return absl::OkStatus();
     });
   }
 
-  grpc::ServerWriteReactor<v1::AgentStatus>* WatchStatus(grpc::CallbackServerContext*,
+  grpc::ServerWriteReactor<v1::AgentStatus>* WatchStatus(grpc::CallbackServerContext* ctx,
                                                          const v1::GetStatusRequest* req) override {
+    if (grpc::Status allowed = Authorize(ctx, "WatchStatus"); !allowed.ok()) {
+      auto* w = new QueuedWriter<v1::AgentStatus>();
+      w->End(allowed);
+      return w;
+    }
     Agent* agent = host_->Find(req->agent());
     if (agent == nullptr) {
       auto* w = new QueuedWriter<v1::AgentStatus>();
@@ -206,6 +259,7 @@ class AgentService : public v1::Agent::CallbackService {
   grpc::ServerUnaryReactor* GetFacts(grpc::CallbackServerContext* ctx,
                                      const v1::GetFactsRequest* req,
                                      v1::GetFactsResponse* resp) override {
+    if (grpc::ServerUnaryReactor* denied = Deny(ctx, "GetFacts")) return denied;
     return OnAgent(ctx, req->agent(), [resp](Agent* a) {
       for (const auto& [k, v] : a->engine().Facts()) {
         v1::Fact* f = resp->add_facts();
@@ -219,6 +273,7 @@ class AgentService : public v1::Agent::CallbackService {
   grpc::ServerUnaryReactor* GetRelationData(grpc::CallbackServerContext* ctx,
                                             const v1::GetRelationDataRequest* req,
                                             v1::GetRelationDataResponse* resp) override {
+    if (grpc::ServerUnaryReactor* denied = Deny(ctx, "GetRelationData")) return denied;
     return OnAgent(ctx, req->agent(), [req, resp](Agent* a) {
       if (!req->endpoint().empty()) {
         bool known = false;
@@ -236,6 +291,7 @@ class AgentService : public v1::Agent::CallbackService {
   grpc::ServerUnaryReactor* GetTraces(grpc::CallbackServerContext* ctx,
                                       const v1::GetTracesRequest* req,
                                       v1::GetTracesResponse* resp) override {
+    if (grpc::ServerUnaryReactor* denied = Deny(ctx, "GetTraces")) return denied;
     return OnAgent(ctx, req->agent(), [req, resp](Agent* a) -> absl::Status {
       auto traces = a->engine().Traces(req->last() == 0 ? 10 : req->last());
       if (!traces.ok()) return traces.status();
@@ -247,6 +303,7 @@ class AgentService : public v1::Agent::CallbackService {
   grpc::ServerUnaryReactor* GetConfig(grpc::CallbackServerContext* ctx,
                                       const v1::GetConfigRequest* req,
                                       v1::GetConfigResponse* resp) override {
+    if (grpc::ServerUnaryReactor* denied = Deny(ctx, "GetConfig")) return denied;
     return OnAgent(ctx, req->agent(), [resp](Agent* a) {
       for (const auto& [k, v] : a->engine().config()) (*resp->mutable_config())[k] = v;
       return absl::OkStatus();
@@ -256,6 +313,7 @@ class AgentService : public v1::Agent::CallbackService {
   grpc::ServerUnaryReactor* SetConfig(grpc::CallbackServerContext* ctx,
                                       const v1::SetConfigRequest* req,
                                       v1::SetConfigResponse* resp) override {
+    if (grpc::ServerUnaryReactor* denied = Deny(ctx, "SetConfig")) return denied;
     return OnAgent(ctx, req->agent(), [req, resp](Agent* a) -> absl::Status {
       auto id = a->SetConfig(*req);
       if (!id.ok()) return id.status();
@@ -266,6 +324,7 @@ class AgentService : public v1::Agent::CallbackService {
 
   grpc::ServerUnaryReactor* Relate(grpc::CallbackServerContext* ctx, const v1::RelateRequest* req,
                                    v1::RelateResponse* resp) override {
+    if (grpc::ServerUnaryReactor* denied = Deny(ctx, "Relate")) return denied;
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
     host_->Relate(*req, [reactor, resp](absl::StatusOr<v1::RelateResponse> r) {
       if (r.ok()) *resp = *r;
@@ -277,12 +336,14 @@ class AgentService : public v1::Agent::CallbackService {
   grpc::ServerUnaryReactor* Unrelate(grpc::CallbackServerContext* ctx,
                                      const v1::UnrelateRequest* req,
                                      v1::UnrelateResponse*) override {
+    if (grpc::ServerUnaryReactor* denied = Deny(ctx, "Unrelate")) return denied;
     return OnAgent(ctx, req->agent(), [req](Agent* a) { return a->Unrelate(req->relation_id()); });
   }
 
   grpc::ServerUnaryReactor* FireEvent(grpc::CallbackServerContext* ctx,
                                       const v1::FireEventRequest* req,
                                       v1::FireEventResponse* resp) override {
+    if (grpc::ServerUnaryReactor* denied = Deny(ctx, "FireEvent")) return denied;
     return OnAgent(ctx, req->agent(), [req, resp](Agent* a) -> absl::Status {
       auto id = a->FireEvent(*req);
       if (!id.ok()) return id.status();
@@ -291,8 +352,13 @@ class AgentService : public v1::Agent::CallbackService {
     });
   }
 
-  grpc::ServerWriteReactor<v1::LogRecord>* StreamLogs(grpc::CallbackServerContext*,
+  grpc::ServerWriteReactor<v1::LogRecord>* StreamLogs(grpc::CallbackServerContext* ctx,
                                                       const v1::StreamLogsRequest* req) override {
+    if (grpc::Status allowed = Authorize(ctx, "StreamLogs"); !allowed.ok()) {
+      auto* w = new QueuedWriter<v1::LogRecord>();
+      w->End(allowed);
+      return w;
+    }
     auto* w = new LogStream(host_, *req);
     w->Begin();
     return w;
@@ -300,6 +366,7 @@ class AgentService : public v1::Agent::CallbackService {
 
   grpc::ServerUnaryReactor* GetHost(grpc::CallbackServerContext* ctx, const v1::GetHostRequest*,
                                     v1::HostInfo* resp) override {
+    if (grpc::ServerUnaryReactor* denied = Deny(ctx, "GetHost")) return denied;
     *resp = host_->Info();
     auto* reactor = ctx->DefaultReactor();
     reactor->Finish(grpc::Status::OK);
@@ -311,6 +378,7 @@ class AgentService : public v1::Agent::CallbackService {
   grpc::ServerUnaryReactor* AddAgent(grpc::CallbackServerContext* ctx,
                                      const v1::AddAgentRequest* req,
                                      v1::AddAgentResponse* resp) override {
+    if (grpc::ServerUnaryReactor* denied = Deny(ctx, "AddAgent")) return denied;
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
     std::thread([host = host_, req, resp, reactor] {
       absl::StatusOr<std::string> service = host->AddAgentFromRecipe(req->recipe());
@@ -323,6 +391,7 @@ class AgentService : public v1::Agent::CallbackService {
   grpc::ServerUnaryReactor* RemoveAgent(grpc::CallbackServerContext* ctx,
                                         const v1::RemoveAgentRequest* req,
                                         v1::RemoveAgentResponse*) override {
+    if (grpc::ServerUnaryReactor* denied = Deny(ctx, "RemoveAgent")) return denied;
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
     std::thread([host = host_, req, reactor] {
       reactor->Finish(ToGrpcStatus(host->RemoveAgent(req->agent())));
@@ -333,6 +402,7 @@ class AgentService : public v1::Agent::CallbackService {
   grpc::ServerUnaryReactor* CheckIdle(grpc::CallbackServerContext* ctx,
                                       const v1::CheckIdleRequest* req,
                                       v1::CheckIdleResponse* resp) override {
+    if (grpc::ServerUnaryReactor* denied = Deny(ctx, "CheckIdle")) return denied;
     return OnAgent(ctx, req->agent(), [resp](Agent* a) {
       *resp = a->CheckIdle();
       return absl::OkStatus();

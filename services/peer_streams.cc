@@ -7,9 +7,53 @@
 #include "services/agent.h"
 #include "services/host.h"
 #include "services/status_convert.h"
+#include "services/tls.h"
 
 namespace parley::services {
 namespace {
+
+// The caller's certificate when listeners require client certificates; null otherwise (nothing to
+// check: plaintext, or TLS without a CA).
+std::shared_ptr<const CallerIdentity> Caller(Host* host, const grpc::CallbackServerContext* ctx) {
+  if (!RequiresClientCertificates(host->options().tls)) return nullptr;
+  return std::make_shared<const CallerIdentity>(IdentityOf(*ctx->auth_context()));
+}
+
+// A peer may speak for `claimed` only from a machine its certificate names: the host of the
+// address it gives, and of the address `agent` recorded for `claimed` if any, must be among the
+// certificate's IP addresses and DNS names. Otherwise any machine of the model could pose as any
+// agent, or point an agent's traffic for another one at itself (docs/protocol.md, "Peer
+// identity"). PERMISSION_DENIED when not; OK without a `caller` (no client certificates). On
+// `agent`'s strand.
+absl::Status CheckClaim(const Agent* agent, const CallerIdentity* caller,
+                        const std::string& claimed, const std::string& address) {
+  if (caller == nullptr) return absl::OkStatus();
+  const std::string recorded = agent->AddressOf(claimed);
+  if (address.empty() && recorded.empty()) {
+    return absl::PermissionDeniedError(
+        absl::StrCat(agent->name(), " refuses to hear from ", claimed,
+                     ": no address is given or known for it that the caller's certificate (",
+                     caller->Describe(), ") could vouch for"));
+  }
+  for (const std::string* a : {&address, &recorded}) {
+    if (a->empty() || caller->Covers(HostOfAddress(*a))) continue;
+    return absl::PermissionDeniedError(absl::StrCat(
+        agent->name(), " refuses to hear from ", claimed, " at ", *a,
+        a == &recorded ? absl::StrCat(" (where ", agent->name(), " knows it to be)") : "",
+        ": the caller's certificate (", caller->Describe(), ") does not name ", HostOfAddress(*a)));
+  }
+  return absl::OkStatus();
+}
+
+// A warning in the host's log for something a peer was refused.
+void LogRefusal(Host* host, const std::string& agent, absl::string_view what,
+                const absl::Status& why) {
+  v1::LogRecord r;
+  r.set_level(v1::LOG_LEVEL_WARNING);
+  r.set_agent(agent);
+  r.set_message(absl::StrCat("refused ", what, ": ", why.message()));
+  host->logs().Add(std::move(r));
+}
 
 // A session whose frames go to a stream reactor while it lives. Reactors are deleted by gRPC in
 // OnDone; the handle outlives them in the agent's channel table and then drops frames.
@@ -102,7 +146,10 @@ class WriteQueue {
 class ServerStream : public grpc::ServerBidiReactor<v1::PeerFrame, v1::PeerFrame>,
                      public StreamHandle::Writer {
  public:
-  explicit ServerStream(Host* host) : host_(host), writes_(this) { StartRead(&in_); }
+  ServerStream(Host* host, std::shared_ptr<const CallerIdentity> caller)
+      : host_(host), caller_(std::move(caller)), writes_(this) {
+    StartRead(&in_);
+  }
 
   void Write(v1::PeerFrame frame) override { writes_.Write(std::move(frame)); }
   void End(const absl::Status& why) override {
@@ -132,16 +179,15 @@ class ServerStream : public grpc::ServerBidiReactor<v1::PeerFrame, v1::PeerFrame
         host_->metrics().Rejected(named ? named->name() : "-", reason).Increment();
         Log(s);
         End(s);
-        return;
       }
-    } else {
-      Agent* agent = agent_;
-      std::string remote = remote_;
-      std::shared_ptr<StreamHandle> handle = handle_;
-      agent->strand()->Post([agent, remote, handle, frame = std::move(in_)] {
-        agent->OnFrame(remote, handle, frame);
-      });
+      // Admit reads on once the agent accepted the peer.
+      return;
     }
+    Agent* agent = agent_;
+    std::string remote = remote_;
+    std::shared_ptr<StreamHandle> handle = handle_;
+    agent->strand()->Post(
+        [agent, remote, handle, frame = std::move(in_)] { agent->OnFrame(remote, handle, frame); });
     StartRead(&in_);
   }
 
@@ -161,13 +207,7 @@ class ServerStream : public grpc::ServerBidiReactor<v1::PeerFrame, v1::PeerFrame
   }
 
  private:
-  void Log(const absl::Status& s) {
-    v1::LogRecord r;
-    r.set_level(v1::LOG_LEVEL_WARNING);
-    r.set_agent(agent_ ? agent_->name() : "-");
-    r.set_message(absl::StrCat("refused stream: ", s.message()));
-    host_->logs().Add(std::move(r));
-  }
+  void Log(const absl::Status& s) { LogRefusal(host_, agent_ ? agent_->name() : "-", "stream", s); }
 
   absl::Status Handshake(std::string* reason) {
     if (!in_.has_hello()) {
@@ -191,12 +231,25 @@ class ServerStream : public grpc::ServerBidiReactor<v1::PeerFrame, v1::PeerFrame
       return absl::NotFoundError(
           absl::StrCat("no agent '", h.to_agent(), "' here (", host_->address(), ")"));
     }
+    // Whether the peer may speak for its sender depends on what the agent recorded: decided on
+    // its strand. Nothing is read meanwhile (the reactor lives until Admit ends or reads on).
+    agent->strand()->Post([this, agent, hello = h] { Admit(agent, hello); });
+    return absl::OkStatus();
+  }
+
+  // On `agent`'s strand: accepts the stream (answers the Hello, attaches it, reads on) or refuses
+  // it, with the KB untouched.
+  void Admit(Agent* agent, const v1::Hello& hello) {
+    if (absl::Status s = CheckClaim(agent, caller_.get(), hello.from_agent(), hello.from_address());
+        !s.ok()) {
+      host_->metrics().Rejected(agent->name(), "identity").Increment();
+      LogRefusal(host_, agent->name(), "stream", s);
+      End(s);
+      return;
+    }
     agent_ = agent;
-    remote_ = h.from_agent();
+    remote_ = hello.from_agent();
     handle_ = std::make_shared<StreamHandle>(this);
-    std::shared_ptr<StreamHandle> handle = handle_;
-    std::string remote = remote_;
-    std::string address = h.from_address();
     // The handshake is two-way: the answer tells the dialer the stream really reached us.
     v1::PeerFrame answer;
     answer.mutable_hello()->set_protocol_version(v1::PROTOCOL_VERSION_1);
@@ -204,11 +257,11 @@ class ServerStream : public grpc::ServerBidiReactor<v1::PeerFrame, v1::PeerFrame
     answer.mutable_hello()->set_to_agent(remote_);
     answer.mutable_hello()->set_from_address(host_->address());
     Write(std::move(answer));
-    agent->strand()->Post([agent, remote, handle, address] {
-      if (!address.empty()) agent->RememberAddress(remote, address, false).IgnoreError();
-      agent->Attach(remote, handle);
-    });
-    return absl::OkStatus();
+    if (!hello.from_address().empty()) {
+      agent->RememberAddress(remote_, hello.from_address(), false).IgnoreError();
+    }
+    agent->Attach(remote_, handle_);
+    StartRead(&in_);
   }
 
   void FinishOnce(const grpc::Status& status) {
@@ -219,8 +272,10 @@ class ServerStream : public grpc::ServerBidiReactor<v1::PeerFrame, v1::PeerFrame
   }
 
   Host* host_;
+  const std::shared_ptr<const CallerIdentity> caller_;
   WriteQueue<ServerStream> writes_;
   v1::PeerFrame in_;
+  // Set by Admit, before it reads on.
   Agent* agent_ = nullptr;
   std::string remote_;
   std::shared_ptr<StreamHandle> handle_;
@@ -341,29 +396,48 @@ class PeerService : public v1::Peer::CallbackService {
   explicit PeerService(Host* host) : host_(host) {}
 
   grpc::ServerBidiReactor<v1::PeerFrame, v1::PeerFrame>* Connect(
-      grpc::CallbackServerContext*) override {
-    return new ServerStream(host_);
+      grpc::CallbackServerContext* ctx) override {
+    return new ServerStream(host_, Caller(host_, ctx));
   }
 
   grpc::ServerUnaryReactor* CheckRelation(grpc::CallbackServerContext* ctx,
                                           const v1::CheckRelationRequest* request,
                                           v1::CheckRelationResponse* response) override {
-    return OnAgent(ctx, request->agent(), [request, response](Agent* agent) {
-      auto r = agent->CheckRelation(*request);
-      if (r.ok()) *response = *r;
-      return r.status();
-    });
+    return OnAgent(ctx, request->agent(),
+                   [this, caller = Caller(host_, ctx), request, response](Agent* agent) {
+                     absl::Status s = Vouch(agent, caller.get(), "CheckRelation",
+                                            request->remote_agent(), request->remote_address());
+                     if (!s.ok()) return s;
+                     auto r = agent->CheckRelation(*request);
+                     if (r.ok()) *response = *r;
+                     return r.status();
+                   });
   }
 
   grpc::ServerUnaryReactor* RequestConnect(grpc::CallbackServerContext* ctx,
                                            const v1::RequestConnectRequest* request,
                                            v1::RequestConnectResponse*) override {
-    return OnAgent(ctx, request->agent(), [request](Agent* agent) {
-      return agent->RememberAddress(request->from_agent(), request->from_address(), true);
-    });
+    return OnAgent(
+        ctx, request->agent(), [this, caller = Caller(host_, ctx), request](Agent* agent) {
+          absl::Status s = Vouch(agent, caller.get(), "RequestConnect", request->from_agent(),
+                                 request->from_address());
+          if (!s.ok()) return s;
+          return agent->RememberAddress(request->from_agent(), request->from_address(), true);
+        });
   }
 
  private:
+  // CheckClaim, with a refusal counted and logged.
+  absl::Status Vouch(Agent* agent, const CallerIdentity* caller, absl::string_view what,
+                     const std::string& claimed, const std::string& address) {
+    absl::Status s = CheckClaim(agent, caller, claimed, address);
+    if (!s.ok()) {
+      host_->metrics().Rejected(agent->name(), "identity").Increment();
+      LogRefusal(host_, agent->name(), what, s);
+    }
+    return s;
+  }
+
   // Runs `fn(agent)` on the named agent's strand and finishes the call with its status.
   template <typename Fn>
   grpc::ServerUnaryReactor* OnAgent(grpc::CallbackServerContext* ctx, const std::string& name,

@@ -3,6 +3,7 @@
 
 #include <signal.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -372,6 +373,45 @@ TEST_F(CliTest, MutualTlsByDefaultPlaintextOnRequest) {
   st = Status();
   EXPECT_EQ(Unit(st, "lb/0")->workload().message(), "port 9000");
   EXPECT_TRUE(PlaintextGetHost(st.host().address()).ok());
+}
+
+// A certificate's subjectAltName, as openssl prints it.
+std::string Sans(const std::string& cert) {
+  return RunCommand({"/usr/bin/openssl", "x509", "-in", cert, "-noout", "-ext", "subjectAltName"},
+                    {})
+      .out;
+}
+
+TEST_F(CliTest, CertificatesCarryRolesAndRolelessOnesAreReplaced) {
+  ASSERT_EQ(Parley({"up", dir_.Sub("model.yaml")}).code, 0);
+  const std::string pki = dir_.Sub(".parley/pki");
+  EXPECT_THAT(Sans(pki + "/cli/cert.pem"), HasSubstr("URI:parley:role/operator"));
+  EXPECT_THAT(Sans(pki + "/local/cert.pem"), HasSubstr("URI:parley:role/host"));
+
+  // The CLI's certificate of a model directory made before roles: replaced by the next command,
+  // which may then change config (an operator's call).
+  const std::string old_cli = absl::StrCat(
+      "cd '", pki, "/cli' && printf 'subjectAltName=DNS:parley-cli\\n' >old.cnf && ",
+      "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout key.pem ",
+      "-out old.csr -subj /CN=cli && openssl x509 -req -in old.csr -CA ../ca.pem -CAkey ../ca.key ",
+      "-CAcreateserial -days 2 -extfile old.cnf -out cert.pem");
+  ASSERT_EQ(std::system(absl::StrCat("(", old_cli, ") >/dev/null 2>&1").c_str()), 0);
+  ASSERT_THAT(Sans(pki + "/cli/cert.pem"), Not(HasSubstr("URI:")));
+  Ok({"config", "web", "port=9001"});
+  EXPECT_THAT(Sans(pki + "/cli/cert.pem"), HasSubstr("URI:parley:role/operator"));
+  EXPECT_THAT(Ok({"config", "web"}), HasSubstr("9001"));
+
+  // parley cert: an operator's needs no address; a name keeps its role; a host's needs one.
+  EXPECT_THAT(Ok({"cert", "ops", "--operator"}), HasSubstr("operator certificate"));
+  const std::string ops = Sans(pki + "/ops/cert.pem");
+  EXPECT_THAT(ops, HasSubstr("URI:parley:role/operator"));
+  EXPECT_THAT(ops, Not(HasSubstr("IP")));
+  CommandResult r = Parley({"cert", "ops", "--ip", "10.0.0.1"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.err, HasSubstr("parley:role/operator, not parley:role/host"));
+  EXPECT_EQ(Parley({"cert", "east"}).code, 2);
+  Ok({"cert", "east", "--ip", "10.0.0.1"});
+  EXPECT_THAT(Sans(pki + "/east/cert.pem"), HasSubstr("URI:parley:role/host"));
 }
 
 TEST_F(CliTest, BadInputIsRefusedWithNothingApplied) {

@@ -11,7 +11,9 @@ namespace (the CLI's machine), addressed in a private /24:
 `parley up` (root namespace) places the model on east and west through the model's `hosts`; the
 test checks that the model converges across the namespaces, that the traffic between them is
 mutual TLS only, that neither rogue agent can relate to a web unit (nor can a web unit relate to
-them) and that `parley down --purge` removes the units from the hosts.
+them), that a certificate of the model's CA allows only what its role and names say (a host's
+certificate cannot change another host's agents, nor speak for an agent of another machine; an
+operator's can) and that `parley down --purge` removes the units from the hosts.
 
 Needs root (ip netns, veth, bridge). Everything made is named after this process's pid and is
 removed at the end, on failure and on SIGTERM/SIGINT; what a killed run (SIGKILL) left behind is
@@ -39,6 +41,8 @@ import grpc
 
 from parley.v1 import agent_pb2
 from parley.v1 import agent_pb2_grpc
+from parley.v1 import peer_pb2
+from parley.v1 import peer_pb2_grpc
 
 T0 = time.monotonic()
 PREFIX = "parley-netns-"  # namespaces: parley-netns-<pid>-<n>
@@ -319,6 +323,20 @@ def api(address, identity=None, trust=None, client_cert=True):
     return agent_pb2_grpc.AgentStub(channel)
 
 
+def denied(what, call, *parts):
+    """Runs CALL, which must fail with PERMISSION_DENIED, its message holding every one of PARTS."""
+    try:
+        call()
+    except grpc.RpcError as e:
+        check(e.code() == grpc.StatusCode.PERMISSION_DENIED,
+              "%s failed with %s: %s" % (what, e.code().name, e.details()))
+        for part in parts:
+            check(part in e.details(), "%s: %r is not in %r" % (what, part, e.details()))
+        say("denied as expected: %s -> %s" % (what, e.details()))
+        return e.details()
+    raise Failure("%s was accepted" % what)
+
+
 def refused(what, call, witness=None, reason=None):
     """Runs CALL, which must fail with UNAVAILABLE; returns the error's text. Without WITNESS, the
     error itself must be a failed TLS handshake; with one (the parleyd dialed, when the refusal is
@@ -460,7 +478,10 @@ relations:
         self.parley("cert", "east", "--ip", east_ip)
         self.parley("cert", "west", "--ip", west_ip)
         self.parley("cert", "rogue", "--ip", rogue_ip, model_dir=self.other_dir)
-        self.parley("cert", "rogue-cli", "--dns", "parley-cli", model_dir=self.other_dir)
+        self.parley("cert", "rogue-cli", "--operator", model_dir=self.other_dir)
+        # A machine of the model that hosts none of its agents, and an operator's certificate.
+        self.parley("cert", "intruder", "--ip", rogue_ip)
+        self.parley("cert", "ops", "--operator")
         pki = os.path.join(self.model_dir, "pki")
         other_pki = os.path.join(self.other_dir, "pki")
         check(read(os.path.join(pki, "ca.pem")) != read(os.path.join(other_pki, "ca.pem")),
@@ -493,6 +514,7 @@ relations:
         # The rogue agents first: their refusals are witnessed by handshake failures in east's log,
         # which the direct probes below would add to.
         self.rogue_agents_are_refused()
+        self.certificates_allow_what_their_role_says()
         self.transport_is_mutual_tls()
         self.down_purge_removes_units()
 
@@ -629,6 +651,54 @@ relations:
             check(after == before[w], "%s's relations changed:\n%s\n->\n%s" % (w, before[w], after))
             check(not any(u.startswith("lb/8") or u.startswith("lb/9")
                           for remote, _ in after.values() for u in remote), "%s: %s" % (w, after))
+
+    def certificates_allow_what_their_role_says(self):
+        pki = os.path.join(self.model_dir, "pki")
+        east_cert, intruder, ops = (Identity(os.path.join(pki, n)) for n in ("east", "intruder", "ops"))
+        west = api(self.west.address, east_cert)
+        before = relation_view(api(self.west.address, self.cli), "lb/0")
+        # East's certificate reaches west's agent API, for what probes need only.
+        check(west.GetHost(agent_pb2.GetHostRequest(), timeout=CALL_TIMEOUT_S).address == self.west.address,
+              "west's GetHost with east's certificate")
+        check(idle(west, "lb/0"), "lb/0 busy")
+        needs = "needs an operator certificate"
+        denied("east's certificate: SetConfig on west's lb/0",
+               lambda: west.SetConfig(agent_pb2.SetConfigRequest(agent="lb/0", set={"x": "1"}),
+                                      timeout=CALL_TIMEOUT_S), "Agent.SetConfig", needs, "role host")
+        denied("east's certificate: AddAgent on west",
+               lambda: west.AddAgent(agent_pb2.AddAgentRequest(), timeout=CALL_TIMEOUT_S),
+               "Agent.AddAgent", needs)
+        denied("east's certificate: RemoveAgent lb/0 on west",
+               lambda: west.RemoveAgent(agent_pb2.RemoveAgentRequest(agent="lb/0"), timeout=CALL_TIMEOUT_S),
+               "Agent.RemoveAgent", needs)
+        denied("east's certificate: lb/0's relation data on west",
+               lambda: west.GetRelationData(agent_pb2.GetRelationDataRequest(agent="lb/0"),
+                                            timeout=CALL_TIMEOUT_S), "Agent.GetRelationData", needs)
+        denied("east's certificate: Relate lb/0 on west",
+               lambda: west.Relate(agent_pb2.RelateRequest(
+                   agent="lb/0", relation_id="intruder#1", endpoint="backends", remote_agent="web/9",
+                   remote_address=self.east.address, remote_endpoint="website"), timeout=CALL_TIMEOUT_S),
+               "Agent.Relate", needs)
+
+        # A certificate of the model's CA for another machine cannot speak for web/0, which west
+        # knows at east, nor can east's point lb/0's traffic for web/0 elsewhere.
+        rogue_address = "%s:%d" % (self.net.address(2), PORT)
+        for who, identity in (("intruder's", intruder), ("east's", east_cert)):
+            creds = grpc.ssl_channel_credentials(root_certificates=identity.ca, private_key=identity.key,
+                                                 certificate_chain=identity.cert)
+            peer = peer_pb2_grpc.PeerStub(grpc.secure_channel(self.west.address, creds))
+            denied("%s certificate: RequestConnect to lb/0 as web/0 at %s" % (who, rogue_address),
+                   lambda: peer.RequestConnect(peer_pb2.RequestConnectRequest(
+                       agent="lb/0", from_agent="web/0", from_address=rogue_address), timeout=CALL_TIMEOUT_S),
+                   "web/0", "refuses")
+        after = relation_view(api(self.west.address, self.cli), "lb/0")
+        check(after == before, "lb/0's relations changed:\n%s\n->\n%s" % (before, after))
+
+        # An operator's certificate from `parley cert --operator` may read agents' data.
+        data = api(self.west.address, ops).GetRelationData(
+            agent_pb2.GetRelationDataRequest(agent="lb/0"), timeout=CALL_TIMEOUT_S)
+        check(len(data.relations) == 1, "lb/0's relation data through the operator's certificate: %s" % data)
+        say("host certificates are held to probing and to their own addresses; an operator's may read")
 
     def down_purge_removes_units(self):
         listed = {}

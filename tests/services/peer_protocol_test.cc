@@ -223,8 +223,9 @@ v1::PeerFrame EventFrame(const std::string& relation, const std::string& sender,
 // A peer-protocol client speaking raw frames on its own channel.
 class RawPeer {
  public:
-  explicit RawPeer(const std::string& address)
-      : stub_(v1::Peer::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()))) {
+  explicit RawPeer(const std::string& address, std::shared_ptr<grpc::ChannelCredentials> creds =
+                                                   grpc::InsecureChannelCredentials())
+      : stub_(v1::Peer::NewStub(grpc::CreateChannel(address, creds))) {
     context_.set_deadline(Deadline());
     stream_ = stub_->Connect(&context_);
   }
@@ -550,7 +551,36 @@ class CertFactory {
                               name, "' -keyout ", name, ".key -out ", name, ".pem"));
   }
 
+  // A leaf whose subjectAltName is `sans` (openssl syntax: "IP:10.0.0.1,URI:parley:role/host").
+  absl::Status MakeLeaf(const std::string& ca, const std::string& name, const std::string& sans) {
+    std::ofstream ext(Path(name + ".ext"));
+    ext << "[leaf]\nbasicConstraints = critical,CA:FALSE\n"
+           "keyUsage = critical,digitalSignature,keyEncipherment\n"
+           "extendedKeyUsage = serverAuth,clientAuth\nsubjectAltName = "
+        << sans << "\n";
+    ext.close();
+    if (!ext) return absl::InternalError("cannot write " + name + ".ext");
+    return MakeLeafWith(ca, name, name + ".ext");
+  }
+
+  // A leaf for 127.0.0.1 and localhost without a role (as made before roles).
   absl::Status MakeLeaf(const std::string& ca, const std::string& name) {
+    return MakeLeafWith(ca, name, "openssl.cnf");
+  }
+
+  // Client credentials presenting `name`'s certificate and trusting `ca`.
+  std::shared_ptr<grpc::ChannelCredentials> Client(const std::string& ca,
+                                                   const std::string& name) const {
+    grpc::SslCredentialsOptions o;
+    o.pem_root_certs = Read(ca + ".pem");
+    o.pem_cert_chain = Read(name + ".pem");
+    o.pem_private_key = Read(name + ".key");
+    return grpc::SslCredentials(o);
+  }
+
+  // A leaf signed by `ca` with the [leaf] extensions of `extfile`.
+  absl::Status MakeLeafWith(const std::string& ca, const std::string& name,
+                            const std::string& extfile) {
     if (absl::Status s =
             RunIn(dir_, absl::StrCat("openssl req -config openssl.cnf -new -newkey "
                                      "ec -pkeyopt ec_paramgen_curve:prime256v1 "
@@ -559,11 +589,9 @@ class CertFactory {
         !s.ok()) {
       return s;
     }
-    return RunIn(dir_,
-                 absl::StrCat("openssl x509 -req -in ", name, ".csr -CA ", ca, ".pem -CAkey ", ca,
-                              ".key -CAcreateserial -days 2 -extfile openssl.cnf "
-                              "-extensions leaf -out ",
-                              name, ".pem"));
+    return RunIn(dir_, absl::StrCat("openssl x509 -req -in ", name, ".csr -CA ", ca, ".pem -CAkey ",
+                                    ca, ".key -CAcreateserial -days 2 -extfile ", extfile,
+                                    " -extensions leaf -out ", name, ".pem"));
   }
 
   TlsOptions Tls(const std::string& ca, const std::string& name) const {
@@ -678,6 +706,266 @@ TEST_F(HostTest, MutualTlsHostsConvergeAndStrangersAreShutOut) {
   grpc::Status ok = ListAgents(grpc::SslCredentials(member), h1->address(), &agents);
   ASSERT_TRUE(ok.ok()) << ok.error_message();
   EXPECT_EQ(agents.agents_size(), 2);
+}
+
+TEST(CallerIdentityTest, CoversIpAddressesAndDnsNames) {
+  CallerIdentity id;
+  id.ips = {"10.0.0.1", "::1"};
+  id.dns_names = {"east.example", "*.west.example"};
+  EXPECT_TRUE(id.Covers(HostOfAddress("10.0.0.1:7000")));
+  EXPECT_TRUE(id.Covers(HostOfAddress("[0:0::1]:7000")));
+  EXPECT_TRUE(id.Covers(HostOfAddress("EAST.example:7000")));
+  EXPECT_TRUE(id.Covers(HostOfAddress("a.west.example:7000")));
+  EXPECT_FALSE(id.Covers(HostOfAddress("10.0.0.10:7000")));
+  EXPECT_FALSE(id.Covers(HostOfAddress("a.b.west.example:7000")));
+  EXPECT_FALSE(id.Covers(HostOfAddress("west.example:7000")));
+  EXPECT_FALSE(id.Covers(HostOfAddress(":7000")));
+  EXPECT_EQ(HostOfAddress("::1"), "::1");
+  EXPECT_FALSE(id.IsOperator());
+  id.roles = {"operator"};
+  EXPECT_TRUE(id.IsOperator());
+  id.roles = {"operator", "host"};
+  EXPECT_FALSE(id.IsOperator());
+}
+
+// Two hosts of one CA, each with a host certificate for 127.0.0.1, where web/0 (h1) related to
+// lb/0 (h2) and they agreed; and certificates of callers: an operator's, a host's of another
+// machine (127.0.0.2), a host's naming only localhost, and one without a role.
+class CertificateIdentityTest : public HostTest {
+ protected:
+  void SetUp() override {
+    certs_ = std::make_unique<CertFactory>(dir_.Sub("pki"));
+    std::filesystem::create_directories(certs_->Path(""));
+    ASSERT_TRUE(certs_->Init().ok());
+    ASSERT_TRUE(certs_->MakeCa("ca").ok());
+    for (const auto& [leaf, sans] : std::vector<std::pair<std::string, std::string>>{
+             {"h1", "IP:127.0.0.1,URI:parley:role/host"},
+             {"h2", "IP:127.0.0.1,URI:parley:role/host"},
+             {"operator", "URI:parley:role/operator"},
+             {"elsewhere", "IP:127.0.0.2,URI:parley:role/host"},
+             {"named", "DNS:localhost,URI:parley:role/host"}}) {
+      absl::Status s = certs_->MakeLeaf("ca", leaf, sans);
+      ASSERT_TRUE(s.ok()) << s;
+    }
+    absl::Status s = certs_->MakeLeaf("ca", "legacy");
+    ASSERT_TRUE(s.ok()) << s;
+    h1_ = NewHost([this](HostOptions& o) { o.tls = certs_->Tls("ca", "h1"); });
+    h2_ = NewHost([this](HostOptions& o) { o.tls = certs_->Tls("ca", "h2"); });
+    ASSERT_TRUE(h1_ && h2_);
+    web_ = Add(h1_, "proposer", "web/0");
+    lb_ = Add(h2_, "acceptor", "lb/0");
+    ASSERT_TRUE(web_ && lb_);
+    auto related = Relate(h1_, "negotiate:1", web_, "negotiate", h2_, "lb/0", "negotiate");
+    ASSERT_TRUE(related.ok()) << related.status();
+    ASSERT_TRUE(WaitFor([&] { return Fact(web_, "agreed") == "8080"; }));
+    ASSERT_TRUE(WaitFor([&] { return Settled({h1_, h2_}); }));
+  }
+
+  std::string AddressOf(Agent* agent, const std::string& remote) {
+    return OnStrand(agent, [agent, remote] { return agent->AddressOf(remote); });
+  }
+
+  std::unique_ptr<v1::Agent::Stub> Api(Host* host, const std::string& leaf) {
+    return v1::Agent::NewStub(grpc::CreateChannel(host->address(), certs_->Client("ca", leaf)));
+  }
+
+  grpc::Status RequestConnect(const std::string& leaf, const std::string& from_agent,
+                              const std::string& from_address) {
+    auto stub = v1::Peer::NewStub(grpc::CreateChannel(h2_->address(), certs_->Client("ca", leaf)));
+    v1::RequestConnectRequest req;
+    req.set_agent("lb/0");
+    req.set_from_agent(from_agent);
+    req.set_from_address(from_address);
+    v1::RequestConnectResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Deadline());
+    return stub->RequestConnect(&ctx, req, &resp);
+  }
+
+  std::unique_ptr<CertFactory> certs_;
+  Host* h1_ = nullptr;
+  Host* h2_ = nullptr;
+  Agent* web_ = nullptr;
+  Agent* lb_ = nullptr;
+};
+
+TEST_F(CertificateIdentityTest, PeerMayNotSpeakForAnAgentRecordedElsewhere) {
+  // lb/0 knows web/0 at h1's address: the certificate of 127.0.0.2 may not speak for it, neither
+  // from its own address nor from web/0's.
+  ASSERT_EQ(AddressOf(lb_, "web/0"), h1_->address());
+  const KbSnapshot before = Snapshot(lb_);
+  const double refused_before = Counter(h2_, Rejected("lb/0", "identity"));
+  for (const std::string& address : {std::string("127.0.0.2:7000"), h1_->address()}) {
+    RawPeer peer(h2_->address(), certs_->Client("ca", "elsewhere"));
+    v1::PeerFrame hello = HelloFrame("web/0", "lb/0");
+    hello.mutable_hello()->set_from_address(address);
+    ASSERT_TRUE(peer.Write(hello));
+    const grpc::Status s = peer.Finish();
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED) << s.error_message();
+    EXPECT_THAT(s.error_message(), HasSubstr("web/0"));
+    EXPECT_THAT(s.error_message(), HasSubstr(h1_->address()));
+    EXPECT_THAT(s.error_message(), HasSubstr("IP 127.0.0.2"));
+    EXPECT_TRUE(peer.others().empty()) << "the Hello was answered";
+  }
+  EXPECT_EQ(Counter(h2_, Rejected("lb/0", "identity")), refused_before + 2) << MetricsText(h2_);
+  EXPECT_EQ(AddressOf(lb_, "web/0"), h1_->address());
+  EXPECT_EQ(Snapshot(lb_), before);
+
+  // Nor can it relate as web/0, which would record its address.
+  auto stub =
+      v1::Peer::NewStub(grpc::CreateChannel(h2_->address(), certs_->Client("ca", "elsewhere")));
+  v1::CheckRelationRequest check;
+  check.set_agent("lb/0");
+  check.set_endpoint("negotiate");
+  check.set_remote_agent("web/0");
+  check.set_remote_service("web");
+  check.set_remote_endpoint("negotiate");
+  check.set_interface("negotiate");
+  check.set_role("requires");
+  check.set_relation_id("negotiate:9");
+  check.set_remote_address("127.0.0.2:7000");
+  v1::CheckRelationResponse checked;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(Deadline());
+  const grpc::Status s = stub->CheckRelation(&ctx, check, &checked);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED) << s.error_message();
+  EXPECT_EQ(AddressOf(lb_, "web/0"), h1_->address());
+  EXPECT_EQ(Snapshot(lb_), before);
+
+  // The real web/0 still talks to lb/0, and new agents of h1 and h2 relate and hear each other.
+  EXPECT_EQ(SeriesValue(MetricsText(h2_), "parley_peer_stream_up{agent=\"lb/0\",peer=\"web/0\"}"),
+            1);
+  Agent* relay = Add(h1_, "relay", "a/0");
+  Agent* recorder = Add(h2_, "recorder", "c/0");
+  ASSERT_TRUE(relay && recorder);
+  auto related = Relate(h1_, "r:1", relay, "out", h2_, "c/0", "in");
+  ASSERT_TRUE(related.ok()) << related.status();
+  Fire(relay, "action.set", {{"value", "1"}});
+  ASSERT_TRUE(WaitFor([&] { return Fact(recorder, "seen") == "1"; }));
+}
+
+TEST_F(CertificateIdentityTest, RequestConnectMayNotRedirectAnAgent) {
+  const double refused_before = Counter(h2_, Rejected("lb/0", "identity"));
+  // h1's own certificate does not name the address it would redirect web/0 to...
+  grpc::Status s = RequestConnect("h1", "web/0", "127.0.0.2:7000");
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("127.0.0.2:7000"));
+  EXPECT_THAT(s.error_message(), HasSubstr("IP 127.0.0.1"));
+  // ...and the certificate of that address does not name where web/0 is.
+  s = RequestConnect("elsewhere", "web/0", "127.0.0.2:7000");
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED) << s.error_message();
+  EXPECT_EQ(Counter(h2_, Rejected("lb/0", "identity")), refused_before + 2);
+  EXPECT_EQ(AddressOf(lb_, "web/0"), h1_->address());
+
+  // DNS names count as well as IP addresses; an address must be given for an agent not known.
+  EXPECT_EQ(RequestConnect("named", "x/9", "127.0.0.1:1").error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(RequestConnect("named", "x/9", "").error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(AddressOf(lb_, "x/9"), "");
+  s = RequestConnect("named", "x/9", "localhost:1");
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(AddressOf(lb_, "x/9"), "localhost:1");
+  // The owner of web/0's address may give it again.
+  s = RequestConnect("h1", "web/0", h1_->address());
+  EXPECT_TRUE(s.ok()) << s.error_message();
+}
+
+TEST_F(CertificateIdentityTest, HostCertificatesMayOnlyProbeTheAgentApi) {
+  const KbSnapshot before = Snapshot(web_);
+  for (const std::string leaf : {"h2", "legacy"}) {
+    SCOPED_TRACE(leaf);
+    auto api = Api(h1_, leaf);
+    grpc::ClientContext c1, c2, c3;
+    for (auto* c : {&c1, &c2, &c3}) c->set_deadline(Deadline());
+    v1::HostInfo info;
+    grpc::Status s = api->GetHost(&c1, v1::GetHostRequest(), &info);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    v1::CheckIdleRequest idle;
+    idle.set_agent("web/0");
+    v1::CheckIdleResponse idle_resp;
+    s = api->CheckIdle(&c2, idle, &idle_resp);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    v1::ListAgentsResponse agents;
+    s = api->ListAgents(&c3, v1::ListAgentsRequest(), &agents);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+
+    auto refused = [&](const std::string& method, auto call) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(Deadline());
+      const grpc::Status st = call(&ctx);
+      EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED)
+          << method << ": " << st.error_message();
+      EXPECT_THAT(st.error_message(), HasSubstr("Agent." + method));
+      EXPECT_THAT(st.error_message(), HasSubstr("operator certificate"));
+      EXPECT_THAT(st.error_message(), HasSubstr(leaf == "legacy" ? "no role" : "role host"));
+      EXPECT_THAT(st.error_message(), HasSubstr("CN=" + leaf));
+      if (leaf == "legacy") {
+        EXPECT_THAT(st.error_message(), HasSubstr("parley cert NAME --operator"));
+      }
+    };
+    refused("AddAgent", [&](grpc::ClientContext* ctx) {
+      v1::AddAgentResponse r;
+      return api->AddAgent(ctx, v1::AddAgentRequest(), &r);
+    });
+    refused("Relate", [&](grpc::ClientContext* ctx) {
+      v1::RelateRequest req;
+      req.set_agent("web/0");
+      req.set_relation_id("negotiate:7");
+      req.set_endpoint("negotiate");
+      req.set_remote_agent("lb/0");
+      req.set_remote_address(h2_->address());
+      req.set_remote_endpoint("negotiate");
+      v1::RelateResponse r;
+      return api->Relate(ctx, req, &r);
+    });
+    refused("SetConfig", [&](grpc::ClientContext* ctx) {
+      v1::SetConfigRequest req;
+      req.set_agent("web/0");
+      (*req.mutable_set())["colour"] = "blue";
+      v1::SetConfigResponse r;
+      return api->SetConfig(ctx, req, &r);
+    });
+    refused("GetRelationData", [&](grpc::ClientContext* ctx) {
+      v1::GetRelationDataRequest req;
+      req.set_agent("web/0");
+      v1::GetRelationDataResponse r;
+      return api->GetRelationData(ctx, req, &r);
+    });
+    refused("RemoveAgent", [&](grpc::ClientContext* ctx) {
+      v1::RemoveAgentRequest req;
+      req.set_agent("web/0");
+      v1::RemoveAgentResponse r;
+      return api->RemoveAgent(ctx, req, &r);
+    });
+    refused("StreamLogs", [&](grpc::ClientContext* ctx) {
+      auto reader = api->StreamLogs(ctx, v1::StreamLogsRequest());
+      v1::LogRecord r;
+      while (reader->Read(&r)) {
+      }
+      return reader->Finish();
+    });
+  }
+  ASSERT_TRUE(WaitFor([&] { return Settled({h1_, h2_}); }));
+  EXPECT_EQ(Snapshot(web_), before);
+  EXPECT_NE(h1_->Find("web/0"), nullptr);
+
+  // An operator certificate may do all of it.
+  auto api = Api(h1_, "operator");
+  grpc::ClientContext c1, c2;
+  for (auto* c : {&c1, &c2}) c->set_deadline(Deadline());
+  v1::GetRelationDataRequest data_req;
+  data_req.set_agent("web/0");
+  v1::GetRelationDataResponse data;
+  grpc::Status s = api->GetRelationData(&c1, data_req, &data);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(data.relations_size(), 1);
+  v1::SetConfigRequest set;
+  set.set_agent("web/0");
+  (*set.mutable_set())["colour"] = "blue";
+  v1::SetConfigResponse set_resp;
+  s = api->SetConfig(&c2, set, &set_resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_GT(set_resp.event_id(), 0u);
 }
 
 // ---------------------------------------------------------------------------------------------

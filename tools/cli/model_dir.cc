@@ -151,7 +151,8 @@ absl::Status ModelDir::UseTls(bool tls) {
     credentials_ = nullptr;
     return absl::OkStatus();
   }
-  ASSIGN_OR_RETURN(CertFiles cli, IssueCert(pki_dir(), "cli", {}, {"parley-cli"}));
+  ASSIGN_OR_RETURN(CertFiles cli,
+                   IssueCert(pki_dir(), "cli", CertRole::kOperator, {}, {"parley-cli"}));
   auto read = [](const std::string& file) {
     std::ifstream in(file);
     std::stringstream s;
@@ -219,7 +220,8 @@ absl::Status ModelDir::EnsureHost(const std::string& parleyd, v1::HostRecord& ho
                                    "--metrics_listen=" + metrics,
                                    "--address_file=" + address_file};
   if (tls_) {
-    ASSIGN_OR_RETURN(CertFiles files, IssueCert(pki_dir(), "local", {"127.0.0.1"}, {"localhost"}));
+    ASSIGN_OR_RETURN(CertFiles files,
+                     IssueCert(pki_dir(), "local", CertRole::kHost, {"127.0.0.1"}, {"localhost"}));
     args.push_back("--tls_cert=" + files.cert);
     args.push_back("--tls_key=" + files.key);
     args.push_back("--tls_ca=" + files.ca);

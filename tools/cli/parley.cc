@@ -177,9 +177,12 @@ const std::vector<Command>& Commands() {
        1},
       {"cert",
        "NAME",
-       "Issue a certificate from the model's CA for a parleyd on another host",
+       "Issue a certificate from the model's CA for a parleyd on another host, or an operator",
        {{"--ip", true, "IP addresses it is reached at, comma-separated"},
         {"--dns", true, "DNS names it is reached at, comma-separated"},
+        {"--operator", false,
+         "For a person or program using the agent API (another CLI): may change the model and "
+         "read agents' data; no --ip or --dns needed"},
         {"--out", true, "Directory for cert.pem, key.pem, ca.pem (default <model dir>/pki/NAME)"}},
        1,
        1},
@@ -752,7 +755,8 @@ class Session {
     }
     for (const std::string& t : targets) c.mounts.push_back(t);
     if (state_.tls()) {
-      ASSIGN_OR_RETURN(CertFiles files, IssueCert(dir_.pki_dir(), container, {c.ip}, {container}));
+      ASSIGN_OR_RETURN(CertFiles files,
+                       IssueCert(dir_.pki_dir(), container, CertRole::kHost, {c.ip}, {container}));
       c.tls_dir = files.dir;
     }
     // A container or volume left by an earlier model in this directory is not this unit's.
@@ -1634,13 +1638,25 @@ absl::Status Cert(Session& s, const Args& args) {
   }
   // The lock keeps two commands from making the model's CA at once.
   RETURN_IF_ERROR(s.dir().Lock(absl::Seconds(30)));
-  ASSIGN_OR_RETURN(CertFiles files, IssueCert(s.dir().pki_dir(), name, list(args.Get("--ip")),
-                                              list(args.Get("--dns")), args.Get("--out")));
-  std::printf(
-      "%s\n%s\n%s\n\nOn that host:\n  parleyd --data DIR --listen ADDRESS:PORT "
-      "--tls_cert %s --tls_key %s --tls_ca %s\n",
-      files.cert.c_str(), files.key.c_str(), files.ca.c_str(), files.cert.c_str(),
-      files.key.c_str(), files.ca.c_str());
+  const bool op = args.Has("--operator");
+  ASSIGN_OR_RETURN(CertFiles files,
+                   IssueCert(s.dir().pki_dir(), name, op ? CertRole::kOperator : CertRole::kHost,
+                             list(args.Get("--ip")), list(args.Get("--dns")), args.Get("--out")));
+  if (files.reissued) {
+    std::fprintf(stderr, "replaced %s: it was made before certificates had roles\n",
+                 files.cert.c_str());
+  }
+  std::printf("%s\n%s\n%s\n\n", files.cert.c_str(), files.key.c_str(), files.ca.c_str());
+  if (op) {
+    std::printf(
+        "An operator certificate: a client of the agent API presents cert.pem with key.pem and "
+        "trusts ca.pem (docs/api.md).\n");
+  } else {
+    std::printf(
+        "On that host:\n  parleyd --data DIR --listen ADDRESS:PORT --tls_cert %s --tls_key %s "
+        "--tls_ca %s\n",
+        files.cert.c_str(), files.key.c_str(), files.ca.c_str());
+  }
   return absl::OkStatus();
 }
 

@@ -13,29 +13,39 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "kb/status_macros.h"
+#include "services/tls.h"
 #include "tools/cli/model_dir.h"
 
 namespace parley::cli {
 namespace fs = std::filesystem;
 namespace {
 
-// Runs openssl with `args` in `dir`; its stderr becomes the error.
-absl::Status Openssl(const std::string& dir, std::vector<std::string> args) {
+// Runs openssl with `args` in `dir`; its stderr becomes the error. Its stdout goes to `out` if
+// given (it must stay small: it is read after stderr).
+absl::Status Openssl(const std::string& dir, std::vector<std::string> args,
+                     std::string* out_text = nullptr) {
   const std::string openssl = FindBinary("openssl");
   args.insert(args.begin(), openssl);
   int err[2];
   if (pipe2(err, O_CLOEXEC) != 0) return absl::InternalError("pipe failed");
-  const pid_t pid = fork();
-  if (pid < 0) {
+  int std_out[2] = {-1, -1};
+  if (out_text != nullptr && pipe2(std_out, O_CLOEXEC) != 0) {
     close(err[0]);
     close(err[1]);
+    return absl::InternalError("pipe failed");
+  }
+  const pid_t pid = fork();
+  if (pid < 0) {
+    for (int fd : {err[0], err[1], std_out[0], std_out[1]}) {
+      if (fd >= 0) close(fd);
+    }
     return absl::InternalError(absl::StrCat("cannot run openssl: fork: ", std::strerror(errno)));
   }
   if (pid == 0) {
     if (chdir(dir.c_str()) != 0) _exit(126);
     const int null = open("/dev/null", O_RDWR);
     dup2(null, 0);
-    dup2(null, 1);
+    dup2(std_out[1] >= 0 ? std_out[1] : null, 1);
     dup2(err[1], 2);
     umask(077);
     std::vector<char*> argv;
@@ -45,11 +55,18 @@ absl::Status Openssl(const std::string& dir, std::vector<std::string> args) {
     _exit(127);
   }
   close(err[1]);
+  if (std_out[1] >= 0) close(std_out[1]);
   std::string out;
   char buf[1024];
   ssize_t n;
   while ((n = read(err[0], buf, sizeof(buf))) > 0) out.append(buf, static_cast<size_t>(n));
   close(err[0]);
+  if (std_out[0] >= 0) {
+    while ((n = read(std_out[0], buf, sizeof(buf))) > 0) {
+      out_text->append(buf, static_cast<size_t>(n));
+    }
+    close(std_out[0]);
+  }
   int status = 0;
   waitpid(pid, &status, 0);
   if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return absl::OkStatus();
@@ -57,6 +74,25 @@ absl::Status Openssl(const std::string& dir, std::vector<std::string> args) {
     return absl::FailedPreconditionError("the openssl command is missing: run tools/setup");
   }
   return absl::InternalError(absl::StrCat("openssl ", args[1], " failed in ", dir, ": ", out));
+}
+
+std::string RoleUri(CertRole role) {
+  return absl::StrCat(services::kRoleUriPrefix,
+                      role == CertRole::kOperator ? services::kOperatorRole : services::kHostRole);
+}
+
+// The roles (parley:role/ URIs) `cert` names.
+absl::StatusOr<std::vector<std::string>> RolesOf(const std::string& dir, const std::string& cert) {
+  std::string text;
+  RETURN_IF_ERROR(Openssl(dir, {"x509", "-in", cert, "-noout", "-ext", "subjectAltName"}, &text));
+  std::vector<std::string> roles;
+  const std::string uri = absl::StrCat("URI:", services::kRoleUriPrefix);
+  for (size_t at = text.find(uri); at != std::string::npos; at = text.find(uri, at + 1)) {
+    const size_t start = at + 4;
+    const size_t end = text.find_first_of(", \n", start);
+    roles.push_back(text.substr(start, end == std::string::npos ? end : end - start));
+  }
+  return roles;
 }
 
 }  // namespace
@@ -82,27 +118,38 @@ absl::Status EnsureCa(const std::string& pki_dir) {
 }
 
 absl::StatusOr<CertFiles> IssueCert(const std::string& pki_dir, const std::string& name,
-                                    const std::vector<std::string>& ips,
+                                    CertRole role, const std::vector<std::string>& ips,
                                     const std::vector<std::string>& dns_names,
                                     const std::string& out_dir) {
-  RETURN_IF_ERROR(EnsureCa(pki_dir));
   CertFiles files;
   files.dir = out_dir.empty() ? (fs::path(pki_dir) / name).string() : out_dir;
   files.cert = (fs::path(files.dir) / "cert.pem").string();
   files.key = (fs::path(files.dir) / "key.pem").string();
   files.ca = (fs::path(files.dir) / "ca.pem").string();
   std::error_code ec;
-  if (fs::exists(files.cert) && fs::exists(files.key) && fs::exists(files.ca)) return files;
+  if (fs::exists(files.cert) && fs::exists(files.key) && fs::exists(files.ca)) {
+    ASSIGN_OR_RETURN(std::vector<std::string> roles, RolesOf(files.dir, files.cert));
+    if (roles.size() == 1 && roles[0] == RoleUri(role)) return files;
+    if (!roles.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          files.cert, " is a certificate with ", absl::StrJoin(roles, ", "), ", not ",
+          RoleUri(role), ": pick another name, or remove ", files.dir, " to issue it anew"));
+    }
+    // Made before certificates had roles: what it allowed was never checked, so it is replaced.
+    files.reissued = true;
+  }
+  RETURN_IF_ERROR(EnsureCa(pki_dir));
   fs::create_directories(files.dir, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot create ", files.dir, ": ", ec.message()));
   chmod(files.dir.c_str(), 0700);
   std::vector<std::string> sans;
   for (const auto& ip : ips) sans.push_back("IP:" + ip);
   for (const auto& dns : dns_names) sans.push_back("DNS:" + dns);
-  if (sans.empty()) {
+  if (sans.empty() && role == CertRole::kHost) {
     return absl::InvalidArgumentError(
         absl::StrCat("a certificate for ", name, " needs at least one IP address or DNS name"));
   }
+  sans.push_back(absl::StrCat("URI:", RoleUri(role)));
   const fs::path work = fs::path(files.dir);
   {
     std::ofstream ext(work / "ext.cnf");
