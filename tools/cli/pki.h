@@ -7,6 +7,7 @@
 //   <pki>/ca.pem, ca.key           the model's CA (10 years)
 //   <pki>/<name>/cert.pem, key.pem a certificate for one parleyd or client, signed by the CA,
 //   <pki>/<name>/ca.pem            with the CA beside it (what a parleyd needs, in one directory)
+//   <pki>/<name>/role              the role it was issued with (read instead of the certificate)
 //
 // A certificate names its holder in subjectAltName (IP addresses and DNS names): peers and the
 // CLI dial a parleyd by address and check it against them, and a parleyd lets a peer speak only
