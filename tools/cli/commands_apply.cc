@@ -1,0 +1,512 @@
+// The commands that change the model: up, down, relate, unrelate, config, add-unit, remove-unit,
+// cert (docs/cli.md).
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "engine/trace_format.h"
+#include "kb/status_macros.h"
+#include "services/definition.h"
+#include "tools/cli/commands.h"
+#include "tools/cli/output.h"
+#include "tools/cli/pki.h"
+
+namespace parley::cli {
+namespace {
+
+namespace fs = std::filesystem;
+using services::LoadModel;
+using services::LoadServiceDefinition;
+using services::Model;
+using services::ModelService;
+
+}  // namespace
+
+absl::Status Up(Session& s, const Args& args) {
+  ASSIGN_OR_RETURN(absl::Duration timeout, ParseDuration(args.Get("--timeout", "300s")));
+  ASSIGN_OR_RETURN(Model model, LoadModel(args.positional[0]));
+  RETURN_IF_ERROR(s.dir().Lock(absl::Seconds(30)));
+  if (absl::Status st = s.LoadState(); !st.ok() && !absl::IsNotFound(st)) return st;
+  v1::ModelState& state = s.state();
+  state.set_model_file(AbsolutePath(model.file));
+  state.set_interfaces_dir(model.interfaces_dir.empty() ? "" : AbsolutePath(model.interfaces_dir));
+
+  // Mutual TLS from the model's CA unless the model was first brought up with --plaintext; a
+  // model keeps its choice until `down --purge`.
+  if (state.host().name().empty()) {
+    state.set_tls(!args.Has("--plaintext"));
+    // Likewise its runtime: processes on hosts, or a container per unit.
+    if (args.Has("--runtime")) {
+      ASSIGN_OR_RETURN(*state.mutable_runtime(),
+                       ContainerRuntime::NewRecord(args.Get("--runtime"),
+                                                   args.Get("--image", "localhost/parley:latest"),
+                                                   AbsolutePath(s.dir().path())));
+    }
+    state.mutable_host()->set_name("local");
+  } else if (args.Has("--plaintext") && state.tls()) {
+    return absl::FailedPreconditionError(
+        "this model runs with TLS; --plaintext applies to a new model (down --purge first)");
+  } else if (args.Has("--runtime") && args.Get("--runtime") != state.runtime().engine()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "this model runs ",
+        state.runtime().engine().empty() ? "without containers" : "in " + state.runtime().engine(),
+        "; --runtime applies to a new model (down --purge first)"));
+  }
+  if (args.Has("--image") && state.runtime().engine().empty()) {
+    return absl::InvalidArgumentError("--image goes with --runtime");
+  }
+  // A new image serves the units added from now on.
+  if (args.Has("--image")) state.mutable_runtime()->set_image(args.Get("--image"));
+  RETURN_IF_ERROR(s.dir().UseTls(state.tls()));
+  s.UseRuntime();
+  if (s.runtime() != nullptr) {
+    // Each unit's container is its host: the model places nothing.
+    if (!model.hosts.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          model.file, ": `hosts` and --runtime do not mix (each unit has a container)"));
+    }
+    for (const ModelService& m : model.services) {
+      if (m.host != "local") {
+        return absl::InvalidArgumentError(
+            absl::StrCat(model.file, ": service ", m.name, " is placed on host ", m.host,
+                         "; with --runtime each unit has a container of its own"));
+      }
+    }
+    RETURN_IF_ERROR(s.StartRuntime());
+  }
+
+  // Hosts run by others must answer before anything changes.
+  state.clear_hosts();
+  for (const services::ModelHost& h : model.hosts) {
+    v1::HostRecord* rec = state.add_hosts();
+    rec->set_name(h.name);
+    rec->set_address(h.address);
+    rec->set_model_root(h.model_root);
+    absl::StatusOr<v1::HostInfo> info = s.Client(h.address).Host(absl::Seconds(5));
+    if (!info.ok()) {
+      return absl::UnavailableError(absl::StrCat("host ", h.name, " (", model.file, ":", h.line,
+                                                 ") does not answer: ", info.status().message()));
+    }
+    if (!info->hosts_definitions()) {
+      return absl::FailedPreconditionError(absl::StrCat("host ", h.name, " at ", h.address,
+                                                        " does not host agents from definitions"));
+    }
+    rec->set_pid(info->pid());
+    rec->set_data_dir(info->data_dir());
+    rec->set_metrics_address(info->metrics_address());
+  }
+  // The local parleyd, when the model places anything on it.
+  const bool local = s.runtime() == nullptr &&
+                     (std::any_of(model.services.begin(), model.services.end(),
+                                  [](const ModelService& m) { return m.host == "local"; }) ||
+                      std::any_of(state.services().begin(), state.services().end(),
+                                  [](const auto& svc) { return svc.host() == "local"; }));
+  if (local) {
+    RETURN_IF_ERROR(s.dir().EnsureHost(FindBinary("parleyd"), *state.mutable_host()));
+    std::fprintf(stderr, "parleyd %s (pid %lld), model directory %s\n",
+                 state.host().address().c_str(), static_cast<long long>(state.host().pid()),
+                 s.dir().path().c_str());
+  }
+  RETURN_IF_ERROR(s.Save());
+
+  // Relations to drop: not in the model, or with a service that leaves or changes definition.
+  std::set<std::string> leaving;
+  for (const auto& svc : state.services()) {
+    const ModelService* m = model.FindService(svc.name());
+    if (m == nullptr || AbsolutePath(m->definition_dir) != svc.definition_dir() ||
+        m->host != svc.host()) {
+      leaving.insert(svc.name());
+    }
+  }
+  std::vector<std::string> drop;
+  for (const auto& rel : state.relations()) {
+    bool keep = !leaving.contains(rel.a_service()) && !leaving.contains(rel.b_service());
+    if (keep && rel.a_service() != rel.b_service()) {
+      keep = std::any_of(model.relations.begin(), model.relations.end(),
+                         [&](const auto& mr) { return SameRelation(rel, mr); });
+    }
+    if (!keep) drop.push_back(rel.id());
+  }
+  for (const std::string& id : drop) RETURN_IF_ERROR(s.DropRelation(id));
+  // Services that left, or whose definition changed (they come back below).
+  for (const std::string& name : leaving) {
+    v1::ServiceRecord* svc = s.FindService(name);
+    while (svc->units_size() > 0) {
+      RETURN_IF_ERROR(s.RemoveUnit(svc->units(svc->units_size() - 1).name()));
+    }
+    (*state.mutable_next_units())[name] = svc->next_unit();
+    auto* services = state.mutable_services();
+    for (int i = 0; i < services->size(); ++i) {
+      if (services->Get(i).name() == name) {
+        services->DeleteSubrange(i, 1);
+        break;
+      }
+    }
+    RETURN_IF_ERROR(s.Save());
+  }
+  // Services: config first (so that new units start with it), then the number of units.
+  for (const ModelService& m : model.services) {
+    v1::ServiceRecord* svc = s.FindService(m.name);
+    if (svc == nullptr) {
+      svc = state.add_services();
+      svc->set_name(m.name);
+      svc->set_definition_dir(AbsolutePath(m.definition_dir));
+      svc->set_definition_name(m.definition.name);
+      svc->set_host(m.host);
+      if (auto it = state.next_units().find(m.name); it != state.next_units().end()) {
+        svc->set_next_unit(it->second);
+      }
+      RETURN_IF_ERROR(s.Save());
+    }
+    RETURN_IF_ERROR(s.ApplyConfig(*svc, m.config));
+    while (svc->units_size() < m.units) RETURN_IF_ERROR(s.AddUnit(*svc));
+    while (svc->units_size() > m.units) {
+      RETURN_IF_ERROR(s.RemoveUnit(svc->units(svc->units_size() - 1).name()));
+    }
+    // Peer endpoints relate a service's units among themselves, without a line in the model.
+    for (const auto& ep : m.definition.endpoints) {
+      if (ep.role != engine::Role::kPeers) continue;
+      const bool known =
+          std::any_of(state.relations().begin(), state.relations().end(), [&](const auto& r) {
+            return r.a_service() == m.name && r.b_service() == m.name && r.a_endpoint() == ep.name;
+          });
+      if (!known)
+        RETURN_IF_ERROR(s.AddRelation(m.name, ep.name, m.name, ep.name, ep.interface).status());
+    }
+  }
+  for (const auto& mr : model.relations) {
+    const bool known = std::any_of(state.relations().begin(), state.relations().end(),
+                                   [&](const auto& r) { return SameRelation(r, mr); });
+    if (known) continue;
+    const ModelService* a = model.FindService(mr.a.service);
+    const auto* ep = a->definition.FindEndpoint(mr.a.endpoint);
+    RETURN_IF_ERROR(
+        s.AddRelation(mr.a.service, mr.a.endpoint, mr.b.service, mr.b.endpoint, ep->interface)
+            .status());
+  }
+  // Services in the model's order, as model.proto promises (a replaced one was re-added last).
+  std::stable_sort(state.mutable_services()->begin(), state.mutable_services()->end(),
+                   [&](const v1::ServiceRecord& a, const v1::ServiceRecord& b) {
+                     auto index = [&](const std::string& name) {
+                       for (size_t i = 0; i < model.services.size(); ++i) {
+                         if (model.services[i].name == name) return i;
+                       }
+                       return model.services.size();
+                     };
+                     return index(a.name()) < index(b.name());
+                   });
+  RETURN_IF_ERROR(s.Save());
+  // Every unit pair of every relation (new units included); relating again changes nothing.
+  for (const auto& rel : state.relations()) RETURN_IF_ERROR(s.RelateUnits(rel));
+  std::fprintf(stderr, "applied %s: %zu services, %zu units, %d relations\n", model.file.c_str(),
+               model.services.size(), s.AllUnits().size(), state.relations_size());
+  if (args.Has("--no-wait")) return absl::OkStatus();
+  return s.Wait(timeout);
+}
+
+namespace {
+
+// `down` of a model in containers: the units' stop handlers run, then their containers stop
+// (volumes kept: `up` starts them again, from their KBs); --purge removes containers, volumes, the
+// network and the model directory.
+absl::Status DownContainers(Session& s, bool purge) {
+  ContainerRuntime& rt = *s.runtime();
+  std::vector<std::string> containers;
+  bool all_up = true;
+  for (const v1::UnitRecord* u : s.AllUnits()) {
+    containers.push_back(u->container());
+    absl::StatusOr<v1::HostInfo> info = s.Client(u->address()).Host(absl::Seconds(2));
+    if (!info.ok()) {
+      all_up = false;
+      continue;
+    }
+    v1::FireEventRequest req;
+    req.set_agent(u->name());
+    req.set_event("stop");
+    v1::FireEventResponse resp;
+    absl::Status st = s.Client(u->address()).Call(&v1::Agent::Stub::FireEvent, req, &resp);
+    if (!st.ok())
+      std::fprintf(stderr, "parley: %s: %s\n", u->name().c_str(), st.ToString().c_str());
+  }
+  if (all_up) {
+    if (absl::Status st = s.Wait(absl::Seconds(60), /*failed_settles=*/true); !st.ok()) {
+      std::fprintf(stderr, "parley: stopping anyway: %s\n", std::string(st.message()).c_str());
+    }
+  }
+  if (!purge) {
+    RETURN_IF_ERROR(rt.Stop(containers, 20));
+    std::fprintf(stderr, "stopped %zu containers (their volumes are kept)\n", containers.size());
+    return absl::OkStatus();
+  }
+  for (const std::string& c : containers) RETURN_IF_ERROR(rt.Remove(c));
+  RETURN_IF_ERROR(rt.RemoveNetwork());
+  std::fprintf(stderr, "removed %zu containers, their volumes and the network %s\n",
+               containers.size(), rt.record().network().c_str());
+  std::error_code ec;
+  fs::remove_all(s.dir().path(), ec);
+  if (ec) {
+    return absl::InternalError(absl::StrCat("cannot delete ", s.dir().path(), ": ", ec.message()));
+  }
+  std::fprintf(stderr, "deleted %s\n", s.dir().path().c_str());
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status Down(Session& s, const Args& args) {
+  RETURN_IF_ERROR(s.dir().Lock(absl::Seconds(30)));
+  absl::Status loaded = s.LoadState();
+  if (absl::IsNotFound(loaded) && args.Has("--purge") && fs::exists(s.dir().path())) {
+    fs::remove_all(s.dir().path());
+    return absl::OkStatus();
+  }
+  RETURN_IF_ERROR(loaded);
+  if (s.runtime() != nullptr) return DownContainers(s, args.Has("--purge"));
+  absl::StatusOr<v1::HostInfo> info = s.LocalHostInfo();
+  const bool local_up = info.ok() && info->pid() == s.state().host().pid();
+  {
+    for (const v1::UnitRecord* u : s.AllUnits()) {
+      if (u->address() == s.state().host().address() && !local_up) continue;
+      v1::FireEventRequest req;
+      req.set_agent(u->name());
+      req.set_event("stop");
+      v1::FireEventResponse resp;
+      absl::Status st = s.Client(u->address()).Call(&v1::Agent::Stub::FireEvent, req, &resp);
+      if (!st.ok())
+        std::fprintf(stderr, "parley: %s: %s\n", u->name().c_str(), st.ToString().c_str());
+    }
+    if (absl::Status st = s.Wait(absl::Seconds(60), /*failed_settles=*/true); !st.ok()) {
+      std::fprintf(stderr, "parley: stopping anyway: %s\n", std::string(st.message()).c_str());
+    }
+    // Units on hosts run by others stay hosted there (stopped) unless the model is purged.
+    if (args.Has("--purge")) {
+      for (const v1::UnitRecord* u : s.AllUnits()) {
+        if (u->address() == s.state().host().address()) continue;
+        v1::RemoveAgentRequest req;
+        req.set_agent(u->name());
+        v1::RemoveAgentResponse resp;
+        absl::Status st = s.Client(u->address())
+                              .Call(&v1::Agent::Stub::RemoveAgent, req, &resp, absl::Seconds(60));
+        if (!st.ok()) {
+          std::fprintf(stderr, "parley: removing %s at %s: %s\n", u->name().c_str(),
+                       u->address().c_str(), std::string(st.message()).c_str());
+        }
+      }
+    }
+    if (local_up) {
+      RETURN_IF_ERROR(s.dir().StopHost(s.state().host(), absl::Seconds(20)));
+      std::fprintf(stderr, "stopped parleyd (pid %lld)\n",
+                   static_cast<long long>(s.state().host().pid()));
+    }
+  }
+  if (args.Has("--purge")) {
+    std::error_code ec;
+    fs::remove_all(s.dir().path(), ec);
+    if (ec)
+      return absl::InternalError(
+          absl::StrCat("cannot delete ", s.dir().path(), ": ", ec.message()));
+    std::fprintf(stderr, "deleted %s\n", s.dir().path().c_str());
+  }
+  return absl::OkStatus();
+}
+
+namespace {
+
+// Checks both ends against the definitions and returns the interface.
+absl::StatusOr<std::string> CheckEnds(Session& s, const std::pair<std::string, std::string>& a,
+                                      const std::pair<std::string, std::string>& b) {
+  std::string interface;
+  std::vector<engine::Role> roles;
+  for (const auto& end : {a, b}) {
+    v1::ServiceRecord* svc = s.FindService(end.first);
+    if (svc == nullptr) {
+      return absl::NotFoundError(absl::StrCat("no service '", end.first, "' in the model"));
+    }
+    ASSIGN_OR_RETURN(services::ServiceDefinition def,
+                     LoadServiceDefinition(svc->definition_dir(), s.state().interfaces_dir()));
+    const auto* ep = def.FindEndpoint(end.second);
+    if (ep == nullptr) {
+      std::vector<std::string> names;
+      for (const auto& e : def.endpoints) names.push_back(e.name);
+      return absl::InvalidArgumentError(
+          absl::StrCat("service ", end.first, " has no endpoint '", end.second,
+                       "' (it has: ", absl::StrJoin(names, ", "), ")"));
+    }
+    if (!interface.empty() && interface != ep->interface) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot relate ", a.first, ":", a.second, " (interface ", interface, ") to ",
+                       b.first, ":", b.second, " (interface ", ep->interface, ")"));
+    }
+    interface = ep->interface;
+    roles.push_back(ep->role);
+  }
+  const bool ok = (roles[0] == engine::Role::kPeers) == (roles[1] == engine::Role::kPeers) &&
+                  (roles[0] == engine::Role::kPeers || roles[0] != roles[1]);
+  if (!ok) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot relate ", a.first, ":", a.second, " (", engine::RoleName(roles[0]),
+                     ") to ", b.first, ":", b.second, " (", engine::RoleName(roles[1]),
+                     "): roles must be provides/requires or peers/peers"));
+  }
+  return interface;
+}
+
+}  // namespace
+
+absl::Status Relate(Session& s, const Args& args, bool relate) {
+  ASSIGN_OR_RETURN(auto a, ParseEnd(args.positional[0]));
+  ASSIGN_OR_RETURN(auto b, ParseEnd(args.positional[1]));
+  RETURN_IF_ERROR(s.dir().Lock(absl::Seconds(30)));
+  RETURN_IF_ERROR(s.LoadState());
+  services::ModelRelation want{{a.first, a.second}, {b.first, b.second}, 0};
+  for (const auto& rel : s.state().relations()) {
+    if (!SameRelation(rel, want)) continue;
+    if (relate) {
+      return absl::AlreadyExistsError(absl::StrCat("already related as ", rel.id()));
+    }
+    const std::string id = rel.id();  // DropRelation removes the record `rel` refers to
+    return s.DropRelation(id);
+  }
+  if (!relate) {
+    return absl::NotFoundError(
+        absl::StrCat(args.positional[0], " and ", args.positional[1], " are not related"));
+  }
+  ASSIGN_OR_RETURN(std::string interface, CheckEnds(s, a, b));
+  ASSIGN_OR_RETURN(std::string id, s.AddRelation(a.first, a.second, b.first, b.second, interface));
+  for (const auto& rel : s.state().relations()) {
+    if (rel.id() == id) RETURN_IF_ERROR(s.RelateUnits(rel));
+  }
+  std::fprintf(stderr, "related %s (interface %s)\n", id.c_str(), interface.c_str());
+  return absl::OkStatus();
+}
+
+absl::Status Config(Session& s, const Args& args) {
+  const std::string service = args.positional[0];
+  const std::vector<std::string> items(args.positional.begin() + 1, args.positional.end());
+  ASSIGN_OR_RETURN(auto assignments, ParseAssignments(items));
+  if (!items.empty()) RETURN_IF_ERROR(s.dir().Lock(absl::Seconds(30)));
+  RETURN_IF_ERROR(s.LoadState());
+  v1::ServiceRecord* svc = s.FindService(service);
+  if (svc == nullptr) {
+    return absl::NotFoundError(absl::StrCat("no service '", service, "' in the model"));
+  }
+  ASSIGN_OR_RETURN(services::ServiceDefinition def,
+                   LoadServiceDefinition(svc->definition_dir(), s.state().interfaces_dir()));
+  if (items.empty()) {
+    std::map<std::string, std::string> current;
+    if (svc->units_size() > 0) {
+      v1::GetConfigRequest req;
+      req.set_agent(svc->units(0).name());
+      v1::GetConfigResponse resp;
+      RETURN_IF_ERROR(
+          s.Client(svc->units(0).address()).Call(&v1::Agent::Stub::GetConfig, req, &resp));
+      current.insert(resp.config().begin(), resp.config().end());
+    }
+    Table t({"Option", "Type", "Value", "Default", "Description"});
+    for (const auto& o : def.config) {
+      auto it = current.find(o.name);
+      t.Add({o.name, std::string(services::ValueTypeName(o.type)),
+             it == current.end() ? "" : it->second, o.default_value.value_or(""), o.description});
+    }
+    std::printf("%s", t.Render().c_str());
+    return absl::OkStatus();
+  }
+  std::map<std::string, std::string> want(svc->config().begin(), svc->config().end());
+  for (const auto& [k, v] : assignments) {
+    const auto* option = def.FindConfig(k);
+    if (option == nullptr) {
+      std::vector<std::string> names;
+      for (const auto& o : def.config) names.push_back(o.name);
+      return absl::InvalidArgumentError(absl::StrCat("service ", service, " has no config option '",
+                                                     k, "' (it has: ", absl::StrJoin(names, ", "),
+                                                     ")"));
+    }
+    if (v.empty()) {
+      want.erase(k);
+      continue;
+    }
+    if (absl::Status st = services::CheckValue(option->type, v); !st.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("config option ", service, ".", k, ": ", st.message()));
+    }
+    want[k] = v;
+  }
+  return s.ApplyConfig(*svc, want);
+}
+
+absl::Status AddUnit(Session& s, const Args& args) {
+  int n = 1;
+  if (args.Has("-n") && (!absl::SimpleAtoi(args.Get("-n"), &n) || n < 1 || n > 1000)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("-n: expected a number from 1 to 1000, got '", args.Get("-n"), "'"));
+  }
+  RETURN_IF_ERROR(s.dir().Lock(absl::Seconds(30)));
+  RETURN_IF_ERROR(s.LoadState());
+  v1::ServiceRecord* svc = s.FindService(args.positional[0]);
+  if (svc == nullptr) {
+    return absl::NotFoundError(absl::StrCat("no service '", args.positional[0], "' in the model"));
+  }
+  for (int i = 0; i < n; ++i) RETURN_IF_ERROR(s.AddUnit(*svc));
+  for (const auto& rel : s.state().relations()) RETURN_IF_ERROR(s.RelateUnits(rel));
+  return absl::OkStatus();
+}
+
+absl::Status RemoveUnit(Session& s, const Args& args) {
+  RETURN_IF_ERROR(s.dir().Lock(absl::Seconds(30)));
+  RETURN_IF_ERROR(s.LoadState());
+  for (const auto& unit : args.positional) RETURN_IF_ERROR(s.RequireUnit(unit).status());
+  for (const auto& unit : args.positional) RETURN_IF_ERROR(s.RemoveUnit(unit));
+  return absl::OkStatus();
+}
+
+absl::Status Cert(Session& s, const Args& args) {
+  auto list = [](const std::string& text) {
+    std::vector<std::string> out = absl::StrSplit(text, ',', absl::SkipEmpty());
+    return out;
+  };
+  const std::string name = args.positional[0];
+  if (name == "cli" || name == "local" || name.find('/') != std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat("'", name, "' is reserved or not a host name"));
+  }
+  // The lock keeps two commands from making the model's CA at once.
+  RETURN_IF_ERROR(s.dir().Lock(absl::Seconds(30)));
+  const bool op = args.Has("--operator");
+  ASSIGN_OR_RETURN(CertFiles files,
+                   IssueCert(s.dir().pki_dir(), name, op ? CertRole::kOperator : CertRole::kHost,
+                             list(args.Get("--ip")), list(args.Get("--dns")), args.Get("--out")));
+  if (files.reissued) {
+    std::fprintf(stderr, "replaced %s: it was made before certificates had roles\n",
+                 files.cert.c_str());
+  }
+  std::printf("%s\n%s\n%s\n\n", files.cert.c_str(), files.key.c_str(), files.ca.c_str());
+  if (op) {
+    std::printf(
+        "An operator certificate: a client of the agent API presents cert.pem with key.pem and "
+        "trusts ca.pem (docs/api.md).\n");
+  } else {
+    std::printf(
+        "On that host:\n  parleyd --data DIR --listen ADDRESS:PORT --tls_cert %s --tls_key %s "
+        "--tls_ca %s\n",
+        files.cert.c_str(), files.key.c_str(), files.ca.c_str());
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace parley::cli

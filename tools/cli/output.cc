@@ -1,0 +1,46 @@
+#include "tools/cli/output.h"
+
+#include "google/protobuf/util/json_util.h"
+
+namespace parley::cli {
+
+std::string WorkloadName(v1::WorkloadState s) {
+  switch (s) {
+    case v1::WORKLOAD_STATE_MAINTENANCE:
+      return "maintenance";
+    case v1::WORKLOAD_STATE_BLOCKED:
+      return "blocked";
+    case v1::WORKLOAD_STATE_WAITING:
+      return "waiting";
+    case v1::WORKLOAD_STATE_ACTIVE:
+      return "active";
+    case v1::WORKLOAD_STATE_ERROR:
+      return "error";
+    default:
+      return "unknown";
+  }
+}
+
+std::string AgentStateName(v1::AgentState s) {
+  switch (s) {
+    case v1::AGENT_STATE_IDLE:
+      return "idle";
+    case v1::AGENT_STATE_EXECUTING:
+      return "executing";
+    case v1::AGENT_STATE_ERROR:
+      return "error";
+    default:
+      return "unknown";
+  }
+}
+
+std::string ToJson(const google::protobuf::Message& m) {
+  std::string json;
+  google::protobuf::util::JsonPrintOptions opts;
+  opts.add_whitespace = true;
+  opts.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(m, &json, opts);
+  return json;
+}
+
+}  // namespace parley::cli

@@ -1,0 +1,152 @@
+#pragma once
+
+// A command's view of the model as applied: the model directory's record (model.json) and the
+// clients of its parleyds, with what changing the model takes (adding and removing units,
+// relating, config, containers). Every command that reads or changes the model has one.
+
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "parley/v1/model.pb.h"
+#include "services/definition.h"
+#include "tools/cli/client.h"
+#include "tools/cli/container_runtime.h"
+#include "tools/cli/model_dir.h"
+
+namespace parley::cli {
+
+// The model as applied, as one command sees it.
+class Session {
+ public:
+  explicit Session(std::string model_dir) : dir_(std::move(model_dir)) {}
+
+  ModelDir& dir() { return dir_; }
+  v1::ModelState& state() { return state_; }
+
+  // Reads model.json (NOT_FOUND when nothing was applied yet) and sets up the runtime and the
+  // credentials it records.
+  absl::Status LoadState();
+  // The container runtime the state records, or none.
+  void UseRuntime() {
+    runtime_.reset();
+    if (!state_.runtime().engine().empty()) {
+      runtime_ = std::make_unique<ContainerRuntime>(state_.runtime());
+    }
+  }
+  ContainerRuntime* runtime() { return runtime_.get(); }
+  absl::Status Save() { return dir_.Save(state_); }
+
+  AgentClient& Client(const std::string& address) {
+    auto& c = clients_[address];
+    if (!c) c = std::make_unique<AgentClient>(address, dir_.credentials());
+    return *c;
+  }
+
+  // A host of the model: "local" or one under `hosts`.
+  const v1::HostRecord* FindHost(const std::string& name) const {
+    if (name.empty() || name == "local") return &state_.host();
+    for (const auto& h : state_.hosts()) {
+      if (h.name() == name) return &h;
+    }
+    return nullptr;
+  }
+
+  // `path` (a definition or interfaces directory here) as the host of `svc` sees it.
+  std::string OnHost(const v1::HostRecord& host, const std::string& path) const;
+  AgentClient& Host() { return Client(state_.host().address()); }
+  // The local parleyd's identity; NOT_FOUND, without dialing, when the model never started one
+  // (every service placed on other hosts).
+  absl::StatusOr<v1::HostInfo> LocalHostInfo() {
+    if (state_.host().address().empty()) {
+      return absl::NotFoundError("no parleyd on this machine: the model's units run on its hosts");
+    }
+    return Host().Host();
+  }
+
+  v1::ServiceRecord* FindService(const std::string& name) {
+    for (auto& s : *state_.mutable_services()) {
+      if (s.name() == name) return &s;
+    }
+    return nullptr;
+  }
+  // The unit and the service it belongs to.
+  std::pair<v1::ServiceRecord*, const v1::UnitRecord*> FindUnit(const std::string& unit) {
+    for (auto& s : *state_.mutable_services()) {
+      for (const auto& u : s.units()) {
+        if (u.name() == unit) return {&s, &u};
+      }
+    }
+    return {nullptr, nullptr};
+  }
+  absl::StatusOr<std::pair<v1::ServiceRecord*, const v1::UnitRecord*>> RequireUnit(
+      const std::string& unit);
+  std::vector<const v1::UnitRecord*> AllUnits() const {
+    std::vector<const v1::UnitRecord*> out;
+    for (const auto& s : state_.services()) {
+      for (const auto& u : s.units()) out.push_back(&u);
+    }
+    return out;
+  }
+
+  // --- Changing the model ---
+
+  absl::Status AddUnit(v1::ServiceRecord& svc);
+
+  // Stops the unit, departs its relations, waits for the departures to be delivered, removes it.
+  // `unit` is a copy: the record it names is deleted on the way.
+  absl::Status RemoveUnit(std::string unit);
+
+  // Relates every unit pair of `rel` that is not related yet (relating is idempotent).
+  absl::Status RelateUnits(const v1::RelationRecordState& rel);
+
+  absl::Status UnrelateUnits(const v1::RelationRecordState& rel);
+
+  absl::StatusOr<std::string> AddRelation(const std::string& a_service, const std::string& a_ep,
+                                          const std::string& b_service, const std::string& b_ep,
+                                          const std::string& interface);
+
+  absl::Status DropRelation(const std::string& id);
+
+  // Sets config on every unit of `svc` so that it matches `want`.
+  absl::Status ApplyConfig(v1::ServiceRecord& svc, const std::map<std::string, std::string>& want);
+
+  // Waits until every unit is idle and nothing changed between two polls. Shows progress on
+  // stderr; prints each unit's failures once. With `failed_settles`, a unit whose inbox head is
+  // failing counts as settled (it will not get further before its retry).
+  absl::Status Wait(absl::Duration timeout, bool failed_settles = false);
+
+  // --- Containers (a model with a runtime) ---
+
+  // Prepares the runtime for `up`: the image is there, the network exists (recorded), and every
+  // unit's container runs and answers (a container stopped by `down` resumes from its KB).
+  absl::Status StartRuntime();
+
+  // Runs a new unit's container; returns the address its parleyd answers at.
+  absl::StatusOr<std::string> StartContainer(const std::string& unit, const std::string& container);
+
+  // Waits until the parleyd in `container` answers at `address`.
+  absl::Status AwaitContainer(const std::string& address, const std::string& container);
+
+ private:
+  ModelDir dir_;
+  v1::ModelState state_;
+  std::unique_ptr<ContainerRuntime> runtime_;
+  std::map<std::string, std::unique_ptr<AgentClient>> clients_;
+};
+
+// "service:endpoint"
+absl::StatusOr<std::pair<std::string, std::string>> ParseEnd(const std::string& text);
+
+// `p` made absolute, with symbolic links resolved where it exists.
+std::string AbsolutePath(const std::string& p);
+
+// Whether the recorded relation `r` is the model's relation `m` (either way round).
+bool SameRelation(const v1::RelationRecordState& r, const services::ModelRelation& m);
+
+}  // namespace parley::cli
