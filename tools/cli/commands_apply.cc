@@ -237,13 +237,9 @@ absl::Status DownContainers(Session& s, bool purge) {
       all_up = false;
       continue;
     }
-    v1::FireEventRequest req;
-    req.set_agent(u->name());
-    req.set_event("stop");
-    v1::FireEventResponse resp;
-    absl::Status st = s.Client(u->address()).Call(&v1::Agent::Stub::FireEvent, req, &resp);
-    if (!st.ok())
+    if (absl::Status st = s.Fire(u->name(), u->address(), "stop"); !st.ok()) {
       std::fprintf(stderr, "parley: %s: %s\n", u->name().c_str(), st.ToString().c_str());
+    }
   }
   if (all_up) {
     if (absl::Status st = s.Wait(absl::Seconds(60), /*failed_settles=*/true); !st.ok()) {
@@ -284,13 +280,9 @@ absl::Status Down(Session& s, const Args& args) {
   {
     for (const v1::UnitRecord* u : s.AllUnits()) {
       if (u->address() == s.state().host().address() && !local_up) continue;
-      v1::FireEventRequest req;
-      req.set_agent(u->name());
-      req.set_event("stop");
-      v1::FireEventResponse resp;
-      absl::Status st = s.Client(u->address()).Call(&v1::Agent::Stub::FireEvent, req, &resp);
-      if (!st.ok())
+      if (absl::Status st = s.Fire(u->name(), u->address(), "stop"); !st.ok()) {
         std::fprintf(stderr, "parley: %s: %s\n", u->name().c_str(), st.ToString().c_str());
+      }
     }
     if (absl::Status st = s.Wait(absl::Seconds(60), /*failed_settles=*/true); !st.ok()) {
       std::fprintf(stderr, "parley: stopping anyway: %s\n", std::string(st.message()).c_str());

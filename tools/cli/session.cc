@@ -24,6 +24,15 @@ absl::Status Session::LoadState() {
   return dir_.UseTls(state_.tls());
 }
 
+absl::Status Session::Fire(const std::string& unit, const std::string& address,
+                           const std::string& event) {
+  v1::FireEventRequest req;
+  req.set_agent(unit);
+  req.set_event(event);
+  v1::FireEventResponse resp;
+  return Client(address).Call(&v1::Agent::Stub::FireEvent, req, &resp);
+}
+
 std::string Session::OnHost(const v1::HostRecord& host, const std::string& path) const {
   if (host.model_root().empty() || path.empty()) return path;
   const fs::path base = fs::path(state_.model_file()).parent_path();
@@ -94,11 +103,7 @@ absl::Status Session::RemoveUnit(std::string unit) {
   AgentClient& client = Client(found.second->address());
   absl::StatusOr<v1::AgentStatus> status = client.Status(unit);
   if (status.ok()) {
-    v1::FireEventRequest stop;
-    stop.set_agent(unit);
-    stop.set_event("stop");
-    v1::FireEventResponse fired;
-    RETURN_IF_ERROR(client.Call(&v1::Agent::Stub::FireEvent, stop, &fired));
+    RETURN_IF_ERROR(Fire(unit, found.second->address(), "stop"));
     for (const auto& rel : status->relations()) {
       v1::UnrelateRequest un;
       un.set_agent(unit);

@@ -60,6 +60,8 @@ class Session {
   // `path` (a definition or interfaces directory here) as the host of `svc` sees it.
   std::string OnHost(const v1::HostRecord& host, const std::string& path) const;
   AgentClient& Host() { return Client(state_.host().address()); }
+  // Queues `event` (stop, update...) for `unit`, hosted by the parleyd at `address`.
+  absl::Status Fire(const std::string& unit, const std::string& address, const std::string& event);
   // The local parleyd's identity; NOT_FOUND, without dialing, when the model never started one
   // (every service placed on other hosts).
   absl::StatusOr<v1::HostInfo> LocalHostInfo() {
