@@ -176,7 +176,9 @@ int main(int argc, char** argv) {
   sigwait(&signals, &sig);
   std::fprintf(stderr, "parleyd: signal %d, shutting down\n", sig);
   (*host)->Shutdown();
-  // Runs finished and their commits are durable; closing the store ends the host.
+  // Runs finished and their commits are durable; closing the store ends the host. Programs'
+  // output has nowhere to go from here.
+  h = nullptr;
   host->reset();
   // The metrics listener would take another second to stop (its server polls for a stop once a
   // second); an exiting process need not wait for it.

@@ -1,6 +1,7 @@
 #include "services/peer_streams.h"
 
 #include <deque>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -233,7 +234,16 @@ class ServerStream : public grpc::ServerBidiReactor<v1::PeerFrame, v1::PeerFrame
     }
     // Whether the peer may speak for its sender depends on what the agent recorded: decided on
     // its strand. Nothing is read meanwhile (the reactor lives until Admit ends or reads on).
-    agent->strand()->Post([this, agent, hello = h] { Admit(agent, hello); });
+    {
+      // Until Admit is done with the reactor it must not be finished (and deleted): Admit writes
+      // and reads from the strand, outside any reaction, and a dialer gone meanwhile fails them.
+      absl::MutexLock lock(&finish_mu_);
+      admitting_ = true;
+    }
+    agent->strand()->Post([this, agent, hello = h] {
+      Admit(agent, hello);
+      FinishDeferred();
+    });
     return absl::OkStatus();
   }
 
@@ -267,8 +277,21 @@ class ServerStream : public grpc::ServerBidiReactor<v1::PeerFrame, v1::PeerFrame
   void FinishOnce(const grpc::Status& status) {
     absl::MutexLock lock(&finish_mu_);
     if (finished_) return;
+    if (admitting_) {
+      if (!deferred_) deferred_ = status;
+      return;
+    }
     finished_ = true;
     Finish(status);
+  }
+
+  // After Admit: the finish that came while it ran, if any.
+  void FinishDeferred() {
+    absl::MutexLock lock(&finish_mu_);
+    admitting_ = false;
+    if (!deferred_ || finished_) return;
+    finished_ = true;
+    Finish(*deferred_);
   }
 
   Host* host_;
@@ -281,6 +304,8 @@ class ServerStream : public grpc::ServerBidiReactor<v1::PeerFrame, v1::PeerFrame
   std::shared_ptr<StreamHandle> handle_;
   absl::Mutex finish_mu_;
   bool finished_ ABSL_GUARDED_BY(finish_mu_) = false;
+  bool admitting_ ABSL_GUARDED_BY(finish_mu_) = false;
+  std::optional<grpc::Status> deferred_ ABSL_GUARDED_BY(finish_mu_);
 };
 
 class ClientStream : public grpc::ClientBidiReactor<v1::PeerFrame, v1::PeerFrame>,

@@ -937,6 +937,38 @@ TEST_F(CertificateIdentityTest, HostCertificatesMayOnlyProbeTheAgentApi) {
       v1::RemoveAgentResponse r;
       return api->RemoveAgent(ctx, req, &r);
     });
+    refused("GetConfig", [&](grpc::ClientContext* ctx) {
+      v1::GetConfigRequest req;
+      req.set_agent("web/0");
+      v1::GetConfigResponse r;
+      return api->GetConfig(ctx, req, &r);
+    });
+    refused("GetFacts", [&](grpc::ClientContext* ctx) {
+      v1::GetFactsRequest req;
+      req.set_agent("web/0");
+      v1::GetFactsResponse r;
+      return api->GetFacts(ctx, req, &r);
+    });
+    refused("GetTraces", [&](grpc::ClientContext* ctx) {
+      v1::GetTracesRequest req;
+      req.set_agent("web/0");
+      v1::GetTracesResponse r;
+      return api->GetTraces(ctx, req, &r);
+    });
+    refused("FireEvent", [&](grpc::ClientContext* ctx) {
+      v1::FireEventRequest req;
+      req.set_agent("web/0");
+      req.set_event("update");
+      v1::FireEventResponse r;
+      return api->FireEvent(ctx, req, &r);
+    });
+    refused("Unrelate", [&](grpc::ClientContext* ctx) {
+      v1::UnrelateRequest req;
+      req.set_agent("web/0");
+      req.set_relation_id("negotiate:1");
+      v1::UnrelateResponse r;
+      return api->Unrelate(ctx, req, &r);
+    });
     refused("StreamLogs", [&](grpc::ClientContext* ctx) {
       auto reader = api->StreamLogs(ctx, v1::StreamLogsRequest());
       v1::LogRecord r;
@@ -966,6 +998,25 @@ TEST_F(CertificateIdentityTest, HostCertificatesMayOnlyProbeTheAgentApi) {
   s = api->SetConfig(&c2, set, &set_resp);
   ASSERT_TRUE(s.ok()) << s.error_message();
   EXPECT_GT(set_resp.event_id(), 0u);
+}
+
+// Dialers that go away right after their Hello, while the listener admits them on the agent's
+// strand: the stream must not be finished (and deleted) under the admission (it was, and parleyd
+// crashed within a few hundred of these).
+TEST_F(PeerProtocolTest, DialerGoneDuringTheHandshakeIsHarmless) {
+  for (int i = 0; i < 400; ++i) {
+    auto stub =
+        v1::Peer::NewStub(grpc::CreateChannel(h_->address(), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Deadline());
+    auto stream = stub->Connect(&ctx);
+    v1::PeerFrame hello = HelloFrame(absl::StrCat("x", i % 7, "/0"), "c/0");
+    hello.mutable_hello()->set_from_address(absl::StrCat("127.0.0.1:", 20000 + i));
+    stream->Write(hello);
+    ctx.TryCancel();
+    stream->Finish().IgnoreError();
+  }
+  ASSERT_TRUE(WaitFor([&] { return Settled(hosts()); }));
 }
 
 // ---------------------------------------------------------------------------------------------
