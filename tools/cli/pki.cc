@@ -155,6 +155,9 @@ absl::StatusOr<CertFiles> IssueCert(const std::string& pki_dir, const std::strin
       roles.push_back(recorded[0]);
     } else {
       ASSIGN_OR_RETURN(roles, RolesOf(files.dir, files.cert));
+      if (roles.size() == 1) {
+        std::ofstream(role_file) << roles[0] << " " << Fingerprint(files.cert) << "\n";
+      }
     }
     if (roles.size() == 1 && roles[0] == RoleUri(role)) return files;
     if (!roles.empty()) {

@@ -405,6 +405,11 @@ absl::Status Session::AwaitContainer(const std::string& address, const std::stri
     absl::StatusOr<v1::HostInfo> info = client.Host(absl::Seconds(2));
     if (info.ok()) return absl::OkStatus();
     if (absl::Now() > deadline) {
+      // Without waiting for the connection, the call says why it fails (a TLS handshake, say)
+      // rather than that its deadline passed.
+      client.set_wait_for_ready(false);
+      info = client.Host(absl::Seconds(2));
+      if (info.ok()) return absl::OkStatus();
       return absl::UnavailableError(absl::StrCat(
           "the parleyd in container ", container, " does not answer at ", address,
           " within 60 s: ", info.status().message(), "\n", runtime_->LogTail(container)));
