@@ -26,17 +26,9 @@ std::shared_ptr<const CallerIdentity> Caller(Host* host, const grpc::CallbackSer
 // agent, or point an agent's traffic for another one at itself (docs/protocol.md, "Peer
 // identity"). PERMISSION_DENIED when not; OK without a `caller` (no client certificates). On
 // `agent`'s strand.
-absl::Status CheckClaim(Host* host, const Agent* agent, const CallerIdentity* caller,
+absl::Status CheckClaim(const Agent* agent, const CallerIdentity* caller,
                         const std::string& claimed, const std::string& address) {
   if (caller == nullptr) return absl::OkStatus();
-  // Agents of one host talk in-process, never over the network: whoever claims one of them is
-  // someone else.
-  if (host->Find(claimed) != nullptr) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        agent->name(), " refuses to hear from ", claimed, " over the network: ", claimed,
-        " is hosted here (", host->address(), "); the caller's certificate is (",
-        caller->Describe(), ")"));
-  }
   const std::string recorded = agent->AddressOf(claimed);
   if (address.empty() && recorded.empty()) {
     return absl::PermissionDeniedError(
@@ -258,7 +250,7 @@ class ServerStream : public grpc::ServerBidiReactor<v1::PeerFrame, v1::PeerFrame
   // On `agent`'s strand: accepts the stream (answers the Hello, attaches it, reads on) or refuses
   // it, with the KB untouched.
   void Admit(Agent* agent, const v1::Hello& hello) {
-    if (absl::Status s = CheckClaim(host_, agent, caller_.get(), hello.from_agent(), hello.from_address());
+    if (absl::Status s = CheckClaim(agent, caller_.get(), hello.from_agent(), hello.from_address());
         !s.ok()) {
       host_->metrics().Rejected(agent->name(), "identity").Increment();
       LogRefusal(host_, agent->name(), "stream", s);
@@ -463,7 +455,7 @@ class PeerService : public v1::Peer::CallbackService {
   // CheckClaim, with a refusal counted and logged.
   absl::Status Vouch(Agent* agent, const CallerIdentity* caller, absl::string_view what,
                      const std::string& claimed, const std::string& address) {
-    absl::Status s = CheckClaim(host_, agent, caller, claimed, address);
+    absl::Status s = CheckClaim(agent, caller, claimed, address);
     if (!s.ok()) {
       host_->metrics().Rejected(agent->name(), "identity").Increment();
       LogRefusal(host_, agent->name(), what, s);

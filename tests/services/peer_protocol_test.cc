@@ -789,32 +789,6 @@ class CertificateIdentityTest : public HostTest {
   Agent* lb_ = nullptr;
 };
 
-// Agents of one host talk in-process: a caller claiming one of them over the network is refused,
-// even with a certificate for the host's own address (every host here is 127.0.0.1).
-TEST_F(CertificateIdentityTest, PeerMayNotSpeakForAnAgentOfTheHostItCalls) {
-  Agent* db = Add(h2_, "acceptor", "db/0");
-  ASSERT_NE(db, nullptr);
-  const KbSnapshot before = Snapshot(lb_);
-  grpc::Status s = RequestConnect("h1", "db/0", h2_->address());
-  EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED) << s.error_message();
-  EXPECT_THAT(s.error_message(), HasSubstr("db/0 is hosted here"));
-  EXPECT_EQ(AddressOf(lb_, "db/0"), "");
-  // Not as a stream either.
-  auto stub = v1::Peer::NewStub(grpc::CreateChannel(h2_->address(), certs_->Client("ca", "h1")));
-  grpc::ClientContext ctx;
-  ctx.set_deadline(Deadline());
-  auto stream = stub->Connect(&ctx);
-  v1::PeerFrame hello = HelloFrame("db/0", "lb/0");
-  hello.mutable_hello()->set_from_address(h2_->address());
-  ASSERT_TRUE(stream->Write(hello));
-  v1::PeerFrame f;
-  EXPECT_FALSE(stream->Read(&f)) << f.DebugString();
-  s = stream->Finish();
-  EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED) << s.error_message();
-  ASSERT_TRUE(WaitFor([&] { return Settled({h1_, h2_}); }));
-  EXPECT_EQ(Snapshot(lb_), before);
-}
-
 TEST_F(CertificateIdentityTest, PeerMayNotSpeakForAnAgentRecordedElsewhere) {
   // lb/0 knows web/0 at h1's address: the certificate of 127.0.0.2 may not speak for it, neither
   // from its own address nor from web/0's.
