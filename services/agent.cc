@@ -172,9 +172,13 @@ void Agent::Start() {
   ScheduleTimers();
   if (options_.update_interval > absl::ZeroDuration()) {
     std::weak_ptr<bool> alive = alive_;
-    std::function<void()> tick;
     auto schedule = std::make_shared<std::function<void()>>();
-    *schedule = [this, alive, schedule] {
+    // The function must not own itself (a cycle that is never freed): only the pending timer's
+    // closure owns it, so a cancelled or dropped timer frees it.
+    std::weak_ptr<std::function<void()>> weak_schedule = schedule;
+    *schedule = [this, alive, weak_schedule] {
+      auto schedule = weak_schedule.lock();
+      if (!schedule) return;
       update_timer_ = host_->scheduler().At(
           absl::Now() + options_.update_interval, strand_, [this, alive, schedule] {
             if (!alive.lock() || stopped_) return;

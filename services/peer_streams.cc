@@ -242,7 +242,13 @@ class ServerStream : public grpc::ServerBidiReactor<v1::PeerFrame, v1::PeerFrame
     }
     agent->strand()->Post([this, agent, hello = h] {
       Admit(agent, hello);
-      FinishDeferred();
+      std::optional<grpc::Status> deferred;
+      {
+        absl::MutexLock lock(&finish_mu_);
+        admitting_ = false;
+        deferred.swap(deferred_);
+      }
+      if (deferred) Finish(*deferred);  // the last use of `this`
     });
     return absl::OkStatus();
   }
@@ -275,23 +281,17 @@ class ServerStream : public grpc::ServerBidiReactor<v1::PeerFrame, v1::PeerFrame
   }
 
   void FinishOnce(const grpc::Status& status) {
-    absl::MutexLock lock(&finish_mu_);
-    if (finished_) return;
-    if (admitting_) {
-      if (!deferred_) deferred_ = status;
-      return;
+    {
+      absl::MutexLock lock(&finish_mu_);
+      if (finished_) return;
+      finished_ = true;
+      if (admitting_) {
+        deferred_ = status;  // finished when Admit is done
+        return;
+      }
     }
-    finished_ = true;
+    // Not under finish_mu_: OnDone may run (and delete this) before Finish returns.
     Finish(status);
-  }
-
-  // After Admit: the finish that came while it ran, if any.
-  void FinishDeferred() {
-    absl::MutexLock lock(&finish_mu_);
-    admitting_ = false;
-    if (!deferred_ || finished_) return;
-    finished_ = true;
-    Finish(*deferred_);
   }
 
   Host* host_;

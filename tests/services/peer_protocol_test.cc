@@ -1019,6 +1019,46 @@ TEST_F(PeerProtocolTest, DialerGoneDuringTheHandshakeIsHarmless) {
   ASSERT_TRUE(WaitFor([&] { return Settled(hosts()); }));
 }
 
+// The dialer cancels while the listener's admission of its Hello waits on the agent's strand: the
+// answer's write then fails at once (ASan showed the reactor deleted under Admit).
+TEST_F(PeerProtocolTest, DialerGoneWhileItsHelloWaitsForTheStrand) {
+  for (int round = 0; round < 10; ++round) {
+    absl::Notification release, blocked;
+    c_->strand()->Post([&] {
+      blocked.Notify();
+      release.WaitForNotification();
+    });
+    blocked.WaitForNotification();
+    {
+      RawPeer peer(h_->address());
+      v1::PeerFrame hello = HelloFrame("x/0", "c/0");
+      hello.mutable_hello()->set_from_address(absl::StrCat("127.0.0.1:", 7000 + round));
+      ASSERT_TRUE(peer.Write(hello));
+      absl::SleepFor(absl::Milliseconds(100));  // the Hello is read and its admission queued
+      peer.Cancel();
+    }
+    absl::SleepFor(absl::Milliseconds(100));  // the listener sees the cancellation
+    release.Notify();
+    OnStrand(c_, [] { return true; });
+  }
+  ASSERT_TRUE(WaitFor([&] { return Settled(hosts()); }));
+}
+
+// Hellos to a stopped agent (as during a host's shutdown): the stream is closed as soon as it is
+// attached, while the answer is being written.
+TEST_F(PeerProtocolTest, HellosToAStoppedAgentAreHarmless) {
+  OnStrand(c_, [&] {
+    c_->Stop();
+    return true;
+  });
+  for (int round = 0; round < 200; ++round) {
+    RawPeer peer(h_->address());
+    ASSERT_TRUE(peer.Write(HelloFrame("x/0", "c/0")));
+    peer.Finish();
+  }
+  OnStrand(c_, [] { return true; });
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. Metrics over HTTP.
 
