@@ -9,10 +9,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/podman_env.sh"
 project=parleycompose
 if [ "${1:-}" != --inside ]; then
   command -v podman-compose >/dev/null || fail "podman-compose is missing: run tools/setup"
-  podman_clean
-  trap 'podman_clean; rm -rf "$work"' EXIT
   image=localhost/parley:test
-  build_test_image "$image" >/dev/null
+  prepare_storage_and_image "$image"
   parley export compose "$PARLEY_SOURCE_DIR/tests/deploy/model/model.yaml" --image "$image" \
     -o "$work/project"
   unshare --net -- "${BASH_SOURCE[0]}" --inside

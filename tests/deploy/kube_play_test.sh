@@ -10,10 +10,8 @@
 source "$(dirname "${BASH_SOURCE[0]}")/podman_env.sh"
 
 if [ "${1:-}" != --inside ]; then
-  podman_clean
-  trap 'podman_clean; rm -rf "$work"' EXIT
   image=localhost/parley:test
-  build_test_image "$image" >/dev/null
+  prepare_storage_and_image "$image"
   parley export kubernetes "$PARLEY_SOURCE_DIR/tests/deploy/model/model.yaml" --image "$image" \
     -o "$work/manifests.yaml"
   python3 "$PARLEY_SOURCE_DIR/tests/deploy/kube_to_pods.py" "$work/manifests.yaml" 10.90.0 \

@@ -61,6 +61,26 @@ build_test_image() {
   log "image built in $((SECONDS - started))s"
 }
 
+# Outside a test's network namespace: clean storage (cleaned again, with the run's files, when the
+# test ends) and the image built from this tree's binaries (build_test_image's arguments).
+prepare_storage_and_image() {
+  podman_clean
+  trap 'podman_clean; rm -rf "$work"' EXIT
+  build_test_image "$@" >/dev/null
+}
+
+# `parley down --purge` of the model in $PARLEY_MODEL_DIR, which must leave no container, volume,
+# network or model directory behind.
+down_purge_leaves_nothing() {
+  local prefix
+  prefix=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["runtime"]["prefix"])' "$PARLEY_MODEL_DIR/model.json")
+  parley down --purge
+  [ -z "$(podman ps -aq --filter label=parley.model="$prefix")" ] || fail "containers left after down --purge"
+  ! podman volume ls --format '{{.Name}}' | grep -q "^$prefix" || fail "volumes left after down --purge"
+  ! podman network ls --format '{{.Name}}' | grep -q "^$prefix" || fail "the network is left after down --purge"
+  [ ! -e "$PARLEY_MODEL_DIR" ] || fail "the model directory is left after down --purge"
+}
+
 # The EXIT trap of a test that ran a model with `parley up --runtime`: on failure, the containers'
 # last log lines and the model's status; then every container, volume and model network goes.
 runtime_test_finish() {

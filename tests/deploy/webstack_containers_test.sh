@@ -15,9 +15,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/podman_env.sh"
 
 image=localhost/parley-webstack:test
 if [ "${1:-}" != --inside ]; then
-  podman_clean
-  trap 'podman_clean; rm -rf "$work"' EXIT
-  build_test_image "$image" --extra-packages "redis-server haproxy python3" >/dev/null
+  prepare_storage_and_image "$image" --extra-packages "redis-server haproxy python3"
   unshare --net -- "${BASH_SOURCE[0]}" --inside
   exit $?
 fi
@@ -92,10 +90,5 @@ both() {
 wait_until 30 "GET / through the balancer reaches app/0 and app/1" both
 log "GET / reaches app/0 and app/1"
 
-prefix=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["runtime"]["prefix"])' "$PARLEY_MODEL_DIR/model.json")
-parley down --purge
-[ -z "$(podman ps -aq --filter label=parley.model="$prefix")" ] || fail "containers left after down --purge"
-! podman volume ls --format '{{.Name}}' | grep -q "^$prefix" || fail "volumes left after down --purge"
-! podman network ls --format '{{.Name}}' | grep -q "^$prefix" || fail "the network is left after down --purge"
-[ ! -e "$PARLEY_MODEL_DIR" ] || fail "the model directory is left after down --purge"
+down_purge_leaves_nothing
 log "PASS in $((SECONDS - started))s after the image"
