@@ -7,7 +7,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "kb/status_macros.h"
+#include "base/status_macros.h"
 
 namespace parley::engine {
 namespace {
@@ -187,7 +187,7 @@ struct Engine::Run {
   uint32_t executions = 0;
 };
 
-Engine::Engine(ServiceSpec spec, kb::Kb* kb, Clock* clock, EngineOptions options)
+Engine::Engine(ServiceSpec spec, kb::Kb* kb, base::Clock* clock, EngineOptions options)
     : spec_(std::move(spec)),
       kb_(kb),
       clock_(clock),
@@ -197,7 +197,7 @@ Engine::Engine(ServiceSpec spec, kb::Kb* kb, Clock* clock, EngineOptions options
 
 Engine::~Engine() = default;
 
-absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(ServiceSpec spec, kb::Kb* kb, Clock* clock,
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(ServiceSpec spec, kb::Kb* kb, base::Clock* clock,
                                                        EngineOptions options) {
   std::unique_ptr<Engine> engine(new Engine(std::move(spec), kb, clock, options));
   RETURN_IF_ERROR(engine->Build());

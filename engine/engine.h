@@ -33,7 +33,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
-#include "engine/clock.h"
+#include "base/clock.h"
 #include "engine/spec.h"
 #include "kb/kb.h"
 #include "parley/v1/kb.pb.h"
@@ -89,7 +89,7 @@ struct EnqueueResult {
 class Engine {
  public:
   // Validates `spec` and loads the agent's state from `kb` (not owned; must outlive the engine).
-  static absl::StatusOr<std::unique_ptr<Engine>> Create(ServiceSpec spec, kb::Kb* kb, Clock* clock,
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(ServiceSpec spec, kb::Kb* kb, base::Clock* clock,
                                                         EngineOptions options = {});
   ~Engine();
   Engine(const Engine&) = delete;
@@ -222,7 +222,7 @@ class Engine {
   };
   struct Run;
 
-  Engine(ServiceSpec spec, kb::Kb* kb, Clock* clock, EngineOptions options);
+  Engine(ServiceSpec spec, kb::Kb* kb, base::Clock* clock, EngineOptions options);
   absl::Status Build();
   absl::Status Load();
   FactState& Intern(absl::string_view name);
@@ -258,7 +258,7 @@ class Engine {
 
   ServiceSpec spec_;
   kb::Kb* kb_;
-  Clock* clock_;
+  base::Clock* clock_;
   const EngineOptions options_;
   std::mt19937_64 random_;
 

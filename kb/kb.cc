@@ -1,7 +1,7 @@
 #include "kb/kb.h"
 
 #include "absl/strings/str_cat.h"
-#include "kb/status_macros.h"
+#include "base/status_macros.h"
 #include "rocksdb/comparator.h"
 
 namespace parley::kb {

@@ -9,7 +9,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "kb/status_macros.h"
+#include "base/status_macros.h"
 #include "rocksdb/env.h"
 #include "rocksdb/options.h"
 

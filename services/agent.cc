@@ -5,7 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
-#include "kb/status_macros.h"
+#include "base/status_macros.h"
 #include "services/host.h"
 
 namespace parley::services {
@@ -84,7 +84,7 @@ Agent::Agent(Host* host, std::unique_ptr<kb::Kb> kb, std::unique_ptr<engine::Eng
       kb_(std::move(kb)),
       engine_(std::move(engine)),
       options_(options),
-      strand_(std::make_shared<Strand>(&host->pool())),
+      strand_(std::make_shared<base::Strand>(&host->pool())),
       alive_(std::make_shared<bool>(true)),
       metrics_(host->metrics().ForAgent(name_)) {}
 
@@ -108,7 +108,7 @@ void Agent::WhenDurable(uint64_t ticket, std::function<void()> fn) {
 void Agent::WaitForStore(uint64_t ticket) {
   waiting_for_ = ticket;
   std::weak_ptr<bool> alive = alive_;
-  std::shared_ptr<Strand> strand = strand_;
+  std::shared_ptr<base::Strand> strand = strand_;
   host_->store().WhenDurable(ticket, [this, alive, strand, ticket](absl::Status s) {
     strand->Post([this, alive, ticket, s] {
       if (alive.lock()) OnDurable(ticket, s);

@@ -20,7 +20,7 @@
 #include "engine/engine.h"
 #include "parley/v1/agent.pb.h"
 #include "parley/v1/peer.pb.h"
-#include "services/executor.h"
+#include "base/executor.h"
 #include "services/metrics.h"
 #include "services/session.h"
 
@@ -52,7 +52,7 @@ class Agent {
 
   const std::string& name() const { return name_; }
   const engine::ServiceSpec& spec() const { return engine_->spec(); }
-  const std::shared_ptr<Strand>& strand() const { return strand_; }
+  const std::shared_ptr<base::Strand>& strand() const { return strand_; }
   engine::Engine& engine() { return *engine_; }
 
   // The remaining methods run on the strand.
@@ -152,7 +152,7 @@ class Agent {
   std::unique_ptr<kb::Kb> kb_;
   std::unique_ptr<engine::Engine> engine_;
   const AgentOptions options_;
-  std::shared_ptr<Strand> strand_;
+  std::shared_ptr<base::Strand> strand_;
   // Guards callbacks that outlive the agent: they hold a weak_ptr to this flag.
   std::shared_ptr<bool> alive_;
 

@@ -14,7 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "kb/status_macros.h"
+#include "base/status_macros.h"
 #include "services/process_action.h"
 
 namespace parley::services {

@@ -15,7 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
-#include "kb/status_macros.h"
+#include "base/status_macros.h"
 #include "services/http_client.h"
 #include "services/json.h"
 

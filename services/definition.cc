@@ -15,7 +15,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "kb/status_macros.h"
+#include "base/status_macros.h"
 
 namespace parley::services {
 namespace {

@@ -8,7 +8,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
-#include "kb/status_macros.h"
+#include "base/status_macros.h"
 #include "services/ansible_backend.h"
 #include "services/container_action.h"
 #include "services/http_action.h"

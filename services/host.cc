@@ -10,7 +10,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
-#include "kb/status_macros.h"
+#include "base/status_macros.h"
 #include "services/api_service.h"
 #include "services/peer_streams.h"
 #include "services/status_convert.h"
@@ -41,8 +41,8 @@ absl::Status Host::Init() {
   ASSIGN_OR_RETURN(store_, kb::Store::Open(options_.data_dir, so));
   // Unit names are "<service>/<number>" and agents added in code never start with '.'.
   ASSIGN_OR_RETURN(host_kb_, kb::Kb::Open(store_.get(), ".parleyd"));
-  pool_ = std::make_unique<ThreadPool>(options_.threads);
-  scheduler_ = std::make_unique<Scheduler>();
+  pool_ = std::make_unique<base::ThreadPool>(options_.threads);
+  scheduler_ = std::make_unique<base::Scheduler>();
   if (!options_.registry) options_.registry = std::make_shared<prometheus::Registry>();
   metrics_ = std::make_unique<Metrics>(*options_.registry);
 

@@ -16,7 +16,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "engine/clock.h"
+#include "base/clock.h"
 #include "grpcpp/grpcpp.h"
 #include "kb/kb.h"
 #include "kb/store.h"
@@ -24,7 +24,7 @@
 #include "parley/v1/peer.grpc.pb.h"
 #include "prometheus/registry.h"
 #include "services/agent.h"
-#include "services/executor.h"
+#include "base/executor.h"
 #include "services/log_buffer.h"
 #include "services/metrics.h"
 #include "services/tls.h"
@@ -51,7 +51,7 @@ struct HostOptions {
   // Metrics go here when set (owned by main, which exposes it).
   std::shared_ptr<prometheus::Registry> registry;
   size_t log_capacity = 10000;
-  engine::Clock* clock = engine::SystemClock::Get();
+  base::Clock* clock = base::SystemClock::Get();
   // Builds the spec of an agent from its recipe (a service definition), for the AddAgent call and
   // to host recipes again after a restart. Unset: the host only runs agents added in code.
   std::function<absl::StatusOr<engine::ServiceSpec>(const v1::AgentRecipe&)> build_agent;
@@ -101,12 +101,12 @@ class Host {
   // remote to dial, with backoff between attempts. Called on local's strand.
   void EnsureSession(Agent* local, const std::string& remote);
 
-  ThreadPool& pool() { return *pool_; }
-  Scheduler& scheduler() { return *scheduler_; }
+  base::ThreadPool& pool() { return *pool_; }
+  base::Scheduler& scheduler() { return *scheduler_; }
   kb::Store& store() { return *store_; }
   Metrics& metrics() { return *metrics_; }
   LogBuffer& logs() { return logs_; }
-  engine::Clock* clock() const { return options_.clock; }
+  base::Clock* clock() const { return options_.clock; }
   const HostOptions& options() const { return options_; }
 
   // Called by sessions: the stream (or attempt) from `local` to `remote` is over. `established`:
@@ -135,8 +135,8 @@ class Host {
 
   HostOptions options_;
   std::unique_ptr<kb::Store> store_;
-  std::unique_ptr<ThreadPool> pool_;
-  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<base::ThreadPool> pool_;
+  std::unique_ptr<base::Scheduler> scheduler_;
   std::unique_ptr<Metrics> metrics_;
   LogBuffer logs_;
   std::unique_ptr<v1::Peer::CallbackService> peer_service_;

@@ -10,7 +10,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "kb/status_macros.h"
+#include "base/status_macros.h"
 #include "services/http_client.h"
 #include "services/json.h"
 

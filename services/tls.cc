@@ -12,7 +12,7 @@
 #include "absl/strings/str_join.h"
 #include "grpc/grpc_security_constants.h"
 #include "grpcpp/security/credentials.h"
-#include "kb/status_macros.h"
+#include "base/status_macros.h"
 
 namespace parley::services {
 namespace {

@@ -130,7 +130,7 @@ class EngineTest : public ::testing::Test {
     Fn fn;
   };
   testing::TempDir dir_;
-  ManualClock clock_;
+  base::ManualClock clock_;
   EngineOptions options_;
   std::unique_ptr<kb::Store> store_;
   std::unique_ptr<kb::Kb> kb_;

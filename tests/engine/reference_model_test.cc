@@ -45,11 +45,11 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
-#include "engine/clock.h"
+#include "base/clock.h"
 #include "engine/engine.h"
 #include "engine/spec.h"
 #include "kb/kb.h"
-#include "kb/status_macros.h"
+#include "base/status_macros.h"
 #include "kb/store.h"
 #include "parley/v1/kb.pb.h"
 
@@ -1002,7 +1002,7 @@ class Harness {
   Model model_;
   Knobs knobs_;
   EngineOptions options_;
-  ManualClock clock_;
+  base::ManualClock clock_;
   std::unique_ptr<kb::Kb> kb_;
   std::unique_ptr<Engine> engine_;
 

@@ -26,7 +26,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "engine/clock.h"
+#include "base/clock.h"
 #include "engine/engine.h"
 #include "engine/spec.h"
 #include "kb/kb.h"
@@ -99,7 +99,7 @@ int Main(int argc, char** argv) {
   apply.on = {"tick"};
   apply.action = parley::engine::MakeAction(Apply);
   spec.handlers.push_back(std::move(apply));
-  auto engine = Engine::Create(std::move(spec), kb->get(), parley::engine::SystemClock::Get(), {});
+  auto engine = Engine::Create(std::move(spec), kb->get(), parley::base::SystemClock::Get(), {});
   if (!engine.ok()) Die("create engine", engine.status());
   Engine& e = **engine;
   Say("ready");

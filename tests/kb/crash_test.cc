@@ -31,7 +31,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
-#include "engine/clock.h"
+#include "base/clock.h"
 #include "engine/engine.h"
 #include "kb/kb.h"
 #include "kb/store.h"
@@ -234,7 +234,7 @@ void CheckKb(const std::string& dir, uint64_t min_applied, KbState* state) {
   apply.action = engine::MakeAction(
       [](engine::RunContext&) { return absl::InternalError("the checker never runs handlers"); });
   spec.handlers.push_back(std::move(apply));
-  engine::ManualClock clock;
+  base::ManualClock clock;
   auto engine = engine::Engine::Create(std::move(spec), kb->get(), &clock);
   ASSERT_TRUE(engine.ok()) << "engine load after kill: " << engine.status();
 

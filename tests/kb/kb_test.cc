@@ -28,7 +28,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
-#include "kb/status_macros.h"
+#include "base/status_macros.h"
 #include "kb/store.h"
 #include "rocksdb/db.h"
 #include "rocksdb/options.h"

@@ -20,7 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "engine/clock.h"
+#include "base/clock.h"
 #include "engine/engine.h"
 #include "kb/kb.h"
 #include "kb/store.h"
@@ -139,7 +139,7 @@ class BackendTest : public ::testing::Test {
   }
 
   ::parley::testing::TempDir dir_;
-  engine::ManualClock clock_;
+  base::ManualClock clock_;
   std::unique_ptr<kb::Store> store_;
   std::unique_ptr<kb::Kb> kb_;
   std::unique_ptr<engine::Engine> engine_;

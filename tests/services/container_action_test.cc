@@ -18,7 +18,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "engine/clock.h"
+#include "base/clock.h"
 #include "engine/engine.h"
 #include "kb/kb.h"
 #include "kb/store.h"
@@ -350,7 +350,7 @@ class ContainerActionTest : public ::testing::Test {
   ::parley::testing::TempDir dir_;
   std::string unit_;
   ServiceDefinition def_;
-  engine::ManualClock clock_;
+  base::ManualClock clock_;
   std::unique_ptr<kb::Store> store_;
   std::unique_ptr<kb::Kb> kb_;
   std::unique_ptr<engine::Engine> engine_;

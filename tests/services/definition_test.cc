@@ -12,7 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "engine/clock.h"
+#include "base/clock.h"
 #include "engine/engine.h"
 #include "kb/kb.h"
 #include "kb/store.h"
@@ -508,7 +508,7 @@ class BuiltinEngineTest : public DefinitionTest {
     return bag.ok() ? *bag : std::map<std::string, std::string>{};
   }
 
-  engine::ManualClock clock_;
+  base::ManualClock clock_;
   std::unique_ptr<kb::Store> store_;
   std::unique_ptr<kb::Kb> kb_;
   std::unique_ptr<engine::Engine> engine_;

@@ -13,7 +13,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "engine/clock.h"
+#include "base/clock.h"
 #include "engine/engine.h"
 #include "kb/kb.h"
 #include "kb/store.h"
@@ -355,7 +355,7 @@ class HttpActionTest : public HttpServerTest {
     return FailureMessage();
   }
 
-  engine::ManualClock clock_;
+  base::ManualClock clock_;
   std::unique_ptr<kb::Store> store_;
   std::unique_ptr<kb::Kb> kb_;
   std::unique_ptr<engine::Engine> engine_;

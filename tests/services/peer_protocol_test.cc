@@ -464,7 +464,7 @@ TEST_F(PeerProtocolTest, AcceptedEventsAreAckedAndDuplicatesAppliedOnce) {
 // still delivering then posts to a strand of the freed pool (services/agent.cc Agent::WhenDurable):
 // a hang in Store::~Store or heap corruption. Here the test holds the sync thread in a callback
 // of its own while Shutdown runs, which makes it deterministic (AddressSanitizer reports a
-// heap-use-after-free in ThreadPool::Post). Enable once Host::Shutdown is fixed.
+// heap-use-after-free in base::ThreadPool::Post). Enable once Host::Shutdown is fixed.
 TEST_F(HostTest, ShutdownWaitsForDurabilityCallbacks) {
   Host* h = NewHost([](HostOptions& o) { o.durability = kb::Durability::kGroupCommit; });
   ASSERT_NE(h, nullptr);

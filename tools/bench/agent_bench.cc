@@ -16,7 +16,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "grpcpp/grpcpp.h"
-#include "kb/status_macros.h"
+#include "base/status_macros.h"
 #include "parley/v1/agent.grpc.pb.h"
 #include "parley/v1/peer.grpc.pb.h"
 #include "services/builtin_services.h"

@@ -11,10 +11,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
-#include "engine/clock.h"
+#include "base/clock.h"
 #include "engine/engine.h"
 #include "kb/kb.h"
-#include "kb/status_macros.h"
+#include "base/status_macros.h"
 #include "kb/store.h"
 #include "tools/bench/bench.h"
 
@@ -99,7 +99,7 @@ class ChainBench {
     ASSIGN_OR_RETURN(b->store_, kb::Store::Open(b->dir_.Sub("kb"), store_options));
     ASSIGN_OR_RETURN(b->kb_, kb::Kb::Open(b->store_.get(), "bench"));
     ASSIGN_OR_RETURN(b->engine_, pe::Engine::Create(ChainSpec(options.chain, unrelated),
-                                                    b->kb_.get(), pe::SystemClock::Get()));
+                                                    b->kb_.get(), parley::base::SystemClock::Get()));
     return b;
   }
 

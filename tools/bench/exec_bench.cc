@@ -19,10 +19,10 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "engine/clock.h"
+#include "base/clock.h"
 #include "engine/engine.h"
 #include "kb/kb.h"
-#include "kb/status_macros.h"
+#include "base/status_macros.h"
 #include "kb/store.h"
 #include "services/definition.h"
 #include "services/exec_backend.h"
@@ -117,7 +117,7 @@ class EngineSubject : public Subject {
     ASSIGN_OR_RETURN(s->store_, kb::Store::Open(dir + "/kb", store_options));
     ASSIGN_OR_RETURN(s->kb_, kb::Kb::Open(s->store_.get(), "bench/0"));
     ASSIGN_OR_RETURN(s->engine_,
-                     pe::Engine::Create(std::move(spec), s->kb_.get(), pe::SystemClock::Get()));
+                     pe::Engine::Create(std::move(spec), s->kb_.get(), parley::base::SystemClock::Get()));
     s->hooks_ = hook_command != ":";
     return s;
   }

@@ -17,7 +17,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kb/kb.h"
-#include "kb/status_macros.h"
+#include "base/status_macros.h"
 #include "kb/store.h"
 #include "rocksdb/db.h"
 #include "rocksdb/options.h"

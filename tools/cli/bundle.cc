@@ -12,7 +12,7 @@
 #include "absl/strings/str_replace.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
-#include "kb/status_macros.h"
+#include "base/status_macros.h"
 
 namespace parley::cli {
 namespace {

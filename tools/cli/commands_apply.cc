@@ -22,7 +22,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "engine/trace_format.h"
-#include "kb/status_macros.h"
+#include "base/status_macros.h"
 #include "services/definition.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/output.h"

@@ -23,7 +23,7 @@
 #include "absl/time/clock.h"
 #include "engine/trace_format.h"
 #include "google/protobuf/util/json_util.h"
-#include "kb/status_macros.h"
+#include "base/status_macros.h"
 #include "services/definition.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/export_kubernetes.h"

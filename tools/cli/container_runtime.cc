@@ -17,7 +17,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "kb/status_macros.h"
+#include "base/status_macros.h"
 
 extern char** environ;
 

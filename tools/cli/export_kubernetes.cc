@@ -7,7 +7,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/util/json_util.h"
-#include "kb/status_macros.h"
+#include "base/status_macros.h"
 #include "tools/cli/bundle.h"
 #include "yaml-cpp/yaml.h"
 

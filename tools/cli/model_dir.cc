@@ -21,7 +21,7 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "google/protobuf/util/json_util.h"
-#include "kb/status_macros.h"
+#include "base/status_macros.h"
 #include "tools/cli/client.h"
 #include "tools/cli/pki.h"
 

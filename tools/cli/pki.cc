@@ -14,7 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/str_join.h"
-#include "kb/status_macros.h"
+#include "base/status_macros.h"
 #include "services/tls.h"
 #include "tools/cli/model_dir.h"
 

@@ -11,7 +11,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "grpcpp/create_channel.h"
-#include "kb/status_macros.h"
+#include "base/status_macros.h"
 #include "tools/cli/pki.h"
 
 namespace parley::cli {

@@ -17,7 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "google/protobuf/util/json_util.h"
-#include "kb/status_macros.h"
+#include "base/status_macros.h"
 #include "parley/v1/model.pb.h"
 #include "tools/cli/bundle.h"
 #include "tools/cli/client.h"

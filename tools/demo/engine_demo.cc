@@ -115,7 +115,7 @@ int main() {
   if (!store.ok()) return Fail(store.status());
   auto kb = parley::kb::Kb::Open(store->get(), "app/0");
   if (!kb.ok()) return Fail(kb.status());
-  pe::Clock& clock = *pe::SystemClock::Get();
+  parley::base::Clock& clock = *parley::base::SystemClock::Get();
   pe::EngineOptions engine_options;
   engine_options.retry_initial = absl::Milliseconds(300);
   auto engine = pe::Engine::Create(AppSpec(), kb->get(), &clock, engine_options);

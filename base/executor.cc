@@ -1,8 +1,8 @@
-#include "services/executor.h"
+#include "base/executor.h"
 
 #include "absl/time/clock.h"
 
-namespace parley::services {
+namespace parley::base {
 
 ThreadPool::ThreadPool(int threads) {
   if (threads < 1) threads = 1;
@@ -131,4 +131,4 @@ void Scheduler::Loop() {
   }
 }
 
-}  // namespace parley::services
+}  // namespace parley::base

@@ -17,7 +17,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 
-namespace parley::services {
+namespace parley::base {
 
 using Closure = std::function<void()>;
 
@@ -87,4 +87,4 @@ class Scheduler {
   std::thread thread_;
 };
 
-}  // namespace parley::services
+}  // namespace parley::base

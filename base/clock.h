@@ -7,7 +7,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 
-namespace parley::engine {
+namespace parley::base {
 
 class Clock {
  public:
@@ -47,4 +47,4 @@ class ManualClock : public Clock {
   absl::Time now_ ABSL_GUARDED_BY(mu_);
 };
 
-}  // namespace parley::engine
+}  // namespace parley::base
