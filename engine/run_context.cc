@@ -1,0 +1,92 @@
+#include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
+#include "engine/engine.h"
+#include "engine/key_layout.h"
+#include "engine/run.h"
+
+namespace parley::engine {
+
+const v1::Event& RunContext::event() const { return engine_->run_->event; }
+const std::string& RunContext::handler() const { return engine_->run_->current->name; }
+
+absl::Status RunContext::Set(absl::string_view fact, absl::string_view value) {
+  return engine_->SetFact(fact, value, /*derived=*/false);
+}
+
+absl::Status RunContext::Clear(absl::string_view fact) {
+  return engine_->ClearFact(fact, /*derived=*/false);
+}
+
+absl::Status RunContext::Fire(absl::string_view event) {
+  RETURN_IF_ERROR(engine_->ValidateName(handler(), "fired event", event, true));
+  if (engine_->EndpointOf(event) != nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("handler '", handler(), "' cannot fire relationship event '", event, "'"));
+  }
+  engine_->run_->fired.emplace_back(event);
+  return absl::OkStatus();
+}
+
+std::vector<const v1::RelationRecord*> RunContext::Relations(absl::string_view endpoint) const {
+  std::vector<const v1::RelationRecord*> out;
+  for (const auto& [id, rel] : engine_->relations_) {
+    if (rel.gone() || engine_->run_->broken.contains(id)) continue;
+    if (endpoint.empty() || rel.endpoint() == endpoint) out.push_back(&rel);
+  }
+  return out;
+}
+
+absl::StatusOr<std::map<std::string, std::string>> RunContext::Bag(absl::string_view relation_id,
+                                                                   absl::string_view bag) const {
+  std::map<std::string, std::string> out;
+  RETURN_IF_ERROR(engine_->txn_->Scan(Space::kBag, BagPrefix(relation_id, bag),
+                                      [&](absl::string_view k, absl::string_view v) {
+                                        out.emplace(k, v);
+                                        return true;
+                                      }));
+  return out;
+}
+
+absl::Status RunContext::SetData(absl::string_view relation_id, absl::string_view key,
+                                 absl::string_view value, bool service) {
+  return engine_->SetLocalData(relation_id, key, value, service);
+}
+
+absl::Status RunContext::DeleteData(absl::string_view relation_id, absl::string_view key,
+                                    bool service) {
+  return engine_->SetLocalData(relation_id, key, std::nullopt, service);
+}
+
+std::optional<std::string> RunContext::Config(absl::string_view key) const {
+  auto it = engine_->config_.find(std::string(key));
+  if (it == engine_->config_.end()) return std::nullopt;
+  return it->second;
+}
+
+absl::Status RunContext::SetTimer(absl::string_view name, absl::Duration delay) {
+  RETURN_IF_ERROR(engine_->ValidateName(handler(), "timer", absl::StrCat("timer.", name), true));
+  if (name.empty()) return absl::InvalidArgumentError("timer name is empty");
+  const absl::Time due = engine_->clock_->Now() + delay;
+  engine_->timers_[std::string(name)] = due;
+  engine_->txn_->Put(Space::kMeta, MetaKey("timer", name),
+                     kb::EncodeU64(static_cast<uint64_t>(absl::ToUnixMillis(due))));
+  return absl::OkStatus();
+}
+
+absl::Status RunContext::Output(absl::string_view key, absl::string_view value) {
+  if (key.empty() || key.find('\0') != absl::string_view::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("handler ", handler(), ": an output key is empty or has a NUL byte"));
+  }
+  engine_->run_->outputs[std::string(key)] = std::string(value);
+  return absl::OkStatus();
+}
+
+absl::Status RunContext::SetStatus(v1::WorkloadState state, absl::string_view message) {
+  engine_->status_.set_state(state);
+  engine_->status_.set_message(std::string(message));
+  engine_->txn_->Put(Space::kMeta, kMetaStatus, engine_->status_.SerializeAsString());
+  return absl::OkStatus();
+}
+
+}  // namespace parley::engine

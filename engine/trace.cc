@@ -1,0 +1,78 @@
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
+#include "engine/engine.h"
+#include "engine/key_layout.h"
+#include "engine/run.h"
+
+namespace parley::engine {
+
+void Engine::BuildTrace(v1::Trace& trace) const {
+  for (const StepRecord& r : run_->steps) {
+    v1::TraceStep* s = trace.add_steps();
+    s->set_kind(r.kind);
+    if (r.handler) s->set_handler(r.handler->name);
+    switch (r.kind) {
+      case v1::TraceStep::KIND_FIRED:
+        s->set_event(r.text);
+        s->set_reason(r.handler ? absl::StrCat("fired by ", r.handler->name) : "trigger");
+        break;
+      case v1::TraceStep::KIND_QUEUED:
+        switch (r.reason) {
+          case Reason::kOnEvent:
+            s->set_reason(absl::StrCat("on ", r.text));
+            break;
+          case Reason::kNeverRan:
+            s->set_reason("dirty: never ran");
+            break;
+          case Reason::kFactChanged:
+            s->set_reason(absl::StrCat("dirty: ", r.fact->name, " changed"));
+            break;
+          default:
+            s->set_reason(r.text);
+        }
+        break;
+      case v1::TraceStep::KIND_RAN:
+      case v1::TraceStep::KIND_FAILED:
+        for (const auto& c : r.changes) *s->add_facts_changed() = c;
+        for (const auto& e : r.fired) s->add_events_fired(e);
+        s->set_duration_ns(r.duration_ns);
+        s->set_error(r.error);
+        break;
+      default:
+        s->set_reason(r.text);
+    }
+  }
+  std::vector<const FactState*> net;
+  for (const FactState* f : run_->touched) {
+    if (f->set != f->old_set || f->value != f->old_value) net.push_back(f);
+  }
+  std::sort(net.begin(), net.end(),
+            [](const FactState* a, const FactState* b) { return a->name < b->name; });
+  for (const FactState* f : net) {
+    v1::FactChange* c = trace.add_facts_changed();
+    c->set_name(f->name);
+    c->set_set(f->set);
+    c->set_value(f->value);
+  }
+  trace.set_handlers_run(run_->executions);
+  for (const auto& [k, v] : run_->outputs) (*trace.mutable_outputs())[k] = v;
+}
+
+absl::StatusOr<std::vector<v1::Trace>> Engine::Traces(size_t n) const {
+  std::vector<v1::Trace> all;
+  absl::Status parse_status;
+  RETURN_IF_ERROR(kb_->Scan(Space::kTrace, "", [&](absl::string_view key, absl::string_view value) {
+    v1::Trace t;
+    parse_status = Parse(*kb_, "trace", absl::StrCat(kb::DecodeU64(key).value_or(0)), value, t);
+    if (!parse_status.ok()) return false;
+    all.push_back(std::move(t));
+    return true;
+  }));
+  RETURN_IF_ERROR(parse_status);
+  if (all.size() > n) all.erase(all.begin(), all.end() - static_cast<ptrdiff_t>(n));
+  return all;
+}
+
+}  // namespace parley::engine
