@@ -16,29 +16,41 @@
 //     stays at the inbox head and is retried with jittered exponential backoff.
 //
 // Thread-compatible: an Engine, its Kb and its actions belong to one serial executor.
+//
+// The parts of a run live beside it, internal to engine/: the handler graph (handler_graph.h), the
+// inbox (inbox.h), relations and their derived facts (relations.h), the outbox and sequences
+// (outbox.h), traces (trace.h), retry backoff (retry.h), the KB key layout (key_layout.h) and
+// the state of the run in progress (run.h). What a handler sees is RunContext (run_context.h).
 
 #include <cstdint>
-#include <deque>
 #include <map>
 #include <memory>
 #include <optional>
-#include <random>
 #include <set>
 #include <string>
 #include <vector>
 
-#include "absl/container/flat_hash_map.h"
-#include "absl/container/node_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "base/clock.h"
+#include "engine/run_context.h"
 #include "engine/spec.h"
 #include "kb/kb.h"
 #include "parley/v1/kb.pb.h"
 
 namespace parley::engine {
+
+struct FactState;
+struct Handler;
+class HandlerGraph;
+class Inbox;
+class Outbox;
+class Relations;
+class RetryBackoff;
+struct Run;
+enum class Reason;
 
 // "joined", "changed", "departed", "broken" or "created"; empty for an unspecified kind. A
 // relationship event is named "<endpoint>.<kind name>".
@@ -89,7 +101,8 @@ struct EnqueueResult {
 class Engine {
  public:
   // Validates `spec` and loads the agent's state from `kb` (not owned; must outlive the engine).
-  static absl::StatusOr<std::unique_ptr<Engine>> Create(ServiceSpec spec, kb::Kb* kb, base::Clock* clock,
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(ServiceSpec spec, kb::Kb* kb,
+                                                        base::Clock* clock,
                                                         EngineOptions options = {});
   ~Engine();
   Engine(const Engine&) = delete;
@@ -141,7 +154,7 @@ class Engine {
   std::map<std::string, std::string> Facts() const;
   const std::optional<v1::RunFailure>& failure() const { return failure_; }
   v1::WorkloadStatus workload_status() const { return status_; }
-  size_t inbox_depth() const { return inbox_depth_; }
+  size_t inbox_depth() const;
   // The newest `n` traces, oldest first.
   absl::StatusOr<std::vector<v1::Trace>> Traces(size_t n) const;
   // Outbox entries in the order they must be sent, for one destination or all.
@@ -150,11 +163,11 @@ class Engine {
   absl::StatusOr<std::vector<v1::OutboxEntry>> OutboxAfter(absl::string_view destination,
                                                            uint64_t after, size_t limit,
                                                            uint64_t through = UINT64_MAX) const;
-  size_t outbox_size() const { return outbox_size_; }
+  size_t outbox_size() const;
   // Agents with unacknowledged outbox entries.
   std::set<std::string> OutboxDestinations() const;
   // The id of the newest outbox entry ever staged (0: none).
-  uint64_t last_outbox_id() const { return next_outbox_id_ - 1; }
+  uint64_t last_outbox_id() const;
   // Why a relation event from `sender` about `relation_id` must be refused, if it must: the
   // relation was never known here (and the event is not an introduction), or the sender is not
   // party to it. Stale events about a broken relation are not refused.
@@ -164,7 +177,7 @@ class Engine {
   const std::map<std::string, absl::Time>& timers() const { return timers_; }
   const std::map<std::string, std::string>& config() const { return config_; }
   uint64_t runs() const { return run_counter_; }
-  const std::map<std::string, v1::RelationRecord>& relations() const { return relations_; }
+  const std::map<std::string, v1::RelationRecord>& relations() const;
   // Committed data of a bag: `bag` is "lu" (local unit), "ls" (local service), "ru:<unit>"
   // (remote unit) or "rs" (remote service).
   absl::StatusOr<std::map<std::string, std::string>> Bag(absl::string_view relation_id,
@@ -174,166 +187,60 @@ class Engine {
 
  private:
   friend class RunContext;
-  struct Handler;
-
-  struct FactState {
-    std::string name;
-    bool set = false;
-    std::string value;
-    uint64_t version = 0;
-    // Relationship facts are derived from relation data; handlers cannot set them.
-    bool derived = false;
-    std::vector<Handler*> when_of;
-    std::vector<Handler*> when_not_of;
-    // Fact-only handlers naming it in when or when_not (marked dirty when it changes).
-    std::vector<Handler*> fact_only_of;
-    // Run bookkeeping.
-    bool touched = false;
-    bool changed_since_retest = false;
-    bool old_set = false;
-    std::string old_value;
-  };
-
-  struct Handler {
-    std::string name;
-    int index = 0;
-    std::vector<FactState*> when;
-    std::vector<FactState*> when_not;
-    std::vector<std::string> on;
-    std::unique_ptr<Action> action;
-    bool fact_only = true;
-    // Number of preconditions on facts that do not hold.
-    int unsatisfied = 0;
-    bool ran = false;
-    uint64_t last_ran = 0;
-    bool dirty = true;
-    // The fact whose change made the handler dirty (nullptr: never ran).
-    const FactState* dirty_cause = nullptr;
-    bool in_queue = false;
-    uint32_t queue_gen = 0;
-    uint32_t executions = 0;
-    bool ran_in_run = false;
-  };
-
-  struct StepRecord;
-  struct LocalChanges {
-    std::vector<v1::BagChange> unit_changes;
-    std::vector<v1::BagChange> service_changes;
-  };
-  struct Run;
 
   Engine(ServiceSpec spec, kb::Kb* kb, base::Clock* clock, EngineOptions options);
-  absl::Status Build();
+  // Reads the committed state into memory: at start, and after a run failed or did not commit.
   absl::Status Load();
-  FactState& Intern(absl::string_view name);
-  absl::Status ValidateName(absl::string_view handler, absl::string_view what,
-                            absl::string_view name, bool is_event) const;
-  const EndpointSpec* EndpointOf(absl::string_view name) const;
+  absl::Status LoadFacts();
+  absl::Status LoadHandlers();
 
-  // Run steps.
+  // A run (engine.cc; queueing and running handlers: handler_queue.cc).
   absl::StatusOr<RunResult> Execute(const v1::Event& event, uint32_t attempt);
-  absl::Status ApplyRelationChange(const v1::Event& event);
   absl::Status ApplyConfigChange(const v1::Event& event);
-  absl::Status ValidateEvent(const v1::Event& event) const;
-  // Puts `event` (id assigned) in the inbox as part of `txn`.
-  void StageInbox(kb::Txn& txn, v1::Event& event);
-  absl::Status StageOutbox(uint64_t run_number, v1::Trace& trace, uint64_t& next_outbox);
-  absl::Status RecomputeDerived(const std::string& endpoint);
+  absl::Status ApplyRelationChange(const v1::Event& event);
   void FireEvent(absl::string_view event, const Handler* by);
   void Retest();
-  void Queue(Handler* h, int reason_kind, absl::string_view reason_event);
+  void Queue(Handler* h, Reason reason, absl::string_view reason_event);
   absl::Status RunHandler(Handler* h);
+  std::string FailedPrecondition(const Handler& h) const;
   absl::StatusOr<uint64_t> CommitRun(const v1::Event& event, v1::Trace& trace);
   absl::StatusOr<RunResult> FailRun(const v1::Event& event, uint32_t attempt, std::string handler,
                                     std::string message, v1::Trace& trace);
-  void BuildTrace(v1::Trace& trace) const;
-  std::string FailedPrecondition(const Handler& h) const;
 
-  // Changes staged by the current run (used by RunContext and the derived-fact logic).
+  // Fact changes staged by the current run (handler_queue.cc). Relationship facts are `derived`: only
+  // the relation data sets them.
   absl::Status SetFact(absl::string_view name, absl::string_view value, bool derived);
   absl::Status ClearFact(absl::string_view name, bool derived);
   void ChangeFact(FactState& f, bool set, absl::string_view value);
-  absl::Status SetLocalData(absl::string_view relation_id, absl::string_view key,
-                            std::optional<absl::string_view> value, bool service);
+  // Makes the relationship facts of `endpoint` exactly `want`.
+  absl::Status SetDerivedFacts(const EndpointSpec& endpoint,
+                               const std::map<std::string, std::string>& want);
+
+  // Between runs (inbox.cc; ChangeConfig and ApplyConfigChange: config.cc).
+  absl::Status ValidateEvent(const v1::Event& event) const;
 
   ServiceSpec spec_;
   kb::Kb* kb_;
   base::Clock* clock_;
   const EngineOptions options_;
-  std::mt19937_64 random_;
-
-  std::vector<std::unique_ptr<Handler>> handlers_;
-  absl::flat_hash_map<std::string, std::vector<Handler*>> by_event_;
-  absl::node_hash_map<std::string, FactState> facts_;
-  absl::flat_hash_map<std::string, const EndpointSpec*> endpoints_;
+  std::unique_ptr<RetryBackoff> retry_;
+  std::unique_ptr<HandlerGraph> graph_;
+  std::unique_ptr<Inbox> inbox_;
+  std::unique_ptr<Relations> relations_;
+  std::unique_ptr<engine::Outbox> outbox_;
 
   // Committed (or, during a run, staged) agent state.
   uint64_t change_clock_ = 0;
   uint64_t run_counter_ = 0;
-  uint64_t next_event_id_ = 1;
-  uint64_t next_outbox_id_ = 1;
-  // The inbox holds the events [inbox_head_, next_event_id_).
-  uint64_t inbox_head_ = 1;
-  size_t inbox_depth_ = 0;
   // Fact-only handlers that may have become dirty and satisfied since the last retest.
   std::vector<Handler*> pending_;
-  std::map<std::string, v1::RelationRecord> relations_;
   std::map<std::string, std::string> config_;
   std::map<std::string, absl::Time> timers_;
-  size_t outbox_size_ = 0;
-  // Unacknowledged outbox entries per (destination, relation): (sequence, id), oldest first.
-  std::map<std::pair<std::string, std::string>, std::deque<std::pair<uint64_t, uint64_t>>> unacked_;
   std::optional<v1::RunFailure> failure_;
   v1::WorkloadStatus status_;
 
   std::unique_ptr<kb::Txn> txn_;
   std::unique_ptr<Run> run_;
-};
-
-// What a handler's action may do. Everything is staged in the run's transaction.
-class RunContext {
- public:
-  const v1::Event& event() const;
-  const std::string& handler() const;
-  const std::string& unit() const { return engine_->spec_.unit; }
-
-  bool IsSet(absl::string_view fact) const { return engine_->IsSet(fact); }
-  std::optional<std::string> Value(absl::string_view fact) const {
-    return engine_->FactValue(fact);
-  }
-  std::map<std::string, std::string> Facts() const { return engine_->Facts(); }
-  absl::Status Set(absl::string_view fact, absl::string_view value = "");
-  absl::Status Clear(absl::string_view fact);
-  // Fires an internal event; handlers on it are queued after this handler returns.
-  absl::Status Fire(absl::string_view event);
-
-  // Relations attached to `endpoint` (all of them when empty).
-  std::vector<const v1::RelationRecord*> Relations(absl::string_view endpoint = "") const;
-  // Data of a bag as staged by this run; see Engine::Bag for bag names.
-  absl::StatusOr<std::map<std::string, std::string>> Bag(absl::string_view relation_id,
-                                                         absl::string_view bag) const;
-  // Writes this unit's (or, with `service`, this service's) bag of a relation. Peers receive
-  // the change as a relation event once the run commits.
-  absl::Status SetData(absl::string_view relation_id, absl::string_view key,
-                       absl::string_view value, bool service = false);
-  absl::Status DeleteData(absl::string_view relation_id, absl::string_view key,
-                          bool service = false);
-
-  absl::Status SetStatus(v1::WorkloadState state, absl::string_view message);
-  // Reports `key` = `value` as a result of this run (a user action's answer): recorded in the
-  // run's trace if it commits, not in the facts.
-  absl::Status Output(absl::string_view key, absl::string_view value);
-
-  // Config as of this run (config.changed events apply their change before handlers run).
-  std::optional<std::string> Config(absl::string_view key) const;
-  const std::map<std::string, std::string>& config() const { return engine_->config_; }
-  // Asks for `timer.<name>` to be fired after `delay` (replacing an earlier request).
-  absl::Status SetTimer(absl::string_view name, absl::Duration delay);
-
- private:
-  friend class Engine;
-  explicit RunContext(Engine* engine) : engine_(engine) {}
-  Engine* engine_;
 };
 
 }  // namespace parley::engine

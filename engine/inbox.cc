@@ -1,14 +1,52 @@
-#include <map>
+#include "engine/inbox.h"
+
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "engine/engine.h"
+#include "engine/handler_graph.h"
 #include "engine/key_layout.h"
+#include "engine/outbox.h"
 #include "engine/run.h"
 
 namespace parley::engine {
+
+using kb::Space;
+
+absl::Status Inbox::Load(const kb::Kb& kb) {
+  ASSIGN_OR_RETURN(next_id_, ReadCounter(kb, keys::kNextEvent, 1));
+  staged_ = 0;
+  head_ = next_id_;
+  absl::Status parse_status;
+  RETURN_IF_ERROR(kb.Scan(Space::kInbox, "", [&](absl::string_view key, absl::string_view) {
+    auto id = kb::DecodeU64(key);
+    if (id.ok()) head_ = *id;
+    parse_status = id.status();
+    return false;
+  }));
+  RETURN_IF_ERROR(parse_status);
+  depth_ = next_id_ - head_;
+  return absl::OkStatus();
+}
+
+void Inbox::Stage(kb::Txn& txn, v1::Event& event) {
+  event.set_id(next_id_);
+  txn.Put(Space::kInbox, keys::Inbox(event.id()), event.SerializeAsString());
+  txn.Put(Space::kMeta, keys::kNextEvent, kb::EncodeU64(event.id() + 1));
+  ++next_id_;
+  ++staged_;
+}
+
+void Inbox::StageRewrite(kb::Txn& txn, const v1::Event& event) {
+  txn.Put(Space::kInbox, keys::Inbox(event.id()), event.SerializeAsString());
+}
+
+void Inbox::StageRemove(kb::Txn& txn, uint64_t id) {
+  txn.DeleteUnindexed(Space::kInbox, keys::Inbox(id));
+}
 
 absl::Status Engine::ValidateEvent(const v1::Event& event) const {
   auto bad = [&](absl::string_view why) {
@@ -18,8 +56,7 @@ absl::Status Engine::ValidateEvent(const v1::Event& event) const {
   if (event.name().empty()) return bad("the event has no name");
   if (event.has_relation()) {
     const auto& rc = event.relation();
-    auto ep = endpoints_.find(rc.endpoint());
-    if (ep == endpoints_.end()) {
+    if (graph_->Endpoint(rc.endpoint()) == nullptr) {
       return bad(absl::StrCat("endpoint '", rc.endpoint(), "' is not declared by service '",
                               spec_.service, "'"));
     }
@@ -43,7 +80,7 @@ absl::Status Engine::ValidateEvent(const v1::Event& event) const {
         }
       }
     }
-  } else if (EndpointOf(event.name()) != nullptr) {
+  } else if (graph_->EndpointOf(event.name()) != nullptr) {
     return bad("relationship events must carry their relation");
   }
   for (const auto& c : event.config_changes()) {
@@ -52,12 +89,6 @@ absl::Status Engine::ValidateEvent(const v1::Event& event) const {
     }
   }
   return absl::OkStatus();
-}
-
-void Engine::StageInbox(kb::Txn& txn, v1::Event& event) {
-  event.set_id(next_event_id_);
-  txn.Put(Space::kInbox, kb::EncodeU64(event.id()), event.SerializeAsString());
-  txn.Put(Space::kMeta, kMetaNextEvent, kb::EncodeU64(event.id() + 1));
 }
 
 absl::StatusOr<EnqueueResult> Engine::Enqueue(v1::Event event) {
@@ -71,93 +102,14 @@ absl::StatusOr<EnqueueResult> Engine::EnqueueAll(std::vector<v1::Event> events) 
   if (events.empty()) return absl::InvalidArgumentError("no events to enqueue");
   for (const v1::Event& e : events) RETURN_IF_ERROR(ValidateEvent(e));
   kb::Txn txn(kb_);
-  const uint64_t first = next_event_id_;
-  for (v1::Event& e : events) {
-    StageInbox(txn, e);
-    ++next_event_id_;
-  }
+  for (v1::Event& e : events) inbox_->Stage(txn, e);
   absl::StatusOr<uint64_t> ticket = kb_->Commit(txn);
   if (!ticket.ok()) {
-    next_event_id_ = first;
+    inbox_->Discard();
     return ticket.status();
   }
-  inbox_depth_ += events.size();
+  inbox_->Committed();
   return EnqueueResult{events.back().id(), *ticket};
-}
-
-absl::StatusOr<EnqueueResult> Engine::ChangeConfig(const std::map<std::string, std::string>& set,
-                                                   const std::vector<std::string>& unset) {
-  if (run_) return absl::FailedPreconditionError("config cannot change during a run");
-  auto bad_key = [](const std::string& k) {
-    return k.empty() || k.find('\0') != std::string::npos;
-  };
-  for (const auto& [k, v] : set) {
-    if (bad_key(k)) return absl::InvalidArgumentError("a config key is empty or has a NUL byte");
-  }
-  for (const auto& k : unset) {
-    if (bad_key(k)) return absl::InvalidArgumentError("a config key is empty or has a NUL byte");
-  }
-  // The queued config.changed events, oldest first, and the config they lead to.
-  std::vector<v1::Event> queued;
-  std::map<std::string, std::string> pending = config_;
-  absl::Status parse;
-  RETURN_IF_ERROR(kb_->Scan(Space::kInbox, "", [&](absl::string_view, absl::string_view bytes) {
-    v1::Event e;
-    if (!e.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
-      parse =
-          absl::DataLossError(absl::StrCat("agent ", kb_->agent(), ": inbox event does not parse"));
-      return false;
-    }
-    if (e.name() != "config.changed") return true;
-    for (const auto& c : e.config_changes()) {
-      if (c.deleted()) {
-        pending.erase(c.key());
-      } else {
-        pending[c.key()] = c.value();
-      }
-    }
-    queued.push_back(std::move(e));
-    return true;
-  }));
-  RETURN_IF_ERROR(parse);
-  std::map<std::string, std::string> want = pending;
-  for (const auto& k : unset) want.erase(k);
-  for (const auto& [k, v] : set) want[k] = v;
-  if (want == pending) return EnqueueResult{};
-  // The whole change from the committed config.
-  v1::Event change;
-  change.set_name("config.changed");
-  change.set_source("api");
-  for (const auto& [k, v] : want) {
-    auto it = config_.find(k);
-    if (it != config_.end() && it->second == v) continue;
-    v1::BagChange* c = change.add_config_changes();
-    c->set_key(k);
-    c->set_value(v);
-  }
-  for (const auto& [k, v] : config_) {
-    if (want.contains(k)) continue;
-    v1::BagChange* c = change.add_config_changes();
-    c->set_key(k);
-    c->set_deleted(true);
-  }
-  if (queued.empty()) return Enqueue(std::move(change));
-  kb::Txn txn(kb_);
-  for (size_t i = 0; i < queued.size(); ++i) {
-    v1::Event& e = queued[i];
-    e.clear_config_changes();
-    if (i == 0) *e.mutable_config_changes() = change.config_changes();
-    txn.Put(Space::kInbox, kb::EncodeU64(e.id()), e.SerializeAsString());
-  }
-  const bool retry_now = failure_ && failure_->event_id() == queued[0].id();
-  if (retry_now) {
-    v1::RunFailure f = *failure_;
-    f.set_next_retry_unix_ms(absl::ToUnixMillis(clock_->Now()));
-    txn.Put(Space::kMeta, kMetaFailure, f.SerializeAsString());
-  }
-  ASSIGN_OR_RETURN(uint64_t ticket, kb_->Commit(txn));
-  if (retry_now) failure_->set_next_retry_unix_ms(absl::ToUnixMillis(clock_->Now()));
-  return EnqueueResult{queued[0].id(), ticket};
 }
 
 absl::StatusOr<EnqueueResult> Engine::EnqueueFromPeer(v1::Event event, uint64_t sequence) {
@@ -168,12 +120,9 @@ absl::StatusOr<EnqueueResult> Engine::EnqueueFromPeer(v1::Event event, uint64_t 
   }
   RETURN_IF_ERROR(ValidateEvent(event));
   const auto& rc = event.relation();
-  const std::string cursor = CursorKey("in", rc.relation_id(), rc.remote_unit());
-  ASSIGN_OR_RETURN(auto bytes, kb_->Get(Space::kCursor, cursor));
-  uint64_t last = 0;
-  if (bytes) {
-    ASSIGN_OR_RETURN(last, kb::DecodeU64(*bytes));
-  }
+  ASSIGN_OR_RETURN(std::optional<uint64_t> received,
+                   LastReceived(*kb_, rc.relation_id(), rc.remote_unit()));
+  const uint64_t last = received.value_or(0);
   if (sequence <= last) return EnqueueResult{0, 0, true};
   if (sequence != last + 1) {
     return absl::OutOfRangeError(absl::StrCat(
@@ -181,12 +130,15 @@ absl::StatusOr<EnqueueResult> Engine::EnqueueFromPeer(v1::Event event, uint64_t 
         ": sequence ", sequence, " leaves a gap; expected ", last + 1));
   }
   kb::Txn txn(kb_);
-  StageInbox(txn, event);
-  txn.Put(Space::kCursor, cursor, kb::EncodeU64(sequence));
-  ASSIGN_OR_RETURN(uint64_t ticket, kb_->Commit(txn));
-  ++next_event_id_;
-  ++inbox_depth_;
-  return EnqueueResult{event.id(), ticket, false};
+  inbox_->Stage(txn, event);
+  StageReceived(txn, rc.relation_id(), rc.remote_unit(), sequence);
+  absl::StatusOr<uint64_t> ticket = kb_->Commit(txn);
+  if (!ticket.ok()) {
+    inbox_->Discard();
+    return ticket.status();
+  }
+  inbox_->Committed();
+  return EnqueueResult{event.id(), *ticket, false};
 }
 
 absl::StatusOr<EnqueueResult> Engine::EnqueueTimer(absl::string_view name) {
@@ -195,13 +147,22 @@ absl::StatusOr<EnqueueResult> Engine::EnqueueTimer(absl::string_view name) {
   event.set_name(absl::StrCat("timer.", name));
   event.set_source("timer");
   kb::Txn txn(kb_);
-  StageInbox(txn, event);
-  txn.Delete(Space::kMeta, MetaKey("timer", name));
-  ASSIGN_OR_RETURN(uint64_t ticket, kb_->Commit(txn));
+  inbox_->Stage(txn, event);
+  txn.Delete(Space::kMeta, keys::Timer(name));
+  absl::StatusOr<uint64_t> ticket = kb_->Commit(txn);
+  if (!ticket.ok()) {
+    inbox_->Discard();
+    return ticket.status();
+  }
+  inbox_->Committed();
   timers_.erase(std::string(name));
-  ++next_event_id_;
-  ++inbox_depth_;
-  return EnqueueResult{event.id(), ticket};
+  return EnqueueResult{event.id(), *ticket};
+}
+
+absl::StatusOr<uint64_t> Engine::Acknowledge(absl::string_view destination,
+                                             absl::string_view relation_id, uint64_t sequence) {
+  if (run_) return absl::FailedPreconditionError("acknowledgements are applied between runs");
+  return outbox_->Acknowledge(*kb_, destination, relation_id, sequence);
 }
 
 }  // namespace parley::engine

@@ -1,7 +1,23 @@
 #pragma once
 
-// How the engine lays out an agent's state in the KB's keyspaces, and how it reads its records
-// back. Internal to engine/.
+// How the engine lays out an agent's state in the keyspaces of its KB (kb::Space), and how it
+// reads those records back. Every key the engine writes is built here:
+//
+//   kMeta      clock, run, next_event, next_outbox (counters); failure, status (records);
+//              cfg NUL <key> -> config value; timer NUL <name> -> due time (unix ms)
+//   kFact      <fact> -> FactRecord
+//   kRelation  <relation id> -> RelationRecord
+//   kBag       <relation id> NUL <bag> NUL <key> -> value, bags "lu" (local unit),
+//              "ls" (local service), "ru:<unit>" (a remote unit), "rs" (the remote service)
+//   kInbox     <event id> -> Event
+//   kOutbox    <destination> NUL <entry id> -> OutboxEntry
+//   kCursor    in NUL <relation id> NUL <sender>: the last sequence received from it;
+//              out NUL <relation id> NUL <destination>: the last sequence sent to it
+//   kHandler   <handler> -> the change clock at its last successful run
+//   kTrace     <run number> -> Trace
+//
+// Numbers in keys and counters are big-endian (kb::EncodeU64), so keys sort as the numbers do.
+// Internal to engine/.
 
 #include <cstdint>
 #include <string>
@@ -10,63 +26,79 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
-#include "base/status_macros.h"
 #include "kb/kb.h"
+
+namespace parley::engine::keys {
+
+// Meta keys.
+inline constexpr absl::string_view kClock = "clock";
+inline constexpr absl::string_view kRun = "run";
+inline constexpr absl::string_view kNextEvent = "next_event";
+inline constexpr absl::string_view kNextOutbox = "next_outbox";
+inline constexpr absl::string_view kFailure = "failure";
+inline constexpr absl::string_view kStatus = "status";
+
+inline constexpr absl::string_view kNul("\0", 1);
+
+// Config values and timers live in the meta keyspace under these prefixes.
+inline const std::string& ConfigPrefix() {
+  static const std::string* prefix = new std::string(absl::StrCat("cfg", kNul));
+  return *prefix;
+}
+inline const std::string& TimerPrefix() {
+  static const std::string* prefix = new std::string(absl::StrCat("timer", kNul));
+  return *prefix;
+}
+inline std::string Config(absl::string_view key) { return absl::StrCat("cfg", kNul, key); }
+inline std::string Timer(absl::string_view name) { return absl::StrCat("timer", kNul, name); }
+
+// The sequence cursors of a relation: what was received from a sender, what was sent to a
+// destination.
+inline std::string InCursor(absl::string_view relation_id, absl::string_view sender) {
+  return absl::StrCat("in", kNul, relation_id, kNul, sender);
+}
+inline std::string OutCursor(absl::string_view relation_id, absl::string_view destination) {
+  return absl::StrCat("out", kNul, relation_id, kNul, destination);
+}
+
+// Outbox entries sort by destination, then by id.
+inline std::string OutboxPrefix(absl::string_view destination) {
+  return absl::StrCat(destination, kNul);
+}
+inline std::string Outbox(absl::string_view destination, uint64_t id) {
+  return absl::StrCat(destination, kNul, kb::EncodeU64(id));
+}
+
+// Every bag of a relation, and one bag.
+inline std::string RelationBags(absl::string_view relation_id) {
+  return absl::StrCat(relation_id, kNul);
+}
+inline std::string Bag(absl::string_view relation_id, absl::string_view bag) {
+  return absl::StrCat(relation_id, kNul, bag, kNul);
+}
+
+inline std::string Inbox(uint64_t event_id) { return kb::EncodeU64(event_id); }
+inline std::string Trace(uint64_t run) { return kb::EncodeU64(run); }
+
+}  // namespace parley::engine::keys
 
 namespace parley::engine {
 
-using kb::Space;
+// The counter at meta `key`, `dflt` when it was never written; DATA_LOSS naming the KB when it
+// does not decode.
+absl::StatusOr<uint64_t> ReadCounter(const kb::Kb& kb, absl::string_view key, uint64_t dflt);
 
-constexpr absl::string_view kMetaClock = "clock";
-constexpr absl::string_view kMetaRun = "run";
-constexpr absl::string_view kMetaNextEvent = "next_event";
-constexpr absl::string_view kMetaNextOutbox = "next_outbox";
-constexpr absl::string_view kMetaFailure = "failure";
-constexpr absl::string_view kMetaStatus = "status";
+// DATA_LOSS: "knowledge base <path>, agent <agent>: <what>".
+absl::Status DataLoss(const kb::Kb& kb, absl::string_view what);
 
-inline std::string MetaKey(absl::string_view kind, absl::string_view name) {
-  return absl::StrCat(kind, absl::string_view("\0", 1), name);
-}
-// Config values and timers live in the meta keyspace under these prefixes.
-inline const std::string kConfigPrefix = MetaKey("cfg", "");
-inline const std::string kTimerPrefix = MetaKey("timer", "");
-
-inline std::string CursorKey(absl::string_view direction, absl::string_view relation,
-                             absl::string_view unit) {
-  return absl::StrCat(direction, absl::string_view("\0", 1), relation, absl::string_view("\0", 1),
-                      unit);
-}
-
-inline std::string OutboxKey(absl::string_view destination, uint64_t id) {
-  return absl::StrCat(destination, absl::string_view("\0", 1), kb::EncodeU64(id));
-}
-
-// Relation data keys: relation id, NUL, bag, NUL, key.
-inline std::string BagPrefix(absl::string_view relation_id, absl::string_view bag) {
-  return absl::StrCat(relation_id, absl::string_view("\0", 1), bag, absl::string_view("\0", 1));
-}
-
-inline absl::StatusOr<uint64_t> ReadCounter(const kb::Kb& kb, absl::string_view key,
-                                            uint64_t dflt) {
-  ASSIGN_OR_RETURN(auto v, kb.Get(Space::kMeta, key));
-  if (!v) return dflt;
-  auto n = kb::DecodeU64(*v);
-  if (!n.ok()) {
-    return absl::DataLossError(absl::StrCat("knowledge base ", kb.store()->path(), ", agent ",
-                                            kb.agent(), ": counter '", key,
-                                            "': ", n.status().message()));
-  }
-  return *n;
-}
-
+// Decodes the record `what` stored at `key`.
 template <typename Message>
-absl::Status Parse(const kb::Kb& kb, absl::string_view what, absl::string_view key,
-                   absl::string_view bytes, Message& out) {
+absl::Status ParseRecord(const kb::Kb& kb, absl::string_view what, absl::string_view key,
+                         absl::string_view bytes, Message& out) {
   if (!out.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
-    return absl::DataLossError(absl::StrCat("knowledge base ", kb.store()->path(), ", agent ",
-                                            kb.agent(), ": ", what, " '", key,
-                                            "' does not decode; the KB is corrupt"));
+    return DataLoss(kb, absl::StrCat(what, " '", key, "' does not decode; the KB is corrupt"));
   }
   return absl::OkStatus();
 }
+
 }  // namespace parley::engine

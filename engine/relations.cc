@@ -1,14 +1,15 @@
-#include <algorithm>
-#include <map>
+#include "engine/relations.h"
 
-#include "absl/strings/match.h"
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
-#include "engine/engine.h"
 #include "engine/key_layout.h"
-#include "engine/run.h"
 
 namespace parley::engine {
+
+using kb::Space;
+
 namespace {
 
 // Inserts `value` into a sorted repeated field if absent; returns whether it was added.
@@ -47,47 +48,39 @@ std::string Hex(uint64_t v) {
 }
 }  // namespace
 
-absl::string_view RelationKindName(v1::RelationEventKind kind) {
-  switch (kind) {
-    case v1::RELATION_EVENT_KIND_JOINED:
-      return "joined";
-    case v1::RELATION_EVENT_KIND_CHANGED:
-      return "changed";
-    case v1::RELATION_EVENT_KIND_DEPARTED:
-      return "departed";
-    case v1::RELATION_EVENT_KIND_BROKEN:
-      return "broken";
-    case v1::RELATION_EVENT_KIND_CREATED:
-      return "created";
-    default:
-      return "";
-  }
+absl::Status Relations::Load(const kb::Kb& kb) {
+  run_ = {};
+  records_.clear();
+  absl::Status parse_status;
+  RETURN_IF_ERROR(
+      kb.Scan(Space::kRelation, "", [&](absl::string_view key, absl::string_view value) {
+        v1::RelationRecord rec;
+        parse_status = ParseRecord(kb, "relation", key, value, rec);
+        if (!parse_status.ok()) return false;
+        records_.emplace(std::string(key), std::move(rec));
+        return true;
+      }));
+  return parse_status;
 }
 
-absl::Status Engine::ApplyRelationChange(const v1::Event& event) {
-  if (!event.has_relation()) return absl::OkStatus();
+absl::StatusOr<bool> Relations::Apply(const v1::Event& event, kb::Txn& txn) {
   const auto& rc = event.relation();
-  if (EndpointOf(absl::StrCat(rc.endpoint(), ".")) == nullptr) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("event ", event.id(), " '", event.name(), "': endpoint '", rc.endpoint(),
-                     "' is not declared by service '", spec_.service, "'"));
-  }
   const bool creates =
       rc.kind() == v1::RELATION_EVENT_KIND_JOINED || rc.kind() == v1::RELATION_EVENT_KIND_CREATED;
-  auto it = relations_.find(rc.relation_id());
-  if (it == relations_.end()) {
+  auto it = records_.find(rc.relation_id());
+  if (it == records_.end()) {
     // Only relating or a remote unit joining creates a relation; anything else about an unknown
     // relation is stale (it arrived after we broke the relation) and changes nothing.
-    if (!creates) return absl::OkStatus();
+    if (!creates) return false;
     v1::RelationRecord rec;
     rec.set_relation_id(rc.relation_id());
     rec.set_endpoint(rc.endpoint());
     rec.set_remote_service(rc.remote_service());
     rec.set_remote_endpoint(rc.remote_endpoint());
     rec.set_interface(rc.interface());
-    it = relations_.emplace(rc.relation_id(), std::move(rec)).first;
+    it = records_.emplace(rc.relation_id(), std::move(rec)).first;
   } else if (it->second.gone()) {
-    return absl::OkStatus();
+    return false;
   } else if (it->second.endpoint() != rc.endpoint()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "event ", event.id(), " '", event.name(), "': relation '", rc.relation_id(),
@@ -96,12 +89,12 @@ absl::Status Engine::ApplyRelationChange(const v1::Event& event) {
   v1::RelationRecord& rel = it->second;
   const std::string& unit = rc.remote_unit();
   auto apply = [&](absl::string_view bag, const auto& changes) {
-    const std::string prefix = BagPrefix(rc.relation_id(), bag);
+    const std::string prefix = keys::Bag(rc.relation_id(), bag);
     for (const auto& c : changes) {
       if (c.deleted()) {
-        txn_->Delete(Space::kBag, absl::StrCat(prefix, c.key()));
+        txn.Delete(Space::kBag, absl::StrCat(prefix, c.key()));
       } else {
-        txn_->Put(Space::kBag, absl::StrCat(prefix, c.key()), c.value());
+        txn.Put(Space::kBag, absl::StrCat(prefix, c.key()), c.value());
       }
     }
   };
@@ -116,7 +109,7 @@ absl::Status Engine::ApplyRelationChange(const v1::Event& event) {
     case v1::RELATION_EVENT_KIND_CHANGED: {
       const bool member =
           std::binary_search(rel.remote_units().begin(), rel.remote_units().end(), unit);
-      if (!unit.empty() && !member) return absl::OkStatus();  // departed meanwhile: stale
+      if (!unit.empty() && !member) return false;  // departed meanwhile: stale
       if (!unit.empty()) apply(absl::StrCat("ru:", unit), rc.unit_changes());
       apply("rs", rc.service_changes());
       break;
@@ -124,54 +117,54 @@ absl::Status Engine::ApplyRelationChange(const v1::Event& event) {
     case v1::RELATION_EVENT_KIND_DEPARTED:
       EraseSorted(rel.mutable_remote_units(), unit);
       if (EraseSorted(rel.mutable_targets(), unit) && rc.local()) {
-        run_->departs.emplace_back(rc.relation_id(), unit);
+        run_.departs.emplace_back(rc.relation_id(), unit);
       }
       RETURN_IF_ERROR(
-          txn_->DeletePrefix(Space::kBag, BagPrefix(rc.relation_id(), absl::StrCat("ru:", unit))));
+          txn.DeletePrefix(Space::kBag, keys::Bag(rc.relation_id(), absl::StrCat("ru:", unit))));
       if (rel.remote_units().empty() && rel.targets().empty()) {
-        run_->follow_up_broken.insert(rc.relation_id());
+        run_.follow_up_broken.insert(rc.relation_id());
       }
       break;
     case v1::RELATION_EVENT_KIND_BROKEN:
       rel.clear_remote_units();
       rel.clear_targets();
-      run_->broken.insert(rc.relation_id());
+      run_.broken.insert(rc.relation_id());
       break;
     default:
       return absl::InvalidArgumentError(
           absl::StrCat("event ", event.id(), " '", event.name(), "': unspecified relation kind"));
   }
-  run_->relations_changed.insert(rc.relation_id());
-  return RecomputeDerived(rc.endpoint());
+  run_.changed.insert(rc.relation_id());
+  return true;
 }
 
-absl::Status Engine::RecomputeDerived(const std::string& endpoint) {
-  const EndpointSpec* ep = endpoints_.at(endpoint);
+absl::StatusOr<std::map<std::string, std::string>> Relations::DerivedFacts(
+    const EndpointSpec& endpoint, const kb::Txn& txn) const {
+  const std::string& name = endpoint.name;
   std::map<std::string, std::string> want;
   size_t units = 0;
   uint64_t ready_digest = 0xcbf29ce484222325ULL;
   bool ready = false;
-  for (const auto& [id, rel] : relations_) {
-    if (rel.endpoint() != endpoint || rel.gone() || run_->broken.contains(id)) continue;
+  for (const auto& [id, rel] : records_) {
+    if (rel.endpoint() != name || !IsLive(id, rel)) continue;
     units += rel.remote_units_size();
     if (rel.remote_units_size() == 0) continue;
     // Each remote unit's view: the remote service's bag overlaid by the unit's own.
     std::map<std::string, std::map<std::string, std::string>> bags;
-    RETURN_IF_ERROR(
-        txn_->Scan(Space::kBag, absl::StrCat(id, absl::string_view("\0", 1)),
-                   [&](absl::string_view key, absl::string_view value) {
-                     size_t sep = key.find('\0');
-                     if (sep == absl::string_view::npos) return true;
-                     bags[std::string(key.substr(0, sep))][std::string(key.substr(sep + 1))] =
-                         std::string(value);
-                     return true;
-                   }));
+    RETURN_IF_ERROR(txn.Scan(
+        Space::kBag, keys::RelationBags(id), [&](absl::string_view key, absl::string_view value) {
+          size_t sep = key.find('\0');
+          if (sep == absl::string_view::npos) return true;
+          bags[std::string(key.substr(0, sep))][std::string(key.substr(sep + 1))] =
+              std::string(value);
+          return true;
+        }));
     const auto& service_bag = bags["rs"];
     for (const auto& unit : rel.remote_units()) {
       std::map<std::string, std::string> view = service_bag;
       for (const auto& [k, v] : bags[absl::StrCat("ru:", unit)]) view[k] = v;
       bool unit_ready = true;
-      for (const auto& k : ep->required_keys) {
+      for (const auto& k : endpoint.required_keys) {
         if (!view.contains(k)) {
           unit_ready = false;
           break;
@@ -181,30 +174,150 @@ absl::Status Engine::RecomputeDerived(const std::string& endpoint) {
         ready = true;
         Mix(ready_digest, id);
         Mix(ready_digest, unit);
-        for (const auto& k : ep->required_keys) Mix(ready_digest, view[k]);
+        for (const auto& k : endpoint.required_keys) Mix(ready_digest, view[k]);
       }
-      for (const auto& [k, v] : view) want.try_emplace(absl::StrCat(endpoint, ".remote.", k), v);
+      for (const auto& [k, v] : view) want.try_emplace(absl::StrCat(name, ".remote.", k), v);
     }
   }
-  if (units > 0) want[absl::StrCat(endpoint, ".joined")] = absl::StrCat(units);
-  if (ready) want[absl::StrCat(endpoint, ".ready")] = Hex(ready_digest);
+  if (units > 0) want[absl::StrCat(name, ".joined")] = absl::StrCat(units);
+  if (ready) want[absl::StrCat(name, ".ready")] = Hex(ready_digest);
 
-  const std::string prefix = absl::StrCat(endpoint, ".");
-  std::vector<std::string> stale;
-  for (const auto& [name, f] : facts_) {
-    if (f.set && absl::StartsWith(name, prefix) && !want.contains(name)) stale.push_back(name);
+  return want;
+}
+
+std::vector<const v1::RelationRecord*> Relations::Live(absl::string_view endpoint) const {
+  std::vector<const v1::RelationRecord*> out;
+  for (const auto& [id, rel] : records_) {
+    if (!IsLive(id, rel)) continue;
+    if (endpoint.empty() || rel.endpoint() == endpoint) out.push_back(&rel);
   }
-  std::sort(stale.begin(), stale.end());
-  for (const auto& name : stale) RETURN_IF_ERROR(ClearFact(name, /*derived=*/true));
-  for (const auto& [name, value] : want) RETURN_IF_ERROR(SetFact(name, value, /*derived=*/true));
+  return out;
+}
+
+absl::Status Relations::SetLocalData(kb::Txn& txn, absl::string_view relation_id,
+                                     absl::string_view key, std::optional<absl::string_view> value,
+                                     bool service) {
+  auto it = records_.find(std::string(relation_id));
+  if (it == records_.end() || !IsLive(it->first, it->second)) {
+    return absl::NotFoundError(absl::StrCat("relation '", relation_id, "' does not exist"));
+  }
+  if (key.empty() || key.find('\0') != absl::string_view::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("relation '", relation_id, "': invalid key '", key, "'"));
+  }
+  const std::string k = absl::StrCat(keys::Bag(relation_id, service ? "ls" : "lu"), key);
+  ASSIGN_OR_RETURN(auto current, txn.Get(Space::kBag, k));
+  if (current.has_value() == value.has_value() && (!value || *current == *value)) {
+    return absl::OkStatus();
+  }
+  auto& changes = (service ? run_.local_service : run_.local_unit)[it->first];
+  if (value) {
+    txn.Put(Space::kBag, k, *value);
+    changes[std::string(key)] = std::string(*value);
+  } else {
+    txn.Delete(Space::kBag, k);
+    changes[std::string(key)] = std::nullopt;
+  }
   return absl::OkStatus();
 }
 
-absl::Status Engine::CheckPeerEvent(absl::string_view relation_id, absl::string_view sender,
-                                    v1::RelationEventKind kind) const {
+absl::Status Relations::StageMessages(kb::Txn& txn, Outbox& outbox, Sender sender, uint64_t run,
+                                      v1::Trace& trace) const {
+  auto add_changes = [](const auto& changes, auto* out) {
+    for (const auto& [k, v] : changes) {
+      v1::BagChange* c = out->Add();
+      c->set_key(k);
+      if (v) {
+        c->set_value(*v);
+      } else {
+        c->set_deleted(true);
+      }
+    }
+  };
+  auto add_bag = [&](const std::string& id, absl::string_view bag, auto* out) {
+    return txn.Scan(Space::kBag, keys::Bag(id, bag), [&](absl::string_view k, absl::string_view v) {
+      v1::BagChange* c = out->Add();
+      c->set_key(std::string(k));
+      c->set_value(std::string(v));
+      return true;
+    });
+  };
+
+  std::set<std::string> touched = run_.changed;
+  for (const auto& [id, m] : run_.local_unit) touched.insert(id);
+  for (const auto& [id, m] : run_.local_service) touched.insert(id);
+  for (const auto& id : touched) {
+    const v1::RelationRecord& rel = records_.at(id);
+    if (!IsLive(id, rel)) continue;
+    auto unit_it = run_.local_unit.find(id);
+    auto service_it = run_.local_service.find(id);
+    const bool changed = unit_it != run_.local_unit.end() || service_it != run_.local_service.end();
+    for (const auto& destination : rel.targets()) {
+      ASSIGN_OR_RETURN(bool known, Outbox::Introduced(txn, id, destination));
+      if (known && !changed) continue;
+      RETURN_IF_ERROR(outbox.Stage(
+          txn, rel, destination, v1::RELATION_EVENT_KIND_CHANGED, sender, run,
+          [&](v1::OutboxEntry& e) -> absl::Status {
+            if (e.kind() == v1::RELATION_EVENT_KIND_JOINED) {
+              // An introduction carries the whole of this unit's data.
+              RETURN_IF_ERROR(add_bag(id, "lu", e.mutable_unit_changes()));
+              return add_bag(id, "ls", e.mutable_service_changes());
+            }
+            if (unit_it != run_.local_unit.end()) {
+              add_changes(unit_it->second, e.mutable_unit_changes());
+            }
+            if (service_it != run_.local_service.end()) {
+              add_changes(service_it->second, e.mutable_service_changes());
+            }
+            return absl::OkStatus();
+          },
+          trace));
+    }
+  }
+  for (const auto& [id, unit] : run_.departs) {
+    RETURN_IF_ERROR(outbox.Stage(
+        txn, records_.at(id), unit, v1::RELATION_EVENT_KIND_DEPARTED, sender, run,
+        [](v1::OutboxEntry&) { return absl::OkStatus(); }, trace));
+  }
+  // A broken relation's unacknowledged events stay in the outbox: receivers need every sequence
+  // number, and they ignore events about a relation they no longer have.
+  return absl::OkStatus();
+}
+
+absl::Status Relations::StageRecords(kb::Txn& txn) {
+  for (const auto& id : run_.changed) {
+    v1::RelationRecord& rel = records_.at(id);
+    if (run_.broken.contains(id)) {
+      rel.set_gone(true);
+      RETURN_IF_ERROR(txn.DeletePrefix(Space::kBag, keys::RelationBags(id)));
+    }
+    txn.Put(Space::kRelation, id, rel.SerializeAsString());
+  }
+  return absl::OkStatus();
+}
+
+std::vector<v1::Event> Relations::FollowUps() const {
+  // A relation left without remote units is broken in a run of its own, queued atomically.
+  std::vector<v1::Event> follow_ups;
+  for (const auto& id : run_.follow_up_broken) {
+    const v1::RelationRecord& rel = records_.at(id);
+    if (run_.broken.contains(id)) continue;
+    v1::Event& e = follow_ups.emplace_back();
+    e.set_name(absl::StrCat(rel.endpoint(), ".broken"));
+    e.set_source("engine");
+    e.mutable_relation()->set_relation_id(id);
+    e.mutable_relation()->set_endpoint(rel.endpoint());
+    e.mutable_relation()->set_remote_service(rel.remote_service());
+    e.mutable_relation()->set_kind(v1::RELATION_EVENT_KIND_BROKEN);
+  }
+  return follow_ups;
+}
+
+absl::Status Relations::CheckPeerEvent(const kb::Kb& kb, absl::string_view relation_id,
+                                       absl::string_view sender, v1::RelationEventKind kind) const {
   if (kind == v1::RELATION_EVENT_KIND_JOINED) return absl::OkStatus();
-  auto it = relations_.find(std::string(relation_id));
-  if (it != relations_.end()) {
+  auto it = records_.find(std::string(relation_id));
+  if (it != records_.end()) {
     const v1::RelationRecord& rel = it->second;
     const std::string unit(sender);
     if (rel.gone() || std::binary_search(rel.targets().begin(), rel.targets().end(), unit) ||
@@ -214,52 +327,43 @@ absl::Status Engine::CheckPeerEvent(absl::string_view relation_id, absl::string_
   }
   // Events accepted from this sender on this relation may still wait in the inbox (its JOINED
   // among them): then the sender is party to it.
-  ASSIGN_OR_RETURN(auto cursor, kb_->Get(Space::kCursor, CursorKey("in", relation_id, sender)));
-  if (cursor) return absl::OkStatus();
-  if (it == relations_.end()) {
-    return absl::NotFoundError(absl::StrCat("agent ", kb_->agent(), ": unknown relation '",
+  ASSIGN_OR_RETURN(auto received, LastReceived(kb, relation_id, sender));
+  if (received) return absl::OkStatus();
+  if (it == records_.end()) {
+    return absl::NotFoundError(absl::StrCat("agent ", kb.agent(), ": unknown relation '",
                                             relation_id, "' (a relation starts with JOINED)"));
   }
   return absl::PermissionDeniedError(absl::StrCat(
-      "agent ", kb_->agent(), ": '", sender, "' is not party to relation '", relation_id, "'"));
+      "agent ", kb.agent(), ": '", sender, "' is not party to relation '", relation_id, "'"));
 }
 
-absl::StatusOr<std::map<std::string, std::string>> Engine::Bag(absl::string_view relation_id,
-                                                               absl::string_view bag) const {
+namespace {
+
+template <typename Reader>
+absl::StatusOr<std::map<std::string, std::string>> ReadBagFrom(const Reader& reader,
+                                                               absl::string_view relation_id,
+                                                               absl::string_view bag) {
   std::map<std::string, std::string> out;
-  RETURN_IF_ERROR(kb_->Scan(Space::kBag, BagPrefix(relation_id, bag),
-                            [&](absl::string_view k, absl::string_view v) {
-                              out.emplace(k, v);
-                              return true;
-                            }));
+  RETURN_IF_ERROR(reader.Scan(Space::kBag, keys::Bag(relation_id, bag),
+                              [&](absl::string_view k, absl::string_view v) {
+                                out.emplace(k, v);
+                                return true;
+                              }));
   return out;
 }
 
-absl::Status Engine::SetLocalData(absl::string_view relation_id, absl::string_view key,
-                                  std::optional<absl::string_view> value, bool service) {
-  if (!run_) return absl::FailedPreconditionError("relation data changes only inside a run");
-  auto it = relations_.find(std::string(relation_id));
-  if (it == relations_.end() || it->second.gone() || run_->broken.contains(it->first)) {
-    return absl::NotFoundError(absl::StrCat("relation '", relation_id, "' does not exist"));
-  }
-  if (key.empty() || key.find('\0') != absl::string_view::npos) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("relation '", relation_id, "': invalid key '", key, "'"));
-  }
-  const std::string k = absl::StrCat(BagPrefix(relation_id, service ? "ls" : "lu"), key);
-  ASSIGN_OR_RETURN(auto current, txn_->Get(Space::kBag, k));
-  if (current.has_value() == value.has_value() && (!value || *current == *value)) {
-    return absl::OkStatus();
-  }
-  auto& changes = (service ? run_->local_service : run_->local_unit)[it->first];
-  if (value) {
-    txn_->Put(Space::kBag, k, *value);
-    changes[std::string(key)] = std::string(*value);
-  } else {
-    txn_->Delete(Space::kBag, k);
-    changes[std::string(key)] = std::nullopt;
-  }
-  return absl::OkStatus();
+}  // namespace
+
+absl::StatusOr<std::map<std::string, std::string>> ReadBag(const kb::Kb& kb,
+                                                           absl::string_view relation_id,
+                                                           absl::string_view bag) {
+  return ReadBagFrom(kb, relation_id, bag);
+}
+
+absl::StatusOr<std::map<std::string, std::string>> ReadBag(const kb::Txn& txn,
+                                                           absl::string_view relation_id,
+                                                           absl::string_view bag) {
+  return ReadBagFrom(txn, relation_id, bag);
 }
 
 }  // namespace parley::engine

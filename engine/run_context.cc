@@ -1,13 +1,26 @@
+#include "engine/run_context.h"
+
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "engine/engine.h"
+#include "engine/handler_graph.h"
 #include "engine/key_layout.h"
+#include "engine/relations.h"
 #include "engine/run.h"
 
 namespace parley::engine {
 
 const v1::Event& RunContext::event() const { return engine_->run_->event; }
 const std::string& RunContext::handler() const { return engine_->run_->current->name; }
+const std::string& RunContext::unit() const { return engine_->spec_.unit; }
+
+bool RunContext::IsSet(absl::string_view fact) const { return engine_->IsSet(fact); }
+
+std::optional<std::string> RunContext::Value(absl::string_view fact) const {
+  return engine_->FactValue(fact);
+}
+
+std::map<std::string, std::string> RunContext::Facts() const { return engine_->Facts(); }
 
 absl::Status RunContext::Set(absl::string_view fact, absl::string_view value) {
   return engine_->SetFact(fact, value, /*derived=*/false);
@@ -18,8 +31,8 @@ absl::Status RunContext::Clear(absl::string_view fact) {
 }
 
 absl::Status RunContext::Fire(absl::string_view event) {
-  RETURN_IF_ERROR(engine_->ValidateName(handler(), "fired event", event, true));
-  if (engine_->EndpointOf(event) != nullptr) {
+  RETURN_IF_ERROR(engine_->graph_->ValidateName(handler(), "fired event", event, true));
+  if (engine_->graph_->EndpointOf(event) != nullptr) {
     return absl::InvalidArgumentError(
         absl::StrCat("handler '", handler(), "' cannot fire relationship event '", event, "'"));
   }
@@ -28,33 +41,22 @@ absl::Status RunContext::Fire(absl::string_view event) {
 }
 
 std::vector<const v1::RelationRecord*> RunContext::Relations(absl::string_view endpoint) const {
-  std::vector<const v1::RelationRecord*> out;
-  for (const auto& [id, rel] : engine_->relations_) {
-    if (rel.gone() || engine_->run_->broken.contains(id)) continue;
-    if (endpoint.empty() || rel.endpoint() == endpoint) out.push_back(&rel);
-  }
-  return out;
+  return engine_->relations_->Live(endpoint);
 }
 
 absl::StatusOr<std::map<std::string, std::string>> RunContext::Bag(absl::string_view relation_id,
                                                                    absl::string_view bag) const {
-  std::map<std::string, std::string> out;
-  RETURN_IF_ERROR(engine_->txn_->Scan(Space::kBag, BagPrefix(relation_id, bag),
-                                      [&](absl::string_view k, absl::string_view v) {
-                                        out.emplace(k, v);
-                                        return true;
-                                      }));
-  return out;
+  return ReadBag(*engine_->txn_, relation_id, bag);
 }
 
 absl::Status RunContext::SetData(absl::string_view relation_id, absl::string_view key,
                                  absl::string_view value, bool service) {
-  return engine_->SetLocalData(relation_id, key, value, service);
+  return engine_->relations_->SetLocalData(*engine_->txn_, relation_id, key, value, service);
 }
 
 absl::Status RunContext::DeleteData(absl::string_view relation_id, absl::string_view key,
                                     bool service) {
-  return engine_->SetLocalData(relation_id, key, std::nullopt, service);
+  return engine_->relations_->SetLocalData(*engine_->txn_, relation_id, key, std::nullopt, service);
 }
 
 std::optional<std::string> RunContext::Config(absl::string_view key) const {
@@ -63,12 +65,15 @@ std::optional<std::string> RunContext::Config(absl::string_view key) const {
   return it->second;
 }
 
+const std::map<std::string, std::string>& RunContext::config() const { return engine_->config_; }
+
 absl::Status RunContext::SetTimer(absl::string_view name, absl::Duration delay) {
-  RETURN_IF_ERROR(engine_->ValidateName(handler(), "timer", absl::StrCat("timer.", name), true));
+  RETURN_IF_ERROR(
+      engine_->graph_->ValidateName(handler(), "timer", absl::StrCat("timer.", name), true));
   if (name.empty()) return absl::InvalidArgumentError("timer name is empty");
   const absl::Time due = engine_->clock_->Now() + delay;
   engine_->timers_[std::string(name)] = due;
-  engine_->txn_->Put(Space::kMeta, MetaKey("timer", name),
+  engine_->txn_->Put(kb::Space::kMeta, keys::Timer(name),
                      kb::EncodeU64(static_cast<uint64_t>(absl::ToUnixMillis(due))));
   return absl::OkStatus();
 }
@@ -85,7 +90,7 @@ absl::Status RunContext::Output(absl::string_view key, absl::string_view value) 
 absl::Status RunContext::SetStatus(v1::WorkloadState state, absl::string_view message) {
   engine_->status_.set_state(state);
   engine_->status_.set_message(std::string(message));
-  engine_->txn_->Put(Space::kMeta, kMetaStatus, engine_->status_.SerializeAsString());
+  engine_->txn_->Put(kb::Space::kMeta, keys::kStatus, engine_->status_.SerializeAsString());
   return absl::OkStatus();
 }
 

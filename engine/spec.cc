@@ -1,10 +1,4 @@
-#include <algorithm>
-#include <set>
-
-#include "absl/strings/match.h"
-#include "absl/strings/str_cat.h"
-#include "base/status_macros.h"
-#include "engine/engine.h"
+#include "engine/spec.h"
 
 namespace parley::engine {
 namespace {
@@ -18,139 +12,10 @@ class FunctionAction : public Action {
   std::function<absl::Status(RunContext&)> fn_;
 };
 
-// Prefixes of internal events (config.changed, timer.<name>, file.changed.<path>,
-// action.<name>); no endpoint may take these names.
-bool IsInternalNamespace(absl::string_view prefix) {
-  return prefix == "config" || prefix == "timer" || prefix == "file" || prefix == "action";
-}
-
 }  // namespace
 
 std::unique_ptr<Action> MakeAction(std::function<absl::Status(RunContext&)> fn) {
   return std::make_unique<FunctionAction>(std::move(fn));
-}
-
-const EndpointSpec* Engine::EndpointOf(absl::string_view name) const {
-  size_t dot = name.find('.');
-  if (dot == absl::string_view::npos) return nullptr;
-  auto it = endpoints_.find(name.substr(0, dot));
-  return it == endpoints_.end() ? nullptr : it->second;
-}
-
-absl::Status Engine::ValidateName(absl::string_view handler, absl::string_view what,
-                                  absl::string_view name, bool is_event) const {
-  auto bad = [&](absl::string_view why) {
-    return absl::InvalidArgumentError(absl::StrCat("service '", spec_.service, "', handler '",
-                                                   handler, "', ", what, " '", name, "': ", why));
-  };
-  if (name.empty()) return bad("empty name");
-  for (char c : name) {
-    if (static_cast<unsigned char>(c) <= ' ' || c == 0x7f) return bad("contains whitespace");
-  }
-  size_t dot = name.find('.');
-  if (dot == absl::string_view::npos) return absl::OkStatus();
-  absl::string_view prefix = name.substr(0, dot), rest = name.substr(dot + 1);
-  if (IsInternalNamespace(prefix)) return absl::OkStatus();
-  const bool relationship_shaped =
-      is_event ? (rest == "joined" || rest == "changed" || rest == "departed" || rest == "broken")
-               : (rest == "joined" || rest == "ready" || absl::StartsWith(rest, "remote."));
-  if (!endpoints_.contains(prefix)) {
-    if (relationship_shaped) {
-      return bad(absl::StrCat("'", prefix, "' is not an endpoint of this service"));
-    }
-    return absl::OkStatus();
-  }
-  if (!relationship_shaped) {
-    return bad(is_event ? absl::StrCat("endpoint '", prefix,
-                                       "' has events joined, changed, departed and broken")
-                        : absl::StrCat("endpoint '", prefix,
-                                       "' has facts joined, ready and remote.<key>"));
-  }
-  return absl::OkStatus();
-}
-
-Engine::FactState& Engine::Intern(absl::string_view name) {
-  auto [it, inserted] = facts_.try_emplace(name);
-  if (inserted) {
-    it->second.name = std::string(name);
-    it->second.derived = EndpointOf(name) != nullptr;
-  }
-  return it->second;
-}
-
-absl::Status Engine::Build() {
-  if (spec_.unit.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("service '", spec_.service, "': the unit name is empty"));
-  }
-  for (const auto& ep : spec_.endpoints) {
-    if (ep.name.empty() || ep.name.find('.') != std::string::npos) {
-      return absl::InvalidArgumentError(absl::StrCat("service '", spec_.service, "': endpoint '",
-                                                     ep.name, "' must be non-empty without '.'"));
-    }
-    if (IsInternalNamespace(ep.name)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("service '", spec_.service, "': endpoint '", ep.name,
-                       "' takes a name reserved for internal events"));
-    }
-    if (!endpoints_.emplace(ep.name, &ep).second) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("service '", spec_.service, "': endpoint '", ep.name, "' declared twice"));
-    }
-  }
-  absl::flat_hash_map<std::string, int> names;
-  for (auto& hs : spec_.handlers) {
-    const int index = static_cast<int>(handlers_.size());
-    if (hs.name.empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("service '", spec_.service, "': handler #", index + 1, " has no name"));
-    }
-    if (!names.emplace(hs.name, index).second) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("service '", spec_.service, "': handler '", hs.name, "' declared twice"));
-    }
-    if (!hs.action) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("service '", spec_.service, "': handler '", hs.name, "' has no action"));
-    }
-    auto h = std::make_unique<Handler>();
-    h->name = hs.name;
-    h->index = index;
-    h->action = std::move(hs.action);
-    h->on = hs.on;
-    h->fact_only = hs.on.empty();
-    std::set<absl::string_view> seen;
-    for (const auto& f : hs.when) {
-      RETURN_IF_ERROR(ValidateName(hs.name, "when", f, false));
-      if (!seen.insert(absl::string_view(f)).second) continue;
-      h->when.push_back(&Intern(f));
-    }
-    for (const auto& f : hs.when_not) {
-      RETURN_IF_ERROR(ValidateName(hs.name, "when_not", f, false));
-      if (std::find(hs.when.begin(), hs.when.end(), f) != hs.when.end()) {
-        return absl::InvalidArgumentError(absl::StrCat("service '", spec_.service, "', handler '",
-                                                       hs.name, "': fact '", f,
-                                                       "' is in both when and when_not"));
-      }
-      if (!seen.insert(absl::string_view(f)).second) continue;
-      h->when_not.push_back(&Intern(f));
-    }
-    std::set<absl::string_view> events;
-    for (const auto& e : hs.on) {
-      RETURN_IF_ERROR(ValidateName(hs.name, "on", e, true));
-      if (events.insert(e).second) by_event_[e].push_back(h.get());
-    }
-    for (FactState* f : h->when) {
-      f->when_of.push_back(h.get());
-      if (h->fact_only) f->fact_only_of.push_back(h.get());
-    }
-    for (FactState* f : h->when_not) {
-      f->when_not_of.push_back(h.get());
-      if (h->fact_only) f->fact_only_of.push_back(h.get());
-    }
-    handlers_.push_back(std::move(h));
-  }
-  return absl::OkStatus();
 }
 
 }  // namespace parley::engine

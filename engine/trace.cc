@@ -1,15 +1,17 @@
+#include "engine/trace.h"
+
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
-#include "engine/engine.h"
 #include "engine/key_layout.h"
-#include "engine/run.h"
 
 namespace parley::engine {
 
-void Engine::BuildTrace(v1::Trace& trace) const {
-  for (const StepRecord& r : run_->steps) {
+void BuildTrace(const std::vector<StepRecord>& steps, const std::vector<FactState*>& touched,
+                uint32_t executions, const std::map<std::string, std::string>& outputs,
+                v1::Trace& trace) {
+  for (const StepRecord& r : steps) {
     v1::TraceStep* s = trace.add_steps();
     s->set_kind(r.kind);
     if (r.handler) s->set_handler(r.handler->name);
@@ -45,7 +47,7 @@ void Engine::BuildTrace(v1::Trace& trace) const {
     }
   }
   std::vector<const FactState*> net;
-  for (const FactState* f : run_->touched) {
+  for (const FactState* f : touched) {
     if (f->set != f->old_set || f->value != f->old_value) net.push_back(f);
   }
   std::sort(net.begin(), net.end(),
@@ -56,20 +58,27 @@ void Engine::BuildTrace(v1::Trace& trace) const {
     c->set_set(f->set);
     c->set_value(f->value);
   }
-  trace.set_handlers_run(run_->executions);
-  for (const auto& [k, v] : run_->outputs) (*trace.mutable_outputs())[k] = v;
+  trace.set_handlers_run(executions);
+  for (const auto& [k, v] : outputs) (*trace.mutable_outputs())[k] = v;
 }
 
-absl::StatusOr<std::vector<v1::Trace>> Engine::Traces(size_t n) const {
+void StageTrace(kb::Txn& txn, uint64_t run, const v1::Trace& trace, uint32_t kept) {
+  txn.PutUnindexed(kb::Space::kTrace, keys::Trace(run), trace.SerializeAsString());
+  if (run > kept) txn.DeleteUnindexed(kb::Space::kTrace, keys::Trace(run - kept));
+}
+
+absl::StatusOr<std::vector<v1::Trace>> ReadTraces(const kb::Kb& kb, size_t n) {
   std::vector<v1::Trace> all;
   absl::Status parse_status;
-  RETURN_IF_ERROR(kb_->Scan(Space::kTrace, "", [&](absl::string_view key, absl::string_view value) {
-    v1::Trace t;
-    parse_status = Parse(*kb_, "trace", absl::StrCat(kb::DecodeU64(key).value_or(0)), value, t);
-    if (!parse_status.ok()) return false;
-    all.push_back(std::move(t));
-    return true;
-  }));
+  RETURN_IF_ERROR(
+      kb.Scan(kb::Space::kTrace, "", [&](absl::string_view key, absl::string_view value) {
+        v1::Trace t;
+        parse_status =
+            ParseRecord(kb, "trace", absl::StrCat(kb::DecodeU64(key).value_or(0)), value, t);
+        if (!parse_status.ok()) return false;
+        all.push_back(std::move(t));
+        return true;
+      }));
   RETURN_IF_ERROR(parse_status);
   if (all.size() > n) all.erase(all.begin(), all.end() - static_cast<ptrdiff_t>(n));
   return all;
