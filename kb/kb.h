@@ -1,8 +1,9 @@
 #pragma once
 
 // The knowledge base of one agent: a namespace of a Store, split into keyspaces, changed only by
-// transactions. A Txn is a RocksDB WriteBatchWithIndex: reads through it see its own writes, save
-// points let a part of it be undone, and Commit applies all of it in one atomic write.
+// transactions. Reads through a Txn see its own writes, save points let a part of it be undone,
+// and Commit applies all of it in one atomic write (underneath, a RocksDB WriteBatchWithIndex;
+// no RocksDB type appears in this header).
 //
 // A Kb and its transactions belong to the agent's serial executor: one thread at a time.
 
@@ -17,7 +18,6 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "kb/store.h"
-#include "rocksdb/utilities/write_batch_with_index.h"
 
 namespace parley::kb {
 
@@ -46,6 +46,7 @@ class Kb;
 class Txn {
  public:
   explicit Txn(Kb* kb);
+  ~Txn();
   Txn(const Txn&) = delete;
   Txn& operator=(const Txn&) = delete;
 
@@ -58,28 +59,35 @@ class Txn {
   // Deletes every key of `space` that starts with `prefix`, as seen through this transaction.
   absl::Status DeletePrefix(Space space, absl::string_view prefix);
 
+  // Deletes the whole knowledge base of another agent `agent` of the same store, every keyspace,
+  // when this transaction commits: after its other writes, in the same atomic write (so a host
+  // can forget an agent and delete its keys at once). Reads through the transaction do not see
+  // the deletion. INVALID_ARGUMENT for this transaction's own agent or a name Kb::Open refuses;
+  // FAILED_PRECONDITION while a save point is set (it could not be undone).
+  absl::Status DeleteAgent(absl::string_view agent);
+
   // Reads through the transaction: its own writes first, then the committed state.
   absl::StatusOr<std::optional<std::string>> Get(Space space, absl::string_view key) const;
   // Iterates keys of `space` starting with `prefix` (prefix stripped), own writes merged in.
   absl::Status Scan(Space space, absl::string_view prefix, const ScanFn& fn) const;
 
-  void SetSavePoint() { batch_.SetSavePoint(); }
+  void SetSavePoint();
   // Undoes every write since the last SetSavePoint and forgets that save point.
   absl::Status RollbackToSavePoint();
   // Forgets the last save point, keeping its writes.
   absl::Status PopSavePoint();
   // Drops every write.
-  void Clear() { batch_.Clear(); }
+  void Clear();
 
-  size_t write_count() const {
-    return const_cast<rocksdb::WriteBatchWithIndex&>(batch_).GetWriteBatch()->Count();
-  }
+  size_t write_count() const;
   bool empty() const { return write_count() == 0; }
-  rocksdb::WriteBatch* batch() { return batch_.GetWriteBatch(); }
 
  private:
+  friend class Kb;
+  struct Rep;  // the batch (kb.cc)
+
   Kb* kb_;
-  rocksdb::WriteBatchWithIndex batch_;
+  std::unique_ptr<Rep> rep_;
 };
 
 class Kb {
@@ -110,7 +118,9 @@ class Kb {
   size_t prefix_size() const { return agent_.size() + 2; }
 
  private:
+  friend class Txn;
   Kb(Store* store, std::string agent) : store_(store), agent_(std::move(agent)) {}
+  StoreImpl& impl() const;
 
   Store* store_;
   const std::string agent_;

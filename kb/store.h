@@ -12,22 +12,18 @@
 // Either way a crash loses at most a suffix of writes that were never reported durable: RocksDB
 // recovers the WAL to a consistent point in time, and each Write is atomic.
 //
-// Thread-safe: any thread may Write, Get or register callbacks.
+// Writes reach a store only through Kb::Commit (kb.h). RocksDB is an implementation detail of
+// kb/: no type of it appears in this header or kb.h (see store_impl.h).
+//
+// Thread-safe: any thread may commit, wait or register callbacks.
 
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
-#include <thread>
-#include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
-#include "rocksdb/db.h"
-#include "rocksdb/write_batch.h"
 
 namespace parley::kb {
 
@@ -45,6 +41,8 @@ struct StoreOptions {
 // The on-disk format this build reads and writes. A KB with a newer version is refused.
 inline constexpr int kSchemaVersion = 1;
 
+class StoreImpl;
+
 class Store {
  public:
   // Opens or creates the store at `path`. Errors name the path and the problem; a failed open
@@ -55,11 +53,9 @@ class Store {
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;
 
-  // Applies `batch` atomically and returns its ticket; tickets increase with each write.
-  absl::StatusOr<uint64_t> Write(rocksdb::WriteBatch* batch);
-
   // Runs `done` once every write up to `ticket` is durable: at once (on this thread) if it already
-  // is, else on the syncer thread. `done` gets the sync's status; it must not block.
+  // is, else on the syncer thread. `done` gets the sync's status; it must not block. Tickets
+  // increase with each write.
   void WhenDurable(uint64_t ticket, std::function<void(absl::Status)> done);
 
   // Blocks until `ticket` is durable.
@@ -69,37 +65,15 @@ class Store {
   uint64_t durable_ticket() const;
   uint64_t written_ticket() const;
 
-  rocksdb::DB* db() const { return db_.get(); }
-  const std::string& path() const { return path_; }
-  Durability durability() const { return options_.durability; }
-
-  // Turns a RocksDB status into an absl::Status that names this store's path.
-  absl::Status Convert(const rocksdb::Status& s, absl::string_view what) const;
+  const std::string& path() const;
+  Durability durability() const;
 
  private:
-  Store(std::string path, const StoreOptions& options, std::unique_ptr<rocksdb::DB> db);
-  void SyncLoop();
-  bool HasReadyWaiters() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  friend class Kb;
+  friend class Txn;
+  explicit Store(std::unique_ptr<StoreImpl> impl);
 
-  const std::string path_;
-  const StoreOptions options_;
-  std::unique_ptr<rocksdb::DB> db_;
-
-  struct Waiter {
-    uint64_t ticket;
-    std::function<void(absl::Status)> done;
-  };
-  mutable absl::Mutex mu_;
-  uint64_t written_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t durable_ ABSL_GUARDED_BY(mu_) = 0;
-  absl::Status sync_error_ ABSL_GUARDED_BY(mu_);
-  std::vector<Waiter> waiters_ ABSL_GUARDED_BY(mu_);
-  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  // The syncer is running callbacks: new ones queue behind them.
-  bool delivering_ ABSL_GUARDED_BY(mu_) = false;
-  // Serializes writes so that tickets follow WAL order.
-  absl::Mutex write_mu_;
-  std::thread syncer_;
+  std::unique_ptr<StoreImpl> impl_;
 };
 
 }  // namespace parley::kb

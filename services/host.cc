@@ -201,12 +201,10 @@ absl::Status Host::RemoveAgent(const std::string& name) {
   stopped.WaitForNotification();
   // Forget the recipe and delete the knowledge base in one atomic write; only then is the agent
   // no longer hosted (if the write fails, a retry finds it, stopped, and tries again).
-  rocksdb::WriteBatch batch;
-  batch.Delete(host_kb_->Key(kb::Space::kMeta, absl::StrCat(kRecipePrefix, name)));
-  const std::string begin = absl::StrCat(name, absl::string_view("\0", 1));
-  const std::string end = absl::StrCat(name, absl::string_view("\1", 1));
-  batch.DeleteRange(begin, end);
-  ASSIGN_OR_RETURN(uint64_t ticket, store_->Write(&batch));
+  auto txn = host_kb_->Begin();
+  txn->Delete(kb::Space::kMeta, absl::StrCat(kRecipePrefix, name));
+  RETURN_IF_ERROR(txn->DeleteAgent(name));
+  ASSIGN_OR_RETURN(uint64_t ticket, host_kb_->Commit(*txn));
   RETURN_IF_ERROR(store_->WaitDurable(ticket));
   {
     absl::MutexLock lock(&mu_);
