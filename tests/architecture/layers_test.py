@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""The include rules of docs/architecture.md, checked on the source tree.
+
+For each folder listed in LAYERS: its files include only headers of the folders it may call
+(and system or library headers), headers it keeps internal are included only from inside it (and
+its tests), and headers inside it include each other without a circle. Folders not listed are
+not checked yet.
+
+Usage: layers_test.py SOURCE_DIR
+"""
+
+import os
+import re
+import sys
+
+# folder -> the folders of ours it may include, besides itself. "parley/v1" is the generated
+# protobuf code (proto/).
+LAYERS = {
+    "base": set(),
+    "kb": {"base"},
+    "engine": {"base", "kb", "parley/v1"},
+}
+# Headers only their own folder (and its tests, tests/<folder>/) may include.
+INTERNAL = {
+    "kb": {"store_impl.h"},
+    "engine": {"handler_graph.h", "inbox.h", "key_layout.h", "outbox.h", "relations.h",
+               "retry.h", "run.h", "trace.h"},
+}
+# Libraries a folder's public headers must not expose.
+HIDDEN_IN_PUBLIC_HEADERS = {"kb": ("rocksdb/",)}
+OURS = ("base/", "kb/", "engine/", "services/", "tools/", "parley/v1/", "tests/")
+INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.M)
+
+
+def includes(path):
+    with open(path, encoding="utf-8") as f:
+        return INCLUDE.findall(f.read())
+
+
+def sources(root, folder):
+    for dirpath, _, names in os.walk(os.path.join(root, folder)):
+        for name in sorted(names):
+            if name.endswith((".h", ".cc")):
+                yield os.path.join(dirpath, name)
+
+
+def main():
+    root = sys.argv[1]
+    problems = []
+    for folder, allowed in LAYERS.items():
+        graph = {}
+        for path in sources(root, folder):
+            rel = os.path.relpath(path, root)
+            public_header = rel.endswith(".h") and os.path.basename(rel) not in INTERNAL.get(folder, ())
+            for inc in includes(path):
+                if inc.startswith(folder + "/"):
+                    if rel.endswith(".h"):
+                        graph.setdefault(rel, []).append(inc)
+                    continue
+                if inc.startswith(OURS) and not any(inc.startswith(a + "/") for a in allowed):
+                    problems.append(f"{rel}: includes {inc}, but {folder}/ may include only "
+                                    f"{', '.join(sorted(allowed)) or 'nothing of ours'}")
+                if public_header and inc.startswith(HIDDEN_IN_PUBLIC_HEADERS.get(folder, ())):
+                    problems.append(f"{rel}: a public header of {folder}/ includes {inc}")
+        # No circle among the folder's headers.
+        state = {}
+
+        def visit(node, stack):
+            state[node] = "open"
+            for nxt in graph.get(node, []):
+                if state.get(nxt) == "open":
+                    problems.append("include circle: " + " -> ".join(stack + [node, nxt]))
+                elif nxt not in state:
+                    visit(nxt, stack + [node])
+            state[node] = "done"
+
+        for node in sorted(graph):
+            if node not in state:
+                visit(node, [])
+    # Internal headers stay inside their folder (and its tests).
+    for dirpath, dirs, names in os.walk(root):
+        if os.path.samefile(dirpath, root):
+            # Build trees and hidden folders are not the project's source.
+            dirs[:] = [d for d in dirs if not d.startswith(("build", "."))]
+        for name in names:
+            if not name.endswith((".h", ".cc")):
+                continue
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, root)
+            for inc in includes(path):
+                folder, _, header = inc.partition("/")
+                if header in INTERNAL.get(folder, ()) and not (
+                        rel.startswith(folder + "/") or rel.startswith(f"tests/{folder}/")):
+                    problems.append(f"{rel}: includes {inc}, internal to {folder}/")
+    for p in problems:
+        print(p)
+    if problems:
+        sys.exit(1)
+    print(f"layers hold for {', '.join(LAYERS)}")
+
+
+if __name__ == "__main__":
+    main()
