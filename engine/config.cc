@@ -1,3 +1,6 @@
+// Config is a state, not a stream of events: changing it rewrites the queued config.changed
+// events (ChangeConfig); a run applies its event's change before handlers run (ApplyConfigChange).
+
 #include <map>
 #include <string>
 #include <vector>

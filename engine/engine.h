@@ -207,8 +207,8 @@ class Engine {
   absl::StatusOr<RunResult> FailRun(const v1::Event& event, uint32_t attempt, std::string handler,
                                     std::string message, v1::Trace& trace);
 
-  // Fact changes staged by the current run (handler_queue.cc). Relationship facts are `derived`: only
-  // the relation data sets them.
+  // Fact changes staged by the current run (handler_queue.cc). Relationship facts are `derived`:
+  // only the relation data sets them.
   absl::Status SetFact(absl::string_view name, absl::string_view value, bool derived);
   absl::Status ClearFact(absl::string_view name, bool derived);
   void ChangeFact(FactState& f, bool set, absl::string_view value);

@@ -40,6 +40,16 @@ void Inbox::Stage(kb::Txn& txn, v1::Event& event) {
   ++staged_;
 }
 
+absl::StatusOr<uint64_t> Inbox::Commit(kb::Kb& kb, kb::Txn& txn) {
+  absl::StatusOr<uint64_t> ticket = kb.Commit(txn);
+  if (ticket.ok()) {
+    Committed();
+  } else {
+    Discard();
+  }
+  return ticket;
+}
+
 void Inbox::StageRewrite(kb::Txn& txn, const v1::Event& event) {
   txn.Put(Space::kInbox, keys::Inbox(event.id()), event.SerializeAsString());
 }
@@ -103,13 +113,8 @@ absl::StatusOr<EnqueueResult> Engine::EnqueueAll(std::vector<v1::Event> events) 
   for (const v1::Event& e : events) RETURN_IF_ERROR(ValidateEvent(e));
   kb::Txn txn(kb_);
   for (v1::Event& e : events) inbox_->Stage(txn, e);
-  absl::StatusOr<uint64_t> ticket = kb_->Commit(txn);
-  if (!ticket.ok()) {
-    inbox_->Discard();
-    return ticket.status();
-  }
-  inbox_->Committed();
-  return EnqueueResult{events.back().id(), *ticket};
+  ASSIGN_OR_RETURN(uint64_t ticket, inbox_->Commit(*kb_, txn));
+  return EnqueueResult{events.back().id(), ticket};
 }
 
 absl::StatusOr<EnqueueResult> Engine::EnqueueFromPeer(v1::Event event, uint64_t sequence) {
@@ -132,13 +137,8 @@ absl::StatusOr<EnqueueResult> Engine::EnqueueFromPeer(v1::Event event, uint64_t 
   kb::Txn txn(kb_);
   inbox_->Stage(txn, event);
   StageReceived(txn, rc.relation_id(), rc.remote_unit(), sequence);
-  absl::StatusOr<uint64_t> ticket = kb_->Commit(txn);
-  if (!ticket.ok()) {
-    inbox_->Discard();
-    return ticket.status();
-  }
-  inbox_->Committed();
-  return EnqueueResult{event.id(), *ticket, false};
+  ASSIGN_OR_RETURN(uint64_t ticket, inbox_->Commit(*kb_, txn));
+  return EnqueueResult{event.id(), ticket, false};
 }
 
 absl::StatusOr<EnqueueResult> Engine::EnqueueTimer(absl::string_view name) {
@@ -149,14 +149,9 @@ absl::StatusOr<EnqueueResult> Engine::EnqueueTimer(absl::string_view name) {
   kb::Txn txn(kb_);
   inbox_->Stage(txn, event);
   txn.Delete(Space::kMeta, keys::Timer(name));
-  absl::StatusOr<uint64_t> ticket = kb_->Commit(txn);
-  if (!ticket.ok()) {
-    inbox_->Discard();
-    return ticket.status();
-  }
-  inbox_->Committed();
+  ASSIGN_OR_RETURN(uint64_t ticket, inbox_->Commit(*kb_, txn));
   timers_.erase(std::string(name));
-  return EnqueueResult{event.id(), *ticket};
+  return EnqueueResult{event.id(), ticket};
 }
 
 absl::StatusOr<uint64_t> Engine::Acknowledge(absl::string_view destination,

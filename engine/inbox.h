@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "kb/kb.h"
 #include "parley/v1/kb.pb.h"
 
@@ -29,6 +30,9 @@ class Inbox {
     next_id_ -= staged_;
     staged_ = 0;
   }
+
+  // Commits `txn`, then Committed() or, when the commit failed, Discard().
+  absl::StatusOr<uint64_t> Commit(kb::Kb& kb, kb::Txn& txn);
 
   // Replaces the stored copy of `event` (queued, same id) in `txn`.
   static void StageRewrite(kb::Txn& txn, const v1::Event& event);
