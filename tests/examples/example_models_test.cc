@@ -7,7 +7,7 @@
 
 #include <string>
 
-#include "services/definition.h"
+#include "services/definition/definition.h"
 
 namespace parley::services {
 namespace {

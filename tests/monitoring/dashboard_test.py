@@ -119,7 +119,7 @@ class DashboardTest(unittest.TestCase):
                      "parley_peer_stream_up", "parley_agent_in_error"):
             self.assertIn(name, self.families)
         self.assertEqual(self.labels["parley_peer_stream_up"], {"agent", "peer"})
-        # Trouble counters exist at 0 before any trouble (services/metrics.cc).
+        # Trouble counters exist at 0 before any trouble (services/telemetry/metrics.cc).
         self.assertEqual(self.labels["parley_peer_reconnects_total"], {"agent", "peer"})
         self.assertEqual(self.labels["parley_peer_events_rejected_total"], {"agent", "reason"})
 

@@ -19,8 +19,8 @@
 #include "base/status_macros.h"
 #include "parley/v1/agent.grpc.pb.h"
 #include "parley/v1/peer.grpc.pb.h"
-#include "services/builtin_services.h"
-#include "services/host.h"
+#include "services/fixtures/builtin_services.h"
+#include "services/host/host.h"
 
 extern char** environ;
 

@@ -24,8 +24,8 @@
 #include "kb/kb.h"
 #include "base/status_macros.h"
 #include "kb/store.h"
-#include "services/definition.h"
-#include "services/exec_backend.h"
+#include "services/definition/definition.h"
+#include "services/backends/exec/exec_backend.h"
 
 namespace parley::bench {
 namespace {

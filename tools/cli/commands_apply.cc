@@ -23,7 +23,7 @@
 #include "absl/time/clock.h"
 #include "engine/trace_format.h"
 #include "base/status_macros.h"
-#include "services/definition.h"
+#include "services/definition/definition.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/output.h"
 #include "tools/cli/pki.h"

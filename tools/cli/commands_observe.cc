@@ -24,7 +24,7 @@
 #include "engine/trace_format.h"
 #include "google/protobuf/util/json_util.h"
 #include "base/status_macros.h"
-#include "services/definition.h"
+#include "services/definition/definition.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/export_kubernetes.h"
 #include "tools/cli/output.h"

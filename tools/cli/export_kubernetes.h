@@ -15,7 +15,7 @@
 
 #include "absl/status/statusor.h"
 #include "parley/v1/model.pb.h"
-#include "services/definition.h"
+#include "services/definition/definition.h"
 
 namespace parley::cli {
 

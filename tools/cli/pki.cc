@@ -15,7 +15,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/str_join.h"
 #include "base/status_macros.h"
-#include "services/tls.h"
+#include "services/transport/tls.h"
 #include "tools/cli/model_dir.h"
 
 namespace parley::cli {

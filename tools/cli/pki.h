@@ -13,7 +13,7 @@
 // CLI dial a parleyd by address and check it against them, and a parleyd lets a peer speak only
 // for agents at the addresses they name. Its role is a URI subjectAltName, parley:role/operator
 // (the CLI: may call all of the agent API) or parley:role/host (a parleyd: only what probes
-// need); see services/tls.h.
+// need); see services/transport/tls.h.
 
 #include <string>
 #include <vector>

@@ -14,7 +14,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "parley/v1/model.pb.h"
-#include "services/definition.h"
+#include "services/definition/definition.h"
 #include "tools/cli/client.h"
 #include "tools/cli/container_runtime.h"
 #include "tools/cli/model_dir.h"

@@ -1,0 +1,195 @@
+#pragma once
+
+// A service agent: one service unit's engine and knowledge base on its own strand, connected to
+// the agents it relates to by peer sessions. Everything here runs on the agent's strand; other
+// threads Post to it. The agent
+//  - applies its inbox one run at a time (Kick), retrying failed runs when due;
+//  - after a run is durable, sends the new outbox entries to their destinations;
+//  - applies relation events from peers exactly once (dedup by sequence in the engine) and
+//    acknowledges each once it is durable in the inbox;
+//  - turns timers handlers asked for into timer events.
+
+#include <deque>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "engine/engine.h"
+#include "parley/v1/agent.pb.h"
+#include "parley/v1/peer.pb.h"
+#include "base/executor.h"
+#include "services/telemetry/metrics.h"
+#include "services/agent/session.h"
+
+namespace parley::services {
+
+class Host;
+
+struct AgentOptions {
+  engine::EngineOptions engine;
+  // Fire `update` this often; zero disables it (the default).
+  absl::Duration update_interval = absl::ZeroDuration();
+  // Outbox entries sent per destination before yielding the strand.
+  size_t send_batch = 512;
+  // Observers (benchmarks, embedding programs), called on the strand: after each committed run,
+  // and once that run is durable.
+  std::function<void(const engine::RunResult&)> on_commit;
+  std::function<void(const engine::RunResult&)> on_durable;
+  // Config applied when the agent is created for the first time: a config.changed event queued
+  // between install and start. Checked against the spec's config options.
+  std::map<std::string, std::string> initial_config;
+};
+
+class Agent {
+ public:
+  // Opens the agent's KB namespace and engine. Fires `install` (first start only) and `start`.
+  static absl::StatusOr<std::unique_ptr<Agent>> Create(Host* host, engine::ServiceSpec spec,
+                                                       AgentOptions options);
+  ~Agent();
+
+  const std::string& name() const { return name_; }
+  const engine::ServiceSpec& spec() const { return engine_->spec(); }
+  const std::shared_ptr<base::Strand>& strand() const { return strand_; }
+  engine::Engine& engine() { return *engine_; }
+
+  // The remaining methods run on the strand.
+
+  // Starts processing the inbox and scheduling timers.
+  void Start();
+  // Processes due inbox events (soon, on the strand).
+  void Kick();
+
+  // Peer sessions. `Attach` replaces an earlier session with the same remote.
+  void Attach(const std::string& remote, std::shared_ptr<PeerSession> session);
+  void Detach(const std::string& remote, const PeerSession* session);
+  void OnFrame(const std::string& remote, const std::shared_ptr<PeerSession>& session,
+               const v1::PeerFrame& frame);
+
+  // Agents this one needs a stream with: relation targets, outbox destinations and agents that
+  // announced a relation recently.
+  std::set<std::string> WantedPeers() const;
+  bool HasSession(const std::string& remote) const {
+    auto it = channels_.find(remote);
+    return it != channels_.end() && it->second.session != nullptr;
+  }
+  // Where `remote` listens, if known.
+  std::string AddressOf(const std::string& remote) const;
+  absl::Status RememberAddress(const std::string& remote, const std::string& address,
+                               bool expect_relation);
+
+  // The agent API, on the strand.
+  v1::AgentStatus Status() const;
+  v1::CheckIdleResponse CheckIdle() const;
+  absl::StatusOr<uint64_t> SetConfig(const v1::SetConfigRequest& request);
+  absl::StatusOr<uint64_t> FireEvent(const v1::FireEventRequest& request);
+  // Checks a config change against the service's declared options: INVALID_ARGUMENT naming the
+  // service and the key.
+  absl::Status CheckConfig(const std::string& key, const std::string& value) const;
+  // Validates and records a relation whose other side already agreed (see Host::Relate). Relating
+  // an existing relation to one more remote unit adds it (same endpoint and remote service);
+  // relating it to a unit it already targets changes nothing but where that unit is, when the
+  // request gives another address (how an operator tells agents that a unit moved).
+  absl::Status Relate(const v1::RelateRequest& request, const std::string& remote_service,
+                      const std::string& interface);
+  absl::Status Unrelate(const std::string& relation_id);
+  // A relation id may be used for a new relation, or for one more remote unit of the relation
+  // that has it (same endpoint, remote service and remote endpoint); else ALREADY_EXISTS.
+  absl::Status CheckRelationId(const std::string& relation_id, const std::string& endpoint,
+                               const std::string& remote_service,
+                               const std::string& remote_endpoint) const;
+  // Checks a relation another agent proposes to this one; returns this side's role.
+  absl::StatusOr<v1::CheckRelationResponse> CheckRelation(const v1::CheckRelationRequest& r);
+  v1::GetRelationDataResponse RelationData(const std::string& endpoint) const;
+
+  // Called on status changes (after runs, on API calls); `fn` runs on the strand.
+  using Watcher = std::function<void(const v1::AgentStatus&)>;
+  uint64_t Watch(Watcher fn);
+  void Unwatch(uint64_t id);
+
+  // Stops timers and detaches sessions; the strand must be drained afterwards.
+  void Stop();
+  bool stopped() const { return stopped_; }
+
+ private:
+  Agent(Host* host, std::unique_ptr<kb::Kb> kb, std::unique_ptr<engine::Engine> engine,
+        AgentOptions options);
+
+  struct Channel {
+    std::shared_ptr<PeerSession> session;
+    // Highest outbox id sent on this session.
+    uint64_t sent_through = 0;
+  };
+
+  void Process();
+  void AfterCommit(const engine::RunResult& result);
+  void Pump(const std::string& remote);
+  void PumpAll();
+  void ScheduleTimers();
+  void ScheduleRetry(absl::Time when);
+  void Notify();
+  void Reject(const std::string& remote, const std::shared_ptr<PeerSession>& session,
+              const absl::Status& why, absl::string_view reason);
+  void Log(v1::LogLevel level, std::string message) const;
+  // Runs `fn` on the strand once `ticket` is durable, after the work queued before it.
+  void WhenDurable(uint64_t ticket, std::function<void()> fn);
+  void WaitForStore(uint64_t ticket);
+  void OnDurable(uint64_t ticket, const absl::Status& status);
+  void FlushAcks(uint64_t durable);
+  void SendAck(const std::string& remote, const std::string& relation, uint64_t sequence,
+               const std::shared_ptr<PeerSession>& session);
+
+ public:
+  // Runs `fn` on the strand once everything this agent wrote so far is durable: what the API
+  // reports must not be lost by a crash.
+  void AfterDurable(std::function<void()> fn) { WhenDurable(last_ticket_, std::move(fn)); }
+
+ private:
+  Host* host_;
+  const std::string name_;
+  std::unique_ptr<kb::Kb> kb_;
+  std::unique_ptr<engine::Engine> engine_;
+  const AgentOptions options_;
+  std::shared_ptr<base::Strand> strand_;
+  // Guards callbacks that outlive the agent: they hold a weak_ptr to this flag.
+  std::shared_ptr<bool> alive_;
+
+  std::map<std::string, Channel> channels_;
+  // Outbox entries up to this id belong to durable runs and may be sent; up to written_through_
+  // they may go to sessions that share this agent's store.
+  uint64_t sendable_through_ = 0;
+  uint64_t written_through_ = 0;
+  uint64_t last_ticket_ = 0;
+  bool kick_scheduled_ = false;
+  bool executing_ = false;
+  uint64_t retry_timer_ = 0;
+  absl::Time retry_at_ = absl::InfiniteFuture();
+  std::map<std::string, std::pair<absl::Time, uint64_t>> timer_ids_;
+  uint64_t update_timer_ = 0;
+  std::map<std::string, std::string> addresses_;
+  std::map<std::string, absl::Time> expecting_;
+  uint64_t received_ = 0;
+  uint64_t acks_ = 0;
+  uint64_t last_run_ = 0;
+  std::string last_event_;
+  absl::Time last_run_time_ = absl::InfinitePast();
+  std::map<uint64_t, Watcher> watchers_;
+  uint64_t next_watcher_ = 1;
+  bool stopped_ = false;
+  // Work waiting for durability, in ticket order, and the ticket the store will wake us for.
+  std::deque<std::pair<uint64_t, std::function<void()>>> durable_work_;
+  uint64_t waiting_for_ = 0;
+  bool pump_due_ = false;
+  // Acknowledgements to send once their events are durable, per (remote, relation).
+  struct PendingAck {
+    uint64_t sequence = 0;
+    uint64_t ticket = 0;
+    std::shared_ptr<PeerSession> session;
+  };
+  std::map<std::pair<std::string, std::string>, PendingAck> pending_acks_;
+  Metrics::Agent metrics_;
+};
+
+}  // namespace parley::services

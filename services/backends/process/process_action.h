@@ -1,0 +1,147 @@
+#pragma once
+
+// What every process-based action kind (`exec`, `ansible`) shares: one run of one program as a
+// child of the agent, acting on the run through hook tools. Internal to the backends; users see
+// ExecActionFactory (services/exec_backend.h), which describes the behaviour in full.
+//
+// ProcessAction::Run, for each run:
+//  - makes a private temp dir (mode 0700) with the JSON context file and the hook socket, and the
+//    unit's persistent state dir when ExecOptions::state_root is set;
+//  - asks the kind (Prepare) for the program, its arguments and environment variables of its own;
+//  - spawns it without a shell, from the definition directory, in its own process group, with a
+//    clean environment: PATH, the kind's variables, then HOME (the temp dir),
+//    PARLEY_HOOK_SOCKET, PARLEY_CONTEXT, PARLEY_STATE_DIR (with a state root), PARLEY_UNIT_HOST,
+//    PARLEY_UNIT, PARLEY_SERVICE, PARLEY_EVENT, PARLEY_HANDLER, which the kind cannot override;
+//  - serves hook requests on the calling thread while the program runs, enforces the handler's
+//    timeout (SIGKILL to the process group), captures bounded stdout and stderr;
+//  - turns a non-zero exit, a signal or a timeout into an error naming the handler, the program
+//    and what the kind's FailureDetail quotes of the output (by default the tail of stderr).
+// The temp dir is removed when Run returns.
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "engine/spec.h"
+#include "services/definition/definition.h"
+#include "services/backends/exec/exec_backend.h"
+
+namespace parley::services {
+
+// ---------------------------------------------------------------------------------------------
+// JSON text (values are bytes: invalid UTF-8 becomes U+FFFD, so the document is always valid).
+
+void JsonString(std::string& out, absl::string_view s);
+void JsonMap(std::string& out, const std::map<std::string, std::string>& m);
+void JsonList(std::string& out, const std::vector<std::string>& l);
+
+// Printable ASCII, tabs and newlines as they are; other bytes as \xNN.
+std::string Printable(absl::string_view s);
+
+// The last `limit` bytes written to it, and how many were written in all.
+class TailBuffer {
+ public:
+  explicit TailBuffer(size_t limit) : limit_(limit) {}
+  void Append(absl::string_view data);
+  // The last `n` bytes kept.
+  absl::string_view Tail(size_t n) const;
+  absl::string_view Kept() const;
+  size_t total() const { return total_; }
+  size_t dropped() const { return total_ - Kept().size(); }
+
+ private:
+  size_t limit_;
+  std::string data_;
+  size_t total_ = 0;
+};
+
+// "stderr (last 120 of 5000 bytes): ..." or "stderr: (empty)", the text made printable.
+std::string DescribeTail(absl::string_view name, const TailBuffer& b, size_t n);
+
+// ---------------------------------------------------------------------------------------------
+// The common run.
+
+struct EndpointInfo {
+  engine::Role role;
+  InterfaceSchema schema;
+};
+
+// The endpoints of `def` with their interface schemas (hook requests check relation data).
+std::map<std::string, EndpointInfo> EndpointsOf(const ServiceDefinition& def);
+
+// What a kind is told about the run when it prepares its program.
+struct ProcessRun {
+  // The private temp dir; removed when the run ends.
+  std::string temp_dir;
+  // The JSON context file in it.
+  std::string context_file;
+  // The unit's persistent state dir; empty without ExecOptions::state_root.
+  std::string state_dir;
+  std::string service;
+  // The run's config with defaults filled in.
+  std::map<std::string, std::string> config;
+};
+
+// The program a kind runs.
+struct Invocation {
+  // The path run, and the arguments (argv[0] as the definition names the program; errors quote
+  // it).
+  std::string program;
+  std::vector<std::string> argv;
+  // Set after PATH and before the variables every run gets (which win).
+  std::map<std::string, std::string> env;
+  // What errors call the program; empty: argv[0].
+  std::string name;
+};
+
+// Where a process-based action comes from and what it may take.
+struct ProcessActionSetup {
+  // The definition directory (absolute): the program's working directory.
+  std::string dir;
+  // "<service.yaml>:<line>" of the action, for errors.
+  std::string origin;
+  absl::Duration timeout;
+  std::map<std::string, std::string> config_defaults;
+  std::map<std::string, EndpointInfo> endpoints;
+  ExecOptions options;
+};
+
+// The setup of `handler`'s action.
+ProcessActionSetup MakeProcessActionSetup(const ServiceDefinition& def, const HandlerDef& handler,
+                                          const ExecOptions& options);
+
+class ProcessAction : public engine::Action {
+ public:
+  explicit ProcessAction(ProcessActionSetup setup);
+
+  absl::Status Run(engine::RunContext& ctx) final;
+
+ protected:
+  // The program to run for `ctx`, once the temp dir and the context file exist. An error fails
+  // the handler.
+  virtual absl::StatusOr<Invocation> Prepare(engine::RunContext& ctx, const ProcessRun& run) = 0;
+
+  // What a failure's error quotes of the output, after "<program> exited with status 2; ".
+  // `exited` is false for a timeout or a signal. By default the tail of stderr (and whether
+  // stdout was truncated).
+  virtual std::string FailureDetail(const TailBuffer& out, const TailBuffer& err,
+                                    bool exited) const;
+
+  // A program looked up like the shell would, in ExecOptions::extra_path then the standard PATH,
+  // or a path (relative to the definition directory) when `name` contains '/'.
+  absl::StatusOr<std::string> ResolveProgram(const std::string& name) const;
+
+  const ProcessActionSetup& setup() const { return setup_; }
+
+ private:
+  absl::Status RunProgram(engine::RunContext& ctx);
+  absl::StatusOr<std::string> StateDir(absl::string_view unit) const;
+
+  const ProcessActionSetup setup_;
+};
+
+}  // namespace parley::services

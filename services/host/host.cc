@@ -1,0 +1,536 @@
+#include "services/host/host.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "base/status_macros.h"
+#include "services/transport/api_service.h"
+#include "services/transport/peer_streams.h"
+#include "services/transport/status_convert.h"
+
+namespace parley::services {
+namespace {
+
+absl::Duration Jitter(absl::Duration d) {
+  thread_local std::mt19937_64 random(std::random_device{}());
+  std::uniform_real_distribution<double> unit(0.5, 1.0);
+  return d * unit(random);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Host>> Host::Start(HostOptions options) {
+  std::unique_ptr<Host> host(new Host(std::move(options)));
+  RETURN_IF_ERROR(host->Init());
+  return host;
+}
+
+Host::Host(HostOptions options) : options_(std::move(options)), logs_(options_.log_capacity) {}
+
+absl::Status Host::Init() {
+  if (options_.data_dir.empty()) return absl::InvalidArgumentError("host: data_dir is not set");
+  kb::StoreOptions so;
+  so.durability = options_.durability;
+  ASSIGN_OR_RETURN(store_, kb::Store::Open(options_.data_dir, so));
+  // Unit names are "<service>/<number>" and agents added in code never start with '.'.
+  ASSIGN_OR_RETURN(host_kb_, kb::Kb::Open(store_.get(), ".parleyd"));
+  pool_ = std::make_unique<base::ThreadPool>(options_.threads);
+  scheduler_ = std::make_unique<base::Scheduler>();
+  if (!options_.registry) options_.registry = std::make_shared<prometheus::Registry>();
+  metrics_ = std::make_unique<Metrics>(*options_.registry);
+
+  ASSIGN_OR_RETURN(auto creds, ServerCredentials(options_.tls));
+  // Without usable dialing credentials (a TLS server given no CA) the host serves but cannot dial.
+  if (auto dial = ChannelCredentials(options_.tls); dial.ok()) channel_credentials_ = *dial;
+  peer_service_ = MakePeerService(this);
+  agent_service_ = MakeAgentService(this);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(options_.listen, creds, &port);
+  builder.RegisterService(peer_service_.get());
+  builder.RegisterService(agent_service_.get());
+  // gRPC's own limit sits above ours so that an oversized frame reaches the stream, which
+  // refuses it with a reason it can count.
+  builder.SetMaxReceiveMessageSize(options_.max_message_bytes + (64 << 10));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 2000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 2000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 500);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+  server_ = builder.BuildAndStart();
+  if (!server_ || port == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", options_.listen));
+  }
+  if (!options_.advertise.empty()) {
+    address_ = options_.advertise;
+  } else {
+    std::string host = options_.listen.substr(0, options_.listen.rfind(':'));
+    if (host.empty() || host == "0.0.0.0" || host == "[::]") host = "127.0.0.1";
+    address_ = absl::StrCat(host, ":", port);
+  }
+  return absl::OkStatus();
+}
+
+Host::~Host() { Shutdown(); }
+
+absl::StatusOr<Agent*> Host::AddAgent(engine::ServiceSpec spec, AgentOptions options) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (shut_down_) return absl::FailedPreconditionError("host is shut down");
+    if (agents_.contains(spec.unit)) {
+      return absl::AlreadyExistsError(absl::StrCat("agent '", spec.unit, "' already hosted"));
+    }
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<Agent> agent, Agent::Create(this, std::move(spec), options));
+  Agent* raw = agent.get();
+  {
+    // Checked again: another AddAgent of the same name, or Shutdown, may have come in between.
+    absl::MutexLock lock(&mu_);
+    if (shut_down_) return absl::FailedPreconditionError("host is shut down");
+    if (agents_.contains(raw->name())) {
+      return absl::AlreadyExistsError(absl::StrCat("agent '", raw->name(), "' already hosted"));
+    }
+    agents_.emplace(raw->name(), std::move(agent));
+  }
+  raw->strand()->Post([raw] { raw->Start(); });
+  return raw;
+}
+
+namespace {
+constexpr absl::string_view kRecipePrefix = "recipe/";
+}  // namespace
+
+absl::StatusOr<std::string> Host::AddAgentFromRecipe(const v1::AgentRecipe& recipe) {
+  absl::MutexLock hosting(&hosting_mu_);
+  if (!options_.build_agent) {
+    return absl::UnimplementedError(
+        absl::StrCat("the server at ", address_, " does not host agents from definitions"));
+  }
+  if (Find(recipe.agent()) != nullptr) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("agent '", recipe.agent(), "' is already hosted at ", address_));
+  }
+  ASSIGN_OR_RETURN(engine::ServiceSpec spec, options_.build_agent(recipe));
+  std::string service = spec.service;
+  AgentOptions agent_options = options_.recipe_agent_options;
+  for (const auto& [k, v] : recipe.config()) agent_options.initial_config[k] = v;
+  // Check the config before anything is recorded, so that a refused recipe leaves no trace.
+  for (const auto& [k, v] : recipe.config()) {
+    const auto& opts = spec.config_options;
+    auto it = std::find_if(opts.begin(), opts.end(), [&](const auto& o) { return o.name == k; });
+    if (spec.declares_config && it == opts.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("service ", service, " has no config option '", k, "'"));
+    }
+    if (it != opts.end() && it->check && !v.empty()) {
+      absl::Status st = it->check(v);
+      if (!st.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat("service ", service, ": ", st.message()));
+      }
+    }
+  }
+  auto txn = host_kb_->Begin();
+  txn->Put(kb::Space::kMeta, absl::StrCat(kRecipePrefix, recipe.agent()),
+           recipe.SerializeAsString());
+  ASSIGN_OR_RETURN(uint64_t ticket, host_kb_->Commit(*txn));
+  RETURN_IF_ERROR(store_->WaitDurable(ticket));
+  if (absl::Status added = AddAgent(std::move(spec), std::move(agent_options)).status();
+      !added.ok()) {
+    // Not hosted: not hosted again after a restart either.
+    txn->Delete(kb::Space::kMeta, absl::StrCat(kRecipePrefix, recipe.agent()));
+    if (auto undone = host_kb_->Commit(*txn); undone.ok()) {
+      store_->WaitDurable(*undone).IgnoreError();
+    }
+    return added;
+  }
+  return service;
+}
+
+absl::Status Host::RestoreAgents() {
+  if (!options_.build_agent) return absl::OkStatus();
+  absl::MutexLock hosting(&hosting_mu_);
+  std::vector<v1::AgentRecipe> recipes;
+  absl::Status parse;
+  RETURN_IF_ERROR(host_kb_->Scan(
+      kb::Space::kMeta, kRecipePrefix, [&](absl::string_view key, absl::string_view value) {
+        v1::AgentRecipe r;
+        if (!r.ParseFromString(std::string(value))) {
+          parse = absl::DataLossError(
+              absl::StrCat(options_.data_dir, ": the recipe of agent '", key, "' does not parse"));
+          return false;
+        }
+        recipes.push_back(std::move(r));
+        return true;
+      }));
+  RETURN_IF_ERROR(parse);
+  std::vector<std::string> failed;
+  for (const v1::AgentRecipe& recipe : recipes) {
+    absl::StatusOr<engine::ServiceSpec> spec = options_.build_agent(recipe);
+    absl::Status st = spec.status();
+    if (st.ok()) {
+      AgentOptions agent_options = options_.recipe_agent_options;
+      for (const auto& [k, v] : recipe.config()) agent_options.initial_config[k] = v;
+      st = AddAgent(std::move(*spec), std::move(agent_options)).status();
+    }
+    if (!st.ok()) failed.push_back(absl::StrCat(recipe.agent(), ": ", st.message()));
+  }
+  if (failed.empty()) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      absl::StrCat("agents not hosted again: ", absl::StrJoin(failed, "; ")));
+}
+
+absl::Status Host::RemoveAgent(const std::string& name) {
+  absl::MutexLock hosting(&hosting_mu_);
+  Agent* agent = Find(name);
+  if (agent == nullptr) {
+    return absl::NotFoundError(absl::StrCat("no agent '", name, "' at ", address_));
+  }
+  // Let the run in progress finish, then stop; nothing else runs on the strand afterwards.
+  absl::Notification stopped;
+  agent->strand()->Post([agent, &stopped] {
+    agent->Stop();
+    stopped.Notify();
+  });
+  stopped.WaitForNotification();
+  // Forget the recipe and delete the knowledge base in one atomic write; only then is the agent
+  // no longer hosted (if the write fails, a retry finds it, stopped, and tries again).
+  auto txn = host_kb_->Begin();
+  txn->Delete(kb::Space::kMeta, absl::StrCat(kRecipePrefix, name));
+  RETURN_IF_ERROR(txn->DeleteAgent(name));
+  ASSIGN_OR_RETURN(uint64_t ticket, host_kb_->Commit(*txn));
+  RETURN_IF_ERROR(store_->WaitDurable(ticket));
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = agents_.find(name);
+    retired_.push_back(std::move(it->second));
+    agents_.erase(it);
+  }
+  v1::LogRecord r;
+  r.set_agent(name);
+  r.set_level(v1::LOG_LEVEL_INFO);
+  r.set_message("removed: agent stopped and its knowledge base deleted");
+  logs_.Add(std::move(r));
+  return absl::OkStatus();
+}
+
+v1::HostInfo Host::Info() const {
+  v1::HostInfo info;
+  info.set_version(options_.version);
+  info.set_pid(getpid());
+  info.set_address(address_);
+  info.set_data_dir(options_.data_dir);
+  info.set_started_unix_ms(absl::ToUnixMillis(started_));
+  info.set_hosts_definitions(static_cast<bool>(options_.build_agent));
+  info.set_metrics_address(options_.metrics_address);
+  return info;
+}
+
+Agent* Host::Find(absl::string_view name) const {
+  absl::MutexLock lock(&mu_);
+  auto it = agents_.find(name);
+  return it == agents_.end() ? nullptr : it->second.get();
+}
+
+std::vector<Agent*> Host::Agents() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<Agent*> out;
+  for (const auto& [name, a] : agents_) out.push_back(a.get());
+  return out;
+}
+
+void Host::Shutdown() {
+  std::vector<Agent*> agents;
+  {
+    absl::MutexLock lock(&mu_);
+    if (shut_down_) return;
+    shut_down_ = true;
+    for (const auto& [name, a] : agents_) agents.push_back(a.get());
+  }
+  // The run in progress, if any, finishes: strands run closures to completion.
+  for (Agent* a : agents) a->strand()->Post([a] { a->Stop(); });
+  for (Agent* a : agents) a->strand()->Drain();
+  // The agents closed their streams already; what is left are API clients' idle channels.
+  if (server_) server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Milliseconds(200)));
+  {
+    absl::MutexLock lock(&mu_);
+    auto none = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return dialing_ == 0; };
+    mu_.AwaitWithTimeout(absl::Condition(&none), absl::Seconds(5));
+  }
+  for (Agent* a : agents) a->strand()->Drain();
+  // Nothing is left unsynced: every commit reported or not becomes durable. Then a barrier
+  // behind every durability callback (they run in ticket order), so that none is still being
+  // delivered when the agents and the pool they post to go away.
+  if (store_) {
+    store_->WaitDurable(store_->written_ticket()).IgnoreError();
+    absl::Notification delivered;
+    store_->WhenDurable(store_->written_ticket(), [&](absl::Status) { delivered.Notify(); });
+    delivered.WaitForNotification();
+  }
+  for (Agent* a : agents) a->strand()->Drain();
+  // No timer may fire into an agent being destroyed.
+  scheduler_.reset();
+  for (Agent* a : agents) a->strand()->Drain();
+  {
+    absl::MutexLock lock(&mu_);
+    agents_.clear();
+    retired_.clear();
+  }
+  pool_.reset();
+}
+
+std::shared_ptr<grpc::Channel> Host::ChannelTo(const std::string& address) {
+  absl::MutexLock lock(&mu_);
+  auto it = channels_.find(address);
+  if (it != channels_.end()) return it->second;
+  if (!channel_credentials_) return nullptr;
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(options_.max_message_bytes);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 2000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 2000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  if (!options_.tls.server_name_override.empty()) {
+    args.SetSslTargetNameOverride(options_.tls.server_name_override);
+  }
+  auto channel = grpc::CreateCustomChannel(address, channel_credentials_, args);
+  channels_.emplace(address, channel);
+  return channel;
+}
+
+void Host::EnsureSession(Agent* local, const std::string& remote) {
+  const absl::Time now = absl::Now();
+  {
+    absl::MutexLock lock(&mu_);
+    if (shut_down_) return;
+    Link& link = links_[{local->name(), remote}];
+    if (link.active) return;
+    if (now < link.next_attempt) {
+      ScheduleRetry(local, remote, link);
+      return;
+    }
+    link.active = true;
+  }
+  if (Agent* other = Find(remote)) {
+    {
+      absl::MutexLock lock(&mu_);
+      Link& back = links_[{remote, local->name()}];
+      if (back.active) return;  // the other side paired us already
+      back.active = true;
+    }
+    PairLocally(this, local, other);
+    return;
+  }
+  const std::string address = local->AddressOf(remote);
+  if (address.empty()) {
+    SessionEnded(local->name(), remote, false,
+                 absl::NotFoundError(absl::StrCat("no address known for ", remote)));
+    return;
+  }
+  if (local->name() < remote) {
+    Dial(local, remote, address);
+  } else {
+    AskToDial(local, remote, address);
+  }
+}
+
+void Host::Dial(Agent* local, const std::string& remote, const std::string& address) {
+  auto channel = ChannelTo(address);
+  if (!channel) {
+    SessionEnded(local->name(), remote, false,
+                 absl::InvalidArgumentError("TLS credentials for dialing are not usable"));
+    return;
+  }
+  std::shared_ptr<v1::Peer::Stub> stub;
+  {
+    absl::MutexLock lock(&mu_);
+    auto& s = stubs_[address];
+    if (!s) s = v1::Peer::NewStub(channel);
+    stub = s;
+    ++dialing_;
+  }
+  DialPeer(this, local, remote, stub.get());
+}
+
+void Host::AskToDial(Agent* local, const std::string& remote, const std::string& address) {
+  auto channel = ChannelTo(address);
+  if (!channel) {
+    SessionEnded(local->name(), remote, false,
+                 absl::InvalidArgumentError("TLS credentials for dialing are not usable"));
+    return;
+  }
+  struct Call {
+    grpc::ClientContext context;
+    v1::RequestConnectRequest request;
+    v1::RequestConnectResponse response;
+    std::shared_ptr<v1::Peer::Stub> stub;
+  };
+  auto call = std::make_shared<Call>();
+  call->request.set_agent(remote);
+  call->request.set_from_agent(local->name());
+  call->request.set_from_address(address_);
+  call->context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+  call->stub = v1::Peer::NewStub(channel);
+  const std::string name = local->name();
+  {
+    absl::MutexLock lock(&mu_);
+    ++dialing_;
+  }
+  call->stub->async()->RequestConnect(&call->context, &call->request, &call->response,
+                                      [this, call, name, remote](grpc::Status s) {
+                                        // Not a session: retry later if none appears.
+                                        SessionEnded(name, remote, false, FromGrpcStatus(s));
+                                        StreamDone();
+                                      });
+}
+
+void Host::SessionEnded(const std::string& local, const std::string& remote, bool established,
+                        const absl::Status& status) {
+  absl::MutexLock lock(&mu_);
+  Link& link = links_[{local, remote}];
+  link.active = false;
+  if (established) {
+    link.backoff = options_.reconnect_initial;
+  } else {
+    link.backoff = link.backoff == absl::ZeroDuration()
+                       ? options_.reconnect_initial
+                       : std::min(link.backoff * 2, options_.reconnect_max);
+  }
+  link.next_attempt = absl::Now() + Jitter(link.backoff);
+  // Whatever ended (a stream, a failed dial, a request to dial us), try again after the backoff
+  // if the agent still wants the peer and has no session with it by then.
+  auto agent = agents_.find(local);
+  if (agent != agents_.end() && !shut_down_) ScheduleRetry(agent->second.get(), remote, link);
+  if (!status.ok() && !shut_down_) {
+    v1::LogRecord r;
+    r.set_agent(local);
+    r.set_level(v1::LOG_LEVEL_INFO);
+    r.set_message(absl::StrCat("stream to ", remote, " ended: ", status.ToString()));
+    logs_.Add(std::move(r));
+  }
+}
+
+void Host::ScheduleRetry(Agent* local, const std::string& remote, Link& link) {
+  if (link.retry_scheduled) return;
+  link.retry_scheduled = true;
+  scheduler_->At(link.next_attempt, local->strand(), [this, local, remote] {
+    {
+      absl::MutexLock lock(&mu_);
+      links_[{local->name(), remote}].retry_scheduled = false;
+    }
+    if (!local->HasSession(remote) && local->WantedPeers().contains(remote)) {
+      EnsureSession(local, remote);
+    }
+  });
+}
+
+void Host::StreamDone() {
+  absl::MutexLock lock(&mu_);
+  --dialing_;
+}
+
+void Host::Relate(v1::RelateRequest request,
+                  std::function<void(absl::StatusOr<v1::RelateResponse>)> done) {
+  Agent* agent = Find(request.agent());
+  if (agent == nullptr) {
+    done(absl::NotFoundError(absl::StrCat("no agent '", request.agent(), "' at ", address_)));
+    return;
+  }
+  agent->strand()->Post([this, agent, request, done] {
+    const engine::EndpointSpec* ep = nullptr;
+    for (const auto& e : agent->spec().endpoints) {
+      if (e.name == request.endpoint()) ep = &e;
+    }
+    if (ep == nullptr) {
+      done(absl::NotFoundError(absl::StrCat("agent ", agent->name(), " (service ",
+                                            agent->spec().service, ") has no endpoint '",
+                                            request.endpoint(), "'")));
+      return;
+    }
+    if (request.relation_id().empty() || request.remote_agent().empty() ||
+        request.remote_endpoint().empty()) {
+      done(
+          absl::InvalidArgumentError("relate needs relation_id, remote_agent and remote_endpoint"));
+      return;
+    }
+    auto check = std::make_shared<v1::CheckRelationRequest>();
+    check->set_agent(request.remote_agent());
+    check->set_endpoint(request.remote_endpoint());
+    check->set_remote_agent(agent->name());
+    check->set_remote_service(agent->spec().service);
+    check->set_remote_endpoint(request.endpoint());
+    check->set_interface(ep->interface);
+    check->set_role(std::string(engine::RoleName(ep->role)));
+    check->set_relation_id(request.relation_id());
+    check->set_remote_address(address_);
+    auto finish = [agent, request, done](absl::StatusOr<v1::CheckRelationResponse> r) {
+      agent->strand()->Post([agent, request, done, r] {
+        if (!r.ok()) {
+          done(absl::Status(r.status().code(),
+                            absl::StrCat("relating ", request.agent(), ":", request.endpoint(),
+                                         " to ", request.remote_agent(), ":",
+                                         request.remote_endpoint(), ": ", r.status().message())));
+          return;
+        }
+        if (agent->stopped()) {
+          done(absl::UnavailableError(absl::StrCat("agent ", agent->name(), " is stopping")));
+          return;
+        }
+        if (absl::Status s = agent->Relate(request, r->service(), r->interface()); !s.ok()) {
+          done(s);
+          return;
+        }
+        v1::RelateResponse resp;
+        resp.set_interface(r->interface());
+        // Answer only once the relation is durable.
+        agent->AfterDurable([done, resp] { done(resp); });
+      });
+    };
+    if (Agent* remote = Find(request.remote_agent())) {
+      remote->strand()->Post([remote, check, finish] { finish(remote->CheckRelation(*check)); });
+      return;
+    }
+    if (request.remote_address().empty()) {
+      done(absl::InvalidArgumentError(absl::StrCat(
+          "agent ", request.remote_agent(), " is not hosted here: remote_address is required")));
+      return;
+    }
+    auto channel = ChannelTo(request.remote_address());
+    if (!channel) {
+      done(absl::FailedPreconditionError("TLS credentials for dialing are not usable"));
+      return;
+    }
+    struct Call {
+      grpc::ClientContext context;
+      v1::CheckRelationResponse response;
+      std::unique_ptr<v1::Peer::Stub> stub;
+    };
+    auto call = std::make_shared<Call>();
+    call->context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    call->stub = v1::Peer::NewStub(channel);
+    {
+      absl::MutexLock lock(&mu_);
+      ++dialing_;
+    }
+    call->stub->async()->CheckRelation(&call->context, check.get(), &call->response,
+                                       [this, call, check, finish](grpc::Status s) {
+                                         if (!s.ok()) {
+                                           finish(FromGrpcStatus(s));
+                                         } else {
+                                           finish(call->response);
+                                         }
+                                         StreamDone();
+                                       });
+  });
+}
+
+}  // namespace parley::services

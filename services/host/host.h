@@ -1,0 +1,165 @@
+#pragma once
+
+// A Host is what `parleyd` runs: one gRPC server (peer protocol and agent API), one knowledge
+// base store, a thread pool with a strand per agent, and any number of agents, each addressed by
+// its name. Agents on the same host talk through in-process sessions with the same semantics as
+// gRPC streams; agents elsewhere through one stream per pair, opened by the agent whose name
+// sorts first.
+//
+// Thread-safe.
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "base/clock.h"
+#include "grpcpp/grpcpp.h"
+#include "kb/kb.h"
+#include "kb/store.h"
+#include "parley/v1/agent.grpc.pb.h"
+#include "parley/v1/peer.grpc.pb.h"
+#include "prometheus/registry.h"
+#include "services/agent/agent.h"
+#include "base/executor.h"
+#include "services/telemetry/log_buffer.h"
+#include "services/telemetry/metrics.h"
+#include "services/transport/tls.h"
+
+namespace parley::services {
+
+struct HostOptions {
+  // host:port to listen on; port 0 picks one (see Host::address()).
+  std::string listen = "127.0.0.1:0";
+  // The address peers should dial; defaults to the listen host with the bound port.
+  std::string advertise;
+  // Directory of the knowledge base shared by the hosted agents.
+  std::string data_dir;
+  kb::Durability durability = kb::Durability::kGroupCommit;
+  int threads = 2;
+  TlsOptions tls;
+  // Backoff between attempts to reach a peer.
+  absl::Duration reconnect_initial = absl::Milliseconds(50);
+  absl::Duration reconnect_max = absl::Seconds(5);
+  // A dialed stream whose listener does not answer the Hello within this is cancelled.
+  absl::Duration handshake_timeout = absl::Seconds(3);
+  // Largest peer or API message accepted.
+  int max_message_bytes = 4 << 20;
+  // Metrics go here when set (owned by main, which exposes it).
+  std::shared_ptr<prometheus::Registry> registry;
+  size_t log_capacity = 10000;
+  base::Clock* clock = base::SystemClock::Get();
+  // Builds the spec of an agent from its recipe (a service definition), for the AddAgent call and
+  // to host recipes again after a restart. Unset: the host only runs agents added in code.
+  std::function<absl::StatusOr<engine::ServiceSpec>(const v1::AgentRecipe&)> build_agent;
+  // Options of agents built from recipes.
+  AgentOptions recipe_agent_options;
+  // Reported by GetHost.
+  std::string version;
+  std::string metrics_address;
+};
+
+class Host {
+ public:
+  static absl::StatusOr<std::unique_ptr<Host>> Start(HostOptions options);
+  // Shuts down if not done yet.
+  ~Host();
+  Host(const Host&) = delete;
+  Host& operator=(const Host&) = delete;
+
+  // Adds and starts an agent for `spec` (its name is spec.unit).
+  absl::StatusOr<Agent*> AddAgent(engine::ServiceSpec spec, AgentOptions options = {});
+  Agent* Find(absl::string_view name) const;
+
+  // Agents built from service definitions (options.build_agent). The host records each recipe in
+  // its store, durably, before it starts the agent, and RestoreAgents hosts them again after a
+  // restart. Both block; call them from a thread of your own (not a strand).
+  // Returns the service the agent belongs to.
+  absl::StatusOr<std::string> AddAgentFromRecipe(const v1::AgentRecipe& recipe);
+  // Hosts every recorded recipe (at startup). A recipe that no longer builds (its definition
+  // changed or vanished) is skipped and reported in the returned error; the others start.
+  absl::Status RestoreAgents();
+  // Stops the agent, forgets its recipe and deletes its knowledge base. Its memory is freed when
+  // the host shuts down.
+  absl::Status RemoveAgent(const std::string& name);
+  v1::HostInfo Info() const;
+  std::vector<Agent*> Agents() const;
+  const std::string& address() const { return address_; }
+
+  // Finishes the run in progress, lets commits become durable, closes streams and the server.
+  void Shutdown();
+
+  // Relates request.agent's endpoint to a remote agent: asks the remote side to check the
+  // relation, then records it locally. `done` runs on an arbitrary thread.
+  void Relate(v1::RelateRequest request,
+              std::function<void(absl::StatusOr<v1::RelateResponse>)> done);
+
+  // Makes sure `local` gets a session with `remote`: pairs them in-process, dials, or asks the
+  // remote to dial, with backoff between attempts. Called on local's strand.
+  void EnsureSession(Agent* local, const std::string& remote);
+
+  base::ThreadPool& pool() { return *pool_; }
+  base::Scheduler& scheduler() { return *scheduler_; }
+  kb::Store& store() { return *store_; }
+  Metrics& metrics() { return *metrics_; }
+  LogBuffer& logs() { return logs_; }
+  base::Clock* clock() const { return options_.clock; }
+  const HostOptions& options() const { return options_; }
+
+  // Called by sessions: the stream (or attempt) from `local` to `remote` is over. `established`:
+  // it carried frames, so the next attempt starts with the initial backoff.
+  void SessionEnded(const std::string& local, const std::string& remote, bool established,
+                    const absl::Status& status);
+  // Called once by every dialed stream when gRPC is done with it.
+  void StreamDone();
+
+ private:
+  explicit Host(HostOptions options);
+  absl::Status Init();
+  std::shared_ptr<grpc::Channel> ChannelTo(const std::string& address);
+  void Dial(Agent* local, const std::string& remote, const std::string& address);
+  void AskToDial(Agent* local, const std::string& remote, const std::string& address);
+  struct Link;
+  void ScheduleRetry(Agent* local, const std::string& remote, Link& link)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  struct Link {
+    bool active = false;
+    absl::Time next_attempt = absl::InfinitePast();
+    absl::Duration backoff = absl::ZeroDuration();
+    bool retry_scheduled = false;
+  };
+
+  HostOptions options_;
+  std::unique_ptr<kb::Store> store_;
+  std::unique_ptr<base::ThreadPool> pool_;
+  std::unique_ptr<base::Scheduler> scheduler_;
+  std::unique_ptr<Metrics> metrics_;
+  LogBuffer logs_;
+  std::unique_ptr<v1::Peer::CallbackService> peer_service_;
+  std::unique_ptr<v1::Agent::CallbackService> agent_service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::string address_;
+
+  mutable absl::Mutex mu_;
+  std::map<std::string, std::unique_ptr<Agent>, std::less<>> agents_ ABSL_GUARDED_BY(mu_);
+  // Removed agents: stopped, kept until shutdown because closures may still name them.
+  std::vector<std::unique_ptr<Agent>> retired_ ABSL_GUARDED_BY(mu_);
+  // The host's own records (recipes) in the store.
+  std::unique_ptr<kb::Kb> host_kb_;
+  absl::Mutex hosting_mu_;  // serializes AddAgentFromRecipe / RemoveAgent
+  absl::Time started_ = absl::Now();
+  std::map<std::pair<std::string, std::string>, Link> links_ ABSL_GUARDED_BY(mu_);
+  // What every dial uses, read once at start: the files may change or vanish later.
+  std::shared_ptr<grpc::ChannelCredentials> channel_credentials_;
+  std::map<std::string, std::shared_ptr<grpc::Channel>> channels_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::shared_ptr<v1::Peer::Stub>> stubs_ ABSL_GUARDED_BY(mu_);
+  // Dialed streams gRPC has not finished with yet.
+  int dialing_ ABSL_GUARDED_BY(mu_) = 0;
+  bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace parley::services
