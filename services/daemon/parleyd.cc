@@ -20,7 +20,7 @@
 #include "prometheus/exposer.h"
 #include "services/fixtures/builtin_services.h"
 #include "services/definition/definition.h"
-#include "services/backends/exec/exec_backend.h"
+#include "services/backends/backends.h"
 #include "services/host/host.h"
 
 ABSL_FLAG(std::string, data, "", "Directory of the agents' knowledge base (created if missing)");
@@ -106,13 +106,13 @@ int main(int argc, char** argv) {
       absl::Seconds(absl::GetFlag(FLAGS_update_interval_s));
   // Agents from service definitions run exec/ansible/... actions; the factory outlives the host
   // (the actions it made keep copies of what they need).
-  ps::ExecOptions exec;
+  ps::BackendOptions backends;
   // parley-hook is installed beside parleyd; an absolute path, since programs run elsewhere.
-  exec.extra_path.push_back(std::filesystem::absolute(argv[0]).parent_path().string());
-  exec.state_root = absl::GetFlag(FLAGS_state_dir);
-  exec.unit_host = absl::GetFlag(FLAGS_unit_host);
+  backends.process.extra_path.push_back(std::filesystem::absolute(argv[0]).parent_path().string());
+  backends.process.state_root = absl::GetFlag(FLAGS_state_dir);
+  backends.process.unit_host = absl::GetFlag(FLAGS_unit_host);
   ps::Host* h = nullptr;
-  exec.log = [&h](absl::string_view unit, absl::string_view handler, absl::string_view source,
+  backends.log = [&h](absl::string_view unit, absl::string_view handler, absl::string_view source,
                   absl::string_view text) {
     if (h == nullptr) return;
     parley::v1::LogRecord r;
@@ -121,7 +121,7 @@ int main(int argc, char** argv) {
     r.set_message(absl::StrCat(handler, " ", source, ": ", text));
     h->logs().Add(std::move(r));
   };
-  auto factory = std::make_shared<ps::ExecActionFactory>(exec);
+  std::shared_ptr<ps::BackendRegistry> factory = ps::MakeBackends(std::move(backends));
   options.build_agent =
       [factory](const parley::v1::AgentRecipe& r) -> absl::StatusOr<parley::engine::ServiceSpec> {
     auto def = ps::LoadServiceDefinition(r.definition_dir(), r.interfaces_dir());

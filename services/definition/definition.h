@@ -14,8 +14,8 @@
 // succeeded never half-applies one.
 //
 // BuildSpec turns a definition into the engine's ServiceSpec for one unit; an ActionFactory makes
-// each handler's engine::Action. BuiltinActionFactory implements the `builtin` kind (steps run
-// through RunContext, no process at all) and refuses the other kinds, which backends implement.
+// each handler's engine::Action. The backends (services/backends/, one folder per action kind,
+// builtin included) implement it.
 //
 // Everything here is plain data or stateless; thread-compatible.
 
@@ -365,12 +365,15 @@ class ActionFactory {
                                                                const HandlerDef& handler) = 0;
 };
 
-// Runs `builtin` actions; refuses every other kind with UNIMPLEMENTED naming the handler.
-class BuiltinActionFactory : public ActionFactory {
- public:
-  absl::StatusOr<std::unique_ptr<engine::Action>> Make(const ServiceDefinition& def,
-                                                       const HandlerDef& handler) override;
+// What an endpoint's relation data must satisfy: the endpoint's role and its interface's schema.
+// Backends check every relation-set against it (ValidateRelationData).
+struct EndpointContract {
+  engine::Role role;
+  InterfaceSchema schema;
 };
+
+// The contract of every endpoint of `def` whose interface is known, by endpoint name.
+std::map<std::string, EndpointContract> EndpointContracts(const ServiceDefinition& def);
 
 // The spec of unit `unit` ("<service>/<number>") of a service built from `def`. Endpoint
 // required_keys are the required keys of the data the remote side publishes.

@@ -19,6 +19,23 @@ LAYERS = {
     "base": set(),
     "kb": {"base"},
     "engine": {"base", "kb", "parley/v1"},
+    "services/telemetry": {"base", "parley/v1"},
+    "services/fixtures": {"base", "kb", "engine", "parley/v1"},
+    "services/definition": {"base", "kb", "engine", "parley/v1"},
+    # The backends as a whole, then each kind: a kind sees the shared pieces, never another kind.
+    "services/backends": {"base", "kb", "engine", "parley/v1", "services/definition"},
+    "services/backends/common": {"base"},
+    "services/backends/builtin": {"base", "kb", "engine", "parley/v1", "services/definition"},
+    "services/backends/process": {"base", "kb", "engine", "parley/v1", "services/definition",
+                                  "services/backends/common"},
+    "services/backends/exec": {"base", "kb", "engine", "parley/v1", "services/definition",
+                               "services/backends/common", "services/backends/process"},
+    "services/backends/ansible": {"base", "kb", "engine", "parley/v1", "services/definition",
+                                  "services/backends/common", "services/backends/process"},
+    "services/backends/http": {"base", "kb", "engine", "parley/v1", "services/definition",
+                               "services/backends/common"},
+    "services/backends/container": {"base", "kb", "engine", "parley/v1", "services/definition",
+                                    "services/backends/common"},
 }
 # Headers only their own folder (and its tests, tests/<folder>/) may include.
 INTERNAL = {
@@ -44,9 +61,29 @@ def sources(root, folder):
                 yield os.path.join(dirpath, name)
 
 
+def folder_circles():
+    """The table itself points down: no folder may (through others) include itself."""
+    problems = []
+    state = {}
+
+    def visit(node, stack):
+        state[node] = "open"
+        for nxt in sorted(LAYERS.get(node, ())):
+            if state.get(nxt) == "open":
+                problems.append("folder circle in LAYERS: " + " -> ".join(stack + [node, nxt]))
+            elif nxt not in state:
+                visit(nxt, stack + [node])
+        state[node] = "done"
+
+    for node in sorted(LAYERS):
+        if node not in state:
+            visit(node, [])
+    return problems
+
+
 def main():
     root = sys.argv[1]
-    problems = []
+    problems = folder_circles()
     for folder, allowed in LAYERS.items():
         graph = {}
         for path in sources(root, folder):

@@ -25,7 +25,7 @@
 #include "base/status_macros.h"
 #include "kb/store.h"
 #include "services/definition/definition.h"
-#include "services/backends/exec/exec_backend.h"
+#include "services/backends/backends.h"
 
 namespace parley::bench {
 namespace {
@@ -105,12 +105,13 @@ class EngineSubject : public Subject {
     RETURN_IF_ERROR(WriteFile(dir + "/def/service.yaml", Definition(hook_command)));
     RETURN_IF_ERROR(WriteFile(dir + "/def/handler.sh", kScript, 0755));
     ASSIGN_OR_RETURN(ps::ServiceDefinition def, ps::LoadServiceDefinition(dir + "/def"));
-    ps::ExecOptions options;
+    ps::BackendOptions options;
     // Absolute: the program runs in the definition directory.
-    options.extra_path = {
+    options.process.extra_path = {
         std::filesystem::absolute(hook_binary).parent_path().lexically_normal().string()};
-    options.temp_root = dir;
-    ps::ExecActionFactory factory(options);
+    options.process.temp_root = dir;
+    std::unique_ptr<ps::BackendRegistry> backends = ps::MakeBackends(options);
+    ps::BackendRegistry& factory = *backends;
     ASSIGN_OR_RETURN(pe::ServiceSpec spec, ps::BuildSpec(def, "bench/0", factory));
     kb::StoreOptions store_options;
     store_options.durability = kb::Durability::kGroupCommit;

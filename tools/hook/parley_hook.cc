@@ -1,7 +1,7 @@
 // parley-hook: what a program run by an `exec` action, or a task of an `ansible` playbook, uses
 // to act on its run (facts, relation data, status, events, timers, action output). It sends its
 // arguments to the agent over the unix socket named by PARLEY_HOOK_SOCKET
-// (services/backends/exec/exec_backend.h describes the protocol) and prints the reply. Changes land only if the
+// (services/backends/process/hook_protocol.h describes the protocol) and prints the reply. Changes land only if the
 // run commits.
 //
 // Exit status: 0 done, 1 refused by the agent (the reason on stderr), 2 not inside a run,

@@ -15,6 +15,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "base/status_macros.h"
+#include "services/backends/common/json.h"
 #include "services/backends/process/process_action.h"
 
 namespace parley::services {
@@ -284,7 +285,8 @@ class AnsibleRunner : public ProcessAction {
 
 absl::StatusOr<std::unique_ptr<engine::Action>> MakeAnsibleAction(const ServiceDefinition& def,
                                                                   const HandlerDef& handler,
-                                                                  const ExecOptions& options) {
+                                                                  const ProcessOptions& options,
+                                                                  BackendLog log) {
   const auto* ansible = std::get_if<AnsibleAction>(&handler.action.detail);
   if (ansible == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat(def.file, ":", handler.action.line,
@@ -305,7 +307,7 @@ absl::StatusOr<std::unique_ptr<engine::Action>> MakeAnsibleAction(const ServiceD
     for (const ActionParam& p : a.params) param_types[a.name][p.name] = p.type;
   }
   return std::make_unique<AnsibleRunner>(*ansible, std::move(config_types), std::move(param_types),
-                                         MakeProcessActionSetup(def, handler, options));
+                                         MakeProcessActionSetup(def, handler, options, std::move(log)));
 }
 
 }  // namespace parley::services

@@ -16,7 +16,7 @@
 //   parley_relations  endpoint -> relation id -> {interface, remote_service, remote_units
 //                     (unit -> its data), remote_service_data, local_unit_data,
 //                     local_service_data}; every declared endpoint is present
-//   parley_state_dir  the unit's persistent state dir (only with ExecOptions::state_root)
+//   parley_state_dir  the unit's persistent state dir (only with ProcessOptions::state_root)
 //   the action's `vars`, their templates expanded
 // Config values and action parameters have their declared types (int, float and bool are JSON
 // numbers and booleans); everything else is a string. Every string that comes from data (facts,
@@ -35,14 +35,16 @@
 #include "absl/status/statusor.h"
 #include "engine/spec.h"
 #include "services/definition/definition.h"
-#include "services/backends/exec/exec_backend.h"
+#include "services/backends/common/backend_log.h"
+#include "services/backends/process/process_action.h"
 
 namespace parley::services {
 
-// The action of `handler`, whose action must be an AnsibleAction. ExecActionFactory calls it.
+// The action of `handler`, whose action must be an AnsibleAction. The backend registry calls it.
 // INVALID_ARGUMENT for a variable named parley_* (those are the backend's).
 absl::StatusOr<std::unique_ptr<engine::Action>> MakeAnsibleAction(const ServiceDefinition& def,
                                                                   const HandlerDef& handler,
-                                                                  const ExecOptions& options);
+                                                                  const ProcessOptions& options,
+                                                                  BackendLog log);
 
 }  // namespace parley::services

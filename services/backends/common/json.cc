@@ -120,4 +120,92 @@ std::string JsonValueText(const Value& value) {
   return ToJson(value);
 }
 
+void JsonString(std::string& out, absl::string_view s) {
+  out += '"';
+  size_t i = 0;
+  while (i < s.size()) {
+    const unsigned char c = s[i];
+    if (c < 0x80) {
+      switch (c) {
+        case '"':
+          out += "\\\"";
+          break;
+        case '\\':
+          out += "\\\\";
+          break;
+        case '\n':
+          out += "\\n";
+          break;
+        case '\r':
+          out += "\\r";
+          break;
+        case '\t':
+          out += "\\t";
+          break;
+        default:
+          if (c < 0x20 || c == 0x7f) {
+            char buf[8];
+            snprintf(buf, sizeof(buf), "\\u%04x", c);
+            out += buf;
+          } else {
+            out += static_cast<char>(c);
+          }
+      }
+      ++i;
+      continue;
+    }
+    // Length and minimum value of a multi-byte sequence starting with `c`.
+    size_t n = 0;
+    uint32_t cp = 0;
+    if ((c & 0xe0) == 0xc0) {
+      n = 2;
+      cp = c & 0x1f;
+    } else if ((c & 0xf0) == 0xe0) {
+      n = 3;
+      cp = c & 0x0f;
+    } else if ((c & 0xf8) == 0xf0) {
+      n = 4;
+      cp = c & 0x07;
+    }
+    bool valid = n != 0 && i + n <= s.size();
+    for (size_t k = 1; valid && k < n; ++k) {
+      const unsigned char d = s[i + k];
+      if ((d & 0xc0) != 0x80) valid = false;
+      cp = (cp << 6) | (d & 0x3f);
+    }
+    static constexpr uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (valid && (cp < kMin[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))) valid = false;
+    if (valid) {
+      out.append(s.data() + i, n);
+      i += n;
+    } else {
+      out += "\\ufffd";
+      ++i;
+    }
+  }
+  out += '"';
+}
+
+void JsonMap(std::string& out, const std::map<std::string, std::string>& m) {
+  out += '{';
+  bool first = true;
+  for (const auto& [k, v] : m) {
+    if (!first) out += ',';
+    first = false;
+    JsonString(out, k);
+    out += ':';
+    JsonString(out, v);
+  }
+  out += '}';
+}
+
+void JsonList(std::string& out, const std::vector<std::string>& l) {
+  out += '[';
+  for (size_t i = 0; i < l.size(); ++i) {
+    if (i > 0) out += ',';
+    JsonString(out, l[i]);
+  }
+  out += ']';
+}
+
 }  // namespace parley::services

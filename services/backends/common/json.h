@@ -1,9 +1,12 @@
 #pragma once
 
-// JSON read by backends (HTTP API responses), through protobuf's own JSON parser into
-// google::protobuf::Value, so Parley needs no JSON library of its own.
+// JSON for backends: read (HTTP API responses) through protobuf's own JSON parser into
+// google::protobuf::Value, so Parley needs no JSON library of its own; written (the context file
+// of process actions, Ansible variables) by the few appenders below.
 
+#include <map>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -27,5 +30,11 @@ std::string JsonValueText(const google::protobuf::Value& value);
 
 // `value` as compact JSON, object members sorted by name (the same document, the same text).
 std::string ToJson(const google::protobuf::Value& value);
+
+// Appends a JSON string, object or array of strings to `out`. Values are bytes: invalid UTF-8
+// becomes U+FFFD, so the document is always valid.
+void JsonString(std::string& out, absl::string_view s);
+void JsonMap(std::string& out, const std::map<std::string, std::string>& m);
+void JsonList(std::string& out, const std::vector<std::string>& l);
 
 }  // namespace parley::services

@@ -90,13 +90,14 @@ absl::StatusOr<int> ParsePort(absl::string_view s) {
 class ContainerRunner : public engine::Action {
  public:
   ContainerRunner(ContainerAction action, absl::Duration timeout,
-                  std::map<std::string, std::string> defaults, const ExecOptions& options)
+                  std::map<std::string, std::string> defaults, const ContainerOptions& options,
+                  BackendLog log)
       : action_(std::move(action)),
         timeout_(timeout),
         defaults_(std::move(defaults)),
         options_(options),
-        socket_(options.container_socket.empty() ? DefaultContainerSocket()
-                                                 : options.container_socket) {}
+        log_(std::move(log)),
+        socket_(options.socket.empty() ? DefaultContainerSocket() : options.socket) {}
 
   absl::Status Run(engine::RunContext& ctx) override {
     deadline_ = absl::Now() + timeout_;
@@ -218,7 +219,7 @@ class ContainerRunner : public engine::Action {
 
   absl::Status Stop(const std::string& name) {
     const int64_t grace = std::max<int64_t>(
-        0, absl::ToInt64Seconds(absl::Ceil(options_.container_stop_grace, absl::Seconds(1))));
+        0, absl::ToInt64Seconds(absl::Ceil(options_.stop_grace, absl::Seconds(1))));
     return Call("POST", absl::StrCat("/containers/", name, "/stop?t=", grace), {}, {204, 304})
         .status();
   }
@@ -322,13 +323,14 @@ class ContainerRunner : public engine::Action {
   }
 
   void Log(engine::RunContext& ctx, absl::string_view text) const {
-    if (options_.log) options_.log(ctx.unit(), ctx.handler(), "container", text);
+    if (log_) log_(ctx.unit(), ctx.handler(), "container", text);
   }
 
   const ContainerAction action_;
   const absl::Duration timeout_;
   const std::map<std::string, std::string> defaults_;
-  const ExecOptions options_;
+  const ContainerOptions options_;
+  const BackendLog log_;
   const std::string socket_;
   absl::Time deadline_;
 };
@@ -356,14 +358,15 @@ std::string ContainerName(absl::string_view unit) {
 
 absl::StatusOr<std::unique_ptr<engine::Action>> MakeContainerAction(const ServiceDefinition& def,
                                                                     const HandlerDef& handler,
-                                                                    const ExecOptions& options) {
+                                                                    const ContainerOptions& options,
+                                                                    BackendLog log) {
   const auto* container = std::get_if<ContainerAction>(&handler.action.detail);
   if (container == nullptr) {
     return absl::InvalidArgumentError(
         absl::StrCat("handler '", handler.name, "': not a container action"));
   }
   return std::make_unique<ContainerRunner>(*container, handler.timeout, ConfigDefaults(def),
-                                           options);
+                                           options, std::move(log));
 }
 
 }  // namespace parley::services

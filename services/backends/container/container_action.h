@@ -21,7 +21,7 @@
 //
 // Images are not pulled: the image must be on the daemon already (docker/podman pull, load or
 // import), else the handler fails with the daemon's message. Every API call is bounded by what is
-// left of the handler's timeout; stopping gives the container ExecOptions::container_stop_grace
+// left of the handler's timeout; stopping gives the container ContainerOptions::stop_grace
 // before it is killed. A failure (daemon unreachable, an API error, a timeout) fails the handler
 // (and rolls its run back) with an error naming the handler, the API call and the daemon's
 // message. The daemon's state is not transactional: what was done before a failure stays done,
@@ -30,18 +30,28 @@
 #include <memory>
 #include <string>
 
+#include "absl/time/time.h"
+
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "engine/spec.h"
 #include "services/definition/definition.h"
-#include "services/backends/exec/exec_backend.h"
+#include "services/backends/common/backend_log.h"
 
 namespace parley::services {
+
+struct ContainerOptions {
+  // The Docker Engine API socket (Docker, or `podman system service`). Empty:
+  // DefaultContainerSocket().
+  std::string socket;
+  // How long a container is given to stop before it is killed.
+  absl::Duration stop_grace = absl::Seconds(10);
+};
 
 // The label that holds the hash of a container's desired spec.
 inline constexpr char kSpecLabel[] = "parley.spec";
 
-// The socket used when ExecOptions::container_socket is empty: the path of $DOCKER_HOST when it is
+// The socket used when ContainerOptions::socket is empty: the path of $DOCKER_HOST when it is
 // a unix:// URL, else /run/podman/podman.sock.
 std::string DefaultContainerSocket();
 
@@ -53,6 +63,7 @@ std::string ContainerName(absl::string_view unit);
 // of what it needs.
 absl::StatusOr<std::unique_ptr<engine::Action>> MakeContainerAction(const ServiceDefinition& def,
                                                                     const HandlerDef& handler,
-                                                                    const ExecOptions& options);
+                                                                    const ContainerOptions& options,
+                                                                    BackendLog log);
 
 }  // namespace parley::services

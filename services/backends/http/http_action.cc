@@ -30,12 +30,14 @@ std::string Quote(absl::string_view body) {
 class HttpRunner : public engine::Action {
  public:
   HttpRunner(HttpAction action, std::string file, absl::Duration timeout,
-             std::map<std::string, std::string> defaults, const ExecOptions& options)
+             std::map<std::string, std::string> defaults, const HttpOptions& options,
+             BackendLog log)
       : action_(std::move(action)),
         file_(std::move(file)),
         timeout_(timeout),
         defaults_(std::move(defaults)),
-        options_(options) {}
+        options_(options),
+        log_(std::move(log)) {}
 
   absl::Status Run(engine::RunContext& ctx) override {
     absl::Status s = Call(ctx);
@@ -61,11 +63,11 @@ class HttpRunner : public engine::Action {
       request.headers.emplace_back(name, std::move(value));
     }
     request.timeout = timeout_;
-    request.max_response_bytes = options_.http_response_limit;
+    request.max_response_bytes = options_.response_limit;
 
     ASSIGN_OR_RETURN(HttpResponse response, SendHttpRequest(request));
-    if (options_.log) {
-      options_.log(ctx.unit(), ctx.handler(), "http",
+    if (log_) {
+      log_(ctx.unit(), ctx.handler(), "http",
                    absl::StrCat(request.method, " ", request.url, ": ", response.status));
     }
     if (!Expected(response.status)) {
@@ -133,21 +135,23 @@ class HttpRunner : public engine::Action {
   const std::string file_;
   const absl::Duration timeout_;
   const std::map<std::string, std::string> defaults_;
-  const ExecOptions options_;
+  const HttpOptions options_;
+  const BackendLog log_;
 };
 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<engine::Action>> MakeHttpAction(const ServiceDefinition& def,
                                                                const HandlerDef& handler,
-                                                               const ExecOptions& options) {
+                                                               const HttpOptions& options,
+                                                               BackendLog log) {
   const auto* http = std::get_if<HttpAction>(&handler.action.detail);
   if (http == nullptr) {
     return absl::InvalidArgumentError(
         absl::StrCat("handler '", handler.name, "': not an http action"));
   }
   return std::make_unique<HttpRunner>(*http, def.file, handler.timeout, ConfigDefaults(def),
-                                      options);
+                                      options, std::move(log));
 }
 
 }  // namespace parley::services

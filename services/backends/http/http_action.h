@@ -5,7 +5,7 @@
 //
 // For each run: the URL, the body and the header values are expanded (ExpandTemplate) and the
 // request is made with SendHttpRequest, bounded by the handler's timeout and by
-// ExecOptions::http_response_limit bytes of response body. The handler fails (and its run rolls
+// HttpOptions::response_limit bytes of response body. The handler fails (and its run rolls
 // back) when the request cannot be made, times out, or answers with a status not in `expect`
 // (default: any 2xx); the error names the handler, the method, the URL, the status and the start
 // of the body. Otherwise each of `facts` is set in the run from the response: the status, the
@@ -18,14 +18,20 @@
 #include "absl/status/statusor.h"
 #include "engine/spec.h"
 #include "services/definition/definition.h"
-#include "services/backends/exec/exec_backend.h"
+#include "services/backends/common/backend_log.h"
 
 namespace parley::services {
 
+struct HttpOptions {
+  // Bytes of response body accepted; a larger body fails the handler.
+  size_t response_limit = 1 << 20;
+};
+
 // Makes the action of `handler`, whose action must be of kind http. The action keeps copies of
-// what it needs from `def`, `handler` and `options`.
+// what it needs from `def`, `handler` and `options`. Requests and answers go to `log` ("http").
 absl::StatusOr<std::unique_ptr<engine::Action>> MakeHttpAction(const ServiceDefinition& def,
                                                                const HandlerDef& handler,
-                                                               const ExecOptions& options);
+                                                               const HttpOptions& options,
+                                                               BackendLog log);
 
 }  // namespace parley::services

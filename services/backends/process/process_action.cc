@@ -27,6 +27,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "base/status_macros.h"
+#include "services/backends/common/json.h"
+#include "services/backends/process/hook_protocol.h"
 
 namespace parley::services {
 namespace {
@@ -45,98 +47,6 @@ absl::Status Errno(absl::string_view what) {
 
 }  // namespace
 
-// ---------------------------------------------------------------------------------------------
-// JSON.
-
-// Appends `s` as a JSON string. Bytes that are not valid UTF-8 become U+FFFD, so any fact or
-// relation value (they are bytes) yields a valid document.
-void JsonString(std::string& out, absl::string_view s) {
-  out += '"';
-  size_t i = 0;
-  while (i < s.size()) {
-    const unsigned char c = s[i];
-    if (c < 0x80) {
-      switch (c) {
-        case '"':
-          out += "\\\"";
-          break;
-        case '\\':
-          out += "\\\\";
-          break;
-        case '\n':
-          out += "\\n";
-          break;
-        case '\r':
-          out += "\\r";
-          break;
-        case '\t':
-          out += "\\t";
-          break;
-        default:
-          if (c < 0x20 || c == 0x7f) {
-            char buf[8];
-            snprintf(buf, sizeof(buf), "\\u%04x", c);
-            out += buf;
-          } else {
-            out += static_cast<char>(c);
-          }
-      }
-      ++i;
-      continue;
-    }
-    // Length and minimum value of a multi-byte sequence starting with `c`.
-    size_t n = 0;
-    uint32_t cp = 0;
-    if ((c & 0xe0) == 0xc0) {
-      n = 2;
-      cp = c & 0x1f;
-    } else if ((c & 0xf0) == 0xe0) {
-      n = 3;
-      cp = c & 0x0f;
-    } else if ((c & 0xf8) == 0xf0) {
-      n = 4;
-      cp = c & 0x07;
-    }
-    bool valid = n != 0 && i + n <= s.size();
-    for (size_t k = 1; valid && k < n; ++k) {
-      const unsigned char d = s[i + k];
-      if ((d & 0xc0) != 0x80) valid = false;
-      cp = (cp << 6) | (d & 0x3f);
-    }
-    static constexpr uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
-    if (valid && (cp < kMin[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))) valid = false;
-    if (valid) {
-      out.append(s.data() + i, n);
-      i += n;
-    } else {
-      out += "\\ufffd";
-      ++i;
-    }
-  }
-  out += '"';
-}
-
-void JsonMap(std::string& out, const std::map<std::string, std::string>& m) {
-  out += '{';
-  bool first = true;
-  for (const auto& [k, v] : m) {
-    if (!first) out += ',';
-    first = false;
-    JsonString(out, k);
-    out += ':';
-    JsonString(out, v);
-  }
-  out += '}';
-}
-
-void JsonList(std::string& out, const std::vector<std::string>& l) {
-  out += '[';
-  for (size_t i = 0; i < l.size(); ++i) {
-    if (i > 0) out += ',';
-    JsonString(out, l[i]);
-  }
-  out += ']';
-}
 // ---------------------------------------------------------------------------------------------
 // Text from a program, quoted in errors.
 
@@ -195,8 +105,8 @@ namespace {
 struct HookEnv {
   engine::RunContext* ctx;
   const std::map<std::string, std::string>* defaults;
-  const std::map<std::string, EndpointInfo>* endpoints;
-  const ExecOptions* options;
+  const std::map<std::string, EndpointContract>* endpoints;
+  const BackendLog* log;
 };
 
 struct Reply {
@@ -382,7 +292,7 @@ Reply Handle(const HookEnv& env, const std::vector<std::string>& a) {
   }
   if (!a.empty() && a[0] == "log") {
     if (a.size() != 2) return Refused("usage: log MESSAGE");
-    if (env.options->log) env.options->log(ctx.unit(), ctx.handler(), "log", a[1]);
+    if (*env.log) (*env.log)(ctx.unit(), ctx.handler(), "log", a[1]);
     return Ok();
   }
   if (verb == "event fire") {
@@ -718,10 +628,10 @@ absl::StatusOr<Fd> Listen(const std::string& path) {
   if (listen(fd.get(), 64) != 0) return Errno("listen");
   return fd;
 }
-// Hands the captured output to ExecOptions::log.
-void Report(const engine::RunContext& ctx, const ExecOptions& options, const OutputPipe& out,
+// Hands the captured output to the backend's log.
+void Report(const engine::RunContext& ctx, const BackendLog& log, const OutputPipe& out,
             const OutputPipe& err) {
-  if (!options.log) return;
+  if (!log) return;
   const std::pair<const char*, const OutputPipe*> pipes[] = {{"stdout", &out}, {"stderr", &err}};
   for (const auto& [name, p] : pipes) {
     if (p->buffer.total() == 0) continue;
@@ -730,7 +640,7 @@ void Report(const engine::RunContext& ctx, const ExecOptions& options, const Out
       text = absl::StrCat("[truncated: ", p->buffer.dropped(), " of ", p->buffer.total(),
                           " bytes dropped]\n", text);
     }
-    options.log(ctx.unit(), ctx.handler(), name, text);
+    log(ctx.unit(), ctx.handler(), name, text);
   }
 }
 
@@ -791,25 +701,16 @@ absl::Status Spawn(const std::string& dir, const std::string& origin, const std:
 
 }  // namespace
 
-std::map<std::string, EndpointInfo> EndpointsOf(const ServiceDefinition& def) {
-  std::map<std::string, EndpointInfo> endpoints;
-  for (const EndpointDef& ep : def.endpoints) {
-    if (const InterfaceSchema* schema = def.InterfaceOf(ep.name)) {
-      endpoints.emplace(ep.name, EndpointInfo{ep.role, *schema});
-    }
-  }
-  return endpoints;
-}
-
 ProcessActionSetup MakeProcessActionSetup(const ServiceDefinition& def, const HandlerDef& handler,
-                                          const ExecOptions& options) {
+                                          const ProcessOptions& options, BackendLog log) {
   ProcessActionSetup setup;
   setup.dir = fs::absolute(def.dir.empty() ? "." : def.dir).lexically_normal().string();
   setup.origin = absl::StrCat(def.file, ":", handler.action.line);
   setup.timeout = handler.timeout;
   setup.config_defaults = ConfigDefaults(def);
-  setup.endpoints = EndpointsOf(def);
+  setup.endpoints = EndpointContracts(def);
   setup.options = options;
+  setup.log = std::move(log);
   return setup;
 }
 
@@ -845,7 +746,7 @@ absl::StatusOr<std::string> ProcessAction::StateDir(absl::string_view unit) cons
 }
 
 absl::Status ProcessAction::RunProgram(engine::RunContext& ctx) {
-  const ExecOptions& options = setup_.options;
+  const ProcessOptions& options = setup_.options;
   const absl::Time deadline = absl::Now() + setup_.timeout;
   std::string root = options.temp_root;
   if (root.empty()) {
@@ -889,7 +790,7 @@ absl::Status ProcessAction::RunProgram(engine::RunContext& ctx) {
   RETURN_IF_ERROR(Spawn(setup_.dir, setup_.origin, inv.program, inv.argv, env, out, err, child));
 
   HookServer server(std::move(listener),
-                    HookEnv{&ctx, &setup_.config_defaults, &setup_.endpoints, &options});
+                    HookEnv{&ctx, &setup_.config_defaults, &setup_.endpoints, &setup_.log});
   bool timed_out = false;
   std::optional<absl::Time> drain_until;
   while (true) {
@@ -923,7 +824,7 @@ absl::Status ProcessAction::RunProgram(engine::RunContext& ctx) {
     if (!child.exited_) server.Serve(fds);
   }
   child.KillGroup();  // nothing may outlive the run holding the pipes (drain grace elapsed)
-  Report(ctx, options, out, err);
+  Report(ctx, setup_.log, out, err);
 
   const std::string& name = inv.name.empty() ? inv.argv[0] : inv.name;
   if (timed_out) {

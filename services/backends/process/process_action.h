@@ -2,11 +2,11 @@
 
 // What every process-based action kind (`exec`, `ansible`) shares: one run of one program as a
 // child of the agent, acting on the run through hook tools. Internal to the backends; users see
-// ExecActionFactory (services/exec_backend.h), which describes the behaviour in full.
+// MakeExecAction (services/backends/exec/exec_backend.h), which describes the behaviour in full.
 //
 // ProcessAction::Run, for each run:
 //  - makes a private temp dir (mode 0700) with the JSON context file and the hook socket, and the
-//    unit's persistent state dir when ExecOptions::state_root is set;
+//    unit's persistent state dir when ProcessOptions::state_root is set;
 //  - asks the kind (Prepare) for the program, its arguments and environment variables of its own;
 //  - spawns it without a shell, from the definition directory, in its own process group, with a
 //    clean environment: PATH, the kind's variables, then HOME (the temp dir),
@@ -28,16 +28,36 @@
 #include "absl/time/time.h"
 #include "engine/spec.h"
 #include "services/definition/definition.h"
-#include "services/backends/exec/exec_backend.h"
+#include "services/backends/common/backend_log.h"
 
 namespace parley::services {
 
-// ---------------------------------------------------------------------------------------------
-// JSON text (values are bytes: invalid UTF-8 becomes U+FFFD, so the document is always valid).
+// What process-based kinds (exec, ansible) may use on this machine.
+struct ProcessOptions {
+  // Where per-run temp dirs are made; empty: $TMPDIR, else /tmp.
+  std::string temp_root;
+  // When not empty, each unit has a persistent state dir `<state_root>/<unit, '/' replaced by
+  // '-'>` (web/0: web-0), made with mode 0700 on its first run and kept across runs, restarts and
+  // failed runs (files are not transactional: only KB changes roll back). Programs find it in
+  // PARLEY_STATE_DIR and keep their data and config files there.
+  std::string state_root;
+  // The address this unit's peers reach it at, for programs that bind or publish one: in
+  // PARLEY_UNIT_HOST. 127.0.0.1 when every unit runs on this machine; the container's address
+  // when each unit has a container of its own (`parley up --runtime`).
+  std::string unit_host = "127.0.0.1";
+  // Directories put before /usr/local/bin:/usr/bin:/bin in the program's PATH (for example where
+  // parley-hook is installed).
+  std::vector<std::string> extra_path;
+  // Bytes kept of each of stdout and stderr (the last ones).
+  size_t output_limit = 64 * 1024;
+  // Bytes of stderr quoted in an error.
+  size_t error_tail = 2048;
+  // After the program exits, how long its output is still read (a background process it started
+  // may keep the pipes open); then whatever is left of its process group is killed. Daemons must
+  // leave the group (setsid) or, better, be started by the service manager.
+  absl::Duration drain_grace = absl::Seconds(1);
+};
 
-void JsonString(std::string& out, absl::string_view s);
-void JsonMap(std::string& out, const std::map<std::string, std::string>& m);
-void JsonList(std::string& out, const std::vector<std::string>& l);
 
 // Printable ASCII, tabs and newlines as they are; other bytes as \xNN.
 std::string Printable(absl::string_view s);
@@ -65,13 +85,6 @@ std::string DescribeTail(absl::string_view name, const TailBuffer& b, size_t n);
 // ---------------------------------------------------------------------------------------------
 // The common run.
 
-struct EndpointInfo {
-  engine::Role role;
-  InterfaceSchema schema;
-};
-
-// The endpoints of `def` with their interface schemas (hook requests check relation data).
-std::map<std::string, EndpointInfo> EndpointsOf(const ServiceDefinition& def);
 
 // What a kind is told about the run when it prepares its program.
 struct ProcessRun {
@@ -79,7 +92,7 @@ struct ProcessRun {
   std::string temp_dir;
   // The JSON context file in it.
   std::string context_file;
-  // The unit's persistent state dir; empty without ExecOptions::state_root.
+  // The unit's persistent state dir; empty without ProcessOptions::state_root.
   std::string state_dir;
   std::string service;
   // The run's config with defaults filled in.
@@ -106,13 +119,14 @@ struct ProcessActionSetup {
   std::string origin;
   absl::Duration timeout;
   std::map<std::string, std::string> config_defaults;
-  std::map<std::string, EndpointInfo> endpoints;
-  ExecOptions options;
+  std::map<std::string, EndpointContract> endpoints;
+  ProcessOptions options;
+  BackendLog log;
 };
 
 // The setup of `handler`'s action.
 ProcessActionSetup MakeProcessActionSetup(const ServiceDefinition& def, const HandlerDef& handler,
-                                          const ExecOptions& options);
+                                          const ProcessOptions& options, BackendLog log);
 
 class ProcessAction : public engine::Action {
  public:
@@ -131,7 +145,7 @@ class ProcessAction : public engine::Action {
   virtual std::string FailureDetail(const TailBuffer& out, const TailBuffer& err,
                                     bool exited) const;
 
-  // A program looked up like the shell would, in ExecOptions::extra_path then the standard PATH,
+  // A program looked up like the shell would, in ProcessOptions::extra_path then the standard PATH,
   // or a path (relative to the definition directory) when `name` contains '/'.
   absl::StatusOr<std::string> ResolveProgram(const std::string& name) const;
 

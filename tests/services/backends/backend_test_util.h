@@ -25,7 +25,7 @@
 #include "kb/kb.h"
 #include "kb/store.h"
 #include "services/definition/definition.h"
-#include "services/backends/exec/exec_backend.h"
+#include "services/backends/backends.h"
 #include "tests/testing/temp_dir.h"
 
 namespace parley::services::testing {
@@ -86,14 +86,15 @@ class BackendTest : public ::testing::Test {
  protected:
   // Loads the definition written under dir_ and starts the engine; call from SetUp after writing
   // the files, and wrap in ASSERT_NO_FATAL_FAILURE.
-  void Start(ExecOptions options) {
+  void Start(BackendOptions options) {
     auto def = LoadServiceDefinition(dir_.Sub("svc"), dir_.Sub("shared"));
     ASSERT_TRUE(def.ok()) << def.status();
     options.log = [this](absl::string_view, absl::string_view handler, absl::string_view source,
                          absl::string_view text) {
       logs_.push_back(absl::StrCat(handler, "|", source, "|", text));
     };
-    ExecActionFactory factory(options);
+    std::unique_ptr<BackendRegistry> backends = MakeBackends(options);
+    BackendRegistry& factory = *backends;
     auto spec = BuildSpec(*def, "web/0", factory);
     ASSERT_TRUE(spec.ok()) << spec.status();
     kb::StoreOptions o;

@@ -8,7 +8,7 @@
 #include <fstream>
 
 #include "services/definition/definition.h"
-#include "services/backends/exec/exec_backend.h"
+#include "services/backends/backends.h"
 #include "services/host/host.h"
 #include "tests/services/agent/agent_test_util.h"
 #include "tests/testing/temp_dir.h"
@@ -84,9 +84,10 @@ TEST(DefinitionAgentTest, ExecDefinitionsConvergeOverARelation) {
   auto host = Host::Start(o);
   ASSERT_TRUE(host.ok()) << host.status();
 
-  ExecOptions exec;
-  exec.extra_path.push_back(fs::path(kHook).parent_path().string());
-  ExecActionFactory factory(exec);
+  BackendOptions exec;
+  exec.process.extra_path.push_back(fs::path(kHook).parent_path().string());
+  std::unique_ptr<BackendRegistry> backends = MakeBackends(exec);
+    BackendRegistry& factory = *backends;
   std::vector<Agent*> agents;
   for (const auto& [unit, name] :
        {std::pair<std::string, std::string>{"cache/0", "cache"}, {"web/0", "web"}}) {

@@ -4,6 +4,9 @@
 
 #include "services/definition/definition.h"
 
+#include "services/backends/builtin/builtin_action.h"
+#include "services/backends/registry.h"
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -278,15 +281,16 @@ TEST_F(EveryKindTest, ParsesEveryField) {
 TEST_F(EveryKindTest, BuildSpecTakesRequiredKeysFromTheRemoteSide) {
   auto def = LoadService(kEveryKind);
   ASSERT_TRUE(def.ok()) << def.status();
-  // Backends for the other kinds live elsewhere: this factory makes builtin actions only.
-  BuiltinActionFactory builtin;
+  // A registry with the builtin kind only refuses the others, naming what it runs.
+  BackendRegistry builtin;
+  builtin.Add(ActionKind::kBuiltin, MakeBuiltinAction);
   auto refused = BuildSpec(*def, "web/0", builtin);
   ASSERT_FALSE(refused.ok());
   EXPECT_TRUE(absl::IsUnimplemented(refused.status())) << refused.status();
   EXPECT_EQ(refused.status().message(),
             absl::StrCat(Path("svc/service.yaml"), ":", LineOf(kEveryKind, "kind: exec") - 1,
                          ": handler 'install': action kind 'exec' has no backend here (this "
-                         "factory runs builtin actions only)"));
+                         "one runs builtin)"));
 
   // A factory that makes every kind: the spec carries endpoints, handlers and names.
   class AnyKind : public ActionFactory {
@@ -478,7 +482,8 @@ class BuiltinEngineTest : public DefinitionTest {
     DefinitionTest::SetUp();
     auto def = LoadService(kBuiltinService);
     ASSERT_TRUE(def.ok()) << def.status();
-    BuiltinActionFactory factory;
+    BackendRegistry factory;
+    factory.Add(ActionKind::kBuiltin, MakeBuiltinAction);
     auto spec = BuildSpec(*def, "web/0", factory);
     ASSERT_TRUE(spec.ok()) << spec.status();
     kb::StoreOptions o;

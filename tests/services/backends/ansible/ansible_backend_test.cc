@@ -15,7 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "services/backends/exec/exec_backend.h"
+#include "services/backends/backends.h"
 #include "tests/services/backends/backend_test_util.h"
 
 namespace parley::services {
@@ -151,10 +151,10 @@ class AnsibleBackendTest : public testing::BackendTest {
     Write("svc/playbooks/dump.yml", kDump);
     Write("svc/playbooks/fail.yml", kFail);
     Write("svc/playbooks/hang.yml", kHang);
-    ExecOptions options;
-    options.extra_path = {std::filesystem::path(kHook).parent_path().string()};
-    options.state_root = dir_.Sub("state");
-    options.unit_host = "10.213.7.9";
+    BackendOptions options;
+    options.process.extra_path = {std::filesystem::path(kHook).parent_path().string()};
+    options.process.state_root = dir_.Sub("state");
+    options.process.unit_host = "10.213.7.9";
     ASSERT_NO_FATAL_FAILURE(Start(options));
   }
 
@@ -241,7 +241,8 @@ handlers:
   Write("bad/site.yml", kFail);
   auto def = LoadServiceDefinition(dir_.Sub("bad"));
   ASSERT_TRUE(def.ok()) << def.status();
-  ExecActionFactory factory;
+  std::unique_ptr<BackendRegistry> backends = MakeBackends({});
+  BackendRegistry& factory = *backends;
   auto spec = BuildSpec(*def, "bad/0", factory);
   ASSERT_FALSE(spec.ok());
   EXPECT_THAT(spec.status().message(), AllOf(HasSubstr("handler 'install': variable 'parley_unit'"),

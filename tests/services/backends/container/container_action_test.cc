@@ -22,7 +22,7 @@
 #include "engine/engine.h"
 #include "kb/kb.h"
 #include "kb/store.h"
-#include "services/backends/exec/exec_backend.h"
+#include "services/backends/backends.h"
 #include "services/backends/common/http_client.h"
 #include "services/backends/common/json.h"
 #include "tests/testing/child_process.h"
@@ -258,14 +258,15 @@ class ContainerActionTest : public ::testing::Test {
   // An engine for `unit` whose container actions use `socket`.
   void Start(const std::string& unit, std::string socket = "") {
     unit_ = unit;
-    ExecOptions options;
-    options.container_socket = socket.empty() ? podman_->socket : socket;
-    options.container_stop_grace = absl::Seconds(3);
+    BackendOptions options;
+    options.container.socket = socket.empty() ? podman_->socket : socket;
+    options.container.stop_grace = absl::Seconds(3);
     options.log = [this](absl::string_view, absl::string_view handler, absl::string_view source,
                          absl::string_view text) {
       logs_.push_back(absl::StrCat(handler, "|", source, "|", text));
     };
-    ExecActionFactory factory(options);
+    std::unique_ptr<BackendRegistry> backends = MakeBackends(options);
+    BackendRegistry& factory = *backends;
     auto spec = BuildSpec(def_, unit, factory);
     ASSERT_TRUE(spec.ok()) << spec.status();
     auto store = kb::Store::Open(dir_.Sub("kb"), kb::StoreOptions{});

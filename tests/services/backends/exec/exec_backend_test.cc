@@ -1,9 +1,9 @@
-// The exec backend (services/exec_backend.h): real shell and python3 scripts run through a real
+// The exec backend (services/backends/exec/exec_backend.h): real shell and python3 scripts run through a real
 // engine on a real KB. Hook tools change facts, relation data and status only if the run commits;
 // hanging, failing, flooding and garbage-speaking scripts each give a clear error and leave
 // nothing half-applied.
 
-#include "services/backends/exec/exec_backend.h"
+#include "services/backends/backends.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -234,9 +234,9 @@ class ExecBackendTest : public testing::BackendTest {
     Write("svc/bin/garbage.py", kGarbage);
     Write("svc/bin/context.py", kContext);
     Write("svc/bin/environment.py", kEnvironment);
-    ExecOptions options;
-    options.extra_path = {std::filesystem::path(kHook).parent_path().string()};
-    options.state_root = dir_.Sub("state");
+    BackendOptions options;
+    options.process.extra_path = {std::filesystem::path(kHook).parent_path().string()};
+    options.process.state_root = dir_.Sub("state");
     ASSERT_NO_FATAL_FAILURE(Start(options));
   }
 };

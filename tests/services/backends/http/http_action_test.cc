@@ -17,7 +17,7 @@
 #include "engine/engine.h"
 #include "kb/kb.h"
 #include "kb/store.h"
-#include "services/backends/exec/exec_backend.h"
+#include "services/backends/backends.h"
 #include "services/backends/common/http_client.h"
 #include "services/backends/common/json.h"
 #include "tests/services/backends/backend_test_util.h"
@@ -310,13 +310,14 @@ class HttpActionTest : public HttpServerTest {
     Write("svc/service.yaml", kService);
     auto def = LoadServiceDefinition(dir_.Sub("svc"), dir_.Sub("shared"));
     ASSERT_TRUE(def.ok()) << def.status();
-    ExecOptions options;
-    options.http_response_limit = 64 * 1024;
+    BackendOptions options;
+    options.http.response_limit = 64 * 1024;
     options.log = [this](absl::string_view, absl::string_view handler, absl::string_view source,
                          absl::string_view text) {
       logs_.push_back(absl::StrCat(handler, "|", source, "|", text));
     };
-    ExecActionFactory factory(options);
+    std::unique_ptr<BackendRegistry> backends = MakeBackends(options);
+    BackendRegistry& factory = *backends;
     auto spec = BuildSpec(*def, "web/0", factory);
     ASSERT_TRUE(spec.ok()) << spec.status();
     auto store = kb::Store::Open(dir_.Sub("kb"), kb::StoreOptions{});
