@@ -5,11 +5,13 @@
 // calls Action::Run with a RunContext that stages every change in the run's transaction.
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
 namespace parley::engine {
@@ -82,6 +84,16 @@ struct ConfigOptionSpec {
   std::function<absl::Status(absl::string_view value)> check;
 };
 
+// A user action a service declares: fired as the event `event` ("action.<name>") through the
+// agent API. `resolve` checks the parameters given and returns them with defaults filled in (not
+// set: any parameters).
+struct ActionEventSpec {
+  std::string event;
+  std::function<absl::StatusOr<std::map<std::string, std::string>>(
+      const std::map<std::string, std::string>& given)>
+      resolve;
+};
+
 struct ServiceSpec {
   std::string service;
   // This agent's unit, for example "redis/0"; the sender of its relation data.
@@ -93,6 +105,10 @@ struct ServiceSpec {
   // a change naming another key, or a value its check refuses); otherwise any key.
   bool declares_config = false;
   std::vector<ConfigOptionSpec> config_options;
+  // When set, the agent API accepts only the actions in `actions` as "action.*" events, with
+  // their parameters checked and defaulted by each one's `resolve` (as the CLI does).
+  bool declares_actions = false;
+  std::vector<ActionEventSpec> actions;
 };
 
 }  // namespace parley::engine

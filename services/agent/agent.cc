@@ -1,7 +1,11 @@
 #include "services/agent/agent.h"
 
 #include <algorithm>
+#include <cstring>
+#include <map>
+#include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
@@ -606,6 +610,31 @@ absl::StatusOr<uint64_t> Agent::FireEvent(const v1::FireEventRequest& request) {
   e.set_name(request.event());
   e.set_source("api");
   *e.mutable_params() = request.params();
+  if (spec().declares_actions && absl::StartsWith(request.event(), "action.")) {
+    // Refused here, not by every retry of its handler: a bad action would jam the inbox.
+    const engine::ActionEventSpec* action = nullptr;
+    std::vector<std::string> names;
+    for (const auto& a : spec().actions) {
+      if (a.event == request.event()) action = &a;
+      names.push_back(a.event.substr(std::strlen("action.")));
+    }
+    if (action == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "agent ", name_, " (service ", spec().service, ") has no action '",
+          request.event().substr(std::strlen("action.")),
+          "' (actions: ", names.empty() ? "none" : absl::StrJoin(names, ", "), ")"));
+    }
+    if (action->resolve) {
+      std::map<std::string, std::string> given(request.params().begin(), request.params().end());
+      auto resolved = action->resolve(given);
+      if (!resolved.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("agent ", name_, ": ", resolved.status().message()));
+      }
+      e.mutable_params()->clear();
+      for (const auto& [k, v] : *resolved) (*e.mutable_params())[k] = v;
+    }
+  }
   ASSIGN_OR_RETURN(auto r, engine_->Enqueue(std::move(e)));
   // The API answers once this is durable (AfterDurable).
   last_ticket_ = std::max(last_ticket_, r.ticket);

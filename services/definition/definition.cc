@@ -1694,6 +1694,18 @@ absl::StatusOr<engine::ServiceSpec> BuildSpec(const ServiceDefinition& def, absl
                absl::StrCat("config option '", name, "': ", s.message()));
          }});
   }
+  // The agent checks actions fired through its API with the function the CLI uses.
+  spec.declares_actions = true;
+  if (!def.actions.empty()) {
+    auto shared = std::make_shared<const ServiceDefinition>(def);
+    for (const UserAction& action : def.actions) {
+      spec.actions.push_back(
+          {absl::StrCat("action.", action.name),
+           [shared, name = action.name](const std::map<std::string, std::string>& given) {
+             return ResolveActionParams(*shared, name, given);
+           }});
+    }
+  }
   return spec;
 }
 

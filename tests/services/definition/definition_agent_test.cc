@@ -117,5 +117,73 @@ TEST(DefinitionAgentTest, ExecDefinitionsConvergeOverARelation) {
             "serving on 6379");
 }
 
+constexpr char kBackup[] = R"(name: store
+actions:
+  backup:
+    description: Dumps the database.
+    params:
+      path: {type: string, required: true}
+      level: {type: int, default: 3}
+handlers:
+  - name: backup
+    on: [action.backup]
+    action:
+      kind: builtin
+      steps:
+        - set: "last_backup={{event.path}} at level {{event.level}}"
+)";
+
+// The agent API checks a fired action as the CLI does: a missing or ill-typed parameter, an
+// unknown one or an unknown action is refused at once (INVALID_ARGUMENT), so it never reaches the
+// inbox where its handler would fail on every retry; defaults are filled in.
+TEST(DefinitionAgentTest, FiredActionsAreCheckedAndDefaultedByTheAgent) {
+  parley::testing::TempDir dir;
+  const fs::path root(dir.path());
+  Write(root / "store/service.yaml", kBackup);
+  HostOptions o;
+  o.data_dir = dir.Sub("kb");
+  o.tls.plaintext = true;
+  auto host = Host::Start(o);
+  ASSERT_TRUE(host.ok()) << host.status();
+  auto backends = MakeBackends({});
+  auto def = LoadServiceDefinition((root / "store").string());
+  ASSERT_TRUE(def.ok()) << def.status();
+  auto spec = BuildSpec(*def, "store/0", *backends);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  auto agent = (*host)->AddAgent(std::move(*spec));
+  ASSERT_TRUE(agent.ok()) << agent.status();
+  Agent* a = *agent;
+
+  auto fire = [&](const std::string& event, std::map<std::string, std::string> params) {
+    v1::FireEventRequest r;
+    r.set_agent("store/0");
+    r.set_event(event);
+    for (const auto& [k, v] : params) (*r.mutable_params())[k] = v;
+    return OnStrand(a, [&] { return a->FireEvent(r); });
+  };
+  auto missing = fire("action.backup", {});
+  ASSERT_FALSE(missing.ok());
+  EXPECT_TRUE(absl::IsInvalidArgument(missing.status())) << missing.status();
+  EXPECT_THAT(std::string(missing.status().message()),
+              ::testing::HasSubstr("parameter 'path' is required"));
+  auto typed = fire("action.backup", {{"path", "/tmp/x"}, {"level", "high"}});
+  ASSERT_FALSE(typed.ok());
+  EXPECT_THAT(std::string(typed.status().message()), ::testing::HasSubstr("parameter 'level'"));
+  auto unknown_param = fire("action.backup", {{"path", "/tmp/x"}, {"compress", "yes"}});
+  ASSERT_FALSE(unknown_param.ok());
+  EXPECT_THAT(std::string(unknown_param.status().message()),
+              ::testing::HasSubstr("unknown parameter 'compress'"));
+  auto unknown_action = fire("action.restore", {});
+  ASSERT_FALSE(unknown_action.ok());
+  EXPECT_THAT(std::string(unknown_action.status().message()),
+              ::testing::HasSubstr("has no action 'restore' (actions: backup)"));
+
+  auto ok = fire("action.backup", {{"path", "/tmp/x"}});
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  ASSERT_TRUE(WaitFor([&] { return Fact(a, "last_backup") == "/tmp/x at level 3"; }))
+      << Fact(a, "last_backup").value_or("-");
+  ASSERT_TRUE(WaitFor([&] { return Settled({host->get()}); }));
+}
+
 }  // namespace
 }  // namespace parley::services
