@@ -612,13 +612,12 @@ absl::StatusOr<uint64_t> Agent::FireEvent(const v1::FireEventRequest& request) {
   *e.mutable_params() = request.params();
   if (spec().declares_actions && absl::StartsWith(request.event(), "action.")) {
     // Refused here, not by every retry of its handler: a bad action would jam the inbox.
-    const engine::ActionEventSpec* action = nullptr;
-    std::vector<std::string> names;
-    for (const auto& a : spec().actions) {
-      if (a.event == request.event()) action = &a;
-      names.push_back(a.event.substr(std::strlen("action.")));
-    }
-    if (action == nullptr) {
+    const auto& actions = spec().actions;
+    auto action = std::find_if(actions.begin(), actions.end(),
+                               [&](const auto& a) { return a.event == request.event(); });
+    if (action == actions.end()) {
+      std::vector<std::string> names;
+      for (const auto& a : actions) names.push_back(a.event.substr(std::strlen("action.")));
       return absl::InvalidArgumentError(absl::StrCat(
           "agent ", name_, " (service ", spec().service, ") has no action '",
           request.event().substr(std::strlen("action.")),
