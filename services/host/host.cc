@@ -3,7 +3,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <random>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -16,23 +15,17 @@
 #include "services/transport/status_convert.h"
 
 namespace parley::services {
-namespace {
-
-absl::Duration Jitter(absl::Duration d) {
-  thread_local std::mt19937_64 random(std::random_device{}());
-  std::uniform_real_distribution<double> unit(0.5, 1.0);
-  return d * unit(random);
-}
-
-}  // namespace
-
 absl::StatusOr<std::unique_ptr<Host>> Host::Start(HostOptions options) {
   std::unique_ptr<Host> host(new Host(std::move(options)));
   RETURN_IF_ERROR(host->Init());
   return host;
 }
 
-Host::Host(HostOptions options) : options_(std::move(options)), logs_(options_.log_capacity) {}
+Host::Host(HostOptions options)
+    : options_(std::move(options)),
+      logs_(options_.log_capacity),
+      links_(PeerLinksOptions{.initial_backoff = options_.reconnect_initial,
+                              .max_backoff = options_.reconnect_max}) {}
 
 absl::Status Host::Init() {
   if (options_.data_dir.empty()) return absl::InvalidArgumentError("host: data_dir is not set");
@@ -312,21 +305,25 @@ void Host::EnsureSession(Agent* local, const std::string& remote) {
   {
     absl::MutexLock lock(&mu_);
     if (shut_down_) return;
-    Link& link = links_[{local->name(), remote}];
-    if (link.active) return;
-    if (now < link.next_attempt) {
-      ScheduleRetry(local, remote, link);
-      return;
-    }
-    link.active = true;
   }
-  if (Agent* other = Find(remote)) {
-    {
-      absl::MutexLock lock(&mu_);
-      Link& back = links_[{remote, local->name()}];
-      if (back.active) return;  // the other side paired us already
-      back.active = true;
-    }
+  Agent* other = Find(remote);
+  // Both directions of an in-process pair are claimed at once: two agents pairing with each
+  // other at the same moment get one session between them.
+  switch (other != nullptr ? links_.BeginPair(local->name(), remote, now)
+                           : links_.Begin(local->name(), remote, now)) {
+    case PeerLinks::Claim::kGo:
+      break;
+    case PeerLinks::Claim::kLater:
+      ScheduleRetry(local, remote, links_.next_attempt(local->name(), remote));
+      return;
+    case PeerLinks::Claim::kBusy:
+      // Our own attempt or session is under way: its end schedules the next. For a pair it may
+      // be the other direction instead (a session being set up or torn down, whose end the other
+      // agent may not act on): look again shortly.
+      if (other != nullptr) ScheduleRetry(local, remote, now + options_.reconnect_initial);
+      return;
+  }
+  if (other != nullptr) {
     PairLocally(this, local, other);
     return;
   }
@@ -395,21 +392,12 @@ void Host::AskToDial(Agent* local, const std::string& remote, const std::string&
 
 void Host::SessionEnded(const std::string& local, const std::string& remote, bool established,
                         const absl::Status& status) {
-  absl::MutexLock lock(&mu_);
-  Link& link = links_[{local, remote}];
-  link.active = false;
-  if (established) {
-    link.backoff = options_.reconnect_initial;
-  } else {
-    link.backoff = link.backoff == absl::ZeroDuration()
-                       ? options_.reconnect_initial
-                       : std::min(link.backoff * 2, options_.reconnect_max);
-  }
-  link.next_attempt = absl::Now() + Jitter(link.backoff);
+  const absl::Time next = links_.Ended(local, remote, established, absl::Now());
   // Whatever ended (a stream, a failed dial, a request to dial us), try again after the backoff
   // if the agent still wants the peer and has no session with it by then.
-  auto agent = agents_.find(local);
-  if (agent != agents_.end() && !shut_down_) ScheduleRetry(agent->second.get(), remote, link);
+  Agent* agent = Find(local);
+  if (agent != nullptr) ScheduleRetry(agent, remote, next);
+  absl::MutexLock lock(&mu_);
   if (!status.ok() && !shut_down_) {
     v1::LogRecord r;
     r.set_agent(local);
@@ -419,14 +407,12 @@ void Host::SessionEnded(const std::string& local, const std::string& remote, boo
   }
 }
 
-void Host::ScheduleRetry(Agent* local, const std::string& remote, Link& link) {
-  if (link.retry_scheduled) return;
-  link.retry_scheduled = true;
-  scheduler_->At(link.next_attempt, local->strand(), [this, local, remote] {
-    {
-      absl::MutexLock lock(&mu_);
-      links_[{local->name(), remote}].retry_scheduled = false;
-    }
+void Host::ScheduleRetry(Agent* local, const std::string& remote, absl::Time when) {
+  absl::MutexLock lock(&mu_);
+  // The scheduler goes away in Shutdown, after shut_down_ is set.
+  if (shut_down_ || !links_.MarkRetryScheduled(local->name(), remote)) return;
+  scheduler_->At(when, local->strand(), [this, local, remote] {
+    links_.RetryFired(local->name(), remote);
     if (!local->HasSession(remote) && local->WantedPeers().contains(remote)) {
       EnsureSession(local, remote);
     }

@@ -17,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "base/clock.h"
+#include "base/executor.h"
 #include "grpcpp/grpcpp.h"
 #include "kb/kb.h"
 #include "kb/store.h"
@@ -24,7 +25,7 @@
 #include "parley/v1/peer.grpc.pb.h"
 #include "prometheus/registry.h"
 #include "services/agent/agent.h"
-#include "base/executor.h"
+#include "services/host/peer_links.h"
 #include "services/telemetry/log_buffer.h"
 #include "services/telemetry/metrics.h"
 #include "services/transport/tls.h"
@@ -108,6 +109,8 @@ class Host {
   LogBuffer& logs() { return logs_; }
   base::Clock* clock() const { return options_.clock; }
   const HostOptions& options() const { return options_; }
+  // The state of every peer link (for status and tests).
+  const PeerLinks& links() const { return links_; }
 
   // Called by sessions: the stream (or attempt) from `local` to `remote` is over. `established`:
   // it carried frames, so the next attempt starts with the initial backoff.
@@ -122,16 +125,9 @@ class Host {
   std::shared_ptr<grpc::Channel> ChannelTo(const std::string& address);
   void Dial(Agent* local, const std::string& remote, const std::string& address);
   void AskToDial(Agent* local, const std::string& remote, const std::string& address);
-  struct Link;
-  void ScheduleRetry(Agent* local, const std::string& remote, Link& link)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-
-  struct Link {
-    bool active = false;
-    absl::Time next_attempt = absl::InfinitePast();
-    absl::Duration backoff = absl::ZeroDuration();
-    bool retry_scheduled = false;
-  };
+  // Calls EnsureSession again at `when` on local's strand (one pending retry per link), unless
+  // by then local has a session with remote or no longer wants one.
+  void ScheduleRetry(Agent* local, const std::string& remote, absl::Time when);
 
   HostOptions options_;
   std::unique_ptr<kb::Store> store_;
@@ -152,7 +148,7 @@ class Host {
   std::unique_ptr<kb::Kb> host_kb_;
   absl::Mutex hosting_mu_;  // serializes AddAgentFromRecipe / RemoveAgent
   absl::Time started_ = absl::Now();
-  std::map<std::pair<std::string, std::string>, Link> links_ ABSL_GUARDED_BY(mu_);
+  PeerLinks links_;
   // What every dial uses, read once at start: the files may change or vanish later.
   std::shared_ptr<grpc::ChannelCredentials> channel_credentials_;
   std::map<std::string, std::shared_ptr<grpc::Channel>> channels_ ABSL_GUARDED_BY(mu_);

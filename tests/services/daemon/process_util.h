@@ -39,26 +39,11 @@
 #include "grpcpp/grpcpp.h"
 #include "parley/v1/agent.grpc.pb.h"
 #include "services/transport/status_convert.h"
+#include "tests/testing/free_port.h"
 
 namespace parley::services::testing {
 
-// A port on 127.0.0.1 that was free a moment ago. Another process may take it before the caller
-// binds it; callers that can retry should.
-inline int PickFreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return 0;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  int port = 0;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-    port = ntohs(addr.sin_port);
-  }
-  close(fd);
-  return port;
-}
+using parley::testing::PickFreePort;
 
 inline int PortOf(const std::string& address) {
   int port = 0;

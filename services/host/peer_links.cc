@@ -1,0 +1,81 @@
+#include "services/host/peer_links.h"
+
+#include <algorithm>
+#include <random>
+
+namespace parley::services {
+
+absl::Duration PeerLinks::Jitter(absl::Duration d) const {
+  thread_local std::mt19937_64 random(std::random_device{}());
+  std::uniform_real_distribution<double> unit(std::clamp(options_.jitter_min, 0.0, 1.0), 1.0);
+  return d * unit(random);
+}
+
+PeerLinks::Claim PeerLinks::Begin(const std::string& local, const std::string& remote,
+                                  absl::Time now) {
+  absl::MutexLock lock(&mu_);
+  Link& link = links_[{local, remote}];
+  if (link.active) return Claim::kBusy;
+  if (now < link.next_attempt) return Claim::kLater;
+  link.active = true;
+  return Claim::kGo;
+}
+
+PeerLinks::Claim PeerLinks::BeginPair(const std::string& a, const std::string& b, absl::Time now) {
+  absl::MutexLock lock(&mu_);
+  Link& ab = links_[{a, b}];
+  Link& ba = links_[{b, a}];
+  if (ab.active || ba.active) return Claim::kBusy;
+  if (now < ab.next_attempt) return Claim::kLater;
+  ab.active = ba.active = true;
+  return Claim::kGo;
+}
+
+absl::Time PeerLinks::Ended(const std::string& local, const std::string& remote, bool established,
+                            absl::Time now) {
+  absl::MutexLock lock(&mu_);
+  Link& link = links_[{local, remote}];
+  link.active = false;
+  if (established) {
+    link.backoff = options_.initial_backoff;
+  } else {
+    link.backoff = link.backoff == absl::ZeroDuration()
+                       ? options_.initial_backoff
+                       : std::min(link.backoff * 2, options_.max_backoff);
+  }
+  link.next_attempt = now + Jitter(link.backoff);
+  return link.next_attempt;
+}
+
+bool PeerLinks::MarkRetryScheduled(const std::string& local, const std::string& remote) {
+  absl::MutexLock lock(&mu_);
+  Link& link = links_[{local, remote}];
+  if (link.retry_scheduled) return false;
+  link.retry_scheduled = true;
+  return true;
+}
+
+void PeerLinks::RetryFired(const std::string& local, const std::string& remote) {
+  absl::MutexLock lock(&mu_);
+  links_[{local, remote}].retry_scheduled = false;
+}
+
+absl::Time PeerLinks::next_attempt(const std::string& local, const std::string& remote) const {
+  absl::MutexLock lock(&mu_);
+  auto it = links_.find({local, remote});
+  return it == links_.end() ? absl::InfinitePast() : it->second.next_attempt;
+}
+
+bool PeerLinks::active(const std::string& local, const std::string& remote) const {
+  absl::MutexLock lock(&mu_);
+  auto it = links_.find({local, remote});
+  return it != links_.end() && it->second.active;
+}
+
+absl::Duration PeerLinks::backoff(const std::string& local, const std::string& remote) const {
+  absl::MutexLock lock(&mu_);
+  auto it = links_.find({local, remote});
+  return it == links_.end() ? absl::ZeroDuration() : it->second.backoff;
+}
+
+}  // namespace parley::services

@@ -1,0 +1,78 @@
+#pragma once
+
+// The state of every (local agent, remote agent) link of a host: whether an attempt or a session
+// is under way, and when the next attempt may start (exponential backoff with jitter). The host
+// asks it before every dial, request to dial or in-process pairing, and tells it when each ends.
+//
+// Every decision is made under one lock hold, for both directions of a pair where they matter:
+// two agents of the same host that pair with each other at the same moment (all of them start
+// at once after `parley up`) must end with one session, never with both links marked busy and no
+// session at all (the "stuck link" of issue 9). Time is passed in, so tests can replay any
+// interleaving with made-up times.
+//
+// Thread-safe.
+
+#include <map>
+#include <string>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+
+namespace parley::services {
+
+struct PeerLinksOptions {
+  // Backoff after the first failed attempt, doubled after each further one up to `max_backoff`.
+  absl::Duration initial_backoff = absl::Milliseconds(50);
+  absl::Duration max_backoff = absl::Seconds(5);
+  // Fraction of the backoff actually waited is drawn from [jitter_min, 1).
+  double jitter_min = 0.5;
+};
+
+class PeerLinks {
+ public:
+  enum class Claim {
+    kGo,     // the caller owns the attempt: it must call Ended when it is over
+    kBusy,   // an attempt or a session of this link is under way; its end schedules the next
+    kLater,  // backing off: retry at next_attempt()
+  };
+
+  explicit PeerLinks(PeerLinksOptions options = {}) : options_(options) {}
+
+  // For a dial or a request to dial (one direction).
+  Claim Begin(const std::string& local, const std::string& remote, absl::Time now);
+  // For pairing two agents of this host: kGo claims both directions at once. kBusy when either
+  // direction is under way: the session being set up or torn down ends with an Ended of each
+  // direction, and whichever side still wants the other tries again then.
+  Claim BeginPair(const std::string& a, const std::string& b, absl::Time now);
+  // The attempt or session from `local` to `remote` is over. `established`: it carried frames,
+  // so the next attempt may start after the initial backoff. Returns when the next may start.
+  absl::Time Ended(const std::string& local, const std::string& remote, bool established,
+                   absl::Time now);
+
+  // Retry timers: at most one per link. MarkRetryScheduled returns false if one is pending.
+  bool MarkRetryScheduled(const std::string& local, const std::string& remote);
+  void RetryFired(const std::string& local, const std::string& remote);
+
+  absl::Time next_attempt(const std::string& local, const std::string& remote) const;
+  bool active(const std::string& local, const std::string& remote) const;
+  absl::Duration backoff(const std::string& local, const std::string& remote) const;
+
+ private:
+  struct Link {
+    bool active = false;
+    absl::Time next_attempt = absl::InfinitePast();
+    absl::Duration backoff = absl::ZeroDuration();
+    bool retry_scheduled = false;
+  };
+  using Key = std::pair<std::string, std::string>;
+
+  absl::Duration Jitter(absl::Duration d) const;
+
+  const PeerLinksOptions options_;
+  mutable absl::Mutex mu_;
+  std::map<Key, Link> links_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace parley::services
