@@ -191,6 +191,10 @@ size_t Engine::outbox_size() const { return outbox_->size(); }
 uint64_t Engine::last_outbox_id() const { return outbox_->next_id() - 1; }
 std::set<std::string> Engine::OutboxDestinations() const { return outbox_->Destinations(); }
 
+std::map<std::string, size_t> Engine::OutboxUnackedByDestination() const {
+  return outbox_->UnackedByDestination();
+}
+
 absl::StatusOr<std::vector<v1::OutboxEntry>> Engine::Outbox(absl::string_view destination) const {
   return engine::Outbox::Entries(*kb_, destination);
 }

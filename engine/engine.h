@@ -166,6 +166,8 @@ class Engine {
   size_t outbox_size() const;
   // Agents with unacknowledged outbox entries.
   std::set<std::string> OutboxDestinations() const;
+  // How many entries each of them has not acknowledged yet.
+  std::map<std::string, size_t> OutboxUnackedByDestination() const;
   // The id of the newest outbox entry ever staged (0: none).
   uint64_t last_outbox_id() const;
   // Why a relation event from `sender` about `relation_id` must be refused, if it must: the

@@ -118,6 +118,12 @@ std::set<std::string> Outbox::Destinations() const {
   return out;
 }
 
+std::map<std::string, size_t> Outbox::UnackedByDestination() const {
+  std::map<std::string, size_t> out;
+  for (const auto& [key, pending] : unacked_) out[key.first] += pending.size();
+  return out;
+}
+
 absl::StatusOr<std::vector<v1::OutboxEntry>> Outbox::Entries(const kb::Kb& kb,
                                                              absl::string_view destination) {
   std::vector<v1::OutboxEntry> out;

@@ -78,6 +78,8 @@ class Outbox {
   size_t size() const { return size_; }
   // Destinations with unacknowledged entries.
   std::set<std::string> Destinations() const;
+  // Unacknowledged entries per destination.
+  std::map<std::string, size_t> UnackedByDestination() const;
   // The id the next entry staged will get.
   uint64_t next_id() const { return next_id_; }
 

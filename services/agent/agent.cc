@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <set>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -550,6 +551,29 @@ v1::AgentStatus Agent::Status() const {
   if (last_run_time_ != absl::InfinitePast()) {
     s.set_last_run_unix_ms(absl::ToUnixMillis(last_run_time_));
   }
+  const std::map<std::string, size_t> unacked = engine_->OutboxUnackedByDestination();
+  std::set<std::string> peers = WantedPeers();
+  for (const auto& [remote, ch] : channels_) {
+    if (ch.session) peers.insert(remote);
+  }
+  for (const std::string& remote : peers) {
+    v1::PeerLinkStatus* p = s.add_peers();
+    p->set_agent(remote);
+    const PeerLinks::View link = host_->links().Get(name_, remote);
+    if (HasSession(remote)) {
+      p->set_state(v1::PEER_LINK_STATE_CONNECTED);
+    } else if (link.active) {
+      p->set_state(v1::PEER_LINK_STATE_CONNECTING);
+    } else {
+      p->set_state(v1::PEER_LINK_STATE_BACKING_OFF);
+      if (link.next_attempt != absl::InfinitePast()) {
+        p->set_next_attempt_unix_ms(absl::ToUnixMillis(link.next_attempt));
+      }
+    }
+    if (auto it = unacked.find(remote); it != unacked.end()) p->set_outbox_unacked(it->second);
+    p->set_last_error(link.last_error);
+    p->set_address(AddressOf(remote));
+  }
   for (const auto& [id, rel] : engine_->relations()) {
     if (rel.gone()) continue;
     v1::RelationSummary* r = s.add_relations();
@@ -618,10 +642,10 @@ absl::StatusOr<uint64_t> Agent::FireEvent(const v1::FireEventRequest& request) {
     if (action == actions.end()) {
       std::vector<std::string> names;
       for (const auto& a : actions) names.push_back(a.event.substr(std::strlen("action.")));
-      return absl::InvalidArgumentError(absl::StrCat(
-          "agent ", name_, " (service ", spec().service, ") has no action '",
-          request.event().substr(std::strlen("action.")),
-          "' (actions: ", names.empty() ? "none" : absl::StrJoin(names, ", "), ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("agent ", name_, " (service ", spec().service, ") has no action '",
+                       request.event().substr(std::strlen("action.")),
+                       "' (actions: ", names.empty() ? "none" : absl::StrJoin(names, ", "), ")"));
     }
     if (action->resolve) {
       std::map<std::string, std::string> given(request.params().begin(), request.params().end());

@@ -392,7 +392,8 @@ void Host::AskToDial(Agent* local, const std::string& remote, const std::string&
 
 void Host::SessionEnded(const std::string& local, const std::string& remote, bool established,
                         const absl::Status& status) {
-  const absl::Time next = links_.Ended(local, remote, established, absl::Now());
+  const absl::Time next =
+      links_.Ended(local, remote, established, absl::Now(), status.ok() ? "" : status.ToString());
   // Whatever ended (a stream, a failed dial, a request to dial us), try again after the backoff
   // if the agent still wants the peer and has no session with it by then.
   Agent* agent = Find(local);

@@ -32,10 +32,11 @@ PeerLinks::Claim PeerLinks::BeginPair(const std::string& a, const std::string& b
 }
 
 absl::Time PeerLinks::Ended(const std::string& local, const std::string& remote, bool established,
-                            absl::Time now) {
+                            absl::Time now, absl::string_view error) {
   absl::MutexLock lock(&mu_);
   Link& link = links_[{local, remote}];
   link.active = false;
+  link.last_error = established ? "" : std::string(error);
   if (established) {
     link.backoff = options_.initial_backoff;
   } else {
@@ -45,6 +46,13 @@ absl::Time PeerLinks::Ended(const std::string& local, const std::string& remote,
   }
   link.next_attempt = now + Jitter(link.backoff);
   return link.next_attempt;
+}
+
+PeerLinks::View PeerLinks::Get(const std::string& local, const std::string& remote) const {
+  absl::MutexLock lock(&mu_);
+  auto it = links_.find({local, remote});
+  if (it == links_.end()) return {};
+  return View{it->second.active, it->second.next_attempt, it->second.last_error};
 }
 
 bool PeerLinks::MarkRetryScheduled(const std::string& local, const std::string& remote) {

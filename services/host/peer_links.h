@@ -17,6 +17,7 @@
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 
@@ -47,9 +48,18 @@ class PeerLinks {
   // direction, and whichever side still wants the other tries again then.
   Claim BeginPair(const std::string& a, const std::string& b, absl::Time now);
   // The attempt or session from `local` to `remote` is over. `established`: it carried frames,
-  // so the next attempt may start after the initial backoff. Returns when the next may start.
+  // so the next attempt may start after the initial backoff. `error`: why it ended, if it failed
+  // (kept for status until an attempt establishes). Returns when the next may start.
   absl::Time Ended(const std::string& local, const std::string& remote, bool established,
-                   absl::Time now);
+                   absl::Time now, absl::string_view error = "");
+
+  // What status shows of one link.
+  struct View {
+    bool active = false;
+    absl::Time next_attempt = absl::InfinitePast();
+    std::string last_error;
+  };
+  View Get(const std::string& local, const std::string& remote) const;
 
   // Retry timers: at most one per link. MarkRetryScheduled returns false if one is pending.
   bool MarkRetryScheduled(const std::string& local, const std::string& remote);
@@ -65,6 +75,7 @@ class PeerLinks {
     absl::Time next_attempt = absl::InfinitePast();
     absl::Duration backoff = absl::ZeroDuration();
     bool retry_scheduled = false;
+    std::string last_error;
   };
   using Key = std::pair<std::string, std::string>;
 

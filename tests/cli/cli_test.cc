@@ -199,7 +199,16 @@ TEST_F(CliTest, UpConvergesAndStatusReportsEveryUnit) {
   EXPECT_THAT(Backends(), ::testing::ElementsAre("web/0", "web/1"));
 
   const std::string table = Ok({"status"});
-  EXPECT_THAT(table, HasSubstr("web/1  active    idle   0      hello on 9000"));
+  EXPECT_THAT(table, HasSubstr("web/1  active    idle   0      0       hello on 9000"));
+  EXPECT_THAT(table, Not(HasSubstr("Links without a stream")));
+  // Every unit knows its peers, and each link is up with nothing unacknowledged.
+  for (const auto& u : st.units()) {
+    EXPECT_GT(u.peers_size(), 0) << u.agent();
+    for (const auto& p : u.peers()) {
+      EXPECT_EQ(p.state(), v1::PEER_LINK_STATE_CONNECTED) << u.agent() << " -> " << p.agent();
+      EXPECT_EQ(p.outbox_unacked(), 0u) << u.agent() << " -> " << p.agent();
+    }
+  }
 
   // Up again with the same model changes nothing.
   up = Parley({"up", dir_.Sub("model.yaml")});

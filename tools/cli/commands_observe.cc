@@ -21,9 +21,9 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "base/status_macros.h"
 #include "engine/trace_format.h"
 #include "google/protobuf/util/json_util.h"
-#include "base/status_macros.h"
 #include "services/definition/definition.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/export_kubernetes.h"
@@ -94,7 +94,10 @@ std::string RenderStatus(const v1::ModelStatus& st) {
     services.Add({svc.name(), svc.definition_name(), absl::StrCat(svc.units_size()), workload});
   }
   out += services.Render() + "\n";
-  Table units({"Unit", "Workload", "Agent", "Inbox", "Message"});
+  Table units({"Unit", "Workload", "Agent", "Inbox", "Outbox", "Message"});
+  // Links without a stream: a unit whose events cannot leave must not look idle.
+  Table links({"Unit", "Peer", "Link", "Unacked", "Detail"});
+  const int64_t now_ms = absl::ToUnixMillis(absl::Now());
   for (const auto& u : st.units()) {
     std::string message = u.workload().message();
     if (u.agent_state() == v1::AGENT_STATE_ERROR) {
@@ -104,9 +107,29 @@ std::string RenderStatus(const v1::ModelStatus& st) {
     const bool answered = !u.agent().empty() && u.agent_state() != v1::AGENT_STATE_UNSPECIFIED;
     units.Add({u.agent(), answered ? WorkloadName(u.workload().state()) : "unknown",
                answered ? AgentStateName(u.agent_state()) : "lost", absl::StrCat(u.inbox_depth()),
-               message});
+               absl::StrCat(u.outbox_unacked()), message});
+    for (const auto& p : u.peers()) {
+      if (p.state() == v1::PEER_LINK_STATE_CONNECTED) continue;
+      std::string detail;
+      if (p.state() == v1::PEER_LINK_STATE_BACKING_OFF && p.next_attempt_unix_ms() > 0) {
+        detail = absl::StrCat(
+            "retry in ",
+            absl::FormatDuration(absl::Trunc(
+                absl::Milliseconds(std::max<int64_t>(0, p.next_attempt_unix_ms() - now_ms)),
+                absl::Milliseconds(100))));
+      }
+      if (!p.last_error().empty()) {
+        std::string error = p.last_error();
+        if (error.size() > 100) error = error.substr(0, 97) + "...";
+        absl::StrAppend(&detail, detail.empty() ? "" : "; ", "last: ", error);
+      }
+      links.Add({u.agent(), p.agent(),
+                 p.state() == v1::PEER_LINK_STATE_CONNECTING ? "connecting" : "down",
+                 absl::StrCat(p.outbox_unacked()), detail});
+    }
   }
   out += units.Render() + "\n";
+  if (links.size() > 0) out += "Links without a stream\n" + links.Render() + "\n";
   Table rels({"Relation", "Interface", "Endpoints"});
   for (const auto& r : st.relations()) {
     const bool peers = r.a_service() == r.b_service() && r.a_endpoint() == r.b_endpoint();

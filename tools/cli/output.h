@@ -16,6 +16,8 @@ class Table {
  public:
   explicit Table(std::vector<std::string> header) { rows_.push_back(std::move(header)); }
   void Add(std::vector<std::string> row) { rows_.push_back(std::move(row)); }
+  // Rows added (the header not counted).
+  size_t size() const { return rows_.size() - 1; }
   std::string Render() const {
     std::vector<size_t> width;
     for (const auto& row : rows_) {

@@ -161,10 +161,24 @@ TEST_F(LinkTest, PeerStartingWhileTheOtherDialsItPairsOnceTheDialEnds) {
   ASSERT_TRUE(WaitFor([&] { return (*proxy)->connections_accepted() > accepted; }))
       << "a/0 did not dial c/0's recorded address";
   ASSERT_TRUE(h->links().active("a/0", "c/0"));
-  recorder = Add(h.get(), "recorder", "c/0");
-  ASSERT_TRUE(recorder);
   auto id = testing::FireEvent(relay, "action.set", {{"value", "2"}});
   ASSERT_TRUE(id.ok()) << id.status();
+  // Status shows the event that cannot leave, and why, rather than an idle unit.
+  auto link_of = [&](Agent* agent, const std::string& peer) {
+    const v1::AgentStatus st = OnStrand(agent, [&] { return agent->Status(); });
+    for (const auto& p : st.peers()) {
+      if (p.agent() == peer) return p;
+    }
+    return v1::PeerLinkStatus();
+  };
+  ASSERT_TRUE(WaitFor([&] {
+    const v1::PeerLinkStatus p = link_of(relay, "c/0");
+    return p.outbox_unacked() == 1 && p.state() == v1::PEER_LINK_STATE_BACKING_OFF &&
+           !p.last_error().empty();
+  })) << link_of(relay, "c/0").ShortDebugString();
+  EXPECT_EQ(link_of(relay, "c/0").address(), (*proxy)->address());
+  recorder = Add(h.get(), "recorder", "c/0");
+  ASSERT_TRUE(recorder);
   const bool paired = WaitFor(
       [&] {
         return OnStrand(relay, [&] { return relay->HasSession("c/0"); }) &&
@@ -176,6 +190,10 @@ TEST_F(LinkTest, PeerStartingWhileTheOtherDialsItPairsOnceTheDialEnds) {
                       << Logs(h.get());
   ASSERT_TRUE(WaitFor([&] { return Fact(recorder, "count") == "2"; })) << Logs(h.get());
   EXPECT_EQ(Fact(recorder, "seen"), "1,2");
+  ASSERT_TRUE(WaitFor([&] {
+    const v1::PeerLinkStatus p = link_of(relay, "c/0");
+    return p.outbox_unacked() == 0 && p.state() == v1::PEER_LINK_STATE_CONNECTED;
+  })) << link_of(relay, "c/0").ShortDebugString();
 }
 
 }  // namespace
