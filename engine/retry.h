@@ -1,7 +1,7 @@
 #pragma once
 
-// When the event of a failed run is tried again: jittered exponential backoff. Internal to
-// engine/.
+// When the event of a failed run is tried again, and when a host dials a peer again
+// (services/host/peer_links.h): jittered exponential backoff. Not thread-safe.
 
 #include <cstdint>
 #include <random>

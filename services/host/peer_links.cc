@@ -5,11 +5,11 @@
 
 namespace parley::services {
 
-absl::Duration PeerLinks::Jitter(absl::Duration d) const {
-  thread_local std::mt19937_64 random(std::random_device{}());
-  std::uniform_real_distribution<double> unit(std::clamp(options_.jitter_min, 0.0, 1.0), 1.0);
-  return d * unit(random);
-}
+PeerLinks::PeerLinks(PeerLinksOptions options)
+    : backoff_(engine::RetryOptions{.initial = options.initial_backoff,
+                                    .max = options.max_backoff,
+                                    .jitter = options.jitter,
+                                    .seed = std::random_device{}()}) {}
 
 PeerLinks::Claim PeerLinks::Begin(const std::string& local, const std::string& remote,
                                   absl::Time now) {
@@ -37,14 +37,8 @@ absl::Time PeerLinks::Ended(const std::string& local, const std::string& remote,
   Link& link = links_[{local, remote}];
   link.active = false;
   link.last_error = established ? "" : std::string(error);
-  if (established) {
-    link.backoff = options_.initial_backoff;
-  } else {
-    link.backoff = link.backoff == absl::ZeroDuration()
-                       ? options_.initial_backoff
-                       : std::min(link.backoff * 2, options_.max_backoff);
-  }
-  link.next_attempt = now + Jitter(link.backoff);
+  link.failures = established ? 0 : link.failures + 1;
+  link.next_attempt = now + backoff_.Delay(std::max<uint32_t>(link.failures, 1));
   return link.next_attempt;
 }
 
@@ -78,12 +72,6 @@ bool PeerLinks::active(const std::string& local, const std::string& remote) cons
   absl::MutexLock lock(&mu_);
   auto it = links_.find({local, remote});
   return it != links_.end() && it->second.active;
-}
-
-absl::Duration PeerLinks::backoff(const std::string& local, const std::string& remote) const {
-  absl::MutexLock lock(&mu_);
-  auto it = links_.find({local, remote});
-  return it == links_.end() ? absl::ZeroDuration() : it->second.backoff;
 }
 
 }  // namespace parley::services

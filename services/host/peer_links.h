@@ -20,6 +20,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "engine/retry.h"
 
 namespace parley::services {
 
@@ -27,8 +28,8 @@ struct PeerLinksOptions {
   // Backoff after the first failed attempt, doubled after each further one up to `max_backoff`.
   absl::Duration initial_backoff = absl::Milliseconds(50);
   absl::Duration max_backoff = absl::Seconds(5);
-  // Fraction of the backoff actually waited is drawn from [jitter_min, 1).
-  double jitter_min = 0.5;
+  // Each wait is shortened by a random fraction of up to this (engine::RetryOptions::jitter).
+  double jitter = 0.5;
 };
 
 class PeerLinks {
@@ -39,7 +40,7 @@ class PeerLinks {
     kLater,  // backing off: retry at next_attempt()
   };
 
-  explicit PeerLinks(PeerLinksOptions options = {}) : options_(options) {}
+  explicit PeerLinks(PeerLinksOptions options = {});
 
   // For a dial or a request to dial (one direction).
   Claim Begin(const std::string& local, const std::string& remote, absl::Time now);
@@ -67,22 +68,20 @@ class PeerLinks {
 
   absl::Time next_attempt(const std::string& local, const std::string& remote) const;
   bool active(const std::string& local, const std::string& remote) const;
-  absl::Duration backoff(const std::string& local, const std::string& remote) const;
 
  private:
   struct Link {
     bool active = false;
     absl::Time next_attempt = absl::InfinitePast();
-    absl::Duration backoff = absl::ZeroDuration();
+    // Attempts failed in a row (reset by one that established a stream).
+    uint32_t failures = 0;
     bool retry_scheduled = false;
     std::string last_error;
   };
   using Key = std::pair<std::string, std::string>;
 
-  absl::Duration Jitter(absl::Duration d) const;
-
-  const PeerLinksOptions options_;
   mutable absl::Mutex mu_;
+  engine::RetryBackoff backoff_ ABSL_GUARDED_BY(mu_);
   std::map<Key, Link> links_ ABSL_GUARDED_BY(mu_);
 };
 
