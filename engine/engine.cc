@@ -6,13 +6,13 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/backoff.h"
 #include "base/status_macros.h"
 #include "engine/handler_graph.h"
 #include "engine/inbox.h"
 #include "engine/key_layout.h"
 #include "engine/outbox.h"
 #include "engine/relations.h"
-#include "engine/retry.h"
 #include "engine/run.h"
 #include "engine/trace.h"
 
@@ -42,7 +42,7 @@ Engine::Engine(ServiceSpec spec, kb::Kb* kb, base::Clock* clock, EngineOptions o
       kb_(kb),
       clock_(clock),
       options_(options),
-      retry_(std::make_unique<RetryBackoff>(RetryOptions{
+      retry_(std::make_unique<base::Backoff>(base::BackoffOptions{
           options.retry_initial, options.retry_max, options.retry_jitter, options.random_seed})),
       graph_(std::make_unique<HandlerGraph>()),
       inbox_(std::make_unique<Inbox>()),

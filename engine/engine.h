@@ -19,7 +19,7 @@
 //
 // The parts of a run live beside it, internal to engine/: the handler graph (handler_graph.h), the
 // inbox (inbox.h), relations and their derived facts (relations.h), the outbox and sequences
-// (outbox.h), traces (trace.h), retry backoff (retry.h), the KB key layout (key_layout.h) and
+// (outbox.h), traces (trace.h), the KB key layout (key_layout.h) and
 // the state of the run in progress (run.h). What a handler sees is RunContext (run_context.h).
 
 #include <cstdint>
@@ -40,6 +40,10 @@
 #include "kb/kb.h"
 #include "parley/v1/kb.pb.h"
 
+namespace parley::base {
+class Backoff;
+}  // namespace parley::base
+
 namespace parley::engine {
 
 struct FactState;
@@ -48,7 +52,6 @@ class HandlerGraph;
 class Inbox;
 class Outbox;
 class Relations;
-class RetryBackoff;
 struct Run;
 enum class Reason;
 
@@ -225,7 +228,7 @@ class Engine {
   kb::Kb* kb_;
   base::Clock* clock_;
   const EngineOptions options_;
-  std::unique_ptr<RetryBackoff> retry_;
+  std::unique_ptr<base::Backoff> retry_;
   std::unique_ptr<HandlerGraph> graph_;
   std::unique_ptr<Inbox> inbox_;
   std::unique_ptr<Relations> relations_;

@@ -6,7 +6,7 @@
 namespace parley::services {
 
 PeerLinks::PeerLinks(PeerLinksOptions options)
-    : backoff_(engine::RetryOptions{.initial = options.initial_backoff,
+    : backoff_(base::BackoffOptions{.initial = options.initial_backoff,
                                     .max = options.max_backoff,
                                     .jitter = options.jitter,
                                     .seed = std::random_device{}()}) {}

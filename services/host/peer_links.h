@@ -20,7 +20,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "engine/retry.h"
+#include "base/backoff.h"
 
 namespace parley::services {
 
@@ -28,7 +28,7 @@ struct PeerLinksOptions {
   // Backoff after the first failed attempt, doubled after each further one up to `max_backoff`.
   absl::Duration initial_backoff = absl::Milliseconds(50);
   absl::Duration max_backoff = absl::Seconds(5);
-  // Each wait is shortened by a random fraction of up to this (engine::RetryOptions::jitter).
+  // Each wait is shortened by a random fraction of up to this (base::BackoffOptions::jitter).
   double jitter = 0.5;
 };
 
@@ -81,7 +81,7 @@ class PeerLinks {
   using Key = std::pair<std::string, std::string>;
 
   mutable absl::Mutex mu_;
-  engine::RetryBackoff backoff_ ABSL_GUARDED_BY(mu_);
+  base::Backoff backoff_ ABSL_GUARDED_BY(mu_);
   std::map<Key, Link> links_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -41,7 +41,7 @@ LAYERS = {
 INTERNAL = {
     "kb": {"store_impl.h"},
     "engine": {"handler_graph.h", "inbox.h", "key_layout.h", "outbox.h", "relations.h",
-               "retry.h", "run.h", "trace.h"},
+               "run.h", "trace.h"},
 }
 # Libraries a folder's public headers must not expose.
 HIDDEN_IN_PUBLIC_HEADERS = {"kb": ("rocksdb/",)}

@@ -8,9 +8,9 @@
 
 #include "absl/time/time.h"
 
-namespace parley::engine {
+namespace parley::base {
 
-struct RetryOptions {
+struct BackoffOptions {
   absl::Duration initial = absl::Seconds(1);
   absl::Duration max = absl::Minutes(5);
   // Each delay is shortened by a random fraction of up to this.
@@ -18,9 +18,9 @@ struct RetryOptions {
   uint64_t seed = 0x9e3779b97f4a7c15ULL;
 };
 
-class RetryBackoff {
+class Backoff {
  public:
-  explicit RetryBackoff(const RetryOptions& options) : options_(options), random_(options.seed) {}
+  explicit Backoff(const BackoffOptions& options) : options_(options), random_(options.seed) {}
 
   // The delay before the next try once `attempt` tries failed (1: the first one): `initial`,
   // doubling with each attempt up to `max`, less up to `jitter` of it. Draws from the random
@@ -28,8 +28,8 @@ class RetryBackoff {
   absl::Duration Delay(uint32_t attempt);
 
  private:
-  const RetryOptions options_;
+  const BackoffOptions options_;
   std::mt19937_64 random_;
 };
 
-}  // namespace parley::engine
+}  // namespace parley::base

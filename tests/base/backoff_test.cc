@@ -1,14 +1,14 @@
-// Tests of the retry backoff (engine/retry.h): the delays a failed run's event waits.
+// Tests of the backoff (base/backoff.h): the delays a failed run's event, or a redial, waits.
 
-#include "engine/retry.h"
+#include "base/backoff.h"
 
 #include <gtest/gtest.h>
 
-namespace parley::engine {
+namespace parley::base {
 namespace {
 
-RetryOptions Options(double jitter) {
-  RetryOptions o;
+BackoffOptions Options(double jitter) {
+  BackoffOptions o;
   o.initial = absl::Seconds(1);
   o.max = absl::Seconds(10);
   o.jitter = jitter;
@@ -16,8 +16,8 @@ RetryOptions Options(double jitter) {
   return o;
 }
 
-TEST(RetryBackoffTest, DoublesFromInitialUpToMaxWithoutJitter) {
-  RetryBackoff backoff(Options(0));
+TEST(BackoffTest, DoublesFromInitialUpToMaxWithoutJitter) {
+  Backoff backoff(Options(0));
   EXPECT_EQ(backoff.Delay(1), absl::Seconds(1));
   EXPECT_EQ(backoff.Delay(2), absl::Seconds(2));
   EXPECT_EQ(backoff.Delay(3), absl::Seconds(4));
@@ -26,11 +26,11 @@ TEST(RetryBackoffTest, DoublesFromInitialUpToMaxWithoutJitter) {
   EXPECT_EQ(backoff.Delay(1000), absl::Seconds(10));
 }
 
-TEST(RetryBackoffTest, JitterShortensEachDelayByAtMostItsFraction) {
-  RetryBackoff backoff(Options(0.2));
+TEST(BackoffTest, JitterShortensEachDelayByAtMostItsFraction) {
+  Backoff backoff(Options(0.2));
   bool shortened = false;
   for (uint32_t attempt = 1; attempt < 200; ++attempt) {
-    RetryBackoff plain(Options(0));
+    Backoff plain(Options(0));
     const absl::Duration full = plain.Delay(attempt);
     const absl::Duration d = backoff.Delay(attempt);
     EXPECT_LE(d, full) << "attempt " << attempt;
@@ -40,10 +40,10 @@ TEST(RetryBackoffTest, JitterShortensEachDelayByAtMostItsFraction) {
   EXPECT_TRUE(shortened) << "jitter never shortened a delay";
 }
 
-TEST(RetryBackoffTest, EqualSeedsGiveEqualDelays) {
-  RetryBackoff a(Options(0.5)), b(Options(0.5));
+TEST(BackoffTest, EqualSeedsGiveEqualDelays) {
+  Backoff a(Options(0.5)), b(Options(0.5));
   for (uint32_t attempt = 1; attempt < 20; ++attempt) EXPECT_EQ(a.Delay(attempt), b.Delay(attempt));
 }
 
 }  // namespace
-}  // namespace parley::engine
+}  // namespace parley::base

@@ -1,10 +1,10 @@
-#include "engine/retry.h"
+#include "base/backoff.h"
 
 #include <algorithm>
 
-namespace parley::engine {
+namespace parley::base {
 
-absl::Duration RetryBackoff::Delay(uint32_t attempt) {
+absl::Duration Backoff::Delay(uint32_t attempt) {
   absl::Duration delay = options_.initial;
   for (uint32_t i = 1; i < attempt && delay < options_.max; ++i) delay *= 2;
   delay = std::min(delay, options_.max);
@@ -13,4 +13,4 @@ absl::Duration RetryBackoff::Delay(uint32_t attempt) {
   return delay;
 }
 
-}  // namespace parley::engine
+}  // namespace parley::base
