@@ -22,6 +22,7 @@
 #include "gtest/gtest.h"
 #include "parley/v1/agent.grpc.pb.h"
 #include "parley/v1/model.pb.h"
+#include "tests/testing/child_process.h"
 #include "tests/testing/run_command.h"
 #include "tests/testing/temp_dir.h"
 
@@ -215,6 +216,66 @@ TEST_F(CliTest, UpConvergesAndStatusReportsEveryUnit) {
   ASSERT_EQ(up.code, 0) << up.err;
   EXPECT_THAT(up.err, Not(HasSubstr("added")));
   EXPECT_EQ(Status().units_size(), 3);
+}
+
+// The command line of a running process, as it was started.
+std::vector<std::string> CommandLine(int64_t pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/cmdline"), std::ios::binary);
+  std::string raw((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<std::string> args = absl::StrSplit(raw, '\0', absl::SkipEmpty());
+  return args;
+}
+
+// After a crash `parley start` brings the parleyd back without applying the model file again
+// (`up` would reset the config changed with `parley config`); a parleyd restarted by hand (or by a
+// supervisor) with its own command line is recognised as the model's.
+TEST_F(CliTest, StartBringsACrashedParleydBackAsItWasAndAHandStartedOneIsRecognised) {
+  ASSERT_EQ(Parley({"up", dir_.Sub("model.yaml"), "--timeout", "60s"}).code, 0);
+  Ok({"config", "web", "port=9100"});
+  Ok({"wait", "--timeout", "60s"});
+  v1::ModelStatus st = Status();
+  ASSERT_EQ(Unit(st, "web/1")->workload().message(), "hello on 9100");
+  const int64_t first = st.host().pid();
+  const std::vector<std::string> argv = CommandLine(first);
+  ASSERT_FALSE(argv.empty());
+
+  kill(static_cast<pid_t>(first), SIGKILL);
+  ASSERT_TRUE(testing::WaitFor([&] { return !Running(first); }, absl::Seconds(10)));
+  st = Status();
+  EXPECT_FALSE(st.host_up());
+  EXPECT_THAT(Ok({"status"}), HasSubstr("NOT RUNNING: `parley start` brings it back"));
+
+  CommandResult started = Parley({"start", "--timeout", "60s"});
+  ASSERT_EQ(started.code, 0) << started.err;
+  EXPECT_THAT(started.err, HasSubstr("started"));
+  st = Status();
+  EXPECT_TRUE(st.host_up());
+  EXPECT_NE(st.host().pid(), first);
+  // The config set with `parley config`, not the model file's 9000.
+  EXPECT_EQ(Unit(st, "web/1")->workload().message(), "hello on 9100");
+  EXPECT_EQ(Unit(st, "lb/0")->workload().message(), "port 9100");
+
+  // Killed again and started by hand with the same command line: the model's parleyd.
+  const int64_t second = st.host().pid();
+  const std::vector<std::string> second_argv = CommandLine(second);
+  ASSERT_FALSE(second_argv.empty());
+  kill(static_cast<pid_t>(second), SIGKILL);
+  ASSERT_TRUE(testing::WaitFor([&] { return !Running(second); }, absl::Seconds(10)));
+  testing::ChildProcess by_hand(second_argv, dir_.Sub("by-hand.log"));
+  ASSERT_GT(by_hand.pid(), 0);
+  ASSERT_TRUE(testing::WaitFor([&] { return Status().host_up(); }, absl::Seconds(20)))
+      << "a parleyd started by hand with the recorded command line is not recognised";
+  st = Status();
+  EXPECT_EQ(st.host().pid(), by_hand.pid());
+  Ok({"wait", "--timeout", "60s"});
+  EXPECT_EQ(Unit(Status(), "web/1")->workload().message(), "hello on 9100");
+  // `start` finds it running and `down` stops it.
+  started = Parley({"start", "--timeout", "60s"});
+  ASSERT_EQ(started.code, 0) << started.err;
+  EXPECT_THAT(started.err, HasSubstr("was running"));
+  CommandResult down = Parley({"down"});
+  EXPECT_EQ(down.code, 0) << down.err;
+  EXPECT_EQ(by_hand.Wait(absl::Seconds(20)), 0) << "down did not stop the hand-started parleyd";
 }
 
 TEST_F(CliTest, ConfigScaleAndActions) {

@@ -14,6 +14,8 @@ namespace parley::cli {
 
 absl::Status Up(Session& s, const Args& args);
 absl::Status Down(Session& s, const Args& args);
+// Brings the model's parleyd (or containers) back as they were, without applying the model file.
+absl::Status Start(Session& s, const Args& args);
 // `relate` or, with `relate` false, `unrelate`.
 absl::Status Relate(Session& s, const Args& args, bool relate);
 absl::Status Config(Session& s, const Args& args);

@@ -21,8 +21,8 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
-#include "engine/trace_format.h"
 #include "base/status_macros.h"
+#include "engine/trace_format.h"
 #include "services/definition/definition.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/output.h"
@@ -38,6 +38,44 @@ using services::Model;
 using services::ModelService;
 
 }  // namespace
+
+// `up` without the model file: what the model directory recorded is started again (the local
+// parleyd on its recorded ports and data, or the units' containers); each agent comes back from
+// its knowledge base with the config it had, and gets `start`.
+absl::Status Start(Session& s, const Args& args) {
+  ASSIGN_OR_RETURN(absl::Duration timeout, ParseDuration(args.Get("--timeout", "300s")));
+  RETURN_IF_ERROR(s.dir().Lock(absl::Seconds(30)));
+  if (absl::Status st = s.LoadState(); absl::IsNotFound(st)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("no model in ", s.dir().path(), ": `parley up MODEL` starts one"));
+  } else if (!st.ok()) {
+    return st;
+  }
+  v1::ModelState& state = s.state();
+  RETURN_IF_ERROR(s.dir().UseTls(state.tls()));
+  s.UseRuntime();
+  if (s.runtime() != nullptr) {
+    RETURN_IF_ERROR(s.StartRuntime());
+    std::fprintf(stderr, "started %zu containers\n", s.AllUnits().size());
+  } else if (!state.host().address().empty()) {
+    bool started = false;
+    RETURN_IF_ERROR(s.dir().EnsureHost(FindBinary("parleyd"), *state.mutable_host(), &started));
+    std::fprintf(stderr, "parleyd %s (pid %lld) %s, model directory %s\n",
+                 state.host().address().c_str(), static_cast<long long>(state.host().pid()),
+                 started ? "started" : "was running", s.dir().path().c_str());
+  }
+  RETURN_IF_ERROR(s.Save());
+  // Units on hosts run by others are theirs to restart: say which do not answer.
+  for (const v1::HostRecord& h : state.hosts()) {
+    if (absl::StatusOr<v1::HostInfo> info = s.Client(h.address()).Host(absl::Seconds(5));
+        !info.ok()) {
+      std::fprintf(stderr, "parley: host %s at %s does not answer: %s\n", h.name().c_str(),
+                   h.address().c_str(), std::string(info.status().message()).c_str());
+    }
+  }
+  if (args.Has("--no-wait")) return absl::OkStatus();
+  return s.Wait(timeout);
+}
 
 absl::Status Up(Session& s, const Args& args) {
   ASSIGN_OR_RETURN(absl::Duration timeout, ParseDuration(args.Get("--timeout", "300s")));
@@ -275,8 +313,7 @@ absl::Status Down(Session& s, const Args& args) {
   }
   RETURN_IF_ERROR(loaded);
   if (s.runtime() != nullptr) return DownContainers(s, args.Has("--purge"));
-  absl::StatusOr<v1::HostInfo> info = s.LocalHostInfo();
-  const bool local_up = info.ok() && info->pid() == s.state().host().pid();
+  const bool local_up = s.RunningLocalHost().ok();
   {
     for (const v1::UnitRecord* u : s.AllUnits()) {
       if (u->address() == s.state().host().address() && !local_up) continue;

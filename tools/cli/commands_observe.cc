@@ -46,8 +46,9 @@ v1::ModelStatus CollectStatus(Session& s) {
   const v1::ModelState& state = s.state();
   out.set_model_file(state.model_file());
   *out.mutable_host() = state.host();
-  absl::StatusOr<v1::HostInfo> info = s.LocalHostInfo();
-  out.set_host_up(info.ok() && info->pid() == state.host().pid());
+  absl::StatusOr<v1::HostInfo> info = s.RunningLocalHost();
+  out.set_host_up(info.ok());
+  *out.mutable_host() = state.host();
   *out.mutable_services() = state.services();
   *out.mutable_relations() = state.relations();
   *out.mutable_runtime() = state.runtime();
@@ -74,8 +75,11 @@ std::string RenderStatus(const v1::ModelStatus& st) {
                          st.runtime().subnet(), "\n\n")
       : st.host().address().empty()
           ? absl::StrCat("Model    ", st.model_file(), "\nparleyd  none on this machine\n\n")
-          : absl::StrCat("Model    ", st.model_file(), "\nparleyd  ", st.host().address(), " pid ",
-                         st.host().pid(), st.host_up() ? "" : "  (NOT RUNNING)", "\n\n");
+          : absl::StrCat(
+                "Model    ", st.model_file(), "\nparleyd  ", st.host().address(), " pid ",
+                st.host().pid(),
+                st.host_up() ? "" : "  (NOT RUNNING: `parley start` brings it back as it was)",
+                "\n\n");
   std::map<std::string, std::vector<const v1::AgentStatus*>> by_service;
   for (const auto& u : st.units()) by_service[u.service()].push_back(&u);
   Table services({"Service", "Definition", "Units", "Workload"});

@@ -6,8 +6,8 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
-#include "google/protobuf/util/json_util.h"
 #include "base/status_macros.h"
+#include "google/protobuf/util/json_util.h"
 #include "tools/cli/bundle.h"
 #include "yaml-cpp/yaml.h"
 

@@ -20,8 +20,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
-#include "google/protobuf/util/json_util.h"
 #include "base/status_macros.h"
+#include "google/protobuf/util/json_util.h"
 #include "tools/cli/client.h"
 #include "tools/cli/pki.h"
 
@@ -182,11 +182,26 @@ std::string ModelDir::LogTail(size_t bytes) const {
   return tail;
 }
 
-absl::Status ModelDir::EnsureHost(const std::string& parleyd, v1::HostRecord& host) const {
+bool ModelDir::Serves(const v1::HostInfo& info, const v1::HostRecord& host) {
+  if (info.pid() == host.pid()) return true;
+  if (info.data_dir().empty() || host.data_dir().empty()) return false;
+  std::error_code a, b;
+  const fs::path theirs = fs::weakly_canonical(info.data_dir(), a);
+  const fs::path ours = fs::weakly_canonical(host.data_dir(), b);
+  return !a && !b && theirs == ours;
+}
+
+absl::Status ModelDir::EnsureHost(const std::string& parleyd, v1::HostRecord& host,
+                                  bool* started) const {
+  if (started != nullptr) *started = false;
   if (!host.address().empty()) {
     AgentClient client(host.address(), credentials_);
     absl::StatusOr<v1::HostInfo> info = client.Host(absl::Seconds(2));
-    if (info.ok() && info->pid() == host.pid()) return absl::OkStatus();
+    if (info.ok() && Serves(*info, host)) {
+      host.set_pid(info->pid());
+      if (!info->metrics_address().empty()) host.set_metrics_address(info->metrics_address());
+      return absl::OkStatus();
+    }
     if (ProcessAlive(host.pid())) {
       return absl::UnavailableError(absl::StrCat(
           "parleyd (pid ", host.pid(), ") is running but does not answer at ", host.address(),
@@ -258,6 +273,7 @@ absl::Status ModelDir::EnsureHost(const std::string& parleyd, v1::HostRecord& ho
       host.set_address(address);
       host.set_pid(pid);
       host.set_metrics_address(metrics);
+      if (started != nullptr) *started = true;
       return absl::OkStatus();
     }
     int status = 0;
@@ -275,21 +291,23 @@ absl::Status ModelDir::EnsureHost(const std::string& parleyd, v1::HostRecord& ho
 }
 
 absl::Status ModelDir::StopHost(const v1::HostRecord& host, absl::Duration grace) const {
-  if (!ProcessAlive(host.pid())) return absl::OkStatus();
-  // Only signal the process if it is the parleyd recorded (pids get reused).
+  // Only signal a process that says it is this model's parleyd (pids get reused); it may have
+  // been restarted by a supervisor or by hand since the record was written.
   AgentClient client(host.address(), credentials_);
   absl::StatusOr<v1::HostInfo> info = client.Host(absl::Seconds(2));
-  if (!info.ok() || info->pid() != host.pid()) {
+  if (!info.ok() || !Serves(*info, host)) {
+    if (!ProcessAlive(host.pid())) return absl::OkStatus();
     return absl::FailedPreconditionError(
         absl::StrCat("process ", host.pid(), " is not the parleyd recorded at ", host.address()));
   }
-  kill(static_cast<pid_t>(host.pid()), SIGTERM);
+  const pid_t pid = static_cast<pid_t>(info->pid());
+  kill(pid, SIGTERM);
   const absl::Time deadline = absl::Now() + grace;
-  while (ProcessAlive(host.pid())) {
-    waitpid(static_cast<pid_t>(host.pid()), nullptr, WNOHANG);
+  while (ProcessAlive(pid)) {
+    waitpid(pid, nullptr, WNOHANG);
     if (absl::Now() > deadline) {
-      kill(static_cast<pid_t>(host.pid()), SIGKILL);
-      return absl::DeadlineExceededError(absl::StrCat("parleyd (pid ", host.pid(),
+      kill(pid, SIGKILL);
+      return absl::DeadlineExceededError(absl::StrCat("parleyd (pid ", pid,
                                                       ") did not stop within ",
                                                       absl::FormatDuration(grace), "; killed it"));
     }

@@ -53,7 +53,15 @@ class ModelDir {
 
   // Starts parleyd for this directory (in the background, in a session of its own) unless the one
   // recorded in `host` answers. Fills `host` with where it listens. `parleyd` is the binary.
-  absl::Status EnsureHost(const std::string& parleyd, v1::HostRecord& host) const;
+  // A parleyd that answers at the recorded address and serves this directory's knowledge base is
+  // the model's, whoever started it (this CLI, a supervisor such as systemd, an operator by
+  // hand with the same command line): `host` then takes its pid.
+  // `started` (if given) says whether this call started it.
+  absl::Status EnsureHost(const std::string& parleyd, v1::HostRecord& host,
+                          bool* started = nullptr) const;
+  // Whether `info` (what a parleyd says of itself) is the parleyd of `host`: the recorded pid, or
+  // the same data directory.
+  static bool Serves(const v1::HostInfo& info, const v1::HostRecord& host);
   // Stops the recorded parleyd (SIGTERM, then SIGKILL after `grace`); OK when it is not running.
   absl::Status StopHost(const v1::HostRecord& host, absl::Duration grace) const;
 

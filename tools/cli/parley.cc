@@ -47,6 +47,13 @@ const std::vector<Command>& Commands() {
         kTimeoutFlag},
        1,
        1},
+      {"start",
+       "",
+       "Bring the model's parleyd (or containers) back after a crash or `down`, as it was: the "
+       "units keep their config and state; the model file is not applied again",
+       {{"--no-wait", false, "Return once started, without waiting to settle"}, kTimeoutFlag},
+       0,
+       0},
       {"down",
        "",
        "Stop every unit (fires stop) and the model's parleyd (or its containers)",
@@ -286,6 +293,7 @@ int Main(int argc, char** argv) {
   using Handler = std::function<absl::Status(Session&, const Args&)>;
   const std::map<std::string, Handler> handlers = {
       {"up", Up},
+      {"start", Start},
       {"down", Down},
       {"status", Status},
       {"wait", Wait},

@@ -10,8 +10,8 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
-#include "grpcpp/create_channel.h"
 #include "base/status_macros.h"
+#include "grpcpp/create_channel.h"
 #include "tools/cli/pki.h"
 
 namespace parley::cli {

@@ -12,6 +12,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "parley/v1/model.pb.h"
 #include "services/definition/definition.h"
@@ -69,6 +70,19 @@ class Session {
       return absl::NotFoundError("no parleyd on this machine: the model's units run on its hosts");
     }
     return Host().Host();
+  }
+  // The model's local parleyd if it runs (ModelDir::Serves: whoever started it); the record then
+  // carries its pid. NOT_FOUND without a local parleyd, UNAVAILABLE when it is gone.
+  absl::StatusOr<v1::HostInfo> RunningLocalHost() {
+    absl::StatusOr<v1::HostInfo> info = LocalHostInfo();
+    if (!info.ok()) return info;
+    if (!ModelDir::Serves(*info, state_.host())) {
+      return absl::UnavailableError(absl::StrCat("the server at ", state_.host().address(),
+                                                 " is not this model's parleyd (it serves ",
+                                                 info->data_dir(), ")"));
+    }
+    state_.mutable_host()->set_pid(info->pid());
+    return info;
   }
 
   v1::ServiceRecord* FindService(const std::string& name) {
