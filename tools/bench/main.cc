@@ -13,6 +13,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "tests/services/daemon/chaos.h"
 #include "tools/bench/agent_bench.h"
 #include "tools/bench/bench.h"
 #include "tools/bench/exec_bench.h"
@@ -89,6 +90,22 @@ Scenarios:
     --model M        default: examples/webstack/model.yaml of the source tree
     --runs N         default 3
     --parley P       the parley binary (default: beside parley-bench)
+    --dir D
+
+  chaos    A fault campaign against three real parleyds in a chain (a/0 relay -> b/0 relay -> c/0
+           recorder, every link through a TCP proxy) while values are fired at a/0: SIGKILLs at
+           random moments, down/up cycles (SIGTERM all, start all), dropped and blackholed links,
+           a parleyd SIGSTOPped past the keepalive timeout. Reports faults, values, lost,
+           duplicated, out_of_order, stale_units, unsettled_faults, settle_ms_p50, settle_ms_max
+           (from a fault's recovery until everything fired before it reached c/0).
+           Targets with --kills 300: 0 lost, 0 duplicated, 0 stale, settle_ms_max < 30000.
+    --kills N        SIGKILLs (default 300)
+    --down-up N      down/up cycles (default 10)
+    --link-faults N  link faults (default 10)
+    --stops N        SIGSTOP/SIGCONT (default 3)
+    --seed S         replay a campaign (default: random; printed)
+    --parleyd P      the parleyd binary (default: beside parley-bench)
+    --keep           keep the data directories and logs
     --dir D
 
   memory   Idle RSS of a parleyd process hosting one agent, and per further agent (hosting
@@ -247,7 +264,7 @@ int main(int argc, char** argv) {
   }
   if (args.empty()) {
     return UsageError(
-        "no scenario given (engine, kb, hop, throughput, converge, exec, up or memory)");
+        "no scenario given (engine, kb, hop, throughput, converge, exec, up, chaos or memory)");
   }
   const std::string scenario = args[0];
 
@@ -326,6 +343,56 @@ int main(int argc, char** argv) {
     if (auto it = flags->values.find("dir"); it != flags->values.end()) o.dir = it->second;
     json = Has(*flags, "json");
     reports = pb::RunUpBench(o);
+  } else if (scenario == "chaos") {
+    auto flags =
+        ParseFlags(args, 1, {"kills", "down-up", "link-faults", "stops", "seed", "parleyd", "dir"},
+                   {"json", "keep"});
+    if (!flags.ok()) return UsageError(flags.status().message());
+    parley::services::testing::ChaosOptions o;
+    o.kills = 300;
+    o.down_up = 10;
+    o.link_faults = 10;
+    o.stops = 3;
+    int64_t seed = 0;
+    absl::Status s = IntFlag(*flags, "kills", 0, 100000, o.kills);
+    if (s.ok()) s = IntFlag(*flags, "down-up", 0, 10000, o.down_up);
+    if (s.ok()) s = IntFlag(*flags, "link-faults", 0, 10000, o.link_faults);
+    if (s.ok()) s = IntFlag(*flags, "stops", 0, 1000, o.stops);
+    if (s.ok()) s = IntFlag(*flags, "seed", 0, INT64_MAX, seed);
+    if (!s.ok()) return UsageError(s.message());
+    o.seed = static_cast<uint64_t>(seed);
+    o.keep = Has(*flags, "keep");
+    if (auto it = flags->values.find("dir"); it != flags->values.end()) o.dir = it->second;
+    std::string parleyd = (std::filesystem::path(argv[0]).parent_path() / "parleyd").string();
+    if (auto it = flags->values.find("parleyd"); it != flags->values.end()) parleyd = it->second;
+    setenv("PARLEYD_BINARY", parleyd.c_str(), 1);
+    json = Has(*flags, "json");
+    auto r = parley::services::testing::RunChaos(o);
+    if (!r.ok()) {
+      reports = r.status();
+    } else {
+      pb::Report rep("chaos");
+      rep.AddInt("seed", static_cast<int64_t>(r->seed));
+      rep.AddInt("faults", r->faults);
+      rep.AddInt("values", r->values_fired);
+      rep.AddInt("lost", r->lost);
+      rep.AddInt("duplicated", r->duplicated);
+      rep.AddInt("out_of_order", r->out_of_order);
+      rep.AddInt("stale_units", r->stale_units);
+      rep.AddInt("unsettled_faults", r->unsettled_faults);
+      rep.AddDouble("settle_ms_p50", r->settle_ms_p50);
+      rep.AddDouble("settle_ms_max", r->settle_ms_max);
+      rep.AddDouble("elapsed_s", r->elapsed_s);
+      rep.AddBool("meets_targets", r->lost == 0 && r->duplicated == 0 && r->out_of_order == 0 &&
+                                       r->stale_units == 0 && r->settle_ms_max < 30000);
+      for (const std::string& note : r->notes) {
+        std::fprintf(stderr, "parley-bench chaos: %s\n", note.c_str());
+      }
+      if (!r->notes.empty()) {
+        std::fprintf(stderr, "parley-bench chaos: logs kept in %s\n", r->work_dir.c_str());
+      }
+      reports = std::vector<pb::Report>{std::move(rep)};
+    }
   } else if (scenario == "memory") {
     auto flags = ParseFlags(args, 1, {"agents", "parleyd", "dir"}, {"json"});
     if (!flags.ok()) return UsageError(flags.status().message());
@@ -341,7 +408,7 @@ int main(int argc, char** argv) {
   } else {
     return UsageError(
         absl::StrCat("unknown scenario '", scenario,
-                     "' (engine, kb, hop, throughput, converge, exec, up or memory)"));
+                     "' (engine, kb, hop, throughput, converge, exec, up, chaos or memory)"));
   }
   if (!reports.ok()) {
     std::fprintf(stderr, "parley-bench %s: %s\n", scenario.c_str(),

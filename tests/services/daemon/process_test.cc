@@ -63,92 +63,7 @@ bool ReceiverStreamUp(Parleyd& c) {
                                 "\"}")) == 1;
 }
 
-// Fires `action.set value=i` at the sender for i in [from, to] from a thread, in bursts of
-// `burst` values `pace` apart, so that the test can kill and cut things while values flow and
-// the sender has a backlog. A call that fails (the sender is down or restarting) is retried until
-// it succeeds, before the next value: a retried value that had in fact been applied is harmless,
-// because setting the value the relay already has changes no relation data and so sends nothing.
-class Firer {
- public:
-  Firer(const std::string& address, int from, int to, int burst, absl::Duration pace)
-      : address_(address), next_(from), to_(to) {
-    thread_ = std::thread([this, burst, pace] { Run(burst, pace); });
-  }
-  ~Firer() {
-    stop_ = true;
-    if (thread_.joinable()) thread_.join();
-  }
-
-  // Where the sender's API is now (it restarted).
-  void SetAddress(const std::string& address) {
-    absl::MutexLock lock(&mu_);
-    address_ = address;
-  }
-  // Values fired so far (the last is next() - 1).
-  int next() const { return next_.load(); }
-
-  // Waits (bounded) until every value was fired.
-  absl::Status Wait(absl::Duration timeout) {
-    const absl::Time deadline = absl::Now() + timeout;
-    while (next_ <= to_ && !failed_) {
-      if (absl::Now() > deadline) {
-        return absl::DeadlineExceededError(absl::StrCat("firing stuck at value ", next_.load()));
-      }
-      absl::SleepFor(absl::Milliseconds(5));
-    }
-    stop_ = true;
-    thread_.join();
-    absl::MutexLock lock(&mu_);
-    return error_;
-  }
-
- private:
-  void Run(int burst, absl::Duration pace) {
-    std::string address;
-    std::unique_ptr<v1::Agent::Stub> stub;
-    absl::Time failing_since = absl::InfiniteFuture();
-    while (!stop_ && next_ <= to_) {
-      {
-        absl::MutexLock lock(&mu_);
-        if (address != address_) {
-          address = address_;
-          stub =
-              v1::Agent::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
-        }
-      }
-      v1::FireEventRequest req;
-      req.set_agent(kSender);
-      req.set_event("action.set");
-      (*req.mutable_params())["value"] = absl::StrCat(next_.load());
-      v1::FireEventResponse resp;
-      auto ctx = testing::CallContext();
-      const grpc::Status s = stub->FireEvent(ctx.get(), req, &resp);
-      if (s.ok()) {
-        failing_since = absl::InfiniteFuture();
-        if (next_++ % burst == 0) absl::SleepFor(pace);
-        continue;
-      }
-      failing_since = std::min(failing_since, absl::Now());
-      if (absl::Now() - failing_since > absl::Seconds(30)) {
-        absl::MutexLock lock(&mu_);
-        error_ = absl::UnavailableError(
-            absl::StrCat("firing value ", next_.load(), " at ", address, ": ", s.error_message()));
-        failed_ = true;
-        return;
-      }
-      absl::SleepFor(absl::Milliseconds(10));
-    }
-  }
-
-  absl::Mutex mu_;
-  std::string address_ ABSL_GUARDED_BY(mu_);
-  absl::Status error_ ABSL_GUARDED_BY(mu_);
-  std::atomic<int> next_;
-  const int to_;
-  std::atomic<bool> stop_{false};
-  std::atomic<bool> failed_{false};
-  std::thread thread_;
-};
+using testing::Firer;
 
 class ProcessTest : public ::testing::Test {
  protected:
@@ -250,7 +165,7 @@ TEST_F(ProcessTest, PeersKilledMidStreamDeliverExactlyOnceInOrder) {
   ASSERT_TRUE(a && c);
   ASSERT_TRUE(RelateSenderToReceiver(*a, c->address()).ok());
 
-  Firer firer(a->api_address(), 1, kValues, 10, absl::Milliseconds(25));
+  Firer firer(a->api_address(), kSender, 1, kValues, 10, absl::Milliseconds(25));
   const int segment = kValues / static_cast<int>(victims.size());
   int mid_stream = 0;
   for (size_t i = 0; i < victims.size(); ++i) {
@@ -306,7 +221,7 @@ TEST_F(ProcessTest, CutAndBlackholedLinkHeals) {
   ASSERT_TRUE(a && c);
   ASSERT_EQ(c->address(), (*proxy)->address());
   ASSERT_TRUE(RelateSenderToReceiver(*a, (*proxy)->address()).ok());
-  Firer firer(a->api_address(), 1, kValues, 5, absl::Milliseconds(10));
+  Firer firer(a->api_address(), kSender, 1, kValues, 5, absl::Milliseconds(10));
 
   // Cut every connection in the middle of the burst.
   int target = std::uniform_int_distribution<int>(20, 100)(random);
@@ -379,7 +294,7 @@ TEST_F(ProcessTest, SigtermExitsCleanlyAndStateSurvives) {
   };
 
   {
-    Firer firer(a->api_address(), 1, kValues, 5, absl::Milliseconds(10));
+    Firer firer(a->api_address(), kSender, 1, kValues, 5, absl::Milliseconds(10));
     const int target = std::uniform_int_distribution<int>(10, kValues - 20)(random);
     int count = 0;
     ASSERT_TRUE(PollFor([&] { return (count = Count(*c)) >= target; }, absl::Seconds(20),

@@ -24,6 +24,7 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -34,6 +35,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
@@ -373,5 +375,101 @@ inline bool PollFor(const std::function<bool()>& condition, absl::Duration timeo
   }
   return condition();
 }
+
+// Fires `action.set value=i` at `sender` (a relay) for i in [from, to] from a thread, in bursts of
+// `burst` values `pace` apart, so that the test can kill and cut things while values flow and
+// the sender has a backlog. A call that fails (the sender is down or restarting) is retried until
+// it succeeds, before the next value: a retried value that had in fact been applied is harmless,
+// because setting the value the relay already has changes no relation data and so sends nothing.
+class Firer {
+ public:
+  Firer(const std::string& address, std::string sender, int from, int to, int burst,
+        absl::Duration pace)
+      : address_(address), sender_(std::move(sender)), next_(from), to_(to) {
+    thread_ = std::thread([this, burst, pace] { Run(burst, pace); });
+  }
+  ~Firer() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+
+  // Where the sender's API is now (it restarted).
+  void SetAddress(const std::string& address) {
+    absl::MutexLock lock(&mu_);
+    address_ = address;
+  }
+  // Values fired so far (the last is next() - 1).
+  int next() const { return next_.load(); }
+  // Fires no value above `through` until allowed further (default: every value up to `to`).
+  void Allow(int through) { allowed_ = through; }
+
+  // Waits (bounded) until every value was fired.
+  absl::Status Wait(absl::Duration timeout) {
+    const absl::Time deadline = absl::Now() + timeout;
+    while (next_ <= to_ && !failed_) {
+      if (absl::Now() > deadline) {
+        return absl::DeadlineExceededError(absl::StrCat("firing stuck at value ", next_.load()));
+      }
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    stop_ = true;
+    thread_.join();
+    absl::MutexLock lock(&mu_);
+    return error_;
+  }
+
+ private:
+  void Run(int burst, absl::Duration pace) {
+    std::string address;
+    std::unique_ptr<v1::Agent::Stub> stub;
+    absl::Time failing_since = absl::InfiniteFuture();
+    while (!stop_ && next_ <= to_) {
+      if (next_ > allowed_) {
+        absl::SleepFor(absl::Milliseconds(2));
+        continue;
+      }
+      {
+        absl::MutexLock lock(&mu_);
+        if (address != address_) {
+          address = address_;
+          stub =
+              v1::Agent::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+        }
+      }
+      v1::FireEventRequest req;
+      req.set_agent(sender_);
+      req.set_event("action.set");
+      (*req.mutable_params())["value"] = absl::StrCat(next_.load());
+      v1::FireEventResponse resp;
+      auto ctx = CallContext();
+      const grpc::Status s = stub->FireEvent(ctx.get(), req, &resp);
+      if (s.ok()) {
+        failing_since = absl::InfiniteFuture();
+        if (next_++ % burst == 0) absl::SleepFor(pace);
+        continue;
+      }
+      failing_since = std::min(failing_since, absl::Now());
+      if (absl::Now() - failing_since > absl::Seconds(30)) {
+        absl::MutexLock lock(&mu_);
+        error_ = absl::UnavailableError(
+            absl::StrCat("firing value ", next_.load(), " at ", address, ": ", s.error_message()));
+        failed_ = true;
+        return;
+      }
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+  }
+
+  absl::Mutex mu_;
+  std::string address_ ABSL_GUARDED_BY(mu_);
+  absl::Status error_ ABSL_GUARDED_BY(mu_);
+  const std::string sender_;
+  std::atomic<int> next_;
+  const int to_;
+  std::atomic<int> allowed_{INT32_MAX};
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> failed_{false};
+  std::thread thread_;
+};
 
 }  // namespace parley::services::testing
