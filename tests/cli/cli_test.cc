@@ -8,6 +8,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -276,6 +277,25 @@ TEST_F(CliTest, StartBringsACrashedParleydBackAsItWasAndAHandStartedOneIsRecogni
   CommandResult down = Parley({"down"});
   EXPECT_EQ(down.code, 0) << down.err;
   EXPECT_EQ(by_hand.Wait(absl::Seconds(20)), 0) << "down did not stop the hand-started parleyd";
+}
+
+// A parleyd that does not answer in time (here paused with SIGSTOP for 3 s, as a loaded machine
+// can hold it) is asked again with a longer deadline and a progress line, instead of failing.
+TEST_F(CliTest, ASlowParleydIsAskedAgainWithAProgressLine) {
+  ASSERT_EQ(Parley({"up", dir_.Sub("model.yaml"), "--timeout", "60s"}).code, 0);
+  const pid_t pid = static_cast<pid_t>(Status().host().pid());
+  ASSERT_EQ(kill(pid, SIGSTOP), 0);
+  std::thread resume([pid] {
+    absl::SleepFor(absl::Seconds(3));  // the fault: longer than GetHost's 2 s deadline
+    kill(pid, SIGCONT);
+  });
+  CommandResult r = Parley({"status"});
+  resume.join();
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("did not answer GetHost within 2s (load average "));
+  EXPECT_THAT(r.err, HasSubstr("(attempt 2 of 3)"));
+  EXPECT_THAT(r.out, Not(HasSubstr("NOT RUNNING")));
+  EXPECT_THAT(r.out, HasSubstr("web/0"));
 }
 
 TEST_F(CliTest, ConfigScaleAndActions) {
