@@ -121,11 +121,36 @@ void Agent::WaitForStore(uint64_t ticket) {
   });
 }
 
+void Agent::AfterDurable(std::function<void(absl::Status)> answer) {
+  if (stopped_) {
+    answer(absl::UnavailableError(absl::StrCat("agent ", name_, " is stopping")));
+    return;
+  }
+  const uint64_t id = next_answer_++;
+  answers_.emplace(id, std::move(answer));
+  WhenDurable(last_ticket_, [this, id] {
+    auto it = answers_.find(id);
+    if (it == answers_.end()) return;
+    auto answer = std::move(it->second);
+    answers_.erase(it);
+    answer(absl::OkStatus());
+  });
+}
+
+void Agent::AbandonAnswers(const absl::Status& status) {
+  auto answers = std::move(answers_);
+  answers_.clear();
+  for (auto& [id, answer] : answers) answer(status);
+}
+
 void Agent::OnDurable(uint64_t ticket, const absl::Status& status) {
   waiting_for_ = 0;
   if (!status.ok()) {
     // Nothing may be reported or sent any more: the KB's log is in an unknown state.
     Log(v1::LOG_LEVEL_ERROR, absl::StrCat("KB sync failed: ", status.message()));
+    AbandonAnswers(absl::DataLossError(
+        absl::StrCat("agent ", name_, ": the knowledge base could not be synced (",
+                     status.message(), "); the change may be lost")));
     return;
   }
   while (!durable_work_.empty() && durable_work_.front().first <= ticket) {
@@ -838,6 +863,13 @@ void Agent::Stop() {
     ch.session.reset();
   }
   watchers_.clear();
+  // The change each of these answers is about was committed, but its sync was not seen: the
+  // caller must not take it as durable, nor wait for an answer that the stopped agent will not
+  // give.
+  AbandonAnswers(absl::UnavailableError(
+      absl::StrCat("agent ", name_,
+                   " stopped before the change was confirmed durable (it was committed and "
+                   "normally survives; check once the agent is back)")));
   alive_.reset();  // pending callbacks see the agent gone
 }
 

@@ -17,12 +17,12 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "base/executor.h"
 #include "engine/engine.h"
 #include "parley/v1/agent.pb.h"
 #include "parley/v1/peer.pb.h"
-#include "base/executor.h"
-#include "services/telemetry/metrics.h"
 #include "services/agent/session.h"
+#include "services/telemetry/metrics.h"
 
 namespace parley::services {
 
@@ -142,9 +142,11 @@ class Agent {
                const std::shared_ptr<PeerSession>& session);
 
  public:
-  // Runs `fn` on the strand once everything this agent wrote so far is durable: what the API
-  // reports must not be lost by a crash.
-  void AfterDurable(std::function<void()> fn) { WhenDurable(last_ticket_, std::move(fn)); }
+  // Calls `answer` on the strand once everything this agent wrote so far is durable, with OK:
+  // what the API reports must not be lost by a crash. Every answer is called exactly once: with
+  // UNAVAILABLE if the agent stops first, with the store's error if its sync fails, so that no
+  // caller waits for an answer that would never come.
+  void AfterDurable(std::function<void(absl::Status)> answer);
 
  private:
   Host* host_;
@@ -180,6 +182,11 @@ class Agent {
   bool stopped_ = false;
   // Work waiting for durability, in ticket order, and the ticket the store will wake us for.
   std::deque<std::pair<uint64_t, std::function<void()>>> durable_work_;
+  // AfterDurable's answers not given yet, by id.
+  std::map<uint64_t, std::function<void(absl::Status)>> answers_;
+  uint64_t next_answer_ = 1;
+  // Gives every pending answer `status` (the agent stops, or the store failed).
+  void AbandonAnswers(const absl::Status& status);
   uint64_t waiting_for_ = 0;
   bool pump_due_ = false;
   // Acknowledgements to send once their events are durable, per (remote, relation).

@@ -479,7 +479,13 @@ void Host::Relate(v1::RelateRequest request,
         v1::RelateResponse resp;
         resp.set_interface(r->interface());
         // Answer only once the relation is durable.
-        agent->AfterDurable([done, resp] { done(resp); });
+        agent->AfterDurable([done, resp](absl::Status durable) {
+          if (durable.ok()) {
+            done(resp);
+          } else {
+            done(durable);
+          }
+        });
       });
     };
     if (Agent* remote = Find(request.remote_agent())) {

@@ -208,7 +208,9 @@ class AgentService : public v1::Agent::CallbackService {
       }
       const grpc::Status status = ToGrpcStatus(fn(agent));
       // Answer only once what the answer reports is durable.
-      agent->AfterDurable([reactor, status] { reactor->Finish(status); });
+      agent->AfterDurable([reactor, status](absl::Status durable) {
+        reactor->Finish(durable.ok() ? status : ToGrpcStatus(durable));
+      });
     });
     return reactor;
   }

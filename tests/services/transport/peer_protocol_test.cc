@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -1503,6 +1504,69 @@ TEST_F(AgentApiTest, RelateAndUnrelateThroughTheApi) {
   s = stub_->Unrelate(Ctx().get(), un, &unresp);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
   EXPECT_THAT(s.error_message(), HasSubstr("r:2"));
+}
+
+// An API call is answered once what it changed is durable. If the agent stops first (removed,
+// or its host shutting down), the answer must still come, as an error, not never. The store's
+// sync thread is held in a callback so that the change cannot become durable meanwhile.
+TEST_F(AgentApiTest, AnAnswerWaitingForDurabilityIsGivenWhenTheAgentStops) {
+  kb::Store& store = h_->store();
+  ASSERT_TRUE(store.WaitDurable(store.written_ticket()).ok());
+  // Shared with the callback: the sync thread may still be waking up from `release` when the
+  // test is over.
+  auto entered = std::make_shared<absl::Notification>();
+  auto release = std::make_shared<absl::Notification>();
+  store.WhenDurable(store.written_ticket() + 1, [entered, release](absl::Status) {
+    entered->Notify();
+    release->WaitForNotificationWithTimeout(kCallTimeout);
+  });
+  auto kb = kb::Kb::Open(&store, "test/0");
+  ASSERT_TRUE(kb.ok()) << kb.status();
+  kb::Txn txn(kb->get());
+  txn.Put(kb::Space::kMeta, "key", "value");
+  // Whatever happens below, the sync thread is let go before the notifications go away.
+  absl::Cleanup let_go = [&] {
+    if (!release->HasBeenNotified()) release->Notify();
+  };
+  ASSERT_TRUE((*kb)->Commit(txn).ok());
+  ASSERT_TRUE(entered->WaitForNotificationWithTimeout(kCallTimeout));
+
+  const uint64_t runs = OnStrand(a_, [&] { return a_->engine().runs(); });
+  v1::FireEventRequest fire;
+  fire.set_agent("a/0");
+  fire.set_event("action.set");
+  (*fire.mutable_params())["value"] = "6";
+  v1::FireEventResponse fired;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(Deadline());
+  struct Answer {
+    absl::Notification done;
+    grpc::Status status;
+  };
+  auto answer = std::make_shared<Answer>();
+  stub_->async()->FireEvent(&ctx, &fire, &fired, [answer](grpc::Status s) {
+    answer->status = s;
+    answer->done.Notify();
+  });
+  // The event is queued and run (committed, not durable): the answer waits for the sync.
+  ASSERT_TRUE(WaitFor([&] { return OnStrand(a_, [&] { return a_->engine().runs() > runs; }); }));
+  EXPECT_FALSE(answer->done.WaitForNotificationWithTimeout(absl::Milliseconds(100)));
+  OnStrand(a_, [&] {
+    a_->Stop();
+    return true;
+  });
+  const bool in_time = answer->done.WaitForNotificationWithTimeout(absl::Seconds(5));
+  std::move(let_go).Invoke();
+  if (!in_time) {
+    ctx.TryCancel();  // the call must be over before its context goes away
+    answer->done.WaitForNotification();
+  }
+  ASSERT_TRUE(in_time) << "the call got no answer after its agent stopped";
+  EXPECT_EQ(answer->status.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << answer->status.error_message();
+  EXPECT_THAT(answer->status.error_message(),
+              HasSubstr("stopped before the change was confirmed durable"));
+  kb->reset();
 }
 
 TEST_F(AgentApiTest, UnknownAgentIsNotFound) {
