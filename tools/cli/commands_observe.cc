@@ -211,6 +211,11 @@ absl::Status Run(Session& s, const Args& args, int& exit_code) {
         for (const auto& [k, v] : outputs) std::printf("%s: %s\n", k.c_str(), v.c_str());
         return absl::OkStatus();
       }
+      if (t.result() == v1::Trace::RESULT_SKIPPED) {
+        return absl::AbortedError(absl::StrCat(req.event(), " on ", unit, " was skipped by ",
+                                               t.resolved_by(), " after ", t.attempt(),
+                                               " failed attempts: ", t.error()));
+      }
       return absl::AbortedError(absl::StrCat(
           req.event(), " failed on ", unit, " (attempt ", t.attempt(), "): ", t.error(),
           "\nIt stays queued and is retried with backoff (every later event waits behind it); "
