@@ -18,9 +18,10 @@
 // Thread-compatible: an Engine, its Kb and its actions belong to one serial executor.
 //
 // The parts of a run live beside it, internal to engine/: the handler graph (handler_graph.h), the
-// inbox (inbox.h), relations and their derived facts (relations.h), the outbox and sequences
-// (outbox.h), traces (trace.h), the KB key layout (key_layout.h) and
-// the state of the run in progress (run.h). What a handler sees is RunContext (run_context.h).
+// inbox (inbox.h) and what an operator does with its failed head (resolve.cc), relations and their
+// derived facts (relations.h), the outbox and sequences (outbox.h), traces (trace.h), the KB key
+// layout (key_layout.h) and the state of the run in progress (run.h). What a handler sees is
+// RunContext (run_context.h).
 
 #include <cstdint>
 #include <map>
