@@ -272,6 +272,9 @@ absl::StatusOr<RunResult> Engine::Execute(const v1::Event& event, uint32_t attem
   *trace.mutable_trigger() = event;
   trace.set_attempt(attempt);
   trace.set_started_unix_ns(absl::ToUnixNanos(start));
+  if (failure_ && failure_->event_id() == event.id()) {
+    trace.set_resolved_by(failure_->retry_requested_by());
+  }
 
   auto fail = [&](std::string handler, std::string message) {
     trace.set_duration_ns(absl::ToInt64Nanoseconds(clock_->Now() - start));
@@ -408,7 +411,10 @@ absl::StatusOr<RunResult> Engine::FailRun(const v1::Event& event, uint32_t attem
   // Everything the run staged in memory is discarded by reloading the committed state.
   RETURN_IF_ERROR(Load());
 
-  const absl::Time next = clock_->Now() + retry_->Delay(attempt);
+  // An operator's retry (Resolve) restarts the backoff: it counts the attempts made since.
+  const uint32_t reset =
+      failure_ && failure_->event_id() == event.id() ? failure_->backoff_reset_attempt() : 0;
+  const absl::Time next = clock_->Now() + retry_->Delay(attempt - reset);
 
   v1::RunFailure failure;
   failure.set_event_id(event.id());
@@ -417,6 +423,7 @@ absl::StatusOr<RunResult> Engine::FailRun(const v1::Event& event, uint32_t attem
   failure.set_message(message);
   failure.set_attempt(attempt);
   failure.set_next_retry_unix_ms(absl::ToUnixMillis(next));
+  failure.set_backoff_reset_attempt(reset);
 
   kb::Txn txn(kb_);
   txn.Put(Space::kMeta, keys::kFailure, failure.SerializeAsString());

@@ -18,9 +18,10 @@
 // Thread-compatible: an Engine, its Kb and its actions belong to one serial executor.
 //
 // The parts of a run live beside it, internal to engine/: the handler graph (handler_graph.h), the
-// inbox (inbox.h), relations and their derived facts (relations.h), the outbox and sequences
-// (outbox.h), traces (trace.h), the KB key layout (key_layout.h) and
-// the state of the run in progress (run.h). What a handler sees is RunContext (run_context.h).
+// inbox (inbox.h) and what an operator does with its failed head (resolve.cc), relations and their
+// derived facts (relations.h), the outbox and sequences (outbox.h), traces (trace.h), the KB key
+// layout (key_layout.h) and the state of the run in progress (run.h). What a handler sees is
+// RunContext (run_context.h).
 
 #include <cstdint>
 #include <map>
@@ -93,6 +94,22 @@ struct RunResult {
   std::shared_ptr<const v1::Trace> trace;
 };
 
+// What an operator does with a failed inbox head (Engine::Resolve).
+enum class ResolveMode {
+  kRetry,  // try it again now, backing off from the initial delay again if it fails
+  kSkip,   // drop it unapplied
+};
+
+struct ResolveResult {
+  // The failure resolved, as it stood before.
+  v1::RunFailure failure;
+  // Durability ticket of the change.
+  uint64_t ticket = 0;
+  // kSkip: the run number the skip is traced under, and its trace.
+  uint64_t run = 0;
+  std::shared_ptr<const v1::Trace> trace;
+};
+
 struct EnqueueResult {
   uint64_t event_id = 0;
   // Durability ticket; acknowledge the event to its sender only once this is durable.
@@ -142,6 +159,15 @@ class Engine {
   // the outbox. Returns the durability ticket (0 when nothing changed).
   absl::StatusOr<uint64_t> Acknowledge(absl::string_view destination, absl::string_view relation_id,
                                        uint64_t sequence);
+
+  // Unsticks the failed inbox head, the event every later one waits behind (resolve.cc).
+  // kRetry makes its retry due now, restarts its backoff and records `by` for the retried run's
+  // trace. kSkip removes it from the inbox unapplied, in one transaction with the removal of its
+  // failure record and a RESULT_SKIPPED trace naming `by`: nothing it carries is applied, and a
+  // relation event's sequence stays received, so its sender's redelivery is a duplicate.
+  // FAILED_PRECONDITION when the head has not failed, or when `event_id` (0: whichever) is not
+  // the failed event.
+  absl::StatusOr<ResolveResult> Resolve(ResolveMode mode, uint64_t event_id, absl::string_view by);
 
   // Processes the inbox head if there is one and it is due.
   absl::StatusOr<RunResult> RunOnce();

@@ -32,7 +32,15 @@ std::string FormatTrace(const v1::Trace& t) {
                     e.relation().remote_unit().empty() ? "-" : e.relation().remote_unit(), ")");
   }
   if (!e.source().empty()) absl::StrAppend(&out, " from ", e.source());
+  if (t.result() == v1::Trace::RESULT_SKIPPED) {
+    absl::StrAppend(&out, "\n  SKIPPED by ", t.resolved_by().empty() ? "-" : t.resolved_by(),
+                    " after ", t.attempt(),
+                    t.attempt() == 1 ? " failed attempt" : " failed attempts",
+                    ": not applied\n  last error: ", t.error(), "\n");
+    return out;
+  }
   if (t.attempt() > 1) absl::StrAppend(&out, ", attempt ", t.attempt());
+  if (!t.resolved_by().empty()) absl::StrAppend(&out, ", retried at once for ", t.resolved_by());
   absl::StrAppend(&out, "\n");
   for (const auto& s : t.steps()) {
     switch (s.kind()) {

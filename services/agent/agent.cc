@@ -278,7 +278,8 @@ void Agent::Process() {
   }
   metrics_.inbox_depth->Set(static_cast<double>(engine_->inbox_depth()));
   metrics_.outbox_unacked->Set(static_cast<double>(engine_->outbox_size()));
-  // A failure is set and cleared only by runs, so this follows AgentStatus.agent_state.
+  // A failure is set and cleared by runs and by ResolveEvent (which sets this too), so this
+  // follows AgentStatus.agent_state.
   metrics_.in_error->Set(engine_->failure() ? 1 : 0);
   Notify();
 }
@@ -689,6 +690,57 @@ absl::StatusOr<uint64_t> Agent::FireEvent(const v1::FireEventRequest& request) {
   Kick();
   Notify();
   return r.event_id;
+}
+
+absl::StatusOr<v1::ResolveEventResponse> Agent::ResolveEvent(const v1::ResolveEventRequest& request,
+                                                             const std::string& certificate) {
+  if (request.mode() != v1::RESOLVE_MODE_RETRY && request.mode() != v1::RESOLVE_MODE_SKIP) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("agent ", name_, ": ResolveEventRequest.mode must be RETRY or SKIP"));
+  }
+  // `by` goes into one log line and the trace: a short printable text.
+  constexpr size_t kMaxBy = 200;
+  if (request.by().size() > kMaxBy ||
+      std::any_of(request.by().begin(), request.by().end(),
+                  [](unsigned char c) { return c < 0x20 || c == 0x7f; })) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "agent ", name_, ": ResolveEventRequest.by must be at most ", kMaxBy,
+        " characters without control characters (got ", request.by().size(), " characters)"));
+  }
+  std::string by = request.by().empty() ? "api" : request.by();
+  if (!certificate.empty()) absl::StrAppend(&by, " (certificate ", certificate, ")");
+  const bool skip = request.mode() == v1::RESOLVE_MODE_SKIP;
+  ASSIGN_OR_RETURN(engine::ResolveResult r,
+                   engine_->Resolve(skip ? engine::ResolveMode::kSkip : engine::ResolveMode::kRetry,
+                                    request.event_id(), by));
+  last_ticket_ = std::max(last_ticket_, r.ticket);
+  const v1::RunFailure& f = r.failure;
+  const std::string what = absl::StrCat(
+      "event ", f.event_id(), " '", f.event_name(), "' (", f.attempt(),
+      f.attempt() == 1 ? " failed attempt" : " failed attempts",
+      ", last error: ", f.handler().empty() ? "" : absl::StrCat("handler ", f.handler(), ": "),
+      f.message(), ")");
+  if (skip) {
+    metrics_.events_skipped->Increment();
+    last_run_ = r.run;
+    last_event_ = f.event_name();
+    last_run_time_ = absl::Now();
+    Log(v1::LOG_LEVEL_WARNING, absl::StrCat(what, " skipped by ", by, " in run ", r.run,
+                                            ": not applied; the events behind it run now"));
+  } else {
+    metrics_.events_retried->Increment();
+    Log(v1::LOG_LEVEL_INFO, absl::StrCat(what, " retried now, asked by ", by));
+  }
+  metrics_.inbox_depth->Set(static_cast<double>(engine_->inbox_depth()));
+  metrics_.in_error->Set(engine_->failure() ? 1 : 0);
+  Kick();
+  Notify();
+  v1::ResolveEventResponse resp;
+  *resp.mutable_failure() = f;
+  resp.set_mode(request.mode());
+  resp.set_run(r.run);
+  resp.set_by(by);
+  return resp;
 }
 
 absl::StatusOr<v1::CheckRelationResponse> Agent::CheckRelation(const v1::CheckRelationRequest& r) {

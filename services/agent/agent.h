@@ -85,6 +85,12 @@ class Agent {
   v1::CheckIdleResponse CheckIdle() const;
   absl::StatusOr<uint64_t> SetConfig(const v1::SetConfigRequest& request);
   absl::StatusOr<uint64_t> FireEvent(const v1::FireEventRequest& request);
+  // Retries or skips the failed inbox head (Engine::Resolve), logs it naming `request.by()` (and
+  // the caller's `certificate` when there is one) and kicks the inbox. INVALID_ARGUMENT for an
+  // unspecified mode or a `by` that is not one short printable line; FAILED_PRECONDITION as
+  // Engine::Resolve.
+  absl::StatusOr<v1::ResolveEventResponse> ResolveEvent(const v1::ResolveEventRequest& request,
+                                                        const std::string& certificate = "");
   // Checks a config change against the service's declared options: INVALID_ARGUMENT naming the
   // service and the key.
   absl::Status CheckConfig(const std::string& key, const std::string& value) const;

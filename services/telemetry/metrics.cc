@@ -66,6 +66,11 @@ Metrics::Metrics(prometheus::Registry& r)
                          .Name("parley_peer_acks_received_total")
                          .Help("Acknowledgements received from peers")
                          .Register(r)),
+      events_resolved_(BuildCounter()
+                           .Name("parley_agent_events_resolved_total")
+                           .Help("Failed inbox head events an operator resolved, by mode "
+                                 "(retry or skip)")
+                           .Register(r)),
       peer_up_(BuildGauge()
                    .Name("parley_peer_stream_up")
                    .Help("1 while the stream to the peer is open")
@@ -92,6 +97,8 @@ Metrics::Agent Metrics::ForAgent(const std::string& agent) {
   a.events_received = &events_received_.Add(l);
   a.events_deduplicated = &events_deduplicated_.Add(l);
   a.acks_received = &acks_received_.Add(l);
+  a.events_retried = &events_resolved_.Add({{"agent", agent}, {"mode", "retry"}});
+  a.events_skipped = &events_resolved_.Add({{"agent", agent}, {"mode", "skip"}});
   for (const char* reason : kRejectReasons) Rejected(agent, reason);
   return a;
 }

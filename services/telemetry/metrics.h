@@ -33,6 +33,9 @@ class Metrics {
     prometheus::Counter* events_received;
     prometheus::Counter* events_deduplicated;
     prometheus::Counter* acks_received;
+    // Failed inbox heads an operator resolved (ResolveEvent), by mode.
+    prometheus::Counter* events_retried;
+    prometheus::Counter* events_skipped;
   };
   Agent ForAgent(const std::string& agent);
 
@@ -53,6 +56,7 @@ class Metrics {
   prometheus::Family<prometheus::Counter>& events_deduplicated_;
   prometheus::Family<prometheus::Counter>& events_rejected_;
   prometheus::Family<prometheus::Counter>& acks_received_;
+  prometheus::Family<prometheus::Counter>& events_resolved_;
   prometheus::Family<prometheus::Gauge>& peer_up_;
   prometheus::Family<prometheus::Counter>& reconnects_;
 };

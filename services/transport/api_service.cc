@@ -354,6 +354,23 @@ class AgentService : public v1::Agent::CallbackService {
     });
   }
 
+  grpc::ServerUnaryReactor* ResolveEvent(grpc::CallbackServerContext* ctx,
+                                         const v1::ResolveEventRequest* req,
+                                         v1::ResolveEventResponse* resp) override {
+    if (grpc::ServerUnaryReactor* denied = Deny(ctx, "ResolveEvent")) return denied;
+    // `by` is what the caller says; the certificate it proved is recorded beside it.
+    std::string certificate;
+    if (RequiresClientCertificates(host_->options().tls)) {
+      certificate = absl::StrCat("CN=", IdentityOf(*ctx->auth_context()).common_name);
+    }
+    return OnAgent(ctx, req->agent(), [req, resp, certificate](Agent* a) -> absl::Status {
+      auto r = a->ResolveEvent(*req, certificate);
+      if (!r.ok()) return r.status();
+      *resp = *std::move(r);
+      return absl::OkStatus();
+    });
+  }
+
   grpc::ServerWriteReactor<v1::LogRecord>* StreamLogs(grpc::CallbackServerContext* ctx,
                                                       const v1::StreamLogsRequest* req) override {
     if (grpc::Status allowed = Authorize(ctx, "StreamLogs"); !allowed.ok()) {

@@ -610,5 +610,79 @@ TEST_F(CliTest, WaitTimesOutOnAFailingUnitAndSaysWhy) {
   EXPECT_THAT(Ok({"status"}), HasSubstr("action.hello failed:"));
 }
 
+TEST_F(CliTest, ResolveRetriesOrSkipsAFailingEvent) {
+  // `gate` fails while the file `open` is missing: the action's event jams web/0's inbox.
+  const std::string open = dir_.Sub("open");
+  Write(dir_.Sub("web/service.yaml"), absl::StrCat(kWeb, R"(  - name: gate
+    on: [action.hello]
+    action:
+      kind: exec
+      command: [sh, -c, '[ -e "$1" ] || { echo "gate closed" >&2; exit 1; }', sh, ")",
+                                                   open, R"("]
+)"));
+  ASSERT_EQ(Parley({"up", dir_.Sub("model.yaml")}).code, 0);
+  auto resolve = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), {PARLEY_BIN, "resolve"});
+    return RunCommand(args, {{"PARLEY_MODEL_DIR", dir_.Sub(".parley")}, {"USER", "tester"}});
+  };
+  // Nothing failing: refused, saying why.
+  CommandResult r = resolve({"web/0"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.err, HasSubstr("agent web/0 has no failing event to resolve"));
+  EXPECT_EQ(resolve({"web/0", "--retry", "--skip"}).code, 2);
+  EXPECT_EQ(resolve({"nope/0"}).code, 1);
+
+  CommandResult run = Parley({"run", "web/0", "hello", "who=x", "--timeout", "30s"});
+  EXPECT_EQ(run.code, 1);
+  EXPECT_THAT(run.err, HasSubstr("`parley resolve web/0 --skip` drops it"));
+  const std::string status = Ok({"status"});
+  EXPECT_THAT(status, HasSubstr("action.hello failed: handler 'gate'"));
+  EXPECT_THAT(status, HasSubstr("gate closed ("));
+  EXPECT_THAT(status, HasSubstr("`parley resolve web/0` retries it now, `--skip` drops it"));
+  const uint64_t failing = Unit(Status(), "web/0")->failure().event_id();
+  ASSERT_GT(failing, 0u);
+  const std::string event = absl::StrCat("event ", failing, " (action.hello)");
+
+  // Retried while still broken: it fails again, and says how to drop it.
+  r = resolve({"web/0", "--retry", "--timeout", "30s"});
+  EXPECT_EQ(r.code, 1) << r.out << r.err;
+  EXPECT_THAT(r.out, HasSubstr(absl::StrCat("retrying ", event, " on web/0 now")));
+  EXPECT_THAT(r.err, HasSubstr(absl::StrCat(event, " failed again on web/0")));
+  EXPECT_THAT(r.err, HasSubstr("gate closed"));
+  // Fixed: the retry (the default) applies it, and the unit settles.
+  Write(open, "");
+  r = resolve({"web/0", "--timeout", "30s"});
+  EXPECT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_THAT(r.out, HasSubstr(absl::StrCat(event, " applied on attempt")));
+  Ok({"wait", "--timeout", "20s"});
+  EXPECT_THAT(Ok({"trace", "web/0", "--last", "20"}), HasSubstr("retried at once for tester@"));
+
+  // Broken again: skipped, it is never applied, and the events behind it run.
+  std::filesystem::remove(open);
+  run = Parley({"run", "web/0", "hello", "who=y", "--timeout", "30s"});
+  EXPECT_EQ(run.code, 1);
+  const uint64_t second = Unit(Status(), "web/0")->failure().event_id();
+  ASSERT_GT(second, failing);
+  Ok({"config", "web", "greeting=hey"});
+  r = resolve({"web/0", "--skip"});
+  EXPECT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_THAT(r.out, HasSubstr(absl::StrCat("skipped event ", second, " (action.hello) on web/0")));
+  EXPECT_THAT(r.out, HasSubstr("last error: handler 'gate'"));
+  EXPECT_THAT(r.out, HasSubstr("stderr: gate closed"));
+  // Who asked, and with mutual TLS the certificate they called with.
+  EXPECT_THAT(r.out, HasSubstr("by tester@"));
+  EXPECT_THAT(r.out, HasSubstr("(certificate CN=cli)"));
+  Ok({"wait", "--timeout", "20s"});
+  v1::ModelStatus st = Status();
+  EXPECT_EQ(Unit(st, "web/0")->agent_state(), v1::AGENT_STATE_IDLE);
+  EXPECT_EQ(Unit(st, "web/0")->workload().message(), "hey on 9000");
+  EXPECT_THAT(Ok({"trace", "web/0", "--last", "20"}), HasSubstr("SKIPPED by tester@"));
+  EXPECT_THAT(Ok({"logs", "--unit", "web/0", "--contains", "skipped by tester@"}),
+              HasSubstr(absl::StrCat("event ", second, " 'action.hello'")));
+  r = resolve({"web/0", "--skip"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.err, HasSubstr("has no failing event to resolve"));
+}
+
 }  // namespace
 }  // namespace parley

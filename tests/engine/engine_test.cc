@@ -880,5 +880,185 @@ TEST_F(EngineTest, TimersBecomeEvents) {
   EXPECT_TRUE(engine_->timers().empty());
 }
 
+// Resolving the failed inbox head (docs/engine.md, "Resolving a failed event"): refused when
+// nothing failed, or when the request names another event.
+TEST_F(EngineTest, ResolveNeedsAFailedHead) {
+  Handler("broken", {}, {}, {"go"}, [](RunContext&) { return absl::InternalError("nope"); });
+  Start();
+  auto r = engine_->Resolve(ResolveMode::kSkip, 0, "alice");
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(absl::IsFailedPrecondition(r.status())) << r.status();
+  EXPECT_THAT(r.status().message(),
+              HasSubstr("has no failing event to resolve: its inbox is empty"));
+  ASSERT_TRUE(engine_->Enqueue(Named("go")).ok());
+  r = engine_->Resolve(ResolveMode::kRetry, 0, "alice");
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(absl::IsFailedPrecondition(r.status())) << r.status();
+  EXPECT_THAT(r.status().message(), HasSubstr("its inbox head (event 1) has not failed"));
+
+  ASSERT_EQ(engine_->RunOnce()->outcome, RunOutcome::kFailed);
+  ASSERT_TRUE(engine_->Enqueue(Named("go")).ok());
+  // A stale request, about an event that is not the failing one, changes nothing.
+  for (ResolveMode mode : {ResolveMode::kSkip, ResolveMode::kRetry}) {
+    r = engine_->Resolve(mode, 2, "alice");
+    ASSERT_FALSE(r.ok());
+    EXPECT_TRUE(absl::IsFailedPrecondition(r.status())) << r.status();
+    EXPECT_THAT(r.status().message(),
+                HasSubstr("event 2 is not the failing event; event 1 'go' is (1 failed attempts)"));
+  }
+  EXPECT_EQ(engine_->inbox_depth(), 2u);
+  ASSERT_TRUE(engine_->failure().has_value());
+  EXPECT_EQ(engine_->RunOnce()->outcome, RunOutcome::kNotDue);
+}
+
+// Skip drops the failed head unapplied in one write with its trace; the events behind it run,
+// and after a restart it is neither in the inbox nor applied.
+TEST_F(EngineTest, SkipDropsTheFailedHeadAndTracesIt) {
+  int attempts = 0;
+  Handler("broken", {}, {}, {"config.changed"}, [&](RunContext&) {
+    ++attempts;
+    return absl::InternalError("nope");
+  });
+  Handler("later", {}, {}, {"later"}, SetFact("later"));
+  Start();
+  ASSERT_TRUE(engine_->ChangeConfig({{"k", "v"}}, {}).ok());
+  ASSERT_TRUE(engine_->Enqueue(Named("later")).ok());
+  ASSERT_EQ(engine_->RunOnce()->outcome, RunOutcome::kFailed);
+  clock_.Advance(absl::Seconds(1));
+  ASSERT_EQ(engine_->RunOnce()->outcome, RunOutcome::kFailed);
+  EXPECT_EQ(engine_->RunOnce()->outcome, RunOutcome::kNotDue);
+  EXPECT_FALSE(engine_->IsSet("later"));
+
+  auto r = engine_->Resolve(ResolveMode::kSkip, 1, "alice@ops");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->failure.event_id(), 1u);
+  EXPECT_EQ(r->failure.attempt(), 2u);
+  EXPECT_EQ(r->run, 3u);
+  EXPECT_FALSE(engine_->failure().has_value());
+  EXPECT_EQ(engine_->inbox_depth(), 1u);
+  EXPECT_EQ(engine_->runs(), 3u);
+  ASSERT_TRUE(engine_->RunUntilIdle().ok());
+  EXPECT_TRUE(engine_->IsSet("later"));
+  EXPECT_EQ(attempts, 2);
+  // Nothing the event carried was applied: the config is the committed one.
+  EXPECT_THAT(engine_->config(), IsEmpty());
+
+  engine_.reset();
+  store_.reset();
+  kb_.reset();
+  OpenStore();
+  Start();
+  EXPECT_EQ(engine_->inbox_depth(), 0u);
+  EXPECT_FALSE(engine_->failure().has_value());
+  EXPECT_EQ(engine_->RunOnce()->outcome, RunOutcome::kIdle);
+  EXPECT_EQ(attempts, 2);
+  auto traces = engine_->Traces(10);
+  ASSERT_TRUE(traces.ok());
+  ASSERT_EQ(traces->size(), 4u);
+  const v1::Trace& skipped = (*traces)[2];
+  EXPECT_EQ(skipped.run(), 3u);
+  EXPECT_EQ(skipped.result(), v1::Trace::RESULT_SKIPPED);
+  EXPECT_EQ(skipped.trigger().id(), 1u);
+  EXPECT_EQ(skipped.trigger().name(), "config.changed");
+  EXPECT_EQ(skipped.resolved_by(), "alice@ops");
+  EXPECT_EQ(skipped.attempt(), 2u);
+  EXPECT_EQ(skipped.error(), "handler broken: nope");
+  EXPECT_THAT(FormatTrace(skipped), HasSubstr("SKIPPED by alice@ops after 2 failed attempts"));
+  EXPECT_EQ((*traces)[3].trigger().name(), "later");
+  EXPECT_EQ((*traces)[3].result(), v1::Trace::RESULT_COMMITTED);
+}
+
+// A skipped relation event stays received: its sender's redelivery is a duplicate, also after a
+// restart, and the sender's next sequence is accepted.
+TEST_F(EngineTest, SkippedPeerEventStaysReceived) {
+  Endpoint("db");
+  Handler("refuse", {}, {}, {"db.changed"}, [](RunContext& ctx) {
+    return ctx.event().relation().unit_changes(0).value() == "bad"
+               ? absl::InvalidArgumentError("bad value")
+               : absl::OkStatus();
+  });
+  Start();
+  ASSERT_TRUE(
+      engine_->EnqueueFromPeer(Rel("db", v1::RELATION_EVENT_KIND_JOINED, "db:1", "redis/0"), 1)
+          .ok());
+  const v1::Event bad =
+      Rel("db", v1::RELATION_EVENT_KIND_CHANGED, "db:1", "redis/0", {{"a", "bad"}});
+  ASSERT_TRUE(engine_->EnqueueFromPeer(bad, 2).ok());
+  ASSERT_EQ(engine_->RunUntilIdle()->outcome, RunOutcome::kFailed);
+  ASSERT_TRUE(engine_->Resolve(ResolveMode::kSkip, 0, "bob").ok());
+  auto again = engine_->EnqueueFromPeer(bad, 2);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(again->duplicate);
+  engine_.reset();
+  store_.reset();
+  kb_.reset();
+  OpenStore();
+  Start();
+  again = engine_->EnqueueFromPeer(bad, 2);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(again->duplicate);
+  EXPECT_EQ(engine_->inbox_depth(), 0u);
+  ASSERT_TRUE(
+      engine_
+          ->EnqueueFromPeer(
+              Rel("db", v1::RELATION_EVENT_KIND_CHANGED, "db:1", "redis/0", {{"b", "good"}}), 3)
+          .ok());
+  ASSERT_EQ(engine_->RunUntilIdle()->outcome, RunOutcome::kCommitted);
+  EXPECT_FALSE(engine_->FactValue("db.remote.a").has_value());
+  EXPECT_EQ(engine_->FactValue("db.remote.b"), "good");
+}
+
+// Retry makes the failed head due now and restarts its backoff from the initial delay; the
+// retried run's trace names who asked.
+TEST_F(EngineTest, RetryIsDueNowAndRestartsTheBackoff) {
+  options_.retry_initial = absl::Seconds(1);
+  options_.retry_max = absl::Seconds(100);
+  options_.retry_jitter = 0;
+  bool fail = true;
+  Handler("flaky", {}, {}, {"go"}, [&](RunContext& ctx) {
+    return fail ? absl::UnavailableError("not yet") : ctx.Set("done");
+  });
+  Start();
+  ASSERT_TRUE(engine_->Enqueue(Named("go")).ok());
+  absl::StatusOr<RunResult> r;
+  for (int attempt = 1; attempt <= 4; ++attempt) {
+    r = engine_->RunOnce();
+    ASSERT_EQ(r->outcome, RunOutcome::kFailed);
+    clock_.Set(r->next_attempt);
+  }
+  clock_.Advance(-absl::Seconds(8));  // just after the 4th failure: 8 s to wait
+  EXPECT_EQ(engine_->RunOnce()->outcome, RunOutcome::kNotDue);
+
+  auto resolved = engine_->Resolve(ResolveMode::kRetry, 1, "carol");
+  ASSERT_TRUE(resolved.ok()) << resolved.status();
+  EXPECT_EQ(resolved->failure.attempt(), 4u);
+  EXPECT_EQ(resolved->run, 0u);
+  EXPECT_EQ(engine_->failure()->retry_requested_by(), "carol");
+  // The retry request is durable.
+  Start();
+  ASSERT_TRUE(engine_->failure().has_value());
+  EXPECT_EQ(engine_->failure()->retry_requested_by(), "carol");
+  r = engine_->RunOnce();
+  ASSERT_EQ(r->outcome, RunOutcome::kFailed);
+  EXPECT_EQ(r->trace->attempt(), 5u);
+  EXPECT_EQ(r->trace->resolved_by(), "carol");
+  EXPECT_EQ(r->next_attempt - clock_.Now(), absl::Seconds(1));
+  EXPECT_EQ(engine_->failure()->retry_requested_by(), "");
+  clock_.Set(r->next_attempt);
+  r = engine_->RunOnce();
+  ASSERT_EQ(r->outcome, RunOutcome::kFailed);
+  EXPECT_EQ(r->trace->resolved_by(), "");
+  EXPECT_EQ(r->next_attempt - clock_.Now(), absl::Seconds(2));
+
+  // Once the cause is fixed, a retry applies it at once.
+  fail = false;
+  ASSERT_TRUE(engine_->Resolve(ResolveMode::kRetry, 0, "carol").ok());
+  r = engine_->RunOnce();
+  ASSERT_EQ(r->outcome, RunOutcome::kCommitted);
+  EXPECT_EQ(r->trace->attempt(), 7u);
+  EXPECT_TRUE(engine_->IsSet("done"));
+  EXPECT_FALSE(engine_->failure().has_value());
+}
+
 }  // namespace
 }  // namespace parley::engine

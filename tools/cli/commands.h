@@ -2,7 +2,7 @@
 
 // The `parley` commands (docs/cli.md), each run with the command line parsed by parley.cc.
 //  - commands_apply.cc: what changes the model (up, down, relate, unrelate, config, add-unit,
-//    remove-unit, cert);
+//    remove-unit, resolve, cert);
 //  - commands_observe.cc: what shows it or acts through it (status, wait, run, logs, facts,
 //    relation-data, trace, metrics-config, version, export).
 
@@ -21,6 +21,8 @@ absl::Status Relate(Session& s, const Args& args, bool relate);
 absl::Status Config(Session& s, const Args& args);
 absl::Status AddUnit(Session& s, const Args& args);
 absl::Status RemoveUnit(Session& s, const Args& args);
+// Retries or skips a unit's failed inbox head; sets `exit_code` when the retry timed out.
+absl::Status Resolve(Session& s, const Args& args, int& exit_code);
 absl::Status Cert(Session& s, const Args& args);
 
 absl::Status Status(Session& s, const Args& args);

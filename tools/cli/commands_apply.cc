@@ -1,8 +1,12 @@
 // The commands that change the model: up, down, relate, unrelate, config, add-unit, remove-unit,
-// cert (docs/cli.md).
+// resolve, cert (docs/cli.md).
+
+#include <pwd.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -36,6 +40,21 @@ using services::LoadModel;
 using services::LoadServiceDefinition;
 using services::Model;
 using services::ModelService;
+
+// Who runs this command, for the traces and logs of what it changes: "$USER@host".
+std::string Operator() {
+  std::string user;
+  if (const char* env = getenv("USER"); env != nullptr && *env != '\0') {
+    user = env;
+  } else if (const passwd* pw = getpwuid(getuid()); pw != nullptr) {
+    user = pw->pw_name;
+  } else {
+    user = absl::StrCat("uid ", getuid());
+  }
+  char host[256] = {};
+  if (gethostname(host, sizeof(host) - 1) != 0 || host[0] == '\0') return user;
+  return absl::StrCat(user, "@", host);
+}
 
 }  // namespace
 
@@ -503,6 +522,92 @@ absl::Status RemoveUnit(Session& s, const Args& args) {
   for (const auto& unit : args.positional) RETURN_IF_ERROR(s.RequireUnit(unit).status());
   for (const auto& unit : args.positional) RETURN_IF_ERROR(s.RemoveUnit(unit));
   return absl::OkStatus();
+}
+
+absl::Status Resolve(Session& s, const Args& args, int& exit_code) {
+  if (args.Has("--retry") && args.Has("--skip")) {
+    return absl::InvalidArgumentError("--retry and --skip exclude each other");
+  }
+  const bool skip = args.Has("--skip");
+  if (skip && args.Has("--no-wait")) {
+    return absl::InvalidArgumentError("--no-wait goes with --retry");
+  }
+  ASSIGN_OR_RETURN(absl::Duration timeout, ParseDuration(args.Get("--timeout", "60s")));
+  const std::string unit = args.positional[0];
+  RETURN_IF_ERROR(s.LoadState());
+  ASSIGN_OR_RETURN(auto found, s.RequireUnit(unit));
+  AgentClient& client = s.Client(found.second->address());
+  // Name the event seen failing, so that what the agent resolves is what was meant; the agent
+  // refuses, saying why, when nothing is failing.
+  ASSIGN_OR_RETURN(v1::AgentStatus status, client.Status(unit));
+  v1::ResolveEventRequest req;
+  req.set_agent(unit);
+  req.set_mode(skip ? v1::RESOLVE_MODE_SKIP : v1::RESOLVE_MODE_RETRY);
+  if (status.agent_state() == v1::AGENT_STATE_ERROR) req.set_event_id(status.failure().event_id());
+  req.set_by(Operator());
+  auto traces = [&]() -> absl::StatusOr<v1::GetTracesResponse> {
+    v1::GetTracesRequest treq;
+    treq.set_agent(unit);
+    treq.set_last(100);
+    v1::GetTracesResponse got;
+    RETURN_IF_ERROR(client.Call(&v1::Agent::Stub::GetTraces, treq, &got));
+    return got;
+  };
+  v1::ResolveEventResponse resp;
+  absl::Status called = client.Call(&v1::Agent::Stub::ResolveEvent, req, &resp);
+  if (absl::IsFailedPrecondition(called) && req.event_id() != 0) {
+    // Refused, unless this is a call repeated after a late answer (AgentClient::Call) that finds
+    // its first attempt's work done: the event's trace then names this operator.
+    ASSIGN_OR_RETURN(v1::GetTracesResponse got, traces());
+    for (const v1::Trace& t : got.traces()) {
+      if (t.trigger().id() != req.event_id() || !absl::StartsWith(t.resolved_by(), req.by()) ||
+          (skip ? t.result() != v1::Trace::RESULT_SKIPPED
+                : t.attempt() <= status.failure().attempt())) {
+        continue;
+      }
+      called = absl::OkStatus();
+      *resp.mutable_failure() = status.failure();
+      resp.set_mode(req.mode());
+      resp.set_run(skip ? t.run() : 0);
+      resp.set_by(t.resolved_by());
+    }
+  }
+  RETURN_IF_ERROR(called);
+  const v1::RunFailure& f = resp.failure();
+  const std::string event = absl::StrCat("event ", f.event_id(), " (", f.event_name(), ")");
+  const std::string attempts =
+      absl::StrCat(f.attempt(), f.attempt() == 1 ? " failed attempt" : " failed attempts");
+  if (skip) {
+    std::printf(
+        "skipped %s on %s after %s: it is not applied, and the events behind it run now\n"
+        "last error: %s\nrecorded as run %llu by %s (parley trace %s)\n",
+        event.c_str(), unit.c_str(), attempts.c_str(), f.message().c_str(),
+        static_cast<unsigned long long>(resp.run()), resp.by().c_str(), unit.c_str());
+    return absl::OkStatus();
+  }
+  std::printf("retrying %s on %s now (%s so far)\n", event.c_str(), unit.c_str(), attempts.c_str());
+  if (args.Has("--no-wait")) return absl::OkStatus();
+  std::fflush(stdout);
+  const absl::Time deadline = absl::Now() + timeout;
+  while (true) {
+    ASSIGN_OR_RETURN(v1::GetTracesResponse got, traces());
+    for (const v1::Trace& t : got.traces()) {
+      if (t.trigger().id() != f.event_id() || t.attempt() <= f.attempt()) continue;
+      if (t.result() == v1::Trace::RESULT_COMMITTED) {
+        std::printf("%s applied on attempt %u\n", event.c_str(), t.attempt());
+        return absl::OkStatus();
+      }
+      return absl::AbortedError(absl::StrCat(event, " failed again on ", unit, " (attempt ",
+                                             t.attempt(), "): ", t.error(), "\n`parley resolve ",
+                                             unit, " --skip` drops it"));
+    }
+    if (absl::Now() > deadline) {
+      exit_code = kTimedOut;
+      return absl::DeadlineExceededError(absl::StrCat(event, " was not retried on ", unit,
+                                                      " within ", absl::FormatDuration(timeout)));
+    }
+    absl::SleepFor(absl::Milliseconds(100));
+  }
 }
 
 absl::Status Cert(Session& s, const Args& args) {

@@ -104,9 +104,9 @@ std::string RenderStatus(const v1::ModelStatus& st) {
   const int64_t now_ms = absl::ToUnixMillis(absl::Now());
   for (const auto& u : st.units()) {
     std::string message = u.workload().message();
+    // A failing head holds every later event back: the unit says so, and how to unstick it.
     if (u.agent_state() == v1::AGENT_STATE_ERROR) {
-      message = absl::StrCat(u.failure().event_name(), " failed: ", u.failure().message());
-      if (message.size() > 120) message = message.substr(0, 117) + "...";
+      message = DescribeFailure(u.agent(), u.failure(), 100);
     }
     const bool answered = !u.agent().empty() && u.agent_state() != v1::AGENT_STATE_UNSPECIFIED;
     units.Add({u.agent(), answered ? WorkloadName(u.workload().state()) : "unknown",
@@ -211,9 +211,16 @@ absl::Status Run(Session& s, const Args& args, int& exit_code) {
         for (const auto& [k, v] : outputs) std::printf("%s: %s\n", k.c_str(), v.c_str());
         return absl::OkStatus();
       }
+      if (t.result() == v1::Trace::RESULT_SKIPPED) {
+        return absl::AbortedError(absl::StrCat(req.event(), " on ", unit, " was skipped by ",
+                                               t.resolved_by(), " after ", t.attempt(),
+                                               " failed attempts: ", t.error()));
+      }
       return absl::AbortedError(absl::StrCat(
           req.event(), " failed on ", unit, " (attempt ", t.attempt(), "): ", t.error(),
-          "\nIt stays queued and is retried with backoff; see `parley status`."));
+          "\nIt stays queued and is retried with backoff (every later event waits behind it); "
+          "`parley resolve ",
+          unit, "` retries it now, `parley resolve ", unit, " --skip` drops it."));
     }
     if (absl::Now() > deadline) {
       exit_code = kTimedOut;

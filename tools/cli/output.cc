@@ -1,5 +1,7 @@
 #include "tools/cli/output.h"
 
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "google/protobuf/util/json_util.h"
 
 namespace parley::cli {
@@ -32,6 +34,18 @@ std::string AgentStateName(v1::AgentState s) {
     default:
       return "unknown";
   }
+}
+
+std::string DescribeFailure(const std::string& unit, const v1::RunFailure& failure,
+                            size_t max_error) {
+  std::string error = failure.message();
+  if (max_error > 3 && error.size() > max_error) error = error.substr(0, max_error - 3) + "...";
+  return absl::StrCat(
+      "event ", failure.event_id(), " ", failure.event_name(), " failed: ", error, " (",
+      failure.attempt(), failure.attempt() == 1 ? " attempt" : " attempts", ", next at ",
+      absl::FormatTime("%H:%M:%S", absl::FromUnixMillis(failure.next_retry_unix_ms()),
+                       absl::LocalTimeZone()),
+      "); `parley resolve ", unit, "` retries it now, `--skip` drops it");
 }
 
 std::string ToJson(const google::protobuf::Message& m) {

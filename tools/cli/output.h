@@ -44,6 +44,11 @@ class Table {
 
 std::string WorkloadName(v1::WorkloadState s);
 std::string AgentStateName(v1::AgentState s);
+// A unit's failed inbox head for operators: "event 7 action.hello failed: <error> (3 attempts,
+// next at 12:00:01); `parley resolve web/0` retries it now, `--skip` drops it". The error is cut
+// to `max_error` characters (0: whole), the rest always shown.
+std::string DescribeFailure(const std::string& unit, const v1::RunFailure& failure,
+                            size_t max_error = 0);
 // Indented JSON with the proto field names.
 std::string ToJson(const google::protobuf::Message& m);
 

@@ -286,7 +286,8 @@ absl::Status Session::Wait(absl::Duration timeout, bool failed_settles) {
         if (st.ok() && st->agent_state() == v1::AGENT_STATE_ERROR) {
           const std::string msg =
               absl::StrCat(u->name(), ": ", st->failure().event_name(), " failed (attempt ",
-                           st->failure().attempt(), "): ", st->failure().message());
+                           st->failure().attempt(), "): ", st->failure().message(),
+                           "; `parley resolve ", u->name(), "` retries it now, `--skip` drops it");
           if (reported[u->name()] != st->failure().message()) {
             reported[u->name()] = st->failure().message();
             std::fprintf(stderr, "%s%s\n", tty ? "\r\033[K" : "", msg.c_str());
