@@ -130,6 +130,10 @@ if [ "$(id -u)" -eq 0 ] && have podman; then
     [ "$driver" = overlay ] || problems+=("podman's storage driver is '$driver', not overlay")
     # A network made as the tests make theirs must have DNS: that is what was silently missing.
     if [ "$cni_ok" = 1 ] && have dnsmasq && [ "$backend" = cni ]; then
+      # What an earlier run that was killed left (its process is gone).
+      for n in $(podman network ls --format '{{.Name}}' | grep '^parley-preflight-[0-9]*$' || true); do
+        kill -0 "${n##*-}" 2>/dev/null || podman network rm -f "$n" >/dev/null 2>&1 || true
+      done
       network="parley-preflight-$$"
       if ! out=$(podman network create "$network" 2>&1); then
         problems+=("podman network create fails: $out")
