@@ -1,7 +1,7 @@
 # Sourced by the deploy tests: podman as it works on the test machines, and the shared helpers.
 #
 # podman runs with runc (crun refuses hybrid cgroup hierarchies), cgroupfs and a file event log (no
-# systemd in a test machine) and no default ulimits (the sandbox does not allow raising them). Its
+# systemd in a test machine), CNI networks and no default ulimits (the sandbox does not allow raising them). Its
 # storage is the tests' own, under $PARLEY_IMAGE_CACHE (default /var/tmp/parley-images), kept
 # between runs so that the image layers (the bookworm base, the apt-get of the runtime packages)
 # are built once: the first run takes a few minutes, later ones seconds. The deploy tests share
@@ -16,6 +16,9 @@ cache="${PARLEY_IMAGE_CACHE:-/var/tmp/parley-images}"
 work="${PARLEY_TEST_WORK:-$(mktemp -d "${TMPDIR:-/tmp}/parley-deploy-test.XXXXXX")}"
 export PARLEY_TEST_WORK="$work"
 mkdir -p "$cache/storage" "$cache/run"
+# CNI, not netavark: the networks' names resolve through the dnsname plugin, which is what
+# tools/setup installs and preflight_test.sh checks (podman would pick netavark on a machine that
+# has it and storage that has no CNI networks yet).
 cat >"$work/containers.conf" <<'CONF'
 [containers]
 default_ulimits = []
@@ -23,6 +26,8 @@ default_ulimits = []
 runtime = "runc"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
+[network]
+network_backend = "cni"
 CONF
 cat >"$work/storage.conf" <<CONF
 [storage]
