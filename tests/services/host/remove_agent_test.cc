@@ -8,10 +8,12 @@
 
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "base/process_reaper.h"
 #include "services/backends/backends.h"
 #include "services/definition/definition.h"
 #include "services/host/host.h"
@@ -165,6 +167,9 @@ TEST_F(RemoveAgentTest, StopsTheDaemonAHandlerDetachedAndReportsIt) {
   EXPECT_NE(ReadFile(absl::StrCat("/proc/", daemon, "/environ"))
                 .find(absl::StrCat("PARLEY_UNIT_COOKIE=", *cookie)),
             std::string::npos);
+  // ... and labelled, which survives a daemon rewriting its environment.
+  EXPECT_THAT(ReadFile(absl::StrCat("/proc/", daemon, "/limits")),
+              ::testing::HasSubstr(absl::StrCat(base::LocksLabel(*cookie))));
 
   absl::StatusOr<v1::RemoveAgentResponse> removed = host_->RemoveAgent("keeper/0");
   ASSERT_TRUE(removed.ok()) << removed.status();
@@ -195,8 +200,17 @@ TEST_F(RemoveAgentTest, StopsAHangingHandlerAndItsDaemonWithinABound) {
   // agent's strand.
 
   const absl::Time start = absl::Now();
-  absl::StatusOr<v1::RemoveAgentResponse> removed = host_->RemoveAgent("hanger/0");
-  const absl::Duration took = absl::Now() - start;
+  absl::StatusOr<v1::RemoveAgentResponse> removed;
+  absl::Duration took;
+  std::thread remover([&] {
+    removed = host_->RemoveAgent("hanger/0");
+    took = absl::Now() - start;
+  });
+  // While it is being removed, none of its programs may start (a handler that tries fails).
+  EXPECT_TRUE(
+      WaitFor([&] { return absl::IsFailedPrecondition(host_->UnitCookie("hanger/0").status()); },
+              absl::Seconds(5)));
+  remover.join();
   ASSERT_TRUE(removed.ok()) << removed.status();
   // 1 s for the run to end, 1 s of grace for the daemon that ignores SIGTERM, then the handler
   // returns (its output drained) and the run rolls back: far below the handler's hour.
