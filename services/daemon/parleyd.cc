@@ -18,9 +18,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "prometheus/exposer.h"
-#include "services/fixtures/builtin_services.h"
-#include "services/definition/definition.h"
 #include "services/backends/backends.h"
+#include "services/definition/definition.h"
+#include "services/fixtures/builtin_services.h"
 #include "services/host/host.h"
 
 ABSL_FLAG(std::string, data, "", "Directory of the agents' knowledge base (created if missing)");
@@ -113,13 +113,18 @@ int main(int argc, char** argv) {
   backends.process.unit_host = absl::GetFlag(FLAGS_unit_host);
   ps::Host* h = nullptr;
   backends.log = [&h](absl::string_view unit, absl::string_view handler, absl::string_view source,
-                  absl::string_view text) {
+                      absl::string_view text) {
     if (h == nullptr) return;
     parley::v1::LogRecord r;
     r.set_agent(std::string(unit));
     r.set_level(source == "stderr" ? parley::v1::LOG_LEVEL_WARNING : parley::v1::LOG_LEVEL_INFO);
     r.set_message(absl::StrCat(handler, " ", source, ": ", text));
     h->logs().Add(std::move(r));
+  };
+  // Programs carry their unit's cookie, so that removing the unit stops what they left running.
+  backends.process.unit_cookie = [&h](const std::string& unit) -> absl::StatusOr<std::string> {
+    if (h == nullptr) return absl::UnavailableError("parleyd is not serving");
+    return h->UnitCookie(unit);
   };
   std::shared_ptr<ps::BackendRegistry> factory = ps::MakeBackends(std::move(backends));
   options.build_agent =

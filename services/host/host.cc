@@ -9,12 +9,19 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "base/process_reaper.h"
 #include "base/status_macros.h"
 #include "services/transport/api_service.h"
 #include "services/transport/peer_streams.h"
 #include "services/transport/status_convert.h"
 
 namespace parley::services {
+namespace {
+constexpr absl::string_view kRecipePrefix = "recipe/";
+// The secret the agents' process cookies are derived from.
+constexpr absl::string_view kCookieSecretKey = "unit_cookie_secret";
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Host>> Host::Start(HostOptions options) {
   std::unique_ptr<Host> host(new Host(std::move(options)));
   RETURN_IF_ERROR(host->Init());
@@ -34,6 +41,18 @@ absl::Status Host::Init() {
   ASSIGN_OR_RETURN(store_, kb::Store::Open(options_.data_dir, so));
   // Unit names are "<service>/<number>" and agents added in code never start with '.'.
   ASSIGN_OR_RETURN(host_kb_, kb::Kb::Open(store_.get(), ".parleyd"));
+  ASSIGN_OR_RETURN(std::optional<std::string> secret,
+                   host_kb_->Get(kb::Space::kMeta, kCookieSecretKey));
+  if (secret) {
+    cookie_secret_ = std::move(*secret);
+  } else {
+    // Made once per data dir, durably before any agent may start a program.
+    ASSIGN_OR_RETURN(cookie_secret_, base::RandomHex(16));
+    auto txn = host_kb_->Begin();
+    txn->Put(kb::Space::kMeta, kCookieSecretKey, cookie_secret_);
+    ASSIGN_OR_RETURN(uint64_t ticket, host_kb_->Commit(*txn));
+    RETURN_IF_ERROR(store_->WaitDurable(ticket));
+  }
   pool_ = std::make_unique<base::ThreadPool>(options_.threads);
   scheduler_ = std::make_unique<base::Scheduler>();
   if (!options_.registry) options_.registry = std::make_shared<prometheus::Registry>();
@@ -95,10 +114,6 @@ absl::StatusOr<Agent*> Host::AddAgent(engine::ServiceSpec spec, AgentOptions opt
   raw->strand()->Post([raw] { raw->Start(); });
   return raw;
 }
-
-namespace {
-constexpr absl::string_view kRecipePrefix = "recipe/";
-}  // namespace
 
 absl::StatusOr<std::string> Host::AddAgentFromRecipe(const v1::AgentRecipe& recipe) {
   absl::MutexLock hosting(&hosting_mu_);
@@ -179,19 +194,107 @@ absl::Status Host::RestoreAgents() {
       absl::StrCat("agents not hosted again: ", absl::StrJoin(failed, "; ")));
 }
 
-absl::Status Host::RemoveAgent(const std::string& name) {
+namespace {
+
+v1::ProcessFate FateOf(base::ProcessFate fate) {
+  switch (fate) {
+    case base::ProcessFate::kTerminated:
+      return v1::PROCESS_FATE_TERMINATED;
+    case base::ProcessFate::kKilled:
+      return v1::PROCESS_FATE_KILLED;
+    case base::ProcessFate::kSurvived:
+      return v1::PROCESS_FATE_SURVIVED;
+  }
+  return v1::PROCESS_FATE_UNSPECIFIED;
+}
+
+std::string Describe(const v1::StoppedProcess& p) {
+  switch (p.fate()) {
+    case v1::PROCESS_FATE_TERMINATED:
+      return absl::StrCat("process ", p.pid(),
+                          " was still running; stopped by SIGTERM: ", p.command());
+    case v1::PROCESS_FATE_KILLED:
+      return absl::StrCat(
+          "process ", p.pid(),
+          " was still running and outlived SIGTERM; killed (SIGKILL): ", p.command());
+    default:
+      return absl::StrCat("process ", p.pid(), " was still running and could not be stopped (",
+                          p.error(), "): ", p.command());
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> Host::UnitCookie(absl::string_view name) const {
+  absl::MutexLock lock(&mu_);
+  if (!agents_.contains(name)) {
+    return absl::NotFoundError(absl::StrCat("no agent '", name, "' at ", address_));
+  }
+  if (removing_.contains(name)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("unit ", name, " is being removed: no program of it may start"));
+  }
+  return base::DeriveUnitCookie(cookie_secret_, name);
+}
+
+absl::StatusOr<v1::RemoveAgentResponse> Host::RemoveAgent(const std::string& name) {
   absl::MutexLock hosting(&hosting_mu_);
   Agent* agent = Find(name);
   if (agent == nullptr) {
     return absl::NotFoundError(absl::StrCat("no agent '", name, "' at ", address_));
   }
-  // Let the run in progress finish, then stop; nothing else runs on the strand afterwards.
-  absl::Notification stopped;
-  agent->strand()->Post([agent, &stopped] {
+  {
+    // From here on no program of the agent starts (UnitCookie refuses), so what the reaper
+    // finds after the run ended is all there is.
+    absl::MutexLock lock(&mu_);
+    removing_.insert(name);
+  }
+  auto log = [&](v1::LogLevel level, std::string message) {
+    v1::LogRecord r;
+    r.set_agent(name);
+    r.set_level(level);
+    r.set_message(std::move(message));
+    logs_.Add(std::move(r));
+  };
+  const std::string cookie = base::DeriveUnitCookie(cookie_secret_, name);
+  base::ReapOptions reap_options;
+  reap_options.grace = options_.remove_kill_grace;
+  v1::RemoveAgentResponse response;
+  auto reap = [&] {
+    for (const base::ReapedProcess& r : base::ReapTaggedProcesses(cookie, reap_options)) {
+      v1::StoppedProcess* p = response.add_stopped_processes();
+      p->set_pid(r.process.pid);
+      p->set_command(r.process.command);
+      p->set_fate(FateOf(r.fate));
+      p->set_error(r.error);
+      log(r.fate == base::ProcessFate::kSurvived ? v1::LOG_LEVEL_ERROR : v1::LOG_LEVEL_WARNING,
+          absl::StrCat("removing: ", Describe(*p)));
+    }
+  };
+  // Let the run in progress finish, then stop; nothing else runs on the strand afterwards. The
+  // notification is shared: a blocked strand runs the closure after this call may have returned.
+  auto stopped = std::make_shared<absl::Notification>();
+  agent->strand()->Post([agent, stopped] {
     agent->Stop();
-    stopped.Notify();
+    stopped->Notify();
   });
-  stopped.WaitForNotification();
+  if (!stopped->WaitForNotificationWithTimeout(options_.remove_blocked_after)) {
+    // Blocked in a handler: stopping the agent's processes, the handler's among them, ends the
+    // handler and with it the run (it fails and rolls back).
+    response.set_was_blocked(true);
+    log(v1::LOG_LEVEL_WARNING, absl::StrCat("removing: the run in progress did not end within ",
+                                            absl::FormatDuration(options_.remove_blocked_after),
+                                            "; stopping the agent's processes under it"));
+    reap();
+    if (!stopped->WaitForNotificationWithTimeout(options_.remove_blocked_after)) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("agent '", name, "' at ", address_, " is still in a run ",
+                       absl::FormatDuration(options_.remove_blocked_after),
+                       " after its processes were stopped (see its log); call RemoveAgent again"));
+    }
+  }
+  // What the handlers left running: daemons they detached.
+  reap();
   // Forget the recipe and delete the knowledge base in one atomic write; only then is the agent
   // no longer hosted (if the write fails, a retry finds it, stopped, and tries again).
   auto txn = host_kb_->Begin();
@@ -204,13 +307,15 @@ absl::Status Host::RemoveAgent(const std::string& name) {
     auto it = agents_.find(name);
     retired_.push_back(std::move(it->second));
     agents_.erase(it);
+    removing_.erase(name);
   }
-  v1::LogRecord r;
-  r.set_agent(name);
-  r.set_level(v1::LOG_LEVEL_INFO);
-  r.set_message("removed: agent stopped and its knowledge base deleted");
-  logs_.Add(std::move(r));
-  return absl::OkStatus();
+  log(v1::LOG_LEVEL_INFO,
+      absl::StrCat("removed: agent stopped and its knowledge base deleted",
+                   response.stopped_processes_size() == 0
+                       ? ""
+                       : absl::StrCat("; ", response.stopped_processes_size(),
+                                      " process(es) it left running were stopped")));
+  return response;
 }
 
 v1::HostInfo Host::Info() const {

@@ -10,6 +10,7 @@
 
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -58,6 +59,11 @@ struct HostOptions {
   std::function<absl::StatusOr<engine::ServiceSpec>(const v1::AgentRecipe&)> build_agent;
   // Options of agents built from recipes.
   AgentOptions recipe_agent_options;
+  // RemoveAgent: the run in progress gets `remove_blocked_after` to end; after that the agent is
+  // blocked (a handler hangs) and its processes are stopped under it, which ends the run. Every
+  // process of the agent still running then gets SIGTERM, and SIGKILL `remove_kill_grace` later.
+  absl::Duration remove_blocked_after = absl::Seconds(10);
+  absl::Duration remove_kill_grace = absl::Seconds(10);
   // Reported by GetHost.
   std::string version;
   std::string metrics_address;
@@ -83,9 +89,18 @@ class Host {
   // Hosts every recorded recipe (at startup). A recipe that no longer builds (its definition
   // changed or vanished) is skipped and reported in the returned error; the others start.
   absl::Status RestoreAgents();
-  // Stops the agent, forgets its recipe and deletes its knowledge base. Its memory is freed when
-  // the host shuts down.
-  absl::Status RemoveAgent(const std::string& name);
+  // Stops the agent, stops every process its handlers started that is still running (found by
+  // the agent's cookie, see UnitCookie; even when the agent is blocked, see HostOptions), forgets
+  // its recipe and deletes its knowledge base. Returns the processes it stopped, which the log
+  // names too. Its memory is freed when the host shuts down. Blocks for up to about
+  // 2 * remove_blocked_after + 2 * remove_kill_grace; DEADLINE_EXCEEDED when the agent's run
+  // still has not ended then (the call may be repeated).
+  absl::StatusOr<v1::RemoveAgentResponse> RemoveAgent(const std::string& name);
+  // The cookie that tags the processes `name`'s handlers start (base/process_reaper.h): derived
+  // from a random secret kept in the host's store, so the same across restarts and different on
+  // every other data dir. NOT_FOUND when no such agent is hosted; FAILED_PRECONDITION while it is
+  // being removed (no program of it may start then). Thread-safe.
+  absl::StatusOr<std::string> UnitCookie(absl::string_view name) const;
   v1::HostInfo Info() const;
   std::vector<Agent*> Agents() const;
   const std::string& address() const { return address_; }
@@ -144,6 +159,10 @@ class Host {
   std::map<std::string, std::unique_ptr<Agent>, std::less<>> agents_ ABSL_GUARDED_BY(mu_);
   // Removed agents: stopped, kept until shutdown because closures may still name them.
   std::vector<std::unique_ptr<Agent>> retired_ ABSL_GUARDED_BY(mu_);
+  // Agents RemoveAgent is removing: their programs may not start.
+  std::set<std::string, std::less<>> removing_ ABSL_GUARDED_BY(mu_);
+  // What the agents' cookies are derived from (set by Init, then read only).
+  std::string cookie_secret_;
   // The host's own records (recipes) in the store.
   std::unique_ptr<kb::Kb> host_kb_;
   absl::Mutex hosting_mu_;  // serializes AddAgentFromRecipe / RemoveAgent

@@ -409,11 +409,14 @@ class AgentService : public v1::Agent::CallbackService {
 
   grpc::ServerUnaryReactor* RemoveAgent(grpc::CallbackServerContext* ctx,
                                         const v1::RemoveAgentRequest* req,
-                                        v1::RemoveAgentResponse*) override {
+                                        v1::RemoveAgentResponse* resp) override {
     if (grpc::ServerUnaryReactor* denied = Deny(ctx, "RemoveAgent")) return denied;
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-    std::thread([host = host_, req, reactor] {
-      reactor->Finish(ToGrpcStatus(host->RemoveAgent(req->agent())));
+    // It may block for seconds (stopping the agent's processes): not on a gRPC thread.
+    std::thread([host = host_, req, resp, reactor] {
+      absl::StatusOr<v1::RemoveAgentResponse> removed = host->RemoveAgent(req->agent());
+      if (removed.ok()) *resp = std::move(*removed);
+      reactor->Finish(ToGrpcStatus(removed.status()));
     }).detach();
     return reactor;
   }

@@ -439,6 +439,63 @@ TEST_F(CliTest, DownKeepsStateAndUpResumes) {
   EXPECT_THAT(none.err, HasSubstr("no model in"));
 }
 
+// A unit whose start handler detaches a daemon and whose stop handler forgets it.
+constexpr char kLeaky[] = R"(name: leaky
+handlers:
+  - name: launch
+    on: [start]
+    action: {kind: exec, command: [./launch.sh]}
+  - name: forget
+    on: [stop]
+    action: {kind: builtin, steps: [{status: {state: maintenance, message: stopped}}]}
+)";
+constexpr char kLaunch[] = R"sh(#!/bin/sh
+setsid /bin/sh -c 'echo $$ > "$PARLEY_STATE_DIR/daemon.pid"; exec sleep 86431' \
+  </dev/null >/dev/null 2>&1 &
+)sh";
+
+TEST_F(CliTest, RemovalStopsWhatHandlersLeftRunningAndSaysSo) {
+  Write(dir_.Sub("leaky/service.yaml"), kLeaky);
+  Write(dir_.Sub("leaky/launch.sh"), kLaunch);
+  std::filesystem::permissions(dir_.Sub("leaky/launch.sh"), std::filesystem::perms::owner_all);
+  Write(dir_.Sub("leaky-model.yaml"), "services:\n  leaky:\n    definition: leaky\n    units: 2\n");
+  ASSERT_EQ(Parley({"up", dir_.Sub("leaky-model.yaml")}).code, 0);
+  auto daemon_of = [&](const std::string& unit_dir) {
+    std::ifstream in(dir_.Sub(".parley/units/" + unit_dir + "/daemon.pid"));
+    int64_t pid = 0;
+    in >> pid;
+    return pid;
+  };
+  int64_t first = 0, second = 0;
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while ((first == 0 || second == 0) && absl::Now() < deadline) {
+    first = daemon_of("leaky-0");
+    second = daemon_of("leaky-1");
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  ASSERT_GT(first, 0);
+  ASSERT_GT(second, 0);
+  ASSERT_TRUE(Running(first));
+  ASSERT_TRUE(Running(second));
+
+  CommandResult removed = Parley({"remove-unit", "leaky/1"});
+  EXPECT_EQ(removed.code, 0) << removed.err;
+  EXPECT_THAT(removed.err, HasSubstr(absl::StrCat(
+                               "remove-unit: leaky/1: killed 1 process left running: ", second,
+                               " sleep 86431\n")));
+  EXPECT_FALSE(Running(second));
+  EXPECT_TRUE(Running(first));
+
+  CommandResult down = Parley({"down", "--purge"});
+  EXPECT_EQ(down.code, 0) << down.err;
+  EXPECT_THAT(down.err, HasSubstr(absl::StrCat(
+                            "down --purge: leaky/0: killed 1 process left running: ", first,
+                            " sleep 86431\n")));
+  EXPECT_FALSE(Running(first));
+  if (Running(first)) kill(static_cast<pid_t>(first), SIGKILL);
+  if (Running(second)) kill(static_cast<pid_t>(second), SIGKILL);
+}
+
 // Asks the parleyd at `address` for its identity without any certificate.
 grpc::Status PlaintextGetHost(const std::string& address) {
   auto stub = v1::Agent::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));

@@ -206,7 +206,7 @@ absl::Status Up(Session& s, const Args& args) {
   for (const std::string& name : leaving) {
     v1::ServiceRecord* svc = s.FindService(name);
     while (svc->units_size() > 0) {
-      RETURN_IF_ERROR(s.RemoveUnit(svc->units(svc->units_size() - 1).name()));
+      RETURN_IF_ERROR(s.RemoveUnit(svc->units(svc->units_size() - 1).name(), "apply"));
     }
     (*state.mutable_next_units())[name] = svc->next_unit();
     auto* services = state.mutable_services();
@@ -235,7 +235,7 @@ absl::Status Up(Session& s, const Args& args) {
     RETURN_IF_ERROR(s.ApplyConfig(*svc, m.config));
     while (svc->units_size() < m.units) RETURN_IF_ERROR(s.AddUnit(*svc));
     while (svc->units_size() > m.units) {
-      RETURN_IF_ERROR(s.RemoveUnit(svc->units(svc->units_size() - 1).name()));
+      RETURN_IF_ERROR(s.RemoveUnit(svc->units(svc->units_size() - 1).name(), "apply"));
     }
     // Peer endpoints relate a service's units among themselves, without a line in the model.
     for (const auto& ep : m.definition.endpoints) {
@@ -343,19 +343,25 @@ absl::Status Down(Session& s, const Args& args) {
     if (absl::Status st = s.Wait(absl::Seconds(60), /*failed_settles=*/true); !st.ok()) {
       std::fprintf(stderr, "parley: stopping anyway: %s\n", std::string(st.message()).c_str());
     }
-    // Units on hosts run by others stay hosted there (stopped) unless the model is purged.
+    // Units on hosts run by others stay hosted there (stopped) unless the model is purged. Purged,
+    // every unit is removed, so that its parleyd stops what its handlers left running.
     if (args.Has("--purge")) {
+      bool unchecked = false;
       for (const v1::UnitRecord* u : s.AllUnits()) {
-        if (u->address() == s.state().host().address()) continue;
-        v1::RemoveAgentRequest req;
-        req.set_agent(u->name());
-        v1::RemoveAgentResponse resp;
-        absl::Status st = s.Client(u->address())
-                              .Call(&v1::Agent::Stub::RemoveAgent, req, &resp, absl::Seconds(60));
+        if (u->address() == s.state().host().address() && !local_up) {
+          unchecked = true;
+          continue;
+        }
+        absl::Status st = s.RemoveAgent(u->name(), u->address(), "down --purge");
         if (!st.ok()) {
           std::fprintf(stderr, "parley: removing %s at %s: %s\n", u->name().c_str(),
                        u->address().c_str(), std::string(st.message()).c_str());
         }
+      }
+      if (unchecked) {
+        std::fprintf(stderr,
+                     "parley: the local parleyd is not running: processes its units may have left "
+                     "running are not looked for\n");
       }
     }
     if (local_up) {

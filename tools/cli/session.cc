@@ -91,7 +91,47 @@ absl::Status Session::AddUnit(v1::ServiceRecord& svc) {
   return absl::OkStatus();
 }
 
-absl::Status Session::RemoveUnit(std::string unit) {
+namespace {
+
+// At most `limit` bytes of `text`, the cut marked with "...".
+std::string Shorten(const std::string& text, size_t limit) {
+  if (text.size() <= limit) return text;
+  return text.substr(0, limit - 3) + "...";
+}
+
+}  // namespace
+
+absl::Status Session::RemoveAgent(const std::string& unit, const std::string& address,
+                                  absl::string_view command) {
+  v1::RemoveAgentRequest req;
+  req.set_agent(unit);
+  v1::RemoveAgentResponse resp;
+  // The server may take a while: a blocked agent gets a grace period, then its processes do.
+  RETURN_IF_ERROR(
+      Client(address).Call(&v1::Agent::Stub::RemoveAgent, req, &resp, absl::Seconds(120)));
+  if (resp.was_blocked()) {
+    std::fprintf(stderr,
+                 "%s: %s: was blocked in a handler (its run did not end); stopped its processes "
+                 "under it\n",
+                 std::string(command).c_str(), unit.c_str());
+  }
+  if (resp.stopped_processes_size() == 0) return absl::OkStatus();
+  std::vector<std::string> listed;
+  for (const v1::StoppedProcess& p : resp.stopped_processes()) {
+    std::string how;
+    if (p.fate() == v1::PROCESS_FATE_KILLED) how = " (SIGKILL)";
+    if (p.fate() == v1::PROCESS_FATE_SURVIVED)
+      how = absl::StrCat(" (NOT stopped: ", p.error(), ")");
+    listed.push_back(absl::StrCat(p.pid(), " ", Shorten(p.command(), 80), how));
+  }
+  const int n = resp.stopped_processes_size();
+  std::fprintf(stderr, "%s: %s: killed %d process%s left running: %s\n",
+               std::string(command).c_str(), unit.c_str(), n, n == 1 ? "" : "es",
+               absl::StrJoin(listed, "; ").c_str());
+  return absl::OkStatus();
+}
+
+absl::Status Session::RemoveUnit(std::string unit, absl::string_view command) {
   ASSIGN_OR_RETURN(auto found, RequireUnit(unit));
   const std::string container = found.second->container();
   if (!container.empty() && runtime_ != nullptr) {
@@ -127,10 +167,7 @@ absl::Status Session::RemoveUnit(std::string unit) {
       }
       absl::SleepFor(absl::Milliseconds(100));
     }
-    v1::RemoveAgentRequest req;
-    req.set_agent(unit);
-    v1::RemoveAgentResponse resp;
-    RETURN_IF_ERROR(client.Call(&v1::Agent::Stub::RemoveAgent, req, &resp, absl::Seconds(60)));
+    RETURN_IF_ERROR(RemoveAgent(unit, found.second->address(), command));
   } else if (!container.empty()) {
     // Its container is removed with everything the agent kept.
     std::fprintf(stderr, "parley: %s did not answer (%s); removing its container anyway\n",

@@ -115,8 +115,15 @@ class Session {
   absl::Status AddUnit(v1::ServiceRecord& svc);
 
   // Stops the unit, departs its relations, waits for the departures to be delivered, removes it.
-  // `unit` is a copy: the record it names is deleted on the way.
-  absl::Status RemoveUnit(std::string unit);
+  // `unit` is a copy: the record it names is deleted on the way. `command` prefixes what it says
+  // about processes removal had to stop.
+  absl::Status RemoveUnit(std::string unit, absl::string_view command = "remove-unit");
+
+  // Removes `unit`'s agent from the parleyd at `address` (RemoveAgent) and prints on stderr,
+  // after "<command>: <unit>: ", the processes its handlers had left running, which the server
+  // stopped ("killed 1 process left running: 1234 java ...").
+  absl::Status RemoveAgent(const std::string& unit, const std::string& address,
+                           absl::string_view command);
 
   // Relates every unit pair of `rel` that is not related yet (relating is idempotent).
   absl::Status RelateUnits(const v1::RelationRecordState& rel);

@@ -26,6 +26,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/process_reaper.h"
 #include "base/status_macros.h"
 #include "services/backends/common/json.h"
 #include "services/backends/process/hook_protocol.h"
@@ -748,6 +749,10 @@ absl::StatusOr<std::string> ProcessAction::StateDir(absl::string_view unit) cons
 absl::Status ProcessAction::RunProgram(engine::RunContext& ctx) {
   const ProcessOptions& options = setup_.options;
   const absl::Time deadline = absl::Now() + setup_.timeout;
+  std::string cookie;
+  if (options.unit_cookie) {
+    ASSIGN_OR_RETURN(cookie, options.unit_cookie(ctx.unit()));
+  }
   std::string root = options.temp_root;
   if (root.empty()) {
     const char* t = getenv("TMPDIR");
@@ -783,11 +788,22 @@ absl::Status ProcessAction::RunProgram(engine::RunContext& ctx) {
   env["PARLEY_SERVICE"] = run.service;
   env["PARLEY_EVENT"] = ctx.event().name();
   env["PARLEY_HANDLER"] = ctx.handler();
+  if (!cookie.empty()) env[base::kUnitCookieVariable] = cookie;
 
   OutputPipe out{Fd(), TailBuffer(options.output_limit)};
   OutputPipe err{Fd(), TailBuffer(options.output_limit)};
   Child child;
   RETURN_IF_ERROR(Spawn(setup_.dir, setup_.origin, inv.program, inv.argv, env, out, err, child));
+  if (!cookie.empty()) {
+    // The environment may be wiped by what the program starts; the label stays (the program
+    // has not exited: it is at least a zombie until waited for).
+    if (absl::Status labelled = base::LabelProcess(child.pid_, cookie);
+        !labelled.ok() && setup_.log) {
+      setup_.log(ctx.unit(), ctx.handler(), "stderr",
+                 absl::StrCat("parley: cannot label the program's processes for removal (",
+                              labelled.message(), "); only its environment tags them"));
+    }
+  }
 
   HookServer server(std::move(listener),
                     HookEnv{&ctx, &setup_.config_defaults, &setup_.endpoints, &setup_.log});

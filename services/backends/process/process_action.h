@@ -11,13 +11,17 @@
 //  - spawns it without a shell, from the definition directory, in its own process group, with a
 //    clean environment: PATH, the kind's variables, then HOME (the temp dir),
 //    PARLEY_HOOK_SOCKET, PARLEY_CONTEXT, PARLEY_STATE_DIR (with a state root), PARLEY_UNIT_HOST,
-//    PARLEY_UNIT, PARLEY_SERVICE, PARLEY_EVENT, PARLEY_HANDLER, which the kind cannot override;
+//    PARLEY_UNIT, PARLEY_SERVICE, PARLEY_EVENT, PARLEY_HANDLER and, with
+//    ProcessOptions::unit_cookie, PARLEY_UNIT_COOKIE, which the kind cannot override;
+//  - labels it with the unit's cookie (base/process_reaper.h), so that whatever it starts, even
+//    detached, is found and stopped when the unit is removed;
 //  - serves hook requests on the calling thread while the program runs, enforces the handler's
 //    timeout (SIGKILL to the process group), captures bounded stdout and stderr;
 //  - turns a non-zero exit, a signal or a timeout into an error naming the handler, the program
 //    and what the kind's FailureDetail quotes of the output (by default the tail of stderr).
 // The temp dir is removed when Run returns.
 
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -27,8 +31,8 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "engine/spec.h"
-#include "services/definition/definition.h"
 #include "services/backends/common/backend_log.h"
+#include "services/definition/definition.h"
 
 namespace parley::services {
 
@@ -56,8 +60,12 @@ struct ProcessOptions {
   // may keep the pipes open); then whatever is left of its process group is killed. Daemons must
   // leave the group (setsid) or, better, be started by the service manager.
   absl::Duration drain_grace = absl::Seconds(1);
+  // The cookie that tags the processes of `unit` (Host::UnitCookie). Every program gets it in
+  // PARLEY_UNIT_COOKIE and as its RLIMIT_LOCKS label; whatever it starts inherits both, so that
+  // removing the unit finds and stops them (base/process_reaper.h). An error (the unit is being
+  // removed) fails the handler before its program starts. Unset: programs are not tagged.
+  std::function<absl::StatusOr<std::string>(const std::string& unit)> unit_cookie;
 };
-
 
 // Printable ASCII, tabs and newlines as they are; other bytes as \xNN.
 std::string Printable(absl::string_view s);
@@ -84,7 +92,6 @@ std::string DescribeTail(absl::string_view name, const TailBuffer& b, size_t n);
 
 // ---------------------------------------------------------------------------------------------
 // The common run.
-
 
 // What a kind is told about the run when it prepares its program.
 struct ProcessRun {
