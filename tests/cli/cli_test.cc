@@ -298,6 +298,22 @@ TEST_F(CliTest, ASlowParleydIsAskedAgainWithAProgressLine) {
   EXPECT_THAT(r.out, HasSubstr("web/0"));
 }
 
+// A model directory given relative to the working directory works with TLS (the default): the
+// CA and certificates are made by openssl running in the pki directory.
+TEST_F(CliTest, RelativeModelDirectoryWithTls) {
+  CommandResult up =
+      RunCommand({"/bin/sh", "-c",
+                  absl::StrCat("cd '", dir_.path(), "' && exec '", PARLEY_BIN,
+                               "' --model-dir rel-model up model.yaml --timeout 60s")},
+                 {});
+  EXPECT_EQ(up.code, 0) << up.err;
+  CommandResult down = RunCommand({"/bin/sh", "-c",
+                                   absl::StrCat("cd '", dir_.path(), "' && exec '", PARLEY_BIN,
+                                                "' --model-dir rel-model down --purge")},
+                                  {});
+  EXPECT_EQ(down.code, 0) << down.err;
+}
+
 TEST_F(CliTest, ConfigScaleAndActions) {
   ASSERT_EQ(Parley({"up", dir_.Sub("model.yaml")}).code, 0);
 

@@ -64,7 +64,9 @@ absl::StatusOr<int> FreePort() {
 
 }  // namespace
 
-ModelDir::ModelDir(std::string path) : path_(std::move(path)) {}
+// Absolute: tools run with another working directory (openssl in the pki directory) are handed
+// paths inside it.
+ModelDir::ModelDir(std::string path) : path_(fs::absolute(path).lexically_normal().string()) {}
 
 ModelDir::~ModelDir() {
   if (lock_fd_ >= 0) close(lock_fd_);
