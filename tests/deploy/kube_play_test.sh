@@ -36,6 +36,8 @@ finish() {
   return $rc
 }
 trap finish EXIT
+# A run killed before its trap ran (SIGKILL, a timeout) leaves the network behind.
+podman network rm -f parley-kube-test >/dev/null 2>&1 || true
 podman network create --subnet 10.90.0.0/24 parley-kube-test >/dev/null
 ips=()
 while read -r _ ip; do ips+=(--ip "$ip"); done <"$work/addresses"
