@@ -419,7 +419,7 @@ void Host::EnsureSession(Agent* local, const std::string& remote) {
     case PeerLinks::Claim::kGo:
       break;
     case PeerLinks::Claim::kLater:
-      ScheduleRetry(local, remote, links_.next_attempt(local->name(), remote));
+      ScheduleRetry(local, remote, links_.Get(local->name(), remote).next_attempt);
       return;
     case PeerLinks::Claim::kBusy:
       // Our own attempt or session is under way: its end schedules the next. For a pair it may

@@ -62,16 +62,4 @@ void PeerLinks::RetryFired(const std::string& local, const std::string& remote) 
   links_[{local, remote}].retry_scheduled = false;
 }
 
-absl::Time PeerLinks::next_attempt(const std::string& local, const std::string& remote) const {
-  absl::MutexLock lock(&mu_);
-  auto it = links_.find({local, remote});
-  return it == links_.end() ? absl::InfinitePast() : it->second.next_attempt;
-}
-
-bool PeerLinks::active(const std::string& local, const std::string& remote) const {
-  absl::MutexLock lock(&mu_);
-  auto it = links_.find({local, remote});
-  return it != links_.end() && it->second.active;
-}
-
 }  // namespace parley::services

@@ -37,7 +37,7 @@ class PeerLinks {
   enum class Claim {
     kGo,     // the caller owns the attempt: it must call Ended when it is over
     kBusy,   // an attempt or a session of this link is under way; its end schedules the next
-    kLater,  // backing off: retry at next_attempt()
+    kLater,  // backing off: retry at Get().next_attempt
   };
 
   explicit PeerLinks(PeerLinksOptions options = {});
@@ -65,9 +65,6 @@ class PeerLinks {
   // Retry timers: at most one per link. MarkRetryScheduled returns false if one is pending.
   bool MarkRetryScheduled(const std::string& local, const std::string& remote);
   void RetryFired(const std::string& local, const std::string& remote);
-
-  absl::Time next_attempt(const std::string& local, const std::string& remote) const;
-  bool active(const std::string& local, const std::string& remote) const;
 
  private:
   struct Link {

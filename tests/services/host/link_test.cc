@@ -160,7 +160,7 @@ TEST_F(LinkTest, PeerStartingWhileTheOtherDialsItPairsOnceTheDialEnds) {
   ASSERT_TRUE(relay);
   ASSERT_TRUE(WaitFor([&] { return (*proxy)->connections_accepted() > accepted; }))
       << "a/0 did not dial c/0's recorded address";
-  ASSERT_TRUE(h->links().active("a/0", "c/0"));
+  ASSERT_TRUE(h->links().Get("a/0", "c/0").active);
   auto id = testing::FireEvent(relay, "action.set", {{"value", "2"}});
   ASSERT_TRUE(id.ok()) << id.status();
   // Status shows the event that cannot leave, and why, rather than an idle unit.
@@ -185,8 +185,8 @@ TEST_F(LinkTest, PeerStartingWhileTheOtherDialsItPairsOnceTheDialEnds) {
                OnStrand(recorder, [&] { return recorder->HasSession("a/0"); });
       },
       absl::Seconds(15));
-  EXPECT_TRUE(paired) << "links active: a->c " << h->links().active("a/0", "c/0") << ", c->a "
-                      << h->links().active("c/0", "a/0") << "\n"
+  EXPECT_TRUE(paired) << "links active: a->c " << h->links().Get("a/0", "c/0").active << ", c->a "
+                      << h->links().Get("c/0", "a/0").active << "\n"
                       << Logs(h.get());
   ASSERT_TRUE(WaitFor([&] { return Fact(recorder, "count") == "2"; })) << Logs(h.get());
   EXPECT_EQ(Fact(recorder, "seen"), "1,2");

@@ -24,8 +24,8 @@ TEST(PeerLinksTest, BothAgentsPairingAtOnceGetOneClaimBetweenThem) {
   PeerLinks links(NoJitter());
   EXPECT_EQ(links.BeginPair("a/0", "c/0", kT0), Claim::kGo);
   EXPECT_EQ(links.BeginPair("c/0", "a/0", kT0), Claim::kBusy);
-  EXPECT_TRUE(links.active("a/0", "c/0"));
-  EXPECT_TRUE(links.active("c/0", "a/0"));
+  EXPECT_TRUE(links.Get("a/0", "c/0").active);
+  EXPECT_TRUE(links.Get("c/0", "a/0").active);
 }
 
 TEST(PeerLinksTest, PairRefusedWhileTheSessionIsTornDownLeavesNothingClaimed) {
@@ -34,7 +34,7 @@ TEST(PeerLinksTest, PairRefusedWhileTheSessionIsTornDownLeavesNothingClaimed) {
   // The session closes: c's direction ends first, and c tries again before a's direction ends.
   links.Ended("c/0", "a/0", true, kT0);
   EXPECT_EQ(links.BeginPair("c/0", "a/0", kT0 + absl::Seconds(1)), Claim::kBusy);
-  EXPECT_FALSE(links.active("c/0", "a/0")) << "a refused pair must not claim its own direction";
+  EXPECT_FALSE(links.Get("c/0", "a/0").active) << "a refused pair must not claim its own direction";
   links.Ended("a/0", "c/0", true, kT0);
   // Either side may pair again once the backoff is over; the first one wins.
   EXPECT_EQ(links.BeginPair("a/0", "c/0", kT0 + absl::Seconds(1)), Claim::kGo);
