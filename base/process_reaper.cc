@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 
 namespace parley::base {
@@ -254,6 +255,30 @@ std::string DeriveUnitCookie(absl::string_view secret, absl::string_view name) {
 
 uint64_t LocksLabel(absl::string_view cookie) {
   return (uint64_t{1} << 62) | (Hash64(0x6c62272e07bb0142ULL, {cookie}) >> 2);
+}
+
+absl::Status SpawnLabelled(absl::string_view cookie, const std::function<absl::Status()>& spawn) {
+  static absl::Mutex mu(absl::kConstInit);
+  absl::MutexLock lock(&mu);
+  struct rlimit usual;
+  if (getrlimit(RLIMIT_LOCKS, &usual) != 0) {
+    return absl::InternalError(absl::StrCat("getrlimit RLIMIT_LOCKS: ", strerror(errno)));
+  }
+  if (cookie.empty()) return spawn();
+  struct rlimit label = usual;
+  label.rlim_cur = LocksLabel(cookie);
+  if (usual.rlim_max != RLIM_INFINITY && usual.rlim_max < label.rlim_cur) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the hard RLIMIT_LOCKS limit (", usual.rlim_max, ") is below the label ", label.rlim_cur));
+  }
+  if (setrlimit(RLIMIT_LOCKS, &label) != 0) {
+    return absl::InternalError(absl::StrCat("setrlimit RLIMIT_LOCKS: ", strerror(errno)));
+  }
+  absl::Status spawned = spawn();
+  if (setrlimit(RLIMIT_LOCKS, &usual) != 0 && spawned.ok()) {
+    spawned = absl::InternalError(absl::StrCat("restoring RLIMIT_LOCKS: ", strerror(errno)));
+  }
+  return spawned;
 }
 
 absl::Status LabelProcess(int pid, absl::string_view cookie) {

@@ -6,21 +6,20 @@
 // handler: then neither its process group nor its parent links it to the unit. So every program a
 // unit runs carries two tags, which whatever it starts inherits:
 //  - PARLEY_UNIT_COOKIE=<cookie> in its environment (the process backend sets it);
-//  - a soft RLIMIT_LOCKS limit derived from the cookie (LabelProcess). Linux has not enforced
+//  - a soft RLIMIT_LOCKS limit derived from the cookie (SpawnLabelled). Linux has not enforced
 //    that limit since 2.4.25, so the number only labels the process; unlike the environment it
 //    survives daemons that overwrite their environment to change what `ps` shows (setproctitle in
 //    redis-server, nginx, PostgreSQL), and like it survives setsid, fork, exec and setuid.
 // FindTaggedProcesses reads /proc for either tag, ReapTaggedProcesses stops what it finds.
 //
-// Known gaps: the limit is set just after the program starts (posix_spawn cannot set it), so a
-// daemon the program starts in its first microseconds and that also wipes its environment goes
-// unseen; a process that changes the limit itself and wipes its environment too; a program that
+// Known gaps: a process that changes the limit itself and wipes its environment too; a program that
 // asks another service manager (systemd, a container engine) to start something. Processes of
 // another user are found but only signalled with the rights of this one.
 //
 // Linux only (/proc, pidfds). No state: every function may be called from any thread.
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -45,7 +44,18 @@ std::string DeriveUnitCookie(absl::string_view secret, absl::string_view name);
 // process could ever reach it even were it enforced.
 uint64_t LocksLabel(absl::string_view cookie);
 
-// Labels the running process `pid` (a child just started) with LocksLabel(cookie). Fails when the
+// Runs `spawn` (which starts one child process) with this process's soft RLIMIT_LOCKS set to
+// LocksLabel(cookie) - or, for an empty cookie, to its usual value - and restores it afterwards,
+// so that the child inherits the label from its first instruction: nothing it starts can escape
+// it. posix_spawn cannot set a limit in the child, hence the detour through the parent; spawns are
+// serialized here because the limit is the process's. Every child this process starts must be
+// started through here, labelled or not, or it could inherit another unit's label. Linux does not
+// enforce the limit, so the parent loses nothing meanwhile. Fails (without spawning) when the hard
+// limit is below the label.
+absl::Status SpawnLabelled(absl::string_view cookie, const std::function<absl::Status()>& spawn);
+
+// Labels the running process `pid` with LocksLabel(cookie) (for processes not started through
+// SpawnLabelled; racy for a child, which may start others first). Fails when the
 // hard limit is below the label or the process is gone.
 absl::Status LabelProcess(int pid, absl::string_view cookie);
 

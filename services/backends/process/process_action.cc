@@ -793,16 +793,20 @@ absl::Status ProcessAction::RunProgram(engine::RunContext& ctx) {
   OutputPipe out{Fd(), TailBuffer(options.output_limit)};
   OutputPipe err{Fd(), TailBuffer(options.output_limit)};
   Child child;
-  RETURN_IF_ERROR(Spawn(setup_.dir, setup_.origin, inv.program, inv.argv, env, out, err, child));
-  if (!cookie.empty()) {
-    // The environment may be wiped by what the program starts; the label stays (the program
-    // has not exited: it is at least a zombie until waited for).
-    if (absl::Status labelled = base::LabelProcess(child.pid_, cookie);
-        !labelled.ok() && setup_.log) {
+  // The environment may be wiped by what the program starts; the label, inherited from its
+  // first instruction, stays.
+  auto spawn = [&] {
+    return Spawn(setup_.dir, setup_.origin, inv.program, inv.argv, env, out, err, child);
+  };
+  if (absl::Status labelled = base::SpawnLabelled(cookie, spawn); !labelled.ok()) {
+    if (child.pid_ > 0 || !absl::IsFailedPrecondition(labelled) || cookie.empty()) return labelled;
+    // A hard limit below the label: run it with its environment as the only tag.
+    if (setup_.log) {
       setup_.log(ctx.unit(), ctx.handler(), "stderr",
                  absl::StrCat("parley: cannot label the program's processes for removal (",
                               labelled.message(), "); only its environment tags them"));
     }
+    RETURN_IF_ERROR(base::SpawnLabelled("", spawn));
   }
 
   HookServer server(std::move(listener),
