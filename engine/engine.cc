@@ -241,7 +241,7 @@ absl::StatusOr<RunResult> Engine::RunOnce() {
   }
   v1::Event event;
   RETURN_IF_ERROR(ParseRecord(*kb_, "inbox event", absl::StrCat(head), *bytes, event));
-  return Execute(event, attempt);
+  return Execute(std::move(event), attempt);
 }
 
 absl::StatusOr<RunResult> Engine::RunUntilIdle() {
@@ -261,10 +261,24 @@ absl::StatusOr<RunResult> Engine::RunUntilIdle() {
   return last;
 }
 
-absl::StatusOr<RunResult> Engine::Execute(const v1::Event& event, uint32_t attempt) {
+absl::StatusOr<RunResult> Engine::Execute(v1::Event event, uint32_t attempt) {
   const absl::Time start = clock_->Now();
   const uint64_t run_number = run_counter_ + 1;
   txn_->Clear();
+  RetryPrep prep;
+  if (attempt > 1) {
+    // A retry runs against the newest relation data (relation_state.cc).
+    absl::StatusOr<RetryPrep> p = PrepareRetry(event);
+    if (!p.ok()) {
+      txn_->Clear();
+      return p.status();
+    }
+    prep = std::move(*p);
+    if (prep.cancelled_by) {
+      txn_->Clear();
+      return CancelHead(event, *prep.cancelled_by, attempt);
+    }
+  }
   run_ = std::make_unique<Run>(RunContext(this), event);
   relations_->BeginRun();
   v1::Trace trace;
@@ -275,6 +289,7 @@ absl::StatusOr<RunResult> Engine::Execute(const v1::Event& event, uint32_t attem
   if (failure_ && failure_->event_id() == event.id()) {
     trace.set_resolved_by(failure_->retry_requested_by());
   }
+  for (uint64_t id : prep.folded) trace.add_folded(id);
 
   auto fail = [&](std::string handler, std::string message) {
     trace.set_duration_ns(absl::ToInt64Nanoseconds(clock_->Now() - start));
@@ -290,7 +305,8 @@ absl::StatusOr<RunResult> Engine::Execute(const v1::Event& event, uint32_t attem
     RETURN_IF_ERROR(Load());
     return s;
   }
-  FireEvent(event.name(), nullptr);
+  // An event folded into an earlier one's retry has nothing left to apply or announce.
+  if (event.folded_into() == 0) FireEvent(event.name(), nullptr);
   Retest();
   while (!run_->queue.empty()) {
     auto [h, gen] = run_->queue.front();

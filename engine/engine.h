@@ -110,6 +110,14 @@ struct ResolveResult {
   std::shared_ptr<const v1::Trace> trace;
 };
 
+// What a retry of the failed head found behind it (relation_state.cc).
+struct RetryPrep {
+  // A `departed` of the head's remote unit or a `broken` of its relation: the head is cancelled.
+  std::optional<v1::Event> cancelled_by;
+  // Later `changed` events of the same relation and unit whose changes the head now carries.
+  std::vector<uint64_t> folded;
+};
+
 struct EnqueueResult {
   uint64_t event_id = 0;
   // Durability ticket; acknowledge the event to its sender only once this is durable.
@@ -226,7 +234,7 @@ class Engine {
   absl::Status LoadHandlers();
 
   // A run (engine.cc; queueing and running handlers: handler_queue.cc).
-  absl::StatusOr<RunResult> Execute(const v1::Event& event, uint32_t attempt);
+  absl::StatusOr<RunResult> Execute(v1::Event event, uint32_t attempt);
   absl::Status ApplyConfigChange(const v1::Event& event);
   absl::Status ApplyRelationChange(const v1::Event& event);
   void FireEvent(absl::string_view event, const Handler* by);
@@ -246,6 +254,16 @@ class Engine {
   // Makes the relationship facts of `endpoint` exactly `want`.
   absl::Status SetDerivedFacts(const EndpointSpec& endpoint,
                                const std::map<std::string, std::string>& want);
+
+  // Relation data as a state at a retry (relation_state.cc): fold the newer changes of the head's
+  // relation and unit into it (staged in txn_), or find what cancels it; cancel it; and, when
+  // events arrive, make the failed head's retry due now if they are news about its relation and
+  // unit (staged in `txn`; RetrySoonerCommitted once the commit's outcome is known).
+  absl::StatusOr<RetryPrep> PrepareRetry(v1::Event& head);
+  absl::StatusOr<RunResult> CancelHead(const v1::Event& head, const v1::Event& by,
+                                       uint32_t attempt);
+  absl::Status RetrySoonerFor(kb::Txn& txn, const std::vector<v1::Event>& arrived);
+  void RetrySoonerCommitted(bool committed);
 
   // Between runs (inbox.cc; ChangeConfig and ApplyConfigChange: config.cc).
   absl::Status ValidateEvent(const v1::Event& event) const;
@@ -268,6 +286,8 @@ class Engine {
   std::map<std::string, std::string> config_;
   std::map<std::string, absl::Time> timers_;
   std::optional<v1::RunFailure> failure_;
+  // The failure record an enqueue is about to commit with its retry due now.
+  std::optional<v1::RunFailure> retry_sooner_;
   v1::WorkloadStatus status_;
 
   std::unique_ptr<kb::Txn> txn_;

@@ -113,8 +113,14 @@ absl::StatusOr<EnqueueResult> Engine::EnqueueAll(std::vector<v1::Event> events) 
   for (const v1::Event& e : events) RETURN_IF_ERROR(ValidateEvent(e));
   kb::Txn txn(kb_);
   for (v1::Event& e : events) inbox_->Stage(txn, e);
-  ASSIGN_OR_RETURN(uint64_t ticket, inbox_->Commit(*kb_, txn));
-  return EnqueueResult{events.back().id(), ticket};
+  if (absl::Status s = RetrySoonerFor(txn, events); !s.ok()) {
+    inbox_->Discard();
+    return s;
+  }
+  absl::StatusOr<uint64_t> ticket = inbox_->Commit(*kb_, txn);
+  RetrySoonerCommitted(ticket.ok());
+  if (!ticket.ok()) return ticket.status();
+  return EnqueueResult{events.back().id(), *ticket};
 }
 
 absl::StatusOr<EnqueueResult> Engine::EnqueueFromPeer(v1::Event event, uint64_t sequence) {
@@ -137,8 +143,14 @@ absl::StatusOr<EnqueueResult> Engine::EnqueueFromPeer(v1::Event event, uint64_t 
   kb::Txn txn(kb_);
   inbox_->Stage(txn, event);
   StageReceived(txn, rc.relation_id(), rc.remote_unit(), sequence);
-  ASSIGN_OR_RETURN(uint64_t ticket, inbox_->Commit(*kb_, txn));
-  return EnqueueResult{event.id(), ticket, false};
+  if (absl::Status s = RetrySoonerFor(txn, {event}); !s.ok()) {
+    inbox_->Discard();
+    return s;
+  }
+  absl::StatusOr<uint64_t> ticket = inbox_->Commit(*kb_, txn);
+  RetrySoonerCommitted(ticket.ok());
+  if (!ticket.ok()) return ticket.status();
+  return EnqueueResult{event.id(), *ticket, false};
 }
 
 absl::StatusOr<EnqueueResult> Engine::EnqueueTimer(absl::string_view name) {

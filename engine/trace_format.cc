@@ -39,7 +39,22 @@ std::string FormatTrace(const v1::Trace& t) {
                     ": not applied\n  last error: ", t.error(), "\n");
     return out;
   }
+  if (t.result() == v1::Trace::RESULT_CANCELLED) {
+    absl::StrAppend(&out, "\n  CANCELLED after ", t.attempt() - 1,
+                    t.attempt() == 2 ? " failed attempt" : " failed attempts",
+                    ": not applied\n  ", t.error(), "\n");
+    return out;
+  }
+  if (e.folded_into() != 0) {
+    absl::StrAppend(&out, "\n  folded into the retry of event ", e.folded_into(),
+                    ": nothing left to apply\n");
+    return out;
+  }
   if (t.attempt() > 1) absl::StrAppend(&out, ", attempt ", t.attempt());
+  if (t.folded_size() > 0) {
+    absl::StrAppend(&out, ", with the newer data of event",
+                    t.folded_size() == 1 ? " " : "s ", absl::StrJoin(t.folded(), ", "));
+  }
   if (!t.resolved_by().empty()) absl::StrAppend(&out, ", retried at once for ", t.resolved_by());
   absl::StrAppend(&out, "\n");
   for (const auto& s : t.steps()) {

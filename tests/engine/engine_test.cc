@@ -1060,5 +1060,154 @@ TEST_F(EngineTest, RetryIsDueNowAndRestartsTheBackoff) {
   EXPECT_FALSE(engine_->failure().has_value());
 }
 
+// Relation data is a state (docs/engine.md, "Retrying with the newest relation data"): the retry
+// of a failed relation event runs against the newest data its remote unit sent since; news about
+// that relation and unit makes the retry due at once; other news does not.
+TEST_F(EngineTest, ARetryRunsAgainstTheNewestRelationData) {
+  options_.retry_initial = absl::Minutes(5);
+  options_.retry_jitter = 0;
+  Endpoint("cluster");
+  std::vector<std::string> seen;
+  Handler("follow", {}, {}, {"cluster.joined", "cluster.changed"}, [&](RunContext& ctx) {
+    auto bag = ctx.Bag("c:1", "ru:" + ctx.event().relation().remote_unit());
+    if (!bag.ok()) return bag.status();
+    const std::string primary = (*bag)["primary"];
+    seen.push_back(absl::StrCat(primary, "+", (*bag)["slot"]));
+    if (primary != "pg/2") return absl::UnavailableError("pg_basebackup: " + primary + " is down");
+    return absl::OkStatus();
+  });
+  Handler("tick", {}, {}, {"tick"});
+  Start();
+  ASSERT_TRUE(engine_
+                  ->EnqueueFromPeer(Rel("cluster", v1::RELATION_EVENT_KIND_JOINED, "c:1", "pg/0",
+                                        {{"primary", "pg/9"}}),
+                                    1)
+                  .ok());
+  ASSERT_EQ(engine_->RunOnce()->outcome, RunOutcome::kFailed);
+  // News that is not about the failing event's relation and unit leaves its retry where it was.
+  ASSERT_TRUE(engine_->Enqueue(Named("tick")).ok());
+  ASSERT_TRUE(engine_
+                  ->EnqueueFromPeer(Rel("cluster", v1::RELATION_EVENT_KIND_JOINED, "c:1", "pg/1",
+                                        {{"primary", "pg/2"}}),
+                                    1)
+                  .ok());
+  EXPECT_EQ(engine_->RunOnce()->outcome, RunOutcome::kNotDue);
+  // Two changes from pg/0: the retry is due now and sees both (the later value of a key wins).
+  ASSERT_TRUE(engine_
+                  ->EnqueueFromPeer(Rel("cluster", v1::RELATION_EVENT_KIND_CHANGED, "c:1", "pg/0",
+                                        {{"primary", "pg/1"}, {"slot", "s1"}}),
+                                    2)
+                  .ok());
+  ASSERT_TRUE(engine_
+                  ->EnqueueFromPeer(Rel("cluster", v1::RELATION_EVENT_KIND_CHANGED, "c:1", "pg/0",
+                                        {{"primary", "pg/2"}}),
+                                    3)
+                  .ok());
+  EXPECT_EQ(engine_->failure()->next_retry_unix_ms(), absl::ToUnixMillis(clock_.Now()));
+  // The failure record says so durably: a restart keeps the retry due.
+  Start();
+  auto r = engine_->RunOnce();
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->outcome, RunOutcome::kCommitted) << FormatTrace(*r->trace);
+  EXPECT_EQ(r->trace->trigger().id(), 1u);
+  EXPECT_THAT(r->trace->folded(), ElementsAre(4, 5));
+  EXPECT_THAT(FormatTrace(*r->trace), HasSubstr("with the newer data of events 4, 5"));
+  EXPECT_THAT(seen, ElementsAre("pg/9+", "pg/2+s1"));
+  // The events folded in run with nothing left to apply: no handler sees them again; the others
+  // run as they came.
+  ASSERT_TRUE(engine_->RunUntilIdle().ok());
+  EXPECT_THAT(seen, ElementsAre("pg/9+", "pg/2+s1", "pg/2+"));
+  auto traces = engine_->Traces(4);
+  ASSERT_TRUE(traces.ok());
+  ASSERT_EQ(traces->size(), 4u);
+  EXPECT_THAT(Ran((*traces)[0]), ElementsAre("tick"));    // oldest first: event 2
+  EXPECT_THAT(Ran((*traces)[1]), ElementsAre("follow"));  // pg/1 joined, in its place
+  for (int i : {2, 3}) {
+    EXPECT_EQ((*traces)[i].trigger().folded_into(), 1u);
+    EXPECT_THAT(Ran((*traces)[i]), IsEmpty());
+    EXPECT_THAT(FormatTrace((*traces)[i]), HasSubstr("folded into the retry of event 1"));
+  }
+  auto bag = engine_->Bag("c:1", "ru:pg/0");
+  ASSERT_TRUE(bag.ok());
+  EXPECT_THAT(*bag, ElementsAre(Pair("primary", "pg/2"), Pair("slot", "s1")));
+  // Exactly-once accounting is unchanged: the folded sequences were received.
+  auto dup = engine_->EnqueueFromPeer(
+      Rel("cluster", v1::RELATION_EVENT_KIND_CHANGED, "c:1", "pg/0", {{"primary", "pg/9"}}), 3);
+  ASSERT_TRUE(dup.ok());
+  EXPECT_TRUE(dup->duplicate);
+}
+
+// A departed remote unit or a broken relation cancels the failing event about it that can no
+// longer apply; the events behind it run; what it changed of the remote service's bag is kept.
+TEST_F(EngineTest, ADepartureOrABreakCancelsTheFailingEventAboutIt) {
+  options_.retry_initial = absl::Minutes(5);
+  options_.retry_jitter = 0;
+  Endpoint("cluster");
+  std::vector<std::string> seen;
+  Handler("follow", {}, {}, {"cluster.joined", "cluster.changed", "cluster.departed"},
+          [&](RunContext& ctx) {
+            seen.push_back(ctx.event().name() + " " + ctx.event().relation().remote_unit());
+            if (ctx.event().name() == "cluster.departed") return absl::OkStatus();
+            auto bag = ctx.Bag("c:1", "ru:" + ctx.event().relation().remote_unit());
+            if (!bag.ok()) return bag.status();
+            if ((*bag)["primary"] == "pg/9") return absl::UnavailableError("pg/9 is down");
+            return absl::OkStatus();
+          });
+  Start();
+  v1::Event joined =
+      Rel("cluster", v1::RELATION_EVENT_KIND_JOINED, "c:1", "pg/0", {{"primary", "pg/9"}});
+  auto* leader = joined.mutable_relation()->add_service_changes();
+  leader->set_key("leader");
+  leader->set_value("pg/0");
+  ASSERT_TRUE(engine_->EnqueueFromPeer(joined, 1).ok());
+  ASSERT_EQ(engine_->RunOnce()->outcome, RunOutcome::kFailed);
+  ASSERT_TRUE(engine_
+                  ->EnqueueFromPeer(Rel("cluster", v1::RELATION_EVENT_KIND_JOINED, "c:1", "pg/1",
+                                        {{"primary", "pg/2"}}),
+                                    1)
+                  .ok());
+  EXPECT_EQ(engine_->RunOnce()->outcome, RunOutcome::kNotDue);
+  ASSERT_TRUE(engine_
+                  ->EnqueueFromPeer(Rel("cluster", v1::RELATION_EVENT_KIND_DEPARTED, "c:1", "pg/0"),
+                                    2)
+                  .ok());
+  auto r = engine_->RunOnce();
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->outcome, RunOutcome::kCommitted);
+  EXPECT_EQ(r->trace->result(), v1::Trace::RESULT_CANCELLED);
+  EXPECT_EQ(r->trace->trigger().id(), 1u);
+  EXPECT_THAT(r->trace->error(),
+              HasSubstr("cancelled by event 3 'cluster.departed' queued behind it (pg/0 left "
+                        "relation c:1); the last attempt failed: handler follow: pg/9 is down"));
+  EXPECT_THAT(FormatTrace(*r->trace), HasSubstr("CANCELLED after 1 failed attempt"));
+  EXPECT_FALSE(engine_->failure().has_value());
+  ASSERT_TRUE(engine_->RunUntilIdle().ok());
+  EXPECT_THAT(seen, ElementsAre("cluster.joined pg/0", "cluster.joined pg/1",
+                                "cluster.departed pg/0"));
+  auto service = engine_->Bag("c:1", "rs");
+  ASSERT_TRUE(service.ok());
+  EXPECT_THAT(*service, ElementsAre(Pair("leader", "pg/0")));
+  // The cancelled event's sequence stays received: its redelivery is a duplicate.
+  auto dup = engine_->EnqueueFromPeer(joined, 1);
+  ASSERT_TRUE(dup.ok());
+  EXPECT_TRUE(dup->duplicate);
+
+  // A break of the relation cancels a failing event about any of its units.
+  ASSERT_TRUE(engine_
+                  ->EnqueueFromPeer(Rel("cluster", v1::RELATION_EVENT_KIND_CHANGED, "c:1", "pg/1",
+                                        {{"primary", "pg/9"}}),
+                                    2)
+                  .ok());
+  ASSERT_EQ(engine_->RunOnce()->outcome, RunOutcome::kFailed);
+  ASSERT_TRUE(engine_->Enqueue(Rel("cluster", v1::RELATION_EVENT_KIND_BROKEN, "c:1", "")).ok());
+  r = engine_->RunOnce();
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->trace->result(), v1::Trace::RESULT_CANCELLED);
+  EXPECT_THAT(r->trace->error(), HasSubstr("(relation c:1 is broken)"));
+  ASSERT_TRUE(engine_->RunUntilIdle().ok());
+  EXPECT_FALSE(engine_->failure().has_value());
+  EXPECT_EQ(engine_->inbox_depth(), 0u);
+}
+
 }  // namespace
 }  // namespace parley::engine
