@@ -7,15 +7,30 @@
 // names has a newer version than the clock at the end of its last successful run (so its own
 // changes do not count). A failed run simply throws its copy of the state away.
 //
-// After every RunOnce the engine and the model must agree on the outcome, on the trace (fired
-// events, queued / skipped / dropped handlers, executed handlers with their changes and fired
-// events, net fact changes), on the facts, on the inbox, on the pending failure and on which
-// handlers the KB's bookkeeping says are dirty. Engines are destroyed and recreated from the same
-// KB (and the store reopened) at random points. Each scenario is then replayed on a fresh KB and
-// must produce byte-identical traces. A bound failure is retried once, then every action is
-// made a no-op until the event commits, so that a cycle does not end the scenario. Directed
-// scenarios at the end pin down the execution bound: a run fails exactly when it would need more
-// than max_handler_executions executions.
+// Most scenarios have one or two endpoints with relations: remote units send relation events
+// (EnqueueFromPeer, with per-(relation, sender) sequences: joined, changed with unit and service
+// bag changes, departed; now and then one out of turn, a resend, a gap), the agent breaks a
+// relation now and then, handlers run on `<endpoint>.joined/changed/departed/broken`, name
+// relationship facts, and read relation data (ctx.Bag): they copy it into facts or fail on it, so
+// that runs fail on stale data. The model keeps membership and bags as docs/engine.md says (a
+// run's step 1; a relation a departure leaves empty is broken by an event the commit queues; a
+// broken relation is a tombstone) and the retry rules of "Relation data is a state too": a
+// retried joined/changed head folds in the later changed events of its relation and unit (they
+// then run with nothing fired), is cancelled by a departed of its unit or a broken of its relation
+// queued behind it (RESULT_CANCELLED; a departure takes the service bag changes it carried), and
+// is due at once when news about its relation and unit is enqueued.
+//
+// After every step the engine and the model must agree on the outcome, on the trace (trigger as
+// run, folded ids, result, fired events, queued / skipped / dropped handlers, executed handlers
+// with their changes and fired events, net fact changes), on the facts, on the whole inbox (ids,
+// relation changes, folded_into), on the pending failure (handler, error, attempt, next retry),
+// on the relations (remote units, broken) and their bags (Engine::Bag), on duplicates and gaps of
+// peer sequences, and on which handlers the KB's bookkeeping says are dirty. Engines are
+// destroyed and recreated from the same KB (and the store reopened) at random points. Each
+// scenario is then replayed on a fresh KB and must produce byte-identical traces. A bound failure
+// is retried once, then every action is made a no-op until the event commits, so that a cycle
+// does not end the scenario. Directed scenarios at the end pin down the execution bound: a run
+// fails exactly when it would need more than max_handler_executions executions.
 //
 // Environment: PARLEY_REF_SEED=<n> runs one seed; PARLEY_REF_SEEDS=<n> sets how many seeds run.
 
@@ -35,9 +50,11 @@
 #include <random>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -46,10 +63,10 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "base/clock.h"
+#include "base/status_macros.h"
 #include "engine/engine.h"
 #include "engine/spec.h"
 #include "kb/kb.h"
-#include "base/status_macros.h"
 #include "kb/store.h"
 #include "parley/v1/kb.pb.h"
 
@@ -57,20 +74,59 @@ namespace parley::engine {
 namespace {
 
 // ---------------------------------------------------------------------------------------------
-// Scenarios: handler sets whose actions are small deterministic programs.
+// Scenarios: handler sets whose actions are small deterministic programs, and (in most of them)
+// one or two endpoints with relations whose remote units send relation events.
 
-enum class OpKind { kSetConst, kSetFromCounter, kClear, kFire, kFailIf, kNoop };
+enum class OpKind {
+  kSetConst,
+  kSetFromCounter,
+  kClear,
+  kFire,
+  kFailIf,
+  kNoop,
+  kFailIfData,
+  kCopyData
+};
+
+// Which data a data op reads: the remote unit's bag, the remote service's bag, or the unit's view
+// (the service's bag overlaid with the unit's).
+enum class BagSel { kUnit, kService, kView };
 
 struct Op {
   OpKind kind = OpKind::kNoop;
-  int fact = 0;          // written (kSetConst, kSetFromCounter, kClear) or tested (kFailIf)
-  int counter = 0;       // kSetFromCounter: fact = (counter + 1) % kCounterModulus
-  std::string value;     // kSetConst
-  int event = 0;         // kFire
+  int fact = 0;       // written (kSetConst, kSetFromCounter, kClear, kCopyData) or tested (kFailIf)
+  int counter = 0;    // kSetFromCounter: fact = (counter + 1) % kCounterModulus
+  std::string value;  // kSetConst; kFailIfData: fails when the key has it ("": when absent)
+  int event = 0;      // kFire
   bool when_set = true;  // kFailIf: fails (while faults are enabled) when `fact` is set / clear
+  // kFailIfData, kCopyData: the relation and remote unit read; empty: the event's.
+  std::string relation;
+  std::string unit;
+  BagSel bag = BagSel::kView;
+  std::string key;
 };
 
 constexpr int kCounterModulus = 4;
+
+// Facts and events at index kRelationBase and up are relationship facts and events: four of each
+// per endpoint.
+constexpr int kRelationBase = 100;
+constexpr const char* kDerivedFacts[] = {"joined", "ready", "remote.k0", "remote.k1"};
+constexpr const char* kRelationEvents[] = {"joined", "changed", "departed", "broken"};
+constexpr const char* kDataKeys[] = {"k0", "k1", "k2"};
+constexpr const char* kDataValues[] = {"x", "y", "bad"};
+
+std::string EndpointName(int e) { return absl::StrCat("ep", e); }
+std::string FactName(int i) {
+  if (i < kRelationBase) return absl::StrCat("f", i);
+  return absl::StrCat(EndpointName((i - kRelationBase) / 4), ".",
+                      kDerivedFacts[(i - kRelationBase) % 4]);
+}
+std::string EventName(int i) {
+  if (i < kRelationBase) return absl::StrCat("e", i);
+  return absl::StrCat(EndpointName((i - kRelationBase) / 4), ".",
+                      kRelationEvents[(i - kRelationBase) % 4]);
+}
 
 struct HandlerDef {
   std::string name;
@@ -81,20 +137,53 @@ struct HandlerDef {
   bool fact_only() const { return on.empty(); }
 };
 
+// A relation of one of the endpoints, and the remote units that may take part in it.
+struct RelationDef {
+  std::string id;
+  int endpoint = 0;
+  std::string remote_service;
+  std::vector<std::string> units;
+};
+
 struct Scenario {
   int num_facts = 0;
   int num_events = 0;
   uint32_t max_executions = 200;
   std::vector<HandlerDef> handlers;
+  // Endpoint i is EndpointName(i), with the keys its `ready` fact requires.
+  std::vector<std::vector<std::string>> endpoints;
+  std::vector<RelationDef> relations;
 };
-
-std::string FactName(int i) { return absl::StrCat("f", i); }
-std::string EventName(int i) { return absl::StrCat("e", i); }
 
 int Uniform(std::mt19937_64& rng, int lo, int hi) {  // inclusive
   return std::uniform_int_distribution<int>(lo, hi)(rng);
 }
 double Unit(std::mt19937_64& rng) { return std::uniform_real_distribution<double>(0, 1)(rng); }
+
+// A data op: reads the event's relation data (or, for a fact-only handler sometimes, a fixed
+// relation's), and fails on it or copies a value into an internal fact.
+Op RandomDataOp(const Scenario& sc, const HandlerDef& h, std::mt19937_64& rng) {
+  Op op;
+  op.kind = Unit(rng) < 0.6 ? OpKind::kFailIfData : OpKind::kCopyData;
+  op.fact = Uniform(rng, 0, sc.num_facts - 1);
+  op.key = kDataKeys[Uniform(rng, 0, 2)];
+  const double b = Unit(rng);
+  op.bag = b < 0.4 ? BagSel::kUnit : b < 0.6 ? BagSel::kService : BagSel::kView;
+  if (op.kind == OpKind::kFailIfData) op.value = Unit(rng) < 0.65 ? "bad" : "";
+  if (h.fact_only() || Unit(rng) < 0.2) {
+    const RelationDef& r = sc.relations[Uniform(rng, 0, static_cast<int>(sc.relations.size()) - 1)];
+    op.relation = r.id;
+    op.unit = r.units[Uniform(rng, 0, static_cast<int>(r.units.size()) - 1)];
+  }
+  return op;
+}
+
+bool OnRelationEvent(const HandlerDef& h) {
+  for (int e : h.on) {
+    if (e >= kRelationBase) return true;
+  }
+  return false;
+}
 
 // `quiet`: the scenario's share of no-ops. Most handlers on events fire only later events, so
 // that not every scenario is one cycle; the rest fire anything.
@@ -102,6 +191,9 @@ Op RandomOp(const Scenario& sc, const HandlerDef& h, double quiet, std::mt19937_
   Op op;
   op.fact = Uniform(rng, 0, sc.num_facts - 1);
   if (Unit(rng) < quiet) return op;
+  if (!sc.relations.empty() && Unit(rng) < (OnRelationEvent(h) ? 0.5 : 0.12)) {
+    return RandomDataOp(sc, h, rng);
+  }
   const double r = Unit(rng);
   if (r < 0.30) {
     static const char* kValues[] = {"", "a", "b"};
@@ -115,14 +207,20 @@ Op RandomOp(const Scenario& sc, const HandlerDef& h, double quiet, std::mt19937_
   } else if (r < 0.78) {
     op.kind = OpKind::kFire;
     op.event = Uniform(rng, 0, sc.num_events - 1);
-    if (!h.on.empty() && Unit(rng) < 0.8) {
-      const int last = *std::max_element(h.on.begin(), h.on.end());
+    int last = -1;
+    for (int e : h.on) {
+      if (e < kRelationBase) last = std::max(last, e);
+    }
+    if (last >= 0 && Unit(rng) < 0.8) {
       if (last + 1 >= sc.num_events) return Op{};
       op.event = Uniform(rng, last + 1, sc.num_events - 1);
     }
   } else if (r < 0.86) {
     op.kind = OpKind::kFailIf;
     op.when_set = Unit(rng) < 0.5;
+    if (!sc.endpoints.empty() && Unit(rng) < 0.25) {
+      op.fact = kRelationBase + Uniform(rng, 0, 4 * static_cast<int>(sc.endpoints.size()) - 1);
+    }
   } else {
     op.kind = OpKind::kNoop;
   }
@@ -135,6 +233,28 @@ Scenario GenerateScenario(std::mt19937_64& rng) {
   sc.num_events = Uniform(rng, 2, 4);
   // Mostly a bound of 200; sometimes a tiny one, so that the boundary itself is exercised.
   sc.max_executions = Unit(rng) < 0.85 ? 200 : static_cast<uint32_t>(Uniform(rng, 1, 8));
+  // A quarter of the scenarios have no relations at all; the others one or two endpoints with
+  // one or two relations each, of one to three remote units.
+  const int endpoints = Unit(rng) < 0.25 ? 0 : Uniform(rng, 1, 2);
+  for (int e = 0; e < endpoints; ++e) {
+    std::vector<std::string> required;
+    for (const char* k : {"k0", "k1"}) {
+      if (Unit(rng) < 0.4) required.push_back(k);
+    }
+    sc.endpoints.push_back(std::move(required));
+    const int relations = Unit(rng) < 0.7 ? 1 : 2;
+    for (int r = 0; r < relations; ++r) {
+      RelationDef rel;
+      const int n = static_cast<int>(sc.relations.size());
+      rel.id = absl::StrCat(EndpointName(e), ":", n + 1);
+      rel.endpoint = e;
+      rel.remote_service = absl::StrCat("svc", n);
+      const int units = Uniform(rng, 1, 3);
+      for (int u = 0; u < units; ++u) rel.units.push_back(absl::StrCat(rel.remote_service, "/", u));
+      sc.relations.push_back(std::move(rel));
+    }
+  }
+  const int num_relation_facts = 4 * endpoints;
   const int n = Uniform(rng, 5, 30);
   const double quiet = Unit(rng) * 0.6;
   for (int i = 0; i < n; ++i) {
@@ -148,10 +268,26 @@ Scenario GenerateScenario(std::mt19937_64& rng) {
         h.when_not.push_back(f);
       }
     }
-    if (Unit(rng) < 0.35) {
-      h.on.push_back(Uniform(rng, 0, sc.num_events - 1));
+    for (int f = kRelationBase; f < kRelationBase + num_relation_facts; ++f) {
+      const double r = Unit(rng);
+      if (r < 0.08) {
+        h.when.push_back(f);
+      } else if (r < 0.12) {
+        h.when_not.push_back(f);
+      }
+    }
+    auto random_event = [&] {
+      if (endpoints > 0 && Unit(rng) < 0.5) {
+        // Handlers on `broken` are rarer: a relation breaks once.
+        const int kind = Unit(rng) < 0.9 ? Uniform(rng, 0, 2) : 3;
+        return kRelationBase + 4 * Uniform(rng, 0, endpoints - 1) + kind;
+      }
+      return Uniform(rng, 0, sc.num_events - 1);
+    };
+    if (Unit(rng) < (endpoints > 0 ? 0.45 : 0.35)) {
+      h.on.push_back(random_event());
       if (Unit(rng) < 0.3) {
-        const int e = Uniform(rng, 0, sc.num_events - 1);
+        const int e = random_event();
         if (e != h.on[0]) h.on.push_back(e);
       }
     }
@@ -177,6 +313,15 @@ std::string DescribeOp(const Op& op) {
       return absl::StrCat("fail if ", FactName(op.fact), op.when_set ? " set" : " clear");
     case OpKind::kNoop:
       return "noop";
+    case OpKind::kFailIfData:
+    case OpKind::kCopyData: {
+      static const char* kBags[] = {"unit", "service", "view"};
+      const std::string data =
+          absl::StrCat(kBags[static_cast<int>(op.bag)], "[", op.key, "] of ",
+                       op.relation.empty() ? "the event's unit" : op.relation + " " + op.unit);
+      if (op.kind == OpKind::kCopyData) return absl::StrCat("set ", FactName(op.fact), "=", data);
+      return absl::StrCat("fail if ", data, op.value.empty() ? " absent" : " = " + op.value);
+    }
   }
   return "?";
 }
@@ -185,6 +330,14 @@ std::string Describe(const Scenario& sc) {
   std::string out =
       absl::StrCat("  facts f0..f", sc.num_facts - 1, ", events e0..e", sc.num_events - 1,
                    ", max_handler_executions ", sc.max_executions, "\n");
+  for (size_t e = 0; e < sc.endpoints.size(); ++e) {
+    absl::StrAppend(&out, "  endpoint ", EndpointName(static_cast<int>(e)), " requires [",
+                    absl::StrJoin(sc.endpoints[e], ","), "]\n");
+  }
+  for (const RelationDef& r : sc.relations) {
+    absl::StrAppend(&out, "  relation ", r.id, " on ", EndpointName(r.endpoint), " with ",
+                    absl::StrJoin(r.units, ","), "\n");
+  }
   auto names = [](const std::vector<int>& v, std::string (*name)(int)) {
     return absl::StrJoin(v, ",", [name](std::string* o, int i) { o->append(name(i)); });
   };
@@ -208,6 +361,11 @@ class Effects {
   virtual absl::Status Set(const std::string& fact, const std::string& value) = 0;
   virtual absl::Status Clear(const std::string& fact) = 0;
   virtual absl::Status Fire(const std::string& event) = 0;
+  // The relation and remote unit of the event being run, if it is a relationship event.
+  virtual std::optional<std::pair<std::string, std::string>> EventRelation() = 0;
+  // A bag of a relation as the run sees it ("rs", "ru:<unit>").
+  virtual absl::StatusOr<std::map<std::string, std::string>> Bag(const std::string& relation,
+                                                                 const std::string& bag) = 0;
 };
 
 // The knobs the test turns while a scenario runs, read by every action.
@@ -251,6 +409,39 @@ absl::Status Interpret(const std::vector<Op>& program, const Knobs& knobs, Effec
         break;
       case OpKind::kNoop:
         break;
+      case OpKind::kFailIfData:
+      case OpKind::kCopyData: {
+        std::string relation = op.relation, unit = op.unit;
+        if (relation.empty()) {
+          auto about = fx.EventRelation();
+          if (!about) break;  // not a relationship event: nothing to read
+          relation = about->first;
+          unit = about->second;
+        }
+        std::map<std::string, std::string> data;
+        if (op.bag != BagSel::kUnit) {
+          ASSIGN_OR_RETURN(data, fx.Bag(relation, "rs"));
+        }
+        if (op.bag != BagSel::kService && !unit.empty()) {
+          ASSIGN_OR_RETURN(auto own, fx.Bag(relation, "ru:" + unit));
+          for (const auto& [k, v] : own) data[k] = v;
+        }
+        auto it = data.find(op.key);
+        if (op.kind == OpKind::kCopyData) {
+          if (it == data.end()) {
+            RETURN_IF_ERROR(fx.Clear(FactName(op.fact)));
+          } else {
+            RETURN_IF_ERROR(fx.Set(FactName(op.fact), it->second));
+          }
+          break;
+        }
+        if (faults &&
+            (op.value.empty() ? it == data.end() : it != data.end() && it->second == op.value)) {
+          return absl::AbortedError(absl::StrCat("injected fault: ", relation, " ", unit, " ",
+                                                 op.key, op.value.empty() ? " absent" : " is bad"));
+        }
+        break;
+      }
     }
   }
   return absl::OkStatus();
@@ -265,6 +456,15 @@ class EngineEffects : public Effects {
   }
   absl::Status Clear(const std::string& fact) override { return ctx_.Clear(fact); }
   absl::Status Fire(const std::string& event) override { return ctx_.Fire(event); }
+  std::optional<std::pair<std::string, std::string>> EventRelation() override {
+    if (!ctx_.event().has_relation()) return std::nullopt;
+    return std::make_pair(ctx_.event().relation().relation_id(),
+                          ctx_.event().relation().remote_unit());
+  }
+  absl::StatusOr<std::map<std::string, std::string>> Bag(const std::string& relation,
+                                                         const std::string& bag) override {
+    return ctx_.Bag(relation, bag);
+  }
 
  private:
   RunContext& ctx_;
@@ -274,6 +474,10 @@ ServiceSpec MakeSpec(const Scenario& sc, Knobs* knobs) {
   ServiceSpec spec;
   spec.service = "ref";
   spec.unit = "ref/0";
+  for (size_t e = 0; e < sc.endpoints.size(); ++e) {
+    spec.endpoints.push_back(
+        {EndpointName(static_cast<int>(e)), Role::kRequires, "iface", sc.endpoints[e]});
+  }
   for (const HandlerDef& h : sc.handlers) {
     HandlerSpec hs;
     hs.name = h.name;
@@ -390,6 +594,76 @@ std::vector<std::string> EngineSteps(const v1::Trace& trace) {
 // ---------------------------------------------------------------------------------------------
 // The reference model.
 
+using Changes = google::protobuf::RepeatedPtrField<v1::BagChange>;
+
+// The changes of `earlier` followed by those of `later`: a later change of a key replaces an
+// earlier one. Sorted by key (a change list names each key once, so its order means nothing).
+Changes MergeChanges(const Changes& earlier, const Changes& later) {
+  std::map<std::string, v1::BagChange> by_key;
+  for (const v1::BagChange& c : earlier) by_key[c.key()] = c;
+  for (const v1::BagChange& c : later) by_key[c.key()] = c;
+  Changes out;
+  for (const auto& [k, c] : by_key) *out.Add() = c;
+  return out;
+}
+
+bool IsKind(const v1::Event& e, v1::RelationEventKind kind) {
+  return e.has_relation() && e.relation().kind() == kind;
+}
+
+// Whether `later` is news about the relation and remote unit `head` is about: a break of the
+// relation, or any event of that unit on it.
+bool AboutHead(const v1::Event& head, const v1::Event& later) {
+  if (!head.has_relation() || !later.has_relation()) return false;
+  if (head.relation().relation_id() != later.relation().relation_id()) return false;
+  if (IsKind(later, v1::RELATION_EVENT_KIND_BROKEN)) return true;
+  return !head.relation().remote_unit().empty() &&
+         head.relation().remote_unit() == later.relation().remote_unit();
+}
+
+// What the retry of the failed inbox head finds behind it (docs/engine.md, "Relation data is a
+// state too"): a joined or changed event of a remote unit is cancelled by a departure of that
+// unit or a break of its relation anywhere behind it; otherwise every later changed event of the
+// unit on the relation is folded into it. Events folded before (into an earlier head) are left
+// alone: they carry nothing any more.
+struct Retry {
+  std::optional<v1::Event> cancelled_by;
+  v1::Event head;                // with the folded changes
+  std::vector<uint64_t> folded;  // ids, in inbox order
+};
+
+Retry PrepareRetry(const std::deque<v1::Event>& inbox) {
+  Retry out;
+  out.head = inbox.front();
+  const v1::Event& head = inbox.front();
+  if (!IsKind(head, v1::RELATION_EVENT_KIND_JOINED) &&
+      !IsKind(head, v1::RELATION_EVENT_KIND_CHANGED)) {
+    return out;
+  }
+  if (head.folded_into() != 0) return out;
+  for (size_t i = 1; i < inbox.size(); ++i) {
+    const v1::Event& e = inbox[i];
+    if (AboutHead(head, e) && (IsKind(e, v1::RELATION_EVENT_KIND_DEPARTED) ||
+                               IsKind(e, v1::RELATION_EVENT_KIND_BROKEN))) {
+      out.cancelled_by = e;
+      return out;
+    }
+  }
+  for (size_t i = 1; i < inbox.size(); ++i) {
+    const v1::Event& e = inbox[i];
+    if (!AboutHead(head, e) || !IsKind(e, v1::RELATION_EVENT_KIND_CHANGED) ||
+        e.folded_into() != 0) {
+      continue;
+    }
+    auto* rc = out.head.mutable_relation();
+    *rc->mutable_unit_changes() = MergeChanges(rc->unit_changes(), e.relation().unit_changes());
+    *rc->mutable_service_changes() =
+        MergeChanges(rc->service_changes(), e.relation().service_changes());
+    out.folded.push_back(e.id());
+  }
+  return out;
+}
+
 class Model {
  public:
   struct Fact {
@@ -397,23 +671,41 @@ class Model {
     std::string value;
     uint64_t version = 0;
   };
+  // A relation as the agent knows it: its remote units and their data.
+  struct Relation {
+    std::string endpoint;
+    std::string remote_service;
+    std::set<std::string> units;
+    // Broken: a tombstone without data; events about it change nothing.
+    bool gone = false;
+    // "rs" (the remote service) and "ru:<unit>" -> key -> value.
+    std::map<std::string, std::map<std::string, std::string>> bags;
+  };
   // Everything a commit makes durable (and a failure leaves untouched).
   struct State {
     std::map<std::string, Fact> facts;
     uint64_t clock = 0;
     // Fact-only handlers that ran successfully: the clock at the end of their last run.
     std::map<std::string, uint64_t> last_ran;
+    std::map<std::string, Relation> relations;
   };
   struct RunOut {
     bool committed = false;
     bool bound_exceeded = false;
     std::string failed_handler;
+    std::string error;  // the failed handler's
     std::vector<std::string> steps;
     std::vector<std::string> net_changes;  // committed runs, sorted by fact name
     uint32_t executions = 0;
+    // Committed runs: the events the commit queues (ids not assigned).
+    std::vector<v1::Event> follow_ups;
   };
 
-  explicit Model(const Scenario& sc) : sc_(sc) {}
+  explicit Model(const Scenario& sc) : sc_(sc) {
+    for (size_t e = 0; e < sc.endpoints.size(); ++e) {
+      required_[EndpointName(static_cast<int>(e))] = sc.endpoints[e];
+    }
+  }
 
   const State& state() const { return committed_; }
 
@@ -428,6 +720,24 @@ class Model {
   static bool IsSet(const State& s, const std::string& fact) {
     auto it = s.facts.find(fact);
     return it != s.facts.end() && it->second.set;
+  }
+
+  // Sets (or, with nullopt, clears) `fact`; a change ticks the clock. Returns whether it changed.
+  static bool ChangeFact(State& s, const std::string& fact, std::optional<std::string> value) {
+    Fact& f = s.facts[fact];
+    if (f.set == value.has_value() && f.value == value.value_or("")) return false;
+    f.set = value.has_value();
+    f.value = value.value_or("");
+    f.version = ++s.clock;
+    return true;
+  }
+
+  static std::map<std::string, std::string> BagOf(const State& s, const std::string& relation,
+                                                  const std::string& bag) {
+    auto r = s.relations.find(relation);
+    if (r == s.relations.end()) return {};
+    auto b = r->second.bags.find(bag);
+    return b == r->second.bags.end() ? std::map<std::string, std::string>{} : b->second;
   }
 
   static bool Holds(const State& s, const HandlerDef& h) {
@@ -468,9 +778,14 @@ class Model {
     return absl::StrCat("dirty: one of ", absl::StrJoin(changed, ","), " changed");
   }
 
-  RunOut Run(const std::string& event, const Knobs& knobs) {
+  RunOut Run(const v1::Event& event, const Knobs& knobs) {
     State s = committed_;
     RunOut out;
+    // Step 1: the relation data change, then the relationship facts of its endpoint.
+    std::set<std::string> broken, left_empty;
+    if (event.has_relation() && Apply(s, event.relation(), broken, left_empty)) {
+      UpdateRelationFacts(s, event.relation().endpoint(), broken);
+    }
     std::vector<int> queue;
     auto queued = [&](int i) { return std::find(queue.begin(), queue.end(), i) != queue.end(); };
     auto fire = [&](const std::string& e, const std::string& by) {
@@ -498,7 +813,8 @@ class Model {
       }
     };
 
-    fire(event, "");
+    // An event folded into an earlier retry has nothing to apply and is not fired.
+    if (event.folded_into() == 0) fire(event.name(), "");
     queue_dirty();
     while (!queue.empty()) {
       if (out.executions == sc_.max_executions) {
@@ -509,11 +825,12 @@ class Model {
       const HandlerDef& h = sc_.handlers[queue.front()];
       queue.erase(queue.begin());
       ++out.executions;
-      ModelEffects fx(s);
+      ModelEffects fx(s, event);
       const absl::Status status = Interpret(h.program, knobs, fx);
       out.steps.push_back(ExecutedToken(status.ok(), h.name, fx.changes, fx.fired));
       if (!status.ok()) {
         out.failed_handler = h.name;
+        out.error = std::string(status.message());
         NormalizeDrops(out.steps);
         return out;
       }
@@ -533,6 +850,23 @@ class Model {
     }
 
     out.committed = true;
+    // A broken relation's data goes with the commit; a relation a departure left without remote
+    // units is broken by an event of its own, queued by the same commit.
+    for (const std::string& id : broken) {
+      s.relations[id].gone = true;
+      s.relations[id].bags.clear();
+    }
+    for (const std::string& id : left_empty) {
+      if (broken.contains(id)) continue;
+      const Relation& r = s.relations[id];
+      v1::Event& e = out.follow_ups.emplace_back();
+      e.set_name(absl::StrCat(r.endpoint, ".broken"));
+      e.set_source("engine");
+      e.mutable_relation()->set_relation_id(id);
+      e.mutable_relation()->set_endpoint(r.endpoint);
+      e.mutable_relation()->set_remote_service(r.remote_service);
+      e.mutable_relation()->set_kind(v1::RELATION_EVENT_KIND_BROKEN);
+    }
     std::set<std::string> names;
     for (const auto& [name, f] : committed_.facts) names.insert(name);
     for (const auto& [name, f] : s.facts) names.insert(name);
@@ -550,62 +884,279 @@ class Model {
   }
 
  private:
+  static void ApplyChanges(std::map<std::string, std::string>& bag, const Changes& changes) {
+    for (const v1::BagChange& c : changes) {
+      if (c.deleted()) {
+        bag.erase(c.key());
+      } else {
+        bag[c.key()] = c.value();
+      }
+    }
+  }
+
+  // A run's step 1 (docs/engine.md, "A run"): joined and changed add the unit and apply its
+  // changes, departed removes the unit and its data, broken removes every unit (and, at commit,
+  // the relation's data). Returns false when the event is stale and changes nothing: about a
+  // relation never joined or broken already, or (changed) a unit that is not in it.
+  static bool Apply(State& s, const v1::RelationChange& rc, std::set<std::string>& broken,
+                    std::set<std::string>& left_empty) {
+    auto it = s.relations.find(rc.relation_id());
+    if (it == s.relations.end()) {
+      if (rc.kind() != v1::RELATION_EVENT_KIND_JOINED) return false;
+      Relation r;
+      r.endpoint = rc.endpoint();
+      r.remote_service = rc.remote_service();
+      it = s.relations.emplace(rc.relation_id(), std::move(r)).first;
+    } else if (it->second.gone) {
+      return false;
+    }
+    Relation& r = it->second;
+    const std::string& unit = rc.remote_unit();
+    switch (rc.kind()) {
+      case v1::RELATION_EVENT_KIND_JOINED:
+        r.units.insert(unit);
+        [[fallthrough]];
+      case v1::RELATION_EVENT_KIND_CHANGED:
+        if (!unit.empty() && !r.units.contains(unit)) return false;
+        if (!unit.empty()) ApplyChanges(r.bags["ru:" + unit], rc.unit_changes());
+        ApplyChanges(r.bags["rs"], rc.service_changes());
+        break;
+      case v1::RELATION_EVENT_KIND_DEPARTED:
+        // The remote service's bag outlives the unit: changes carried over from a cancelled
+        // event of the unit apply.
+        ApplyChanges(r.bags["rs"], rc.service_changes());
+        r.units.erase(unit);
+        r.bags.erase("ru:" + unit);
+        if (r.units.empty()) left_empty.insert(rc.relation_id());
+        break;
+      case v1::RELATION_EVENT_KIND_BROKEN:
+        r.units.clear();
+        broken.insert(rc.relation_id());
+        break;
+      default:
+        return false;
+    }
+    return true;
+  }
+
+  // The relationship facts of `endpoint` (docs/engine.md, "Terms"), from the data of its live
+  // relations. `<endpoint>.ready`'s value here lists the required values of every ready unit; the
+  // engine's is a digest of them, which the harness maps one to one onto this.
+  void UpdateRelationFacts(State& s, const std::string& endpoint,
+                           const std::set<std::string>& broken) const {
+    std::map<std::string, std::string> want;
+    size_t units = 0;
+    std::string ready;
+    const std::vector<std::string>& required = required_.at(endpoint);
+    for (const auto& [id, r] : s.relations) {
+      if (r.endpoint != endpoint || r.gone || broken.contains(id)) continue;
+      for (const std::string& unit : r.units) {
+        ++units;
+        std::map<std::string, std::string> view = BagOf(s, id, "rs");
+        for (const auto& [k, v] : BagOf(s, id, "ru:" + unit)) view[k] = v;
+        bool unit_ready = true;
+        std::vector<std::string> values;
+        for (const std::string& k : required) {
+          auto v = view.find(k);
+          if (v == view.end()) {
+            unit_ready = false;
+          } else {
+            values.push_back(v->second);
+          }
+        }
+        if (unit_ready) {
+          absl::StrAppend(&ready, "[", id, " ", unit, ": ", absl::StrJoin(values, ","), "]");
+        }
+        for (const auto& [k, v] : view) {
+          if (!k.empty()) want.try_emplace(absl::StrCat(endpoint, ".remote.", k), v);
+        }
+      }
+    }
+    if (units > 0) want[absl::StrCat(endpoint, ".joined")] = absl::StrCat(units);
+    if (!ready.empty()) want[absl::StrCat(endpoint, ".ready")] = ready;
+    std::vector<std::string> stale;
+    for (const auto& [name, f] : s.facts) {
+      if (f.set && absl::StartsWith(name, endpoint + ".") && !want.contains(name)) {
+        stale.push_back(name);
+      }
+    }
+    for (const std::string& name : stale) ChangeFact(s, name, std::nullopt);
+    for (const auto& [name, value] : want) ChangeFact(s, name, value);
+  }
+
   class ModelEffects : public Effects {
    public:
-    explicit ModelEffects(State& s) : s_(s) {}
+    ModelEffects(State& s, const v1::Event& event) : s_(s), event_(event) {}
     std::optional<std::string> Value(const std::string& fact) override {
       if (!IsSet(s_, fact)) return std::nullopt;
       return s_.facts.at(fact).value;
     }
     absl::Status Set(const std::string& fact, const std::string& value) override {
-      Fact& f = s_.facts[fact];
-      if (f.set && f.value == value) return absl::OkStatus();
-      f.set = true;
-      f.value = value;
-      f.version = ++s_.clock;
-      changes.push_back(ChangeToken(fact, true, value));
+      if (ChangeFact(s_, fact, value)) changes.push_back(ChangeToken(fact, true, value));
       return absl::OkStatus();
     }
     absl::Status Clear(const std::string& fact) override {
-      if (!IsSet(s_, fact)) return absl::OkStatus();
-      Fact& f = s_.facts[fact];
-      f.set = false;
-      f.value.clear();
-      f.version = ++s_.clock;
-      changes.push_back(ChangeToken(fact, false, ""));
+      if (ChangeFact(s_, fact, std::nullopt)) changes.push_back(ChangeToken(fact, false, ""));
       return absl::OkStatus();
     }
     absl::Status Fire(const std::string& event) override {
       fired.push_back(event);
       return absl::OkStatus();
     }
+    std::optional<std::pair<std::string, std::string>> EventRelation() override {
+      if (!event_.has_relation()) return std::nullopt;
+      return std::make_pair(event_.relation().relation_id(), event_.relation().remote_unit());
+    }
+    absl::StatusOr<std::map<std::string, std::string>> Bag(const std::string& relation,
+                                                           const std::string& bag) override {
+      return BagOf(s_, relation, bag);
+    }
     std::vector<std::string> changes;
     std::vector<std::string> fired;
 
    private:
     State& s_;
+    const v1::Event& event_;
   };
 
   const Scenario& sc_;
+  std::map<std::string, std::vector<std::string>> required_;
   State committed_;
 };
 
 // ---------------------------------------------------------------------------------------------
 // Driving one scenario on one agent's KB.
 
-enum class ActKind { kEnqueue, kRun, kRecreate, kReopenStore, kAdvance, kFaults };
+enum class ActKind {
+  kEnqueue,
+  kRun,
+  kRecreate,
+  kReopenStore,
+  kAdvance,
+  kFaults,
+  kPeer,
+  kResend,
+  kGap,
+  kBreak
+};
 
 struct Act {
   ActKind kind = ActKind::kRun;
   int event = 0;
   absl::Duration advance;
   bool faults = true;
+  // kPeer: a relation event a remote unit sends, with its sequence; kResend: one it sent before,
+  // sent again; kGap: one whose sequence skips one; kBreak: the agent breaks a relation (as
+  // unrelating a relation without units does).
+  v1::Event relation_event;
+  uint64_t sequence = 0;
 };
+
+v1::Event RelationEvent(const RelationDef& r, const std::string& unit, v1::RelationEventKind kind) {
+  v1::Event e;
+  e.set_name(absl::StrCat(EndpointName(r.endpoint), ".", RelationKindName(kind)));
+  e.set_source(unit.empty() ? "api" : absl::StrCat("peer:", unit));
+  v1::RelationChange* rc = e.mutable_relation();
+  rc->set_relation_id(r.id);
+  rc->set_endpoint(EndpointName(r.endpoint));
+  rc->set_remote_service(r.remote_service);
+  rc->set_remote_unit(unit);
+  rc->set_kind(kind);
+  if (kind == v1::RELATION_EVENT_KIND_JOINED) {
+    rc->set_remote_endpoint("server");
+    rc->set_interface("iface");
+  }
+  return e;
+}
+
+void AddRandomChanges(Changes* out, int max, std::mt19937_64& rng) {
+  std::vector<int> keys = {0, 1, 2};
+  std::shuffle(keys.begin(), keys.end(), rng);
+  const int n = Uniform(rng, 0, max);
+  for (int i = 0; i < n; ++i) {
+    v1::BagChange* c = out->Add();
+    c->set_key(kDataKeys[keys[i]]);
+    if (Unit(rng) < 0.15) {
+      c->set_deleted(true);
+    } else {
+      c->set_value(kDataValues[Uniform(rng, 0, 2)]);
+    }
+  }
+}
+
+// What each remote unit has sent on each relation: sent[i] went with sequence i + 1.
+struct Sender {
+  bool in = false;
+  std::vector<v1::Event> sent;
+};
+
+// A remote unit sends the next event of its life in the relation (joined, changed..., departed,
+// and now and then one out of turn), or resends one, or skips a sequence; or the agent breaks the
+// relation.
+Act RandomRelationAct(const Scenario& sc, std::map<std::pair<int, int>, Sender>& senders,
+                      std::mt19937_64& rng) {
+  const int ri = Uniform(rng, 0, static_cast<int>(sc.relations.size()) - 1);
+  const RelationDef& r = sc.relations[ri];
+  const int ui = Uniform(rng, 0, static_cast<int>(r.units.size()) - 1);
+  const std::string& unit = r.units[ui];
+  Sender& sender = senders[{ri, ui}];
+  Act a;
+  const double q = Unit(rng);
+  if (q < 0.04) {
+    a.kind = ActKind::kBreak;
+    a.relation_event = RelationEvent(r, "", v1::RELATION_EVENT_KIND_BROKEN);
+    return a;
+  }
+  if (q < 0.14 && !sender.sent.empty()) {
+    a.kind = ActKind::kResend;
+    const int i = Uniform(rng, 0, static_cast<int>(sender.sent.size()) - 1);
+    a.relation_event = sender.sent[i];
+    a.sequence = i + 1;
+    return a;
+  }
+  if (q < 0.17) {
+    a.kind = ActKind::kGap;
+    a.relation_event = RelationEvent(r, unit, v1::RELATION_EVENT_KIND_CHANGED);
+    a.sequence = sender.sent.size() + 2;
+    return a;
+  }
+  const double k = Unit(rng);
+  v1::RelationEventKind kind;
+  if (!sender.in) {
+    kind = k < 0.8    ? v1::RELATION_EVENT_KIND_JOINED
+           : k < 0.92 ? v1::RELATION_EVENT_KIND_CHANGED
+                      : v1::RELATION_EVENT_KIND_DEPARTED;
+  } else {
+    kind = k < 0.75   ? v1::RELATION_EVENT_KIND_CHANGED
+           : k < 0.88 ? v1::RELATION_EVENT_KIND_DEPARTED
+                      : v1::RELATION_EVENT_KIND_JOINED;
+  }
+  a.kind = ActKind::kPeer;
+  a.relation_event = RelationEvent(r, unit, kind);
+  // A peer's departed carries no data (an OutboxEntry of kind DEPARTED has none): the service
+  // changes a departed event carries are those it took from cancelled events.
+  if (kind != v1::RELATION_EVENT_KIND_DEPARTED) {
+    v1::RelationChange* rc = a.relation_event.mutable_relation();
+    AddRandomChanges(rc->mutable_unit_changes(), 2, rng);
+    if (Unit(rng) < 0.3) AddRandomChanges(rc->mutable_service_changes(), 1, rng);
+  }
+  if (kind == v1::RELATION_EVENT_KIND_JOINED) sender.in = true;
+  if (kind == v1::RELATION_EVENT_KIND_DEPARTED) sender.in = false;
+  sender.sent.push_back(a.relation_event);
+  a.sequence = sender.sent.size();
+  return a;
+}
 
 std::vector<Act> GeneratePlan(const Scenario& sc, std::mt19937_64& rng) {
   std::vector<Act> plan;
-  const int len = Uniform(rng, 20, 60);
+  std::map<std::pair<int, int>, Sender> senders;
+  const bool relations = !sc.relations.empty();
+  const int len = relations ? Uniform(rng, 30, 80) : Uniform(rng, 20, 60);
   for (int i = 0; i < len; ++i) {
+    if (relations && Unit(rng) < 0.35) {
+      plan.push_back(RandomRelationAct(sc, senders, rng));
+      continue;
+    }
     const double r = Unit(rng);
     Act a;
     if (r < 0.30) {
@@ -631,10 +1182,10 @@ std::vector<Act> GeneratePlan(const Scenario& sc, std::mt19937_64& rng) {
     plan.push_back(a);
   }
   // Drain what is left, faults off.
-  plan.push_back(Act{ActKind::kFaults, 0, absl::ZeroDuration(), false});
-  for (int i = 0; i < 25; ++i) {
-    plan.push_back(Act{ActKind::kAdvance, 0, absl::Seconds(5), true});
-    plan.push_back(Act{ActKind::kRun, 0, absl::ZeroDuration(), true});
+  plan.push_back(Act{ActKind::kFaults, 0, absl::ZeroDuration(), false, {}, 0});
+  for (int i = 0; i < (relations ? 40 : 25); ++i) {
+    plan.push_back(Act{ActKind::kAdvance, 0, absl::Seconds(5), true, {}, 0});
+    plan.push_back(Act{ActKind::kRun, 0, absl::ZeroDuration(), true, {}, 0});
   }
   return plan;
 }
@@ -667,6 +1218,24 @@ std::string Canonical(const v1::Trace& trace) {
   return out;
 }
 
+// An event with its change lists sorted by key (their order means nothing), serialized
+// deterministically.
+std::string CanonicalEvent(v1::Event e) {
+  if (e.has_relation()) {
+    v1::RelationChange* rc = e.mutable_relation();
+    *rc->mutable_unit_changes() = MergeChanges({}, rc->unit_changes());
+    *rc->mutable_service_changes() = MergeChanges({}, rc->service_changes());
+  }
+  std::string out;
+  {
+    google::protobuf::io::StringOutputStream stream(&out);
+    google::protobuf::io::CodedOutputStream coded(&stream);
+    coded.SetSerializationDeterministic(true);
+    e.SerializeToCodedStream(&coded);
+  }
+  return out;
+}
+
 absl::string_view OutcomeName(RunOutcome o) {
   switch (o) {
     case RunOutcome::kIdle:
@@ -684,6 +1253,39 @@ absl::string_view OutcomeName(RunOutcome o) {
 std::string Lines(const std::vector<std::string>& v) {
   return absl::StrCat("    ", absl::StrJoin(v, "\n    "), "\n");
 }
+
+// What a harness counted over a scenario.
+struct Stats {
+  int commits = 0;
+  int failures = 0;
+  int bound_failures = 0;
+  uint64_t executions = 0;
+  int relation_events = 0;  // received from peers, or breaks enqueued by the agent
+  int duplicates = 0;       // resends refused as duplicates
+  int gaps = 0;             // sequences refused as gaps
+  int retries = 0;          // runs of a head that had failed
+  int folding_retries = 0;  // retries that folded later events in
+  int folded = 0;           // events folded into a retry that committed
+  int cancels = 0;
+  int made_due = 0;  // retries made due at once by news about the failed head
+  int follow_ups = 0;
+
+  void Add(const Stats& o) {
+    commits += o.commits;
+    failures += o.failures;
+    bound_failures += o.bound_failures;
+    executions += o.executions;
+    relation_events += o.relation_events;
+    duplicates += o.duplicates;
+    gaps += o.gaps;
+    retries += o.retries;
+    folding_retries += o.folding_retries;
+    folded += o.folded;
+    cancels += o.cancels;
+    made_due += o.made_due;
+    follow_ups += o.follow_ups;
+  }
+};
 
 class Harness {
  public:
@@ -734,6 +1336,18 @@ class Harness {
           Log(absl::StrCat("faults ", a.faults ? "on" : "off"));
           knobs_.faults = a.faults;
           break;
+        case ActKind::kPeer:
+          ok = FromPeer(a);
+          break;
+        case ActKind::kResend:
+          ok = Resend(a);
+          break;
+        case ActKind::kGap:
+          ok = Gap(a);
+          break;
+        case ActKind::kBreak:
+          ok = Break(a);
+          break;
       }
       if (!ok) break;
     }
@@ -744,19 +1358,11 @@ class Harness {
 
   const std::vector<std::string>& traces() const { return traces_; }
   const std::vector<std::string>& log() const { return log_; }
-  int commits() const { return commits_; }
-  int failures() const { return failures_; }
-  int bound_failures() const { return bound_failures_; }
-  uint64_t executions() const { return total_executions_; }
+  const Stats& stats() const { return stats_; }
   // Whether the last run compared executed max_handler_executions handlers or more.
   bool near_bound() const { return near_bound_; }
 
  private:
-  struct Event {
-    uint64_t id;
-    std::string name;
-  };
-
   void Log(std::string line) { log_.push_back(std::move(line)); }
 
   bool Fail(std::string what) {
@@ -778,25 +1384,119 @@ class Harness {
     return true;
   }
 
+  static std::string Describe(const v1::Event& e) {
+    std::string out = absl::StrCat(e.name(), " (id ", e.id());
+    if (e.has_relation()) {
+      const v1::RelationChange& rc = e.relation();
+      auto changes = [](const Changes& list) {
+        return absl::StrJoin(list, ",", [](std::string* o, const v1::BagChange& c) {
+          absl::StrAppend(o, c.key(), c.deleted() ? " deleted" : "=" + c.value());
+        });
+      };
+      absl::StrAppend(&out, ", ", rc.relation_id(), " ",
+                      rc.remote_unit().empty() ? "-" : rc.remote_unit(), " unit{",
+                      changes(rc.unit_changes()), "} service{", changes(rc.service_changes()), "}");
+      if (e.folded_into()) absl::StrAppend(&out, ", folded into ", e.folded_into());
+    }
+    return absl::StrCat(out, ")");
+  }
+
+  // The model's side of `e` entering the inbox: the id it must have been given, and the failed
+  // head's retry it makes due at once if it is news about the head's relation and unit.
+  bool Queued(v1::Event e, const EnqueueResult& r, absl::string_view how) {
+    if (r.duplicate || r.event_id != next_event_id_) {
+      return Fail(absl::StrCat(how, " ", e.name(), ": assigned id ", r.event_id,
+                               r.duplicate ? " (duplicate)" : "", ", expected ", next_event_id_));
+    }
+    e.set_id(next_event_id_++);
+    Log(absl::StrCat(how, " ", Describe(e)));
+    if (attempt_ > 0 && due_ && AboutHead(inbox_.front(), e)) {
+      const int64_t now_ms = absl::ToUnixMillis(clock_.Now());
+      if (absl::ToUnixMillis(*due_) > now_ms) {
+        Log("  news about the failed head: its retry is due now");
+        due_ = absl::FromUnixMillis(now_ms);
+        ++stats_.made_due;
+      }
+    }
+    inbox_.push_back(std::move(e));
+    return true;
+  }
+
   bool Enqueue(const std::string& name) {
     v1::Event e;
     e.set_name(name);
     e.set_source("test");
     auto r = engine_->Enqueue(e);
     if (!r.ok()) return Fail(absl::StrCat("Enqueue: ", r.status().ToString()));
-    Log(absl::StrCat("enqueue ", name, " (id ", r->event_id, ")"));
-    if (r->event_id != next_event_id_) {
-      return Fail(absl::StrCat("Enqueue assigned id ", r->event_id, ", expected ", next_event_id_));
+    return Queued(e, *r, "enqueue") && CheckState("after Enqueue");
+  }
+
+  bool FromPeer(const Act& a) {
+    auto r = engine_->EnqueueFromPeer(a.relation_event, a.sequence);
+    if (!r.ok()) {
+      return Fail(
+          absl::StrCat("EnqueueFromPeer sequence ", a.sequence, ": ", r.status().ToString()));
     }
-    inbox_.push_back(Event{next_event_id_++, name});
-    return CheckState("after Enqueue");
+    ++stats_.relation_events;
+    return Queued(a.relation_event, *r, absl::StrCat("peer sends sequence ", a.sequence, ":")) &&
+           CheckState("after EnqueueFromPeer");
+  }
+
+  // A sequence already received is a duplicate and changes nothing.
+  bool Resend(const Act& a) {
+    const v1::RelationChange& rc = a.relation_event.relation();
+    Log(absl::StrCat("peer ", rc.remote_unit(), " resends sequence ", a.sequence, " on ",
+                     rc.relation_id()));
+    auto r = engine_->EnqueueFromPeer(a.relation_event, a.sequence);
+    if (!r.ok() || !r->duplicate || r->event_id != 0 || r->ticket != 0) {
+      return Fail(absl::StrCat(
+          "resent sequence ", a.sequence, " of ", rc.remote_unit(), " on ", rc.relation_id(), ": ",
+          r.ok() ? absl::StrCat("not a duplicate, id ", r->event_id) : r.status().ToString()));
+    }
+    ++stats_.duplicates;
+    return CheckState("after a resend");
+  }
+
+  // A sequence that leaves a gap is refused and changes nothing.
+  bool Gap(const Act& a) {
+    const v1::RelationChange& rc = a.relation_event.relation();
+    Log(absl::StrCat("peer ", rc.remote_unit(), " sends sequence ", a.sequence, " on ",
+                     rc.relation_id(), ", leaving a gap"));
+    auto r = engine_->EnqueueFromPeer(a.relation_event, a.sequence);
+    if (r.ok() || !absl::IsOutOfRange(r.status())) {
+      return Fail(absl::StrCat("sequence ", a.sequence,
+                               " leaving a gap: ", r.ok() ? "accepted" : r.status().ToString()));
+    }
+    ++stats_.gaps;
+    return CheckState("after a gap");
+  }
+
+  bool Break(const Act& a) {
+    auto r = engine_->Enqueue(a.relation_event);
+    if (!r.ok()) return Fail(absl::StrCat("Enqueue broken: ", r.status().ToString()));
+    ++stats_.relation_events;
+    return Queued(a.relation_event, *r, "the agent breaks the relation:") &&
+           CheckState("after enqueueing a break");
+  }
+
+  // `.ready` values: the engine's are digests, the model's list what they digest. Each engine
+  // digest must stand for one list and each list have one digest.
+  bool BindReady(absl::string_view fact, const std::string& engine, const std::string& model) {
+    auto [e, e_new] = ready_by_digest_.emplace(engine, model);
+    auto [m, m_new] = digest_by_ready_.emplace(model, engine);
+    if (e->second != model || m->second != engine) {
+      return Fail(absl::StrCat(fact, ": digest ", engine, " for ready data '", model,
+                               "'; before, digest ", m->second, " stood for '", model,
+                               "' and digest ", engine, " for '", e->second, "'"));
+    }
+    return true;
   }
 
   bool Step() {
     knobs_.executions = 0;
     auto r = engine_->RunOnce();
     if (!r.ok()) return Fail(absl::StrCat("RunOnce: ", r.status().ToString()));
-    total_executions_ += knobs_.executions;
+    stats_.executions += knobs_.executions;
     if (inbox_.empty()) {
       Log("RunOnce: idle");
       if (r->outcome != RunOutcome::kIdle) {
@@ -818,17 +1518,28 @@ class Harness {
       return CheckState("after a kNotDue RunOnce");
     }
 
-    const Event head = inbox_.front();
     const absl::Time now = clock_.Now();
-    Model::RunOut want = model_.Run(head.name, knobs_);
+    Retry retry;
+    if (attempt_ > 0) {
+      ++stats_.retries;
+      retry = PrepareRetry(inbox_);
+    } else {
+      retry.head = inbox_.front();
+    }
+    if (retry.cancelled_by) return Cancelled(*r, *retry.cancelled_by);
+    const v1::Event& head = retry.head;
+    Model::RunOut want = model_.Run(head, knobs_);
     const std::string what =
-        absl::StrCat("event ", head.name, " (id ", head.id, ", attempt ", attempt_ + 1, ", faults ",
-                     knobs_.faults ? "on" : "off", knobs_.calm ? ", calm" : "", ")");
-    Log(absl::StrCat("RunOnce on ", what, ": model ",
-                     want.committed        ? "commits"
-                     : want.bound_exceeded ? "fails (bound)"
-                                           : absl::StrCat("fails in ", want.failed_handler),
-                     " after ", want.executions, " executions; engine ", OutcomeName(r->outcome)));
+        absl::StrCat("event ", Describe(head), " attempt ", attempt_ + 1, ", faults ",
+                     knobs_.faults ? "on" : "off", knobs_.calm ? ", calm" : "");
+    Log(absl::StrCat(
+        "RunOnce on ", what,
+        retry.folded.empty() ? "" : absl::StrCat(", folding ", absl::StrJoin(retry.folded, ",")),
+        ": model ",
+        want.committed        ? "commits"
+        : want.bound_exceeded ? "fails (bound)"
+                              : absl::StrCat("fails in ", want.failed_handler),
+        " after ", want.executions, " executions; engine ", OutcomeName(r->outcome)));
     near_bound_ = want.executions >= sc_.max_executions || knobs_.executions >= sc_.max_executions;
     const RunOutcome expected = want.committed ? RunOutcome::kCommitted : RunOutcome::kFailed;
     if (r->outcome != expected || r->trace == nullptr) {
@@ -859,11 +1570,16 @@ class Harness {
       return Fail(absl::StrCat(what, ": run number ", r->run, " / trace ", t.run(), ", expected ",
                                run_number_));
     }
-    if (t.trigger().name() != head.name || t.trigger().id() != head.id ||
-        t.attempt() != attempt_ + 1 || t.handlers_run() != want.executions) {
-      return Fail(absl::StrCat(what, ": trace header ", t.trigger().ShortDebugString(), " attempt ",
+    if (CanonicalEvent(t.trigger()) != CanonicalEvent(head) || t.attempt() != attempt_ + 1 ||
+        t.handlers_run() != want.executions) {
+      return Fail(absl::StrCat(what, ": trace header ", Describe(t.trigger()), " attempt ",
                                t.attempt(), " handlers_run ", t.handlers_run()));
     }
+    if (std::vector<uint64_t>(t.folded().begin(), t.folded().end()) != retry.folded) {
+      return Fail(absl::StrCat(what, ": the trace says it folded [", absl::StrJoin(t.folded(), ","),
+                               "], expected [", absl::StrJoin(retry.folded, ","), "]"));
+    }
+    if (!retry.folded.empty()) ++stats_.folding_retries;
     if (auto stored = engine_->Traces(1);
         !stored.ok() || stored->size() != 1 || Canonical(stored->front()) != Canonical(t)) {
       return Fail(absl::StrCat(what, ": the stored trace is not the returned one"));
@@ -871,32 +1587,58 @@ class Harness {
     traces_.push_back(Canonical(t));
 
     if (want.committed) {
-      ++commits_;
+      ++stats_.commits;
       if (t.result() != v1::Trace::RESULT_COMMITTED) return Fail(what + ": trace result");
       if (r->handlers_run != want.executions) return Fail(what + ": RunResult.handlers_run");
+      const auto model_facts = model_.Facts();
       std::vector<std::string> net;
       for (const auto& c : t.facts_changed()) {
-        net.push_back(ChangeToken(c.name(), c.set(), c.value()));
+        std::string value = c.value();
+        if (c.set() && absl::EndsWith(c.name(), ".ready") && model_facts.contains(c.name())) {
+          if (!BindReady(c.name(), value, model_facts.at(c.name()))) return false;
+          value = model_facts.at(c.name());
+        }
+        net.push_back(ChangeToken(c.name(), c.set(), value));
       }
       if (net != want.net_changes) {
         return Fail(absl::StrCat(what, ": net fact changes differ\nengine:\n", Lines(net),
                                  "model:\n", Lines(want.net_changes)));
       }
+      // The events folded in stay queued with nothing left to apply.
+      for (uint64_t id : retry.folded) {
+        for (v1::Event& e : inbox_) {
+          if (e.id() != id) continue;
+          e.mutable_relation()->clear_unit_changes();
+          e.mutable_relation()->clear_service_changes();
+          e.set_folded_into(head.id());
+        }
+      }
+      stats_.folded += static_cast<int>(retry.folded.size());
       inbox_.pop_front();
+      for (v1::Event& e : want.follow_ups) {
+        e.set_id(next_event_id_++);
+        Log(absl::StrCat("  the commit queues ", Describe(e)));
+        inbox_.push_back(std::move(e));
+        ++stats_.follow_ups;
+      }
       attempt_ = 0;
       bound_failures_in_a_row_ = 0;
       knobs_.calm = false;
       due_.reset();
       failed_handler_.clear();
+      failed_error_.clear();
       return CheckState(absl::StrCat("after committing ", what));
     }
 
-    ++failures_;
+    ++stats_.failures;
     if (t.result() != v1::Trace::RESULT_ROLLED_BACK) return Fail(what + ": trace result");
     ++attempt_;
     failed_handler_ = want.failed_handler;
+    failed_error_ = want.error;
     if (want.bound_exceeded) {
-      ++bound_failures_;
+      ++stats_.bound_failures;
+      // The bound's message is the engine's to word; that it fails at the bound is checked.
+      failed_error_ = engine_->failure() ? engine_->failure()->message() : "";
       // A run that exceeds the bound does so again on every retry: retry once (the retry must
       // be identical), then calm every action until the event is through.
       if (++bound_failures_in_a_row_ >= 2) {
@@ -917,10 +1659,75 @@ class Harness {
     return CheckState(absl::StrCat("after failing ", what));
   }
 
-  // Everything observable between runs: facts, inbox, failure record, persisted dirty state.
+  // The failed head's retry found a departure of its unit or a break of its relation behind it:
+  // it is dropped unapplied in a run of its own, and a departure takes the remote service's bag
+  // changes it carried.
+  bool Cancelled(const RunResult& r, const v1::Event& by) {
+    const v1::Event head = inbox_.front();
+    const std::string what = absl::StrCat("event ", Describe(head), " attempt ", attempt_ + 1,
+                                          ", cancelled by ", Describe(by));
+    Log(absl::StrCat("RunOnce on ", what, "; engine ", OutcomeName(r.outcome)));
+    if (r.outcome != RunOutcome::kCommitted || r.trace == nullptr) {
+      return Fail(absl::StrCat(what, ": expected kCommitted, got ", OutcomeName(r.outcome),
+                               r.trace ? absl::StrCat(" (", r.trace->error(), ")") : ""));
+    }
+    const v1::Trace& t = *r.trace;
+    ++run_number_;
+    if (t.result() != v1::Trace::RESULT_CANCELLED || r.run != run_number_ ||
+        t.run() != run_number_ || t.attempt() != attempt_ + 1 || t.steps_size() != 0 ||
+        t.handlers_run() != 0 || r.handlers_run != 0 || t.folded_size() != 0 ||
+        t.facts_changed_size() != 0 || CanonicalEvent(t.trigger()) != CanonicalEvent(head)) {
+      return Fail(absl::StrCat(what, ": expected a cancellation, run ", run_number_, ", got ",
+                               t.ShortDebugString()));
+    }
+    const v1::RelationChange& rc = by.relation();
+    const std::string error = absl::StrCat(
+        "cancelled by event ", by.id(), " '", by.name(), "' queued behind it (",
+        rc.kind() == v1::RELATION_EVENT_KIND_BROKEN
+            ? absl::StrCat("relation ", rc.relation_id(), " is broken")
+            : absl::StrCat(rc.remote_unit(), " left relation ", rc.relation_id()),
+        "); the last attempt failed: ",
+        failed_handler_.empty() ? failed_error_
+                                : absl::StrCat("handler ", failed_handler_, ": ", failed_error_));
+    if (t.error() != error) {
+      return Fail(absl::StrCat(what, ": error '", t.error(), "', expected '", error, "'"));
+    }
+    if (auto stored = engine_->Traces(1);
+        !stored.ok() || stored->size() != 1 || Canonical(stored->front()) != Canonical(t)) {
+      return Fail(absl::StrCat(what, ": the stored trace is not the returned one"));
+    }
+    traces_.push_back(Canonical(t));
+    // The departure applies the service bag changes before it forgets the unit: what the
+    // departed event carried from earlier cancelled events, then the newer ones of this one.
+    if (IsKind(by, v1::RELATION_EVENT_KIND_DEPARTED) && head.relation().service_changes_size()) {
+      for (v1::Event& e : inbox_) {
+        if (e.id() != by.id()) continue;
+        *e.mutable_relation()->mutable_service_changes() =
+            MergeChanges(e.relation().service_changes(), head.relation().service_changes());
+      }
+    }
+    ++stats_.cancels;
+    inbox_.pop_front();
+    attempt_ = 0;
+    bound_failures_in_a_row_ = 0;
+    knobs_.calm = false;
+    due_.reset();
+    failed_handler_.clear();
+    failed_error_.clear();
+    return CheckState(absl::StrCat("after cancelling ", what));
+  }
+
+  // Everything observable between runs: facts, inbox, failure record, relations and their data,
+  // persisted dirty state.
   bool CheckState(absl::string_view when) {
-    const auto facts = engine_->Facts();
+    auto facts = engine_->Facts();
     const auto want = model_.Facts();
+    for (auto& [name, value] : facts) {
+      auto m = want.find(name);
+      if (!absl::EndsWith(name, ".ready") || m == want.end()) continue;
+      if (!BindReady(name, value, m->second)) return false;
+      value = m->second;
+    }
     if (facts != want) {
       auto show = [](const std::map<std::string, std::string>& m) {
         return absl::StrJoin(m, " ", absl::PairFormatter("="));
@@ -932,19 +1739,89 @@ class Harness {
       return Fail(absl::StrCat(when, ": inbox depth ", engine_->inbox_depth(), ", expected ",
                                inbox_.size()));
     }
+    if (!CheckInbox(when)) return false;
     const auto failure = engine_->failure();
     if (failure.has_value() != (attempt_ > 0)) {
       return Fail(absl::StrCat(when, ": failure record ",
                                failure ? failure->ShortDebugString() : "absent", ", expected ",
                                attempt_ > 0 ? "one" : "none"));
     }
-    if (failure && (failure->event_id() != inbox_.front().id || failure->attempt() != attempt_ ||
-                    failure->handler() != failed_handler_)) {
+    if (failure &&
+        (failure->event_id() != inbox_.front().id() ||
+         failure->event_name() != inbox_.front().name() || failure->attempt() != attempt_ ||
+         failure->handler() != failed_handler_ || failure->message() != failed_error_ ||
+         failure->next_retry_unix_ms() != absl::ToUnixMillis(*due_))) {
       return Fail(absl::StrCat(when, ": failure record ", failure->ShortDebugString(),
-                               ", expected event ", inbox_.front().id, " attempt ", attempt_,
-                               " handler '", failed_handler_, "'"));
+                               ", expected event ", inbox_.front().id(), " attempt ", attempt_,
+                               " handler '", failed_handler_, "' error '", failed_error_,
+                               "' next retry ", absl::ToUnixMillis(*due_)));
     }
-    return CheckPersistedDirty(when);
+    return CheckRelations(when) && CheckPersistedDirty(when);
+  }
+
+  // The inbox holds the model's events: ids, relation changes (as folded and carried over),
+  // folded_into.
+  bool CheckInbox(absl::string_view when) {
+    std::vector<v1::Event> stored;
+    absl::Status parse;
+    absl::Status s = kb_->Scan(kb::Space::kInbox, "", [&](absl::string_view, absl::string_view v) {
+      v1::Event e;
+      if (!e.ParseFromArray(v.data(), static_cast<int>(v.size()))) {
+        parse = absl::DataLossError("inbox event");
+        return false;
+      }
+      stored.push_back(std::move(e));
+      return true;
+    });
+    if (s.ok()) s = parse;
+    if (!s.ok()) return Fail(absl::StrCat(when, ": reading the inbox: ", s.ToString()));
+    for (size_t i = 0; i < std::max(stored.size(), inbox_.size()); ++i) {
+      if (i < stored.size() && i < inbox_.size() &&
+          CanonicalEvent(stored[i]) == CanonicalEvent(inbox_[i])) {
+        continue;
+      }
+      return Fail(absl::StrCat(when, ": inbox entry ", i, " is ",
+                               i < stored.size() ? Describe(stored[i]) : "missing", ", expected ",
+                               i < inbox_.size() ? Describe(inbox_[i]) : "none"));
+    }
+    return true;
+  }
+
+  // Membership and data of every relation: records (remote units, broken), bags.
+  bool CheckRelations(absl::string_view when) {
+    const auto& records = engine_->relations();
+    const auto& model = model_.state().relations;
+    if (records.size() != model.size()) {
+      return Fail(absl::StrCat(when, ": the engine knows ", records.size(),
+                               " relations, the model ", model.size()));
+    }
+    for (const auto& [id, m] : model) {
+      auto it = records.find(id);
+      if (it == records.end()) return Fail(absl::StrCat(when, ": relation ", id, " is unknown"));
+      const v1::RelationRecord& rec = it->second;
+      const std::set<std::string> units(rec.remote_units().begin(), rec.remote_units().end());
+      if (rec.endpoint() != m.endpoint || rec.remote_service() != m.remote_service ||
+          rec.gone() != m.gone || units != m.units) {
+        return Fail(absl::StrCat(when, ": relation ", rec.ShortDebugString(), ", expected units [",
+                                 absl::StrJoin(m.units, ","), "]", m.gone ? " gone" : ""));
+      }
+    }
+    for (const RelationDef& r : sc_.relations) {
+      std::vector<std::string> bags = {"rs"};
+      for (const std::string& u : r.units) bags.push_back("ru:" + u);
+      for (const std::string& bag : bags) {
+        auto got = engine_->Bag(r.id, bag);
+        if (!got.ok()) return Fail(absl::StrCat(when, ": Bag: ", got.status().ToString()));
+        const auto want = Model::BagOf(model_.state(), r.id, bag);
+        if (*got != want) {
+          return Fail(absl::StrCat(when, ": bag ", bag, " of ", r.id, " is {",
+                                   absl::StrJoin(*got, ",", absl::PairFormatter("=")),
+                                   "}, expected {",
+                                   absl::StrJoin(want, ",", absl::PairFormatter("=")), "}"));
+        }
+      }
+    }
+    return true;
   }
 
   // The KB's bookkeeping must make exactly the model's fact-only handlers dirty.
@@ -1006,22 +1883,22 @@ class Harness {
   std::unique_ptr<kb::Kb> kb_;
   std::unique_ptr<Engine> engine_;
 
-  std::deque<Event> inbox_;
+  // The model's inbox: the events as the engine must have stored them.
+  std::deque<v1::Event> inbox_;
   uint64_t next_event_id_ = 1;
   uint64_t run_number_ = 0;
   uint32_t attempt_ = 0;  // failed attempts of the inbox head
   std::string failed_handler_;
+  std::string failed_error_;
   std::optional<absl::Time> due_;
   int bound_failures_in_a_row_ = 0;
   bool near_bound_ = false;
+  std::map<std::string, std::string> ready_by_digest_, digest_by_ready_;
 
   std::vector<std::string> traces_;
   std::vector<std::string> log_;
   std::string divergence_;
-  int commits_ = 0;
-  int failures_ = 0;
-  int bound_failures_ = 0;
-  uint64_t total_executions_ = 0;
+  Stats stats_;
 };
 
 class ReferenceModelTest : public ::testing::Test {
@@ -1080,8 +1957,8 @@ TEST_F(ReferenceModelTest, RandomScenariosMatchTheModel) {
   } else if (const char* n = getenv("PARLEY_REF_SEEDS")) {
     ASSERT_TRUE(absl::SimpleAtoi(n, &count));
   }
-  int commits = 0, failures = 0, bound = 0, diverged = 0, diverged_near_bound = 0;
-  uint64_t executions = 0;
+  int diverged = 0, diverged_near_bound = 0;
+  Stats total;
   for (uint64_t seed = first; seed < first + count; ++seed) {
     std::mt19937_64 rng(seed);
     const Scenario sc = GenerateScenario(rng);
@@ -1101,14 +1978,18 @@ TEST_F(ReferenceModelTest, RandomScenariosMatchTheModel) {
       }
       continue;
     }
-    commits += h->commits();
-    failures += h->failures();
-    bound += h->bound_failures();
-    executions += h->executions();
+    total.Add(h->stats());
   }
-  std::cout << count << " seeds: " << commits << " commits, " << failures << " failed runs ("
-            << bound << " over the bound), " << executions << " handler executions, " << diverged
-            << " diverging seeds (" << diverged_near_bound << " at the execution bound)\n";
+  std::cout << count << " seeds: " << total.commits << " commits, " << total.failures
+            << " failed runs (" << total.bound_failures << " over the bound), " << total.executions
+            << " handler executions, " << diverged << " diverging seeds (" << diverged_near_bound
+            << " at the execution bound)\n"
+            << "  relations: " << total.relation_events << " relation events (" << total.duplicates
+            << " resends refused as duplicates, " << total.gaps << " gaps refused), "
+            << total.follow_ups << " breaks queued by a departure, " << total.retries
+            << " retries (" << total.made_due << " made due by news, " << total.folding_retries
+            << " folding), " << total.folded << " events folded into committed retries, "
+            << total.cancels << " cancelled\n";
 }
 
 // Directed scenarios at the execution bound: a run fails exactly when it would need more than
@@ -1142,17 +2023,17 @@ HandlerDef Def(std::string name, std::vector<int> when, std::vector<int> when_no
 // Enqueues `event` and runs it (twice over, so the retry is compared too), then recreates the
 // engine and runs once more.
 std::vector<Act> RunEvent(int event) {
-  return {Act{ActKind::kEnqueue, event, absl::ZeroDuration(), true},
-          Act{ActKind::kRun, 0, absl::ZeroDuration(), true},
-          Act{ActKind::kAdvance, 0, absl::Seconds(5), true},
-          Act{ActKind::kRun, 0, absl::ZeroDuration(), true},
-          Act{ActKind::kRecreate, 0, absl::ZeroDuration(), true},
-          Act{ActKind::kAdvance, 0, absl::Seconds(5), true},
-          Act{ActKind::kRun, 0, absl::ZeroDuration(), true}};
+  return {Act{ActKind::kEnqueue, event, absl::ZeroDuration(), true, {}, 0},
+          Act{ActKind::kRun, 0, absl::ZeroDuration(), true, {}, 0},
+          Act{ActKind::kAdvance, 0, absl::Seconds(5), true, {}, 0},
+          Act{ActKind::kRun, 0, absl::ZeroDuration(), true, {}, 0},
+          Act{ActKind::kRecreate, 0, absl::ZeroDuration(), true, {}, 0},
+          Act{ActKind::kAdvance, 0, absl::Seconds(5), true, {}, 0},
+          Act{ActKind::kRun, 0, absl::ZeroDuration(), true, {}, 0}};
 }
 
 TEST_F(ReferenceModelTest, EventPingPongFailsAtTheBound) {
-  Scenario sc{1, 2, 10, {}};
+  Scenario sc{1, 2, 10, {}, {}, {}};
   sc.handlers.push_back(Def("ping", {}, {}, {0}, {FireOp(1)}));
   sc.handlers.push_back(Def("pong", {}, {}, {1}, {FireOp(0)}));
   const std::string d = PlayTwice(sc, RunEvent(0), "ping-pong");
@@ -1160,7 +2041,7 @@ TEST_F(ReferenceModelTest, EventPingPongFailsAtTheBound) {
 }
 
 TEST_F(ReferenceModelTest, FactFlipFlopFailsAtTheBound) {
-  Scenario sc{1, 1, 10, {}};
+  Scenario sc{1, 1, 10, {}, {}, {}};
   sc.handlers.push_back(Def("flip", {}, {0}, {}, {SetOp(0, "x")}));
   sc.handlers.push_back(Def("flop", {0}, {}, {}, {ClearOp(0)}));
   const std::string d = PlayTwice(sc, RunEvent(0), "flip-flop");
@@ -1168,7 +2049,7 @@ TEST_F(ReferenceModelTest, FactFlipFlopFailsAtTheBound) {
 }
 
 TEST_F(ReferenceModelTest, ChainLongerThanTheBoundFails) {
-  Scenario sc{1, 2, 1, {}};
+  Scenario sc{1, 2, 1, {}, {}, {}};
   sc.handlers.push_back(Def("first", {}, {}, {0}, {FireOp(1)}));
   sc.handlers.push_back(Def("second", {}, {}, {1}, {}));
   const std::string d = PlayTwice(sc, RunEvent(0), "chain");
@@ -1177,7 +2058,7 @@ TEST_F(ReferenceModelTest, ChainLongerThanTheBoundFails) {
 
 TEST_F(ReferenceModelTest, RunConvergingAtTheBoundCommits) {
   // `first` makes `second` drop out: one execution in all, within a bound of one.
-  Scenario sc{1, 1, 1, {}};
+  Scenario sc{1, 1, 1, {}, {}, {}};
   sc.handlers.push_back(Def("first", {}, {}, {0}, {SetOp(0, "x")}));
   sc.handlers.push_back(Def("second", {}, {0}, {0}, {}));
   const std::string d = PlayTwice(sc, RunEvent(0), "converges");
@@ -1186,7 +2067,7 @@ TEST_F(ReferenceModelTest, RunConvergingAtTheBoundCommits) {
 
 TEST_F(ReferenceModelTest, DroppedHandlerDoesNotCountTowardsTheBound) {
   // `third` is dropped after `first`; the run needs two executions, within a bound of two.
-  Scenario sc{1, 1, 2, {}};
+  Scenario sc{1, 1, 2, {}, {}, {}};
   sc.handlers.push_back(Def("first", {}, {}, {0}, {SetOp(0, "x")}));
   sc.handlers.push_back(Def("second", {}, {}, {0}, {}));
   sc.handlers.push_back(Def("third", {}, {0}, {0}, {}));
