@@ -783,7 +783,11 @@ class Model {
     RunOut out;
     // Step 1: the relation data change, then the relationship facts of its endpoint.
     std::set<std::string> broken, left_empty;
-    if (event.has_relation() && Apply(s, event.relation(), broken, left_empty)) {
+    auto carried = carried_.find(event.id());
+    std::set<std::string> service_keys;
+    if (event.has_relation() &&
+        Apply(s, event.relation(), carried == carried_.end() ? nullptr : &carried->second.keys,
+              broken, left_empty, service_keys)) {
       UpdateRelationFacts(s, event.relation().endpoint(), broken);
     }
     std::vector<int> queue;
@@ -879,8 +883,27 @@ class Model {
       }
     }
     committed_ = std::move(s);
+    // What this run wrote to the remote service's bag is newer than what a departure queued
+    // behind it carries from a cancelled event.
+    carried_.erase(event.id());
+    for (auto& [id, c] : carried_) {
+      if (event.has_relation() && c.relation == event.relation().relation_id()) {
+        for (const std::string& k : service_keys) c.keys.erase(k);
+      }
+    }
     NormalizeDrops(out.steps);
     return out;
+  }
+
+  // The failed head `cancelled` was cancelled by the departure `departed` of its unit, which
+  // takes the changes of the remote service's bag it carried: they are the newest of their keys
+  // until a run writes those keys again.
+  void Carry(const v1::Event& departed, const v1::Event& cancelled) {
+    Carried& c = carried_[departed.id()];
+    c.relation = departed.relation().relation_id();
+    for (const v1::BagChange& change : cancelled.relation().service_changes()) {
+      c.keys.insert(change.key());
+    }
   }
 
  private:
@@ -898,8 +921,12 @@ class Model {
   // changes, departed removes the unit and its data, broken removes every unit (and, at commit,
   // the relation's data). Returns false when the event is stale and changes nothing: about a
   // relation never joined or broken already, or (changed) a unit that is not in it.
-  static bool Apply(State& s, const v1::RelationChange& rc, std::set<std::string>& broken,
-                    std::set<std::string>& left_empty) {
+  // `carried`: for a departure that took service bag changes from cancelled events, the keys
+  // whose carried value is still the newest (the others were written since: their carried value
+  // is stale). `service_keys`: the keys of the remote service's bag the event wrote.
+  static bool Apply(State& s, const v1::RelationChange& rc, const std::set<std::string>* carried,
+                    std::set<std::string>& broken, std::set<std::string>& left_empty,
+                    std::set<std::string>& service_keys) {
     auto it = s.relations.find(rc.relation_id());
     if (it == s.relations.end()) {
       if (rc.kind() != v1::RELATION_EVENT_KIND_JOINED) return false;
@@ -920,11 +947,18 @@ class Model {
         if (!unit.empty() && !r.units.contains(unit)) return false;
         if (!unit.empty()) ApplyChanges(r.bags["ru:" + unit], rc.unit_changes());
         ApplyChanges(r.bags["rs"], rc.service_changes());
+        for (const v1::BagChange& c : rc.service_changes()) service_keys.insert(c.key());
         break;
       case v1::RELATION_EVENT_KIND_DEPARTED:
         // The remote service's bag outlives the unit: changes carried over from a cancelled
-        // event of the unit apply.
-        ApplyChanges(r.bags["rs"], rc.service_changes());
+        // event of the unit apply, unless a later event wrote their keys meanwhile.
+        for (const v1::BagChange& c : rc.service_changes()) {
+          if (carried != nullptr && !carried->contains(c.key())) continue;
+          Changes one;
+          *one.Add() = c;
+          ApplyChanges(r.bags["rs"], one);
+          service_keys.insert(c.key());
+        }
         r.units.erase(unit);
         r.bags.erase("ru:" + unit);
         if (r.units.empty()) left_empty.insert(rc.relation_id());
@@ -1019,9 +1053,16 @@ class Model {
     const v1::Event& event_;
   };
 
+  struct Carried {
+    std::string relation;
+    std::set<std::string> keys;
+  };
+
   const Scenario& sc_;
   std::map<std::string, std::vector<std::string>> required_;
   State committed_;
+  // Departed events queued that carry service bag changes of cancelled events, by id.
+  std::map<uint64_t, Carried> carried_;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -1700,6 +1741,7 @@ class Harness {
     // The departure applies the service bag changes before it forgets the unit: what the
     // departed event carried from earlier cancelled events, then the newer ones of this one.
     if (IsKind(by, v1::RELATION_EVENT_KIND_DEPARTED) && head.relation().service_changes_size()) {
+      model_.Carry(by, head);
       for (v1::Event& e : inbox_) {
         if (e.id() != by.id()) continue;
         *e.mutable_relation()->mutable_service_changes() =
