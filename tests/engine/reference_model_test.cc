@@ -114,7 +114,8 @@ constexpr int kRelationBase = 100;
 constexpr const char* kDerivedFacts[] = {"joined", "ready", "remote.k0", "remote.k1"};
 constexpr const char* kRelationEvents[] = {"joined", "changed", "departed", "broken"};
 constexpr const char* kDataKeys[] = {"k0", "k1", "k2"};
-constexpr const char* kDataValues[] = {"x", "y", "bad"};
+// Half the values a peer sends make data ops fail (while faults are on).
+constexpr const char* kDataValues[] = {"x", "bad", "y", "bad"};
 
 std::string EndpointName(int e) { return absl::StrCat("ep", e); }
 std::string FactName(int i) {
@@ -191,7 +192,7 @@ Op RandomOp(const Scenario& sc, const HandlerDef& h, double quiet, std::mt19937_
   Op op;
   op.fact = Uniform(rng, 0, sc.num_facts - 1);
   if (Unit(rng) < quiet) return op;
-  if (!sc.relations.empty() && Unit(rng) < (OnRelationEvent(h) ? 0.5 : 0.12)) {
+  if (!sc.relations.empty() && Unit(rng) < (OnRelationEvent(h) ? 0.7 : 0.12)) {
     return RandomDataOp(sc, h, rng);
   }
   const double r = Unit(rng);
@@ -1120,7 +1121,7 @@ void AddRandomChanges(Changes* out, int max, std::mt19937_64& rng) {
     if (Unit(rng) < 0.15) {
       c->set_deleted(true);
     } else {
-      c->set_value(kDataValues[Uniform(rng, 0, 2)]);
+      c->set_value(kDataValues[Uniform(rng, 0, 3)]);
     }
   }
 }
@@ -1135,12 +1136,16 @@ struct Sender {
 // and now and then one out of turn), or resends one, or skips a sequence; or the agent breaks the
 // relation.
 Act RandomRelationAct(const Scenario& sc, std::map<std::pair<int, int>, Sender>& senders,
-                      std::mt19937_64& rng) {
-  const int ri = Uniform(rng, 0, static_cast<int>(sc.relations.size()) - 1);
-  const RelationDef& r = sc.relations[ri];
-  const int ui = Uniform(rng, 0, static_cast<int>(r.units.size()) - 1);
-  const std::string& unit = r.units[ui];
-  Sender& sender = senders[{ri, ui}];
+                      std::pair<int, int>& last, std::mt19937_64& rng) {
+  // Half the time the unit that sent last sends again: news about the same unit is what folds
+  // into, cancels and hurries a failed retry.
+  if (last.first < 0 || Unit(rng) < 0.5) {
+    last.first = Uniform(rng, 0, static_cast<int>(sc.relations.size()) - 1);
+    last.second = Uniform(rng, 0, static_cast<int>(sc.relations[last.first].units.size()) - 1);
+  }
+  const RelationDef& r = sc.relations[last.first];
+  const std::string& unit = r.units[last.second];
+  Sender& sender = senders[last];
   Act a;
   const double q = Unit(rng);
   if (q < 0.04) {
@@ -1179,7 +1184,7 @@ Act RandomRelationAct(const Scenario& sc, std::map<std::pair<int, int>, Sender>&
   if (kind != v1::RELATION_EVENT_KIND_DEPARTED) {
     v1::RelationChange* rc = a.relation_event.mutable_relation();
     AddRandomChanges(rc->mutable_unit_changes(), 2, rng);
-    if (Unit(rng) < 0.3) AddRandomChanges(rc->mutable_service_changes(), 1, rng);
+    if (Unit(rng) < 0.45) AddRandomChanges(rc->mutable_service_changes(), 1, rng);
   }
   if (kind == v1::RELATION_EVENT_KIND_JOINED) sender.in = true;
   if (kind == v1::RELATION_EVENT_KIND_DEPARTED) sender.in = false;
@@ -1191,11 +1196,12 @@ Act RandomRelationAct(const Scenario& sc, std::map<std::pair<int, int>, Sender>&
 std::vector<Act> GeneratePlan(const Scenario& sc, std::mt19937_64& rng) {
   std::vector<Act> plan;
   std::map<std::pair<int, int>, Sender> senders;
+  std::pair<int, int> last = {-1, -1};
   const bool relations = !sc.relations.empty();
   const int len = relations ? Uniform(rng, 30, 80) : Uniform(rng, 20, 60);
   for (int i = 0; i < len; ++i) {
     if (relations && Unit(rng) < 0.35) {
-      plan.push_back(RandomRelationAct(sc, senders, rng));
+      plan.push_back(RandomRelationAct(sc, senders, last, rng));
       continue;
     }
     const double r = Unit(rng);
