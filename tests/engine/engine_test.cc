@@ -1167,10 +1167,9 @@ TEST_F(EngineTest, ADepartureOrABreakCancelsTheFailingEventAboutIt) {
                                     1)
                   .ok());
   EXPECT_EQ(engine_->RunOnce()->outcome, RunOutcome::kNotDue);
-  ASSERT_TRUE(engine_
-                  ->EnqueueFromPeer(Rel("cluster", v1::RELATION_EVENT_KIND_DEPARTED, "c:1", "pg/0"),
-                                    2)
-                  .ok());
+  ASSERT_TRUE(
+      engine_->EnqueueFromPeer(Rel("cluster", v1::RELATION_EVENT_KIND_DEPARTED, "c:1", "pg/0"), 2)
+          .ok());
   auto r = engine_->RunOnce();
   ASSERT_TRUE(r.ok()) << r.status();
   ASSERT_EQ(r->outcome, RunOutcome::kCommitted);
@@ -1182,8 +1181,8 @@ TEST_F(EngineTest, ADepartureOrABreakCancelsTheFailingEventAboutIt) {
   EXPECT_THAT(FormatTrace(*r->trace), HasSubstr("CANCELLED after 1 failed attempt"));
   EXPECT_FALSE(engine_->failure().has_value());
   ASSERT_TRUE(engine_->RunUntilIdle().ok());
-  EXPECT_THAT(seen, ElementsAre("cluster.joined pg/0", "cluster.joined pg/1",
-                                "cluster.departed pg/0"));
+  EXPECT_THAT(seen,
+              ElementsAre("cluster.joined pg/0", "cluster.joined pg/1", "cluster.departed pg/0"));
   auto service = engine_->Bag("c:1", "rs");
   ASSERT_TRUE(service.ok());
   EXPECT_THAT(*service, ElementsAre(Pair("leader", "pg/0")));
@@ -1207,6 +1206,68 @@ TEST_F(EngineTest, ADepartureOrABreakCancelsTheFailingEventAboutIt) {
   ASSERT_TRUE(engine_->RunUntilIdle().ok());
   EXPECT_FALSE(engine_->failure().has_value());
   EXPECT_EQ(engine_->inbox_depth(), 0u);
+}
+
+// Found by the reference model (tests/engine/reference_model_test.cc): a departure takes the
+// remote service's bag changes of the cancelled event before it, but applies them after the newer
+// changes of the events that ran in between, so the bag goes back to older data. The later value
+// of a key must win (docs/engine.md, "Relation data is a state too").
+TEST_F(EngineTest, ACancelledEventsServiceDataDoesNotOverwriteNewerData) {
+  options_.retry_jitter = 0;
+  Endpoint("cluster");
+  Handler("follow", {}, {}, {"cluster.changed"}, [&](RunContext& ctx) {
+    auto bag = ctx.Bag("c:1", "ru:" + ctx.event().relation().remote_unit());
+    if (!bag.ok()) return bag.status();
+    if ((*bag)["primary"] == "pg/9") return absl::UnavailableError("pg/9 is down");
+    return absl::OkStatus();
+  });
+  Start();
+  auto leader = [](v1::Event e, std::string unit) {
+    v1::BagChange* c = e.mutable_relation()->add_service_changes();
+    c->set_key("leader");
+    c->set_value(unit);
+    return e;
+  };
+  // pg/1 stays in the relation, so that the remote service's bag outlives pg/0.
+  ASSERT_TRUE(
+      engine_->EnqueueFromPeer(Rel("cluster", v1::RELATION_EVENT_KIND_JOINED, "c:1", "pg/0"), 1)
+          .ok());
+  ASSERT_TRUE(
+      engine_->EnqueueFromPeer(Rel("cluster", v1::RELATION_EVENT_KIND_JOINED, "c:1", "pg/1"), 1)
+          .ok());
+  ASSERT_TRUE(engine_->RunUntilIdle().ok());
+  // pg/0 names the old leader with data `follow` fails on, then the new leader, then leaves.
+  ASSERT_TRUE(engine_
+                  ->EnqueueFromPeer(leader(Rel("cluster", v1::RELATION_EVENT_KIND_CHANGED, "c:1",
+                                               "pg/0", {{"primary", "pg/9"}}),
+                                           "pg/0"),
+                                    2)
+                  .ok());
+  ASSERT_EQ(engine_->RunOnce()->outcome, RunOutcome::kFailed);
+  ASSERT_TRUE(engine_
+                  ->EnqueueFromPeer(leader(Rel("cluster", v1::RELATION_EVENT_KIND_CHANGED, "c:1",
+                                               "pg/0", {{"primary", "pg/2"}}),
+                                           "pg/1"),
+                                    3)
+                  .ok());
+  ASSERT_TRUE(
+      engine_->EnqueueFromPeer(Rel("cluster", v1::RELATION_EVENT_KIND_DEPARTED, "c:1", "pg/0"), 4)
+          .ok());
+  auto r = engine_->RunOnce();
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->trace->result(), v1::Trace::RESULT_CANCELLED) << FormatTrace(*r->trace);
+  r = engine_->RunOnce();
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->outcome, RunOutcome::kCommitted) << FormatTrace(*r->trace);
+  auto service = engine_->Bag("c:1", "rs");
+  ASSERT_TRUE(service.ok());
+  EXPECT_THAT(*service, ElementsAre(Pair("leader", "pg/1")));
+  ASSERT_TRUE(engine_->RunUntilIdle().ok());
+  EXPECT_EQ(engine_->inbox_depth(), 0u);
+  service = engine_->Bag("c:1", "rs");
+  ASSERT_TRUE(service.ok());
+  // The departure must not bring back the older leader the cancelled event carried.
+  EXPECT_THAT(*service, ElementsAre(Pair("leader", "pg/1")));
 }
 
 }  // namespace
