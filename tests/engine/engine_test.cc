@@ -1270,5 +1270,62 @@ TEST_F(EngineTest, ACancelledEventsServiceDataDoesNotOverwriteNewerData) {
   EXPECT_THAT(*service, ElementsAre(Pair("leader", "pg/1")));
 }
 
+// Found by the reference model too: when two failing events of a unit are cancelled by its
+// departure, the departure keeps the older one's service bag changes over the newer one's.
+TEST_F(EngineTest, ADepartureKeepsTheNewestServiceDataOfTheEventsItCancelled) {
+  options_.retry_jitter = 0;
+  Endpoint("cluster");
+  Handler("follow", {}, {}, {"cluster.changed"}, [&](RunContext& ctx) {
+    auto bag = ctx.Bag("c:1", "ru:" + ctx.event().relation().remote_unit());
+    if (!bag.ok()) return bag.status();
+    if ((*bag)["primary"] == "pg/9") return absl::UnavailableError("pg/9 is down");
+    return absl::OkStatus();
+  });
+  Start();
+  auto leader = [](v1::Event e, std::string unit) {
+    v1::BagChange* c = e.mutable_relation()->add_service_changes();
+    c->set_key("leader");
+    c->set_value(unit);
+    return e;
+  };
+  ASSERT_TRUE(
+      engine_->EnqueueFromPeer(Rel("cluster", v1::RELATION_EVENT_KIND_JOINED, "c:1", "pg/0"), 1)
+          .ok());
+  ASSERT_TRUE(
+      engine_->EnqueueFromPeer(Rel("cluster", v1::RELATION_EVENT_KIND_JOINED, "c:1", "pg/1"), 1)
+          .ok());
+  ASSERT_TRUE(engine_->RunUntilIdle().ok());
+  // Two changes of pg/0 that `follow` fails on, the second naming a newer leader; then pg/0 leaves.
+  ASSERT_TRUE(engine_
+                  ->EnqueueFromPeer(leader(Rel("cluster", v1::RELATION_EVENT_KIND_CHANGED, "c:1",
+                                               "pg/0", {{"primary", "pg/9"}}),
+                                           "pg/0"),
+                                    2)
+                  .ok());
+  ASSERT_EQ(engine_->RunOnce()->outcome, RunOutcome::kFailed);
+  ASSERT_TRUE(engine_
+                  ->EnqueueFromPeer(leader(Rel("cluster", v1::RELATION_EVENT_KIND_CHANGED, "c:1",
+                                               "pg/0", {{"primary", "pg/9"}}),
+                                           "pg/1"),
+                                    3)
+                  .ok());
+  ASSERT_TRUE(
+      engine_->EnqueueFromPeer(Rel("cluster", v1::RELATION_EVENT_KIND_DEPARTED, "c:1", "pg/0"), 4)
+          .ok());
+  auto r = engine_->RunOnce();
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->trace->result(), v1::Trace::RESULT_CANCELLED) << FormatTrace(*r->trace);
+  ASSERT_EQ(engine_->RunOnce()->outcome, RunOutcome::kFailed);
+  clock_.Advance(absl::Seconds(2));
+  r = engine_->RunOnce();
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->trace->result(), v1::Trace::RESULT_CANCELLED) << FormatTrace(*r->trace);
+  ASSERT_TRUE(engine_->RunUntilIdle().ok());
+  EXPECT_EQ(engine_->inbox_depth(), 0u);
+  auto service = engine_->Bag("c:1", "rs");
+  ASSERT_TRUE(service.ok());
+  EXPECT_THAT(*service, ElementsAre(Pair("leader", "pg/1")));
+}
+
 }  // namespace
 }  // namespace parley::engine
