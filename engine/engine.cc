@@ -67,6 +67,7 @@ absl::Status Engine::Load() {
   RETURN_IF_ERROR(inbox_->Load(*kb_));
   RETURN_IF_ERROR(outbox_->Load(*kb_));
   RETURN_IF_ERROR(relations_->Load(*kb_));
+  RETURN_IF_ERROR(LoadStage());
 
   failure_.reset();
   ASSIGN_OR_RETURN(auto failure, kb_->Get(Space::kMeta, keys::kFailure));
@@ -267,18 +268,16 @@ absl::StatusOr<RunResult> Engine::Execute(v1::Event event, uint32_t attempt) {
   txn_->Clear();
   RetryPrep prep;
   if (attempt > 1) {
-    // A retry runs against the newest relation data (relation_state.cc).
+    // A retry runs against the newest relation data, or, cancelled, applies its data and fires
+    // nothing (relation_state.cc).
     absl::StatusOr<RetryPrep> p = PrepareRetry(event);
     if (!p.ok()) {
       txn_->Clear();
       return p.status();
     }
     prep = std::move(*p);
-    if (prep.cancelled_by) {
-      txn_->Clear();
-      return CancelHead(event, *prep.cancelled_by, attempt);
-    }
   }
+  const std::optional<v1::Event>& cancelled_by = prep.cancelled_by;
   run_ = std::make_unique<Run>(RunContext(this), event);
   relations_->BeginRun();
   v1::Trace trace;
@@ -291,13 +290,22 @@ absl::StatusOr<RunResult> Engine::Execute(v1::Event event, uint32_t attempt) {
   }
   for (uint64_t id : prep.folded) trace.add_folded(id);
 
-  auto fail = [&](std::string handler, std::string message) {
+  auto fail = [&](std::string handler, std::string message) -> absl::StatusOr<RunResult> {
+    if (cancelled_by) {
+      // Even its data cannot be applied: it is dropped.
+      run_.reset();
+      txn_->Clear();
+      RETURN_IF_ERROR(Load());
+      return CancelHead(event, *cancelled_by, attempt,
+                        handler.empty() ? message : absl::StrCat("handler ", handler, ": ", message));
+    }
     trace.set_duration_ns(absl::ToInt64Nanoseconds(clock_->Now() - start));
     return FailRun(event, attempt, std::move(handler), std::move(message), trace);
   };
 
   absl::Status applied = ApplyConfigChange(event);
   if (applied.ok()) applied = ApplyRelationChange(event);
+  if (applied.ok()) applied = ApplyLifecycle(event);
   if (absl::Status s = applied; !s.ok()) {
     if (absl::IsInvalidArgument(s) || absl::IsNotFound(s))
       return fail("", std::string(s.message()));
@@ -306,7 +314,12 @@ absl::StatusOr<RunResult> Engine::Execute(v1::Event event, uint32_t attempt) {
     return s;
   }
   // An event folded into an earlier one's retry has nothing left to apply or announce.
-  if (event.folded_into() == 0) FireEvent(event.name(), nullptr);
+  if (event.folded_into() == 0 && !cancelled_by) {
+    FireEvent(event.name(), nullptr);
+  } else if (cancelled_by) {
+    trace.set_result(v1::Trace::RESULT_CANCELLED);
+    trace.set_error(CancelReason(*cancelled_by, "its data was applied and no handler ran for it"));
+  }
   Retest();
   while (!run_->queue.empty()) {
     auto [h, gen] = run_->queue.front();
@@ -392,7 +405,7 @@ absl::StatusOr<uint64_t> Engine::CommitRun(const v1::Event& event, v1::Trace& tr
   if (failure_) txn_->Delete(Space::kMeta, keys::kFailure);
 
   BuildTrace(run_->steps, run_->touched, run_->executions, run_->outputs, trace);
-  trace.set_result(v1::Trace::RESULT_COMMITTED);
+  if (trace.result() != v1::Trace::RESULT_CANCELLED) trace.set_result(v1::Trace::RESULT_COMMITTED);
   StageTrace(*txn_, run_number, trace, options_.traces_kept);
   absl::StatusOr<uint64_t> committed = kb_->Commit(*txn_);
   if (!committed.ok()) {

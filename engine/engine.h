@@ -214,6 +214,11 @@ class Engine {
                               v1::RelationEventKind kind) const;
   // Timers handlers asked for, by name, with their due time.
   const std::map<std::string, absl::Time>& timers() const { return timers_; }
+
+  // A unit's life (lifecycle.cc; docs/engine.md, "A unit's life"). BeginRemoval queues the
+  // `stop` event that makes the unit dying, once: later calls queue nothing (event_id 0).
+  absl::StatusOr<EnqueueResult> BeginRemoval(absl::string_view by);
+  v1::UnitStage stage() const;
   const std::map<std::string, std::string>& config() const { return config_; }
   uint64_t runs() const { return run_counter_; }
   const std::map<std::string, v1::RelationRecord>& relations() const;
@@ -232,11 +237,13 @@ class Engine {
   absl::Status Load();
   absl::Status LoadFacts();
   absl::Status LoadHandlers();
+  absl::Status LoadStage();
 
   // A run (engine.cc; queueing and running handlers: handler_queue.cc).
   absl::StatusOr<RunResult> Execute(v1::Event event, uint32_t attempt);
   absl::Status ApplyConfigChange(const v1::Event& event);
   absl::Status ApplyRelationChange(const v1::Event& event);
+  absl::Status ApplyLifecycle(const v1::Event& event);
   void FireEvent(absl::string_view event, const Handler* by);
   void Retest();
   void Queue(Handler* h, Reason reason, absl::string_view reason_event);
@@ -261,7 +268,8 @@ class Engine {
   // unit (staged in `txn`; RetrySoonerCommitted once the commit's outcome is known).
   absl::StatusOr<RetryPrep> PrepareRetry(v1::Event& head);
   absl::StatusOr<RunResult> CancelHead(const v1::Event& head, const v1::Event& by,
-                                       uint32_t attempt);
+                                       uint32_t attempt, absl::string_view apply_error);
+  std::string CancelReason(const v1::Event& by, absl::string_view what) const;
   absl::Status RetrySoonerFor(kb::Txn& txn, const std::vector<v1::Event>& arrived);
   void RetrySoonerCommitted(bool committed);
 
@@ -289,6 +297,9 @@ class Engine {
   // The failure record an enqueue is about to commit with its retry due now.
   std::optional<v1::RunFailure> retry_sooner_;
   v1::WorkloadStatus status_;
+  v1::UnitStage stage_ = v1::UNIT_STAGE_INSTALLING;
+  // A removal's `stop` is queued (it may not have run yet).
+  bool removal_queued_ = false;
 
   std::unique_ptr<kb::Txn> txn_;
   std::unique_ptr<Run> run_;

@@ -139,6 +139,18 @@ absl::Status HandlerGraph::Build(ServiceSpec& spec) {
       if (!seen.insert(absl::string_view(f)).second) continue;
       h->when_not.push_back(&Intern(f));
     }
+    // While the unit is dying only the handlers that say they run then may run.
+    const bool names_dying = std::find(hs.when.begin(), hs.when.end(), kDyingFact) != hs.when.end();
+    const bool on_stop = std::find(hs.on.begin(), hs.on.end(), "stop") != hs.on.end();
+    h->while_dying = hs.while_dying.value_or(on_stop || names_dying);
+    if (names_dying && !h->while_dying) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("service '", service_, "', handler '", hs.name, "': it needs the fact '",
+                       kDyingFact, "' but says it does not run while the unit is dying"));
+    }
+    if (!h->while_dying && seen.insert(kDyingFact).second) {
+      h->when_not.push_back(&Intern(kDyingFact));
+    }
     std::set<absl::string_view> events;
     for (const auto& e : hs.on) {
       RETURN_IF_ERROR(ValidateName(hs.name, "on", e, true));

@@ -47,6 +47,8 @@ struct Handler {
   std::vector<std::string> on;
   std::unique_ptr<Action> action;
   bool fact_only = true;
+  // Runs while the unit is dying (HandlerSpec::while_dying, resolved).
+  bool while_dying = false;
   // Number of preconditions on facts that do not hold.
   int unsatisfied = 0;
   bool ran = false;

@@ -37,6 +37,7 @@ inline constexpr absl::string_view kNextEvent = "next_event";
 inline constexpr absl::string_view kNextOutbox = "next_outbox";
 inline constexpr absl::string_view kFailure = "failure";
 inline constexpr absl::string_view kStatus = "status";
+inline constexpr absl::string_view kStage = "stage";
 
 inline constexpr absl::string_view kNul("\0", 1);
 

@@ -2,8 +2,9 @@
 // data"). When the failed inbox head is about a relation and a remote unit, its retry runs against
 // the newest data that unit has sent since: later `changed` events of the same (relation, unit)
 // are folded into it and run afterwards with nothing left to apply. A `departed` of that unit or a
-// `broken` of that relation queued behind it cancels it: the event can no longer apply. News about
-// the head's relation and unit makes its retry due at once.
+// `broken` of that relation queued behind it cancels it: its data is applied in its place and no
+// handler runs for it (dropped whole when even that fails). News about the head's relation and
+// unit makes its retry due at once.
 
 #include <map>
 #include <string>
@@ -76,13 +77,13 @@ absl::StatusOr<RetryPrep> Engine::PrepareRetry(v1::Event& head) {
     return true;
   }));
   RETURN_IF_ERROR(parse);
-  if (prep.cancelled_by) return prep;  // nothing is folded into an event that will not run
+  if (prep.cancelled_by) return prep;  // a cancelled event applies its own data only
   auto* rc = head.mutable_relation();
   for (v1::Event& e : folded) {
+    // The unit's own bag only: the remote service's bag is written by its other units too, so
+    // a later change of it stays in its place behind theirs (the folded event applies it).
     Merge(rc->mutable_unit_changes(), e.relation().unit_changes());
-    Merge(rc->mutable_service_changes(), e.relation().service_changes());
     e.mutable_relation()->clear_unit_changes();
-    e.mutable_relation()->clear_service_changes();
     e.set_folded_into(head.id());
     prep.folded.push_back(e.id());
     Inbox::StageRewrite(*txn_, e);
@@ -92,8 +93,23 @@ absl::StatusOr<RetryPrep> Engine::PrepareRetry(v1::Event& head) {
   return prep;
 }
 
+std::string Engine::CancelReason(const v1::Event& by, absl::string_view what) const {
+  const auto& rc = by.relation();
+  std::string last = "-";
+  if (failure_) {
+    last = failure_->handler().empty()
+               ? failure_->message()
+               : absl::StrCat("handler ", failure_->handler(), ": ", failure_->message());
+  }
+  return absl::StrCat("cancelled by event ", by.id(), " '", by.name(), "' queued behind it (",
+                      rc.kind() == v1::RELATION_EVENT_KIND_BROKEN
+                          ? absl::StrCat("relation ", rc.relation_id(), " is broken")
+                          : absl::StrCat(rc.remote_unit(), " left relation ", rc.relation_id()),
+                      "): ", what, "; the last attempt failed: ", last);
+}
+
 absl::StatusOr<RunResult> Engine::CancelHead(const v1::Event& head, const v1::Event& by,
-                                             uint32_t attempt) {
+                                             uint32_t attempt, absl::string_view apply_error) {
   const absl::Time now = clock_->Now();
   const uint64_t run_number = run_counter_ + 1;
   auto trace = std::make_shared<v1::Trace>();
@@ -102,27 +118,9 @@ absl::StatusOr<RunResult> Engine::CancelHead(const v1::Event& head, const v1::Ev
   trace->set_result(v1::Trace::RESULT_CANCELLED);
   trace->set_attempt(attempt);
   trace->set_started_unix_ns(absl::ToUnixNanos(now));
-  const auto& rc = by.relation();
-  trace->set_error(absl::StrCat(
-      "cancelled by event ", by.id(), " '", by.name(), "' queued behind it (",
-      rc.kind() == v1::RELATION_EVENT_KIND_BROKEN
-          ? absl::StrCat("relation ", rc.relation_id(), " is broken")
-          : absl::StrCat(rc.remote_unit(), " left relation ", rc.relation_id()),
-      "); the last attempt failed: ",
-      failure_ && !failure_->handler().empty()
-          ? absl::StrCat("handler ", failure_->handler(), ": ", failure_->message())
-          : (failure_ ? failure_->message() : std::string("-"))));
+  trace->set_error(CancelReason(
+      by, absl::StrCat("nothing of it was applied (applying its data failed: ", apply_error, ")")));
   kb::Txn txn(kb_);
-  // The remote service's bag outlives a unit's departure: what the cancelled event changed of it
-  // goes on with the departed event, which applies it before forgetting the unit.
-  if (by.relation().kind() == v1::RELATION_EVENT_KIND_DEPARTED &&
-      head.relation().service_changes_size() > 0) {
-    v1::Event carried = by;
-    google::protobuf::RepeatedPtrField<v1::BagChange> changes = head.relation().service_changes();
-    Merge(&changes, by.relation().service_changes());
-    *carried.mutable_relation()->mutable_service_changes() = changes;
-    Inbox::StageRewrite(txn, carried);
-  }
   // Like a skip: the event leaves the inbox unapplied, its failure record goes; the sequence it
   // was received with stays, so a redelivery is a duplicate.
   Inbox::StageRemove(txn, head.id());

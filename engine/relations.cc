@@ -115,9 +115,6 @@ absl::StatusOr<bool> Relations::Apply(const v1::Event& event, kb::Txn& txn) {
       break;
     }
     case v1::RELATION_EVENT_KIND_DEPARTED:
-      // A departed event carries service bag changes only when it took them from a cancelled
-      // event (relation_state.cc): the remote service's bag outlives its units.
-      apply("rs", rc.service_changes());
       EraseSorted(rel.mutable_remote_units(), unit);
       if (EraseSorted(rel.mutable_targets(), unit) && rc.local()) {
         run_.departs.emplace_back(rc.relation_id(), unit);

@@ -71,6 +71,8 @@ absl::Status RunContext::SetTimer(absl::string_view name, absl::Duration delay) 
   RETURN_IF_ERROR(
       engine_->graph_->ValidateName(handler(), "timer", absl::StrCat("timer.", name), true));
   if (name.empty()) return absl::InvalidArgumentError("timer name is empty");
+  // A dying unit's timers are gone, and none is set: it would outlive the unit.
+  if (engine_->stage_ == v1::UNIT_STAGE_DYING) return absl::OkStatus();
   const absl::Time due = engine_->clock_->Now() + delay;
   engine_->timers_[std::string(name)] = due;
   engine_->txn_->Put(kb::Space::kMeta, keys::Timer(name),

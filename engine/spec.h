@@ -7,6 +7,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -76,7 +77,14 @@ struct HandlerSpec {
   // when its facts hold and it is dirty (never ran, or a named fact changed since it last ran).
   std::vector<std::string> on;
   std::unique_ptr<Action> action;
+  // Whether the handler runs while the unit is dying (being removed: docs/engine.md, "A unit's
+  // life"). Unset: it does when `on` names `stop` or `when` names the fact `dying`, and not
+  // otherwise. A handler that does not is held back by an implicit `when_not: [dying]`.
+  std::optional<bool> while_dying = std::nullopt;
 };
+
+// The fact the engine sets when the unit starts dying; handlers cannot set or clear it.
+inline constexpr absl::string_view kDyingFact = "dying";
 
 // A config option a service declares. `check` validates a value (not set: any text).
 struct ConfigOptionSpec {

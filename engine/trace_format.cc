@@ -41,22 +41,23 @@ std::string FormatTrace(const v1::Trace& t) {
   }
   if (t.result() == v1::Trace::RESULT_CANCELLED) {
     absl::StrAppend(&out, "\n  CANCELLED after ", t.attempt() - 1,
-                    t.attempt() == 2 ? " failed attempt" : " failed attempts",
-                    ": not applied\n  ", t.error(), "\n");
-    return out;
+                    t.attempt() == 2 ? " failed attempt" : " failed attempts", "\n  ", t.error(),
+                    "\n");
+    if (t.steps_size() == 0) return out;
+  } else if (t.attempt() > 1) {
+    absl::StrAppend(&out, ", attempt ", t.attempt());
   }
   if (e.folded_into() != 0) {
     absl::StrAppend(&out, "\n  folded into the retry of event ", e.folded_into(),
                     ": nothing left to apply\n");
     return out;
   }
-  if (t.attempt() > 1) absl::StrAppend(&out, ", attempt ", t.attempt());
   if (t.folded_size() > 0) {
     absl::StrAppend(&out, ", with the newer data of event",
                     t.folded_size() == 1 ? " " : "s ", absl::StrJoin(t.folded(), ", "));
   }
   if (!t.resolved_by().empty()) absl::StrAppend(&out, ", retried at once for ", t.resolved_by());
-  absl::StrAppend(&out, "\n");
+  if (t.result() != v1::Trace::RESULT_CANCELLED) absl::StrAppend(&out, "\n");
   for (const auto& s : t.steps()) {
     switch (s.kind()) {
       case v1::TraceStep::KIND_FIRED:
@@ -103,11 +104,11 @@ std::string FormatTrace(const v1::Trace& t) {
                     "\n");
   }
   absl::StrAppend(&out, "  ",
-                  t.result() == v1::Trace::RESULT_COMMITTED ? "committed" : "rolled back", ": ",
+                  t.result() == v1::Trace::RESULT_ROLLED_BACK ? "rolled back" : "committed", ": ",
                   t.handlers_run(), " handlers, ", FormatDuration(t.duration_ns()));
   if (t.facts_changed_size() > 0) {
     absl::StrAppend(
-        &out, t.result() == v1::Trace::RESULT_COMMITTED ? ", facts " : ", discarded ",
+        &out, t.result() == v1::Trace::RESULT_ROLLED_BACK ? ", discarded " : ", facts ",
         absl::StrJoin(t.facts_changed(), " ",
                       [](std::string* o, const v1::FactChange& c) { o->append(FormatChange(c)); }));
   }
@@ -115,7 +116,9 @@ std::string FormatTrace(const v1::Trace& t) {
     std::map<std::string, std::string> outputs(t.outputs().begin(), t.outputs().end());
     absl::StrAppend(&out, ", output ", absl::StrJoin(outputs, " ", absl::PairFormatter("=")));
   }
-  if (!t.error().empty()) absl::StrAppend(&out, "\n  error: ", t.error());
+  if (!t.error().empty() && t.result() == v1::Trace::RESULT_ROLLED_BACK) {
+    absl::StrAppend(&out, "\n  error: ", t.error());
+  }
   absl::StrAppend(&out, "\n");
   return out;
 }

@@ -87,7 +87,7 @@ class EngineTest : public ::testing::Test {
   void Handler(std::string name, std::vector<std::string> when, std::vector<std::string> when_not,
                std::vector<std::string> on, Fn fn = Ok) {
     handlers_.push_back(
-        {std::move(name), std::move(when), std::move(when_not), std::move(on), std::move(fn)});
+        {std::move(name), std::move(when), std::move(when_not), std::move(on), std::move(fn), {}});
   }
 
   void Endpoint(std::string name, std::vector<std::string> required = {}) {
@@ -100,7 +100,7 @@ class EngineTest : public ::testing::Test {
     spec.unit = "svc/0";
     spec.endpoints = endpoints_;
     for (auto& h : handlers_) {
-      spec.handlers.push_back({h.name, h.when, h.when_not, h.on, MakeAction(h.fn)});
+      spec.handlers.push_back({h.name, h.when, h.when_not, h.on, MakeAction(h.fn), h.while_dying});
     }
     return spec;
   }
@@ -128,6 +128,7 @@ class EngineTest : public ::testing::Test {
     std::string name;
     std::vector<std::string> when, when_not, on;
     Fn fn;
+    std::optional<bool> while_dying;
   };
   testing::TempDir dir_;
   base::ManualClock clock_;
@@ -1177,7 +1178,8 @@ TEST_F(EngineTest, ADepartureOrABreakCancelsTheFailingEventAboutIt) {
   EXPECT_EQ(r->trace->trigger().id(), 1u);
   EXPECT_THAT(r->trace->error(),
               HasSubstr("cancelled by event 3 'cluster.departed' queued behind it (pg/0 left "
-                        "relation c:1); the last attempt failed: handler follow: pg/9 is down"));
+                        "relation c:1): its data was applied and no handler ran for it; the last "
+                        "attempt failed: handler follow: pg/9 is down"));
   EXPECT_THAT(FormatTrace(*r->trace), HasSubstr("CANCELLED after 1 failed attempt"));
   EXPECT_FALSE(engine_->failure().has_value());
   ASSERT_TRUE(engine_->RunUntilIdle().ok());
@@ -1325,6 +1327,100 @@ TEST_F(EngineTest, ADepartureKeepsTheNewestServiceDataOfTheEventsItCancelled) {
   auto service = engine_->Bag("c:1", "rs");
   ASSERT_TRUE(service.ok());
   EXPECT_THAT(*service, ElementsAre(Pair("leader", "pg/1")));
+}
+
+// A unit's life (docs/engine.md, "A unit's life"): installing until `start` commits, active,
+// dying once the removal's `stop` committed (the fact `dying` is set, only handlers that run
+// while dying run, timers are gone), dead once everything queued is applied. The stage survives
+// a restart.
+TEST_F(EngineTest, AUnitLivesInstallingActiveDyingDead) {
+  Endpoint("db");
+  std::vector<std::string> ran;
+  auto note = [&ran](std::string what) {
+    return [&ran, what](RunContext&) {
+      ran.push_back(what);
+      return absl::OkStatus();
+    };
+  };
+  Handler("install", {}, {}, {"install"}, note("install"));
+  Handler("start", {}, {}, {"start"}, [&](RunContext& ctx) {
+    ran.push_back("start");
+    return ctx.SetTimer("rotate", absl::Hours(1));
+  });
+  Handler("stop", {}, {}, {"stop"}, [&](RunContext& ctx) {
+    ran.push_back(absl::StrCat("stop dying=", ctx.IsSet("dying")));
+    return ctx.SetTimer("again", absl::Seconds(1));  // a no-op while dying
+  });
+  Handler("reconfigure", {}, {}, {"db.departed"}, note("reconfigure"));
+  handlers_.push_back({"forget", {}, {}, {"db.departed"}, note("forget"), true});
+  Handler("farewell", {"dying"}, {}, {}, note("farewell"));
+  Handler("watch", {"db.joined"}, {}, {}, note("watch"));
+  Start();
+  EXPECT_EQ(engine_->stage(), v1::UNIT_STAGE_INSTALLING);
+  Run(Named("install"));
+  EXPECT_EQ(engine_->stage(), v1::UNIT_STAGE_INSTALLING);
+  Run(Named("start"));
+  EXPECT_EQ(engine_->stage(), v1::UNIT_STAGE_ACTIVE);
+  ASSERT_EQ(engine_->timers().size(), 1u);
+  ASSERT_TRUE(engine_
+                  ->EnqueueFromPeer(Rel("db", v1::RELATION_EVENT_KIND_JOINED, "db:1", "redis/0"),
+                                    1)
+                  .ok());
+  ASSERT_TRUE(engine_->RunUntilIdle().ok());
+  EXPECT_THAT(ran, ElementsAre("install", "start", "watch"));
+  ran.clear();
+
+  auto removal = engine_->BeginRemoval("cli");
+  ASSERT_TRUE(removal.ok()) << removal.status();
+  EXPECT_GT(removal->event_id, 0u);
+  EXPECT_EQ(engine_->BeginRemoval("cli")->event_id, 0u);  // once
+  Start();
+  EXPECT_EQ(engine_->BeginRemoval("cli")->event_id, 0u);  // once, across a restart too
+  EXPECT_EQ(engine_->stage(), v1::UNIT_STAGE_ACTIVE);
+  auto r = engine_->RunOnce();
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->outcome, RunOutcome::kCommitted);
+  EXPECT_TRUE(r->trace->trigger().dying());
+  EXPECT_EQ(r->trace->trigger().source(), "cli");
+  EXPECT_THAT(ran, ElementsAre("stop dying=1", "farewell"));
+  EXPECT_TRUE(engine_->timers().empty());
+  EXPECT_EQ(engine_->stage(), v1::UNIT_STAGE_DEAD);  // nothing else queued
+  ran.clear();
+
+  // Departures still arrive while dying: only the handlers that run while dying see them.
+  Start();
+  EXPECT_EQ(engine_->stage(), v1::UNIT_STAGE_DEAD);
+  EXPECT_TRUE(engine_->timers().empty());
+  ASSERT_TRUE(engine_
+                  ->EnqueueFromPeer(Rel("db", v1::RELATION_EVENT_KIND_DEPARTED, "db:1", "redis/0"),
+                                    2)
+                  .ok());
+  EXPECT_EQ(engine_->stage(), v1::UNIT_STAGE_DYING);
+  r = engine_->RunOnce();
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_THAT(ran, ElementsAre("forget"));
+  EXPECT_EQ(ReasonOf(*r->trace, v1::TraceStep::KIND_SKIPPED, "reconfigure"),
+            "on db.departed, but when_not dying: set");
+  // The relation left without units breaks in a follow-up event: dead once that ran too.
+  EXPECT_EQ(engine_->stage(), v1::UNIT_STAGE_DYING);
+  ASSERT_TRUE(engine_->RunUntilIdle().ok());
+  EXPECT_EQ(engine_->stage(), v1::UNIT_STAGE_DEAD);
+}
+
+// The fact `dying` is the engine's, and a handler cannot need it while refusing to run dying.
+TEST_F(EngineTest, TheDyingFactIsTheEngines) {
+  Handler("fake", {}, {}, {"go"}, [](RunContext& ctx) { return ctx.Set("dying"); });
+  Start();
+  v1::Trace t = Run(Named("go"), RunOutcome::kFailed);
+  EXPECT_THAT(t.error(), HasSubstr("fact 'dying' is the engine's"));
+
+  handlers_.clear();
+  handlers_.push_back({"odd", {"dying"}, {}, {}, Ok, false});
+  auto e = Engine::Create(Spec(), kb_.get(), &clock_, options_);
+  ASSERT_FALSE(e.ok());
+  EXPECT_THAT(e.status().message(),
+              HasSubstr("handler 'odd': it needs the fact 'dying' but says it does not run while "
+                        "the unit is dying"));
 }
 
 }  // namespace

@@ -1,0 +1,82 @@
+// A unit's life (docs/engine.md, "A unit's life"): installing until a `start` commits, active
+// until its removal's `stop` commits, then dying (the fact `dying` is set, handlers that do not
+// run while dying are held back by their implicit `when_not: [dying]`, timers are gone), and dead
+// once a dying unit has applied everything queued.
+
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
+#include "engine/engine.h"
+#include "engine/inbox.h"
+#include "engine/key_layout.h"
+#include "engine/run.h"
+
+namespace parley::engine {
+
+using kb::Space;
+
+absl::Status Engine::LoadStage() {
+  stage_ = v1::UNIT_STAGE_INSTALLING;
+  ASSIGN_OR_RETURN(auto stored, kb_->Get(Space::kMeta, keys::kStage));
+  if (stored) {
+    ASSIGN_OR_RETURN(uint64_t v, kb::DecodeU64(*stored));
+    if (v != v1::UNIT_STAGE_INSTALLING && v != v1::UNIT_STAGE_ACTIVE &&
+        v != v1::UNIT_STAGE_DYING) {
+      return DataLoss(*kb_, absl::StrCat("stored unit stage ", v, " is not one this build knows"));
+    }
+    stage_ = static_cast<v1::UnitStage>(v);
+  }
+  removal_queued_ = stage_ == v1::UNIT_STAGE_DYING;
+  if (!removal_queued_) {
+    absl::Status parse;
+    RETURN_IF_ERROR(kb_->Scan(Space::kInbox, "", [&](absl::string_view key, absl::string_view b) {
+      v1::Event e;
+      parse = ParseRecord(*kb_, "inbox event", key, b, e);
+      if (!parse.ok()) return false;
+      removal_queued_ = e.dying();
+      return !removal_queued_;
+    }));
+    RETURN_IF_ERROR(parse);
+  }
+  return absl::OkStatus();
+}
+
+v1::UnitStage Engine::stage() const {
+  if (stage_ == v1::UNIT_STAGE_DYING && inbox_->depth() == 0 && !failure_) {
+    return v1::UNIT_STAGE_DEAD;
+  }
+  return stage_;
+}
+
+absl::StatusOr<EnqueueResult> Engine::BeginRemoval(absl::string_view by) {
+  if (run_) return absl::FailedPreconditionError("a removal cannot begin during a run");
+  if (removal_queued_) return EnqueueResult{};
+  v1::Event stop;
+  stop.set_name("stop");
+  stop.set_source(std::string(by));
+  stop.set_dying(true);
+  ASSIGN_OR_RETURN(EnqueueResult r, Enqueue(std::move(stop)));
+  removal_queued_ = true;
+  return r;
+}
+
+absl::Status Engine::ApplyLifecycle(const v1::Event& event) {
+  if (event.dying()) {
+    if (stage_ == v1::UNIT_STAGE_DYING) return absl::OkStatus();
+    stage_ = v1::UNIT_STAGE_DYING;
+    txn_->Put(Space::kMeta, keys::kStage, kb::EncodeU64(stage_));
+    // Its timers would outlive the unit.
+    for (const auto& [name, due] : timers_) txn_->Delete(Space::kMeta, keys::Timer(name));
+    timers_.clear();
+    return SetFact(kDyingFact, "", /*derived=*/true);
+  }
+  if (event.name() == "start" && stage_ == v1::UNIT_STAGE_INSTALLING) {
+    // Takes effect with the run's commit; a rollback reloads the stored stage.
+    stage_ = v1::UNIT_STAGE_ACTIVE;
+    txn_->Put(Space::kMeta, keys::kStage, kb::EncodeU64(stage_));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace parley::engine
