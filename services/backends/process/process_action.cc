@@ -28,6 +28,7 @@
 #include "absl/strings/str_join.h"
 #include "base/process_reaper.h"
 #include "base/status_macros.h"
+#include "engine/run_context.h"
 #include "services/backends/common/json.h"
 #include "services/backends/process/hook_protocol.h"
 
