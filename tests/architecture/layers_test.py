@@ -43,6 +43,8 @@ INTERNAL = {
     "engine": {"handler_graph.h", "inbox.h", "key_layout.h", "outbox.h", "relations.h",
                "run.h", "trace.h"},
     "services/definition": {"action_reader.h", "names.h", "yaml_fields.h"},
+    "services/backends/process": {"child.h", "context_file.h", "fd.h", "hook_handler.h",
+                                  "hook_server.h"},
 }
 # Libraries a folder's public headers must not expose.
 HIDDEN_IN_PUBLIC_HEADERS = {"kb": ("rocksdb/",)}
