@@ -29,6 +29,21 @@ absl::Status WriteFile(const std::string& path, absl::string_view data) {
 
 }  // namespace
 
+void AppendRelationFields(std::string& out, const v1::RelationRecord& r, bool with_interface) {
+  out += "\"id\":";
+  JsonString(out, r.relation_id());
+  out += ",\"endpoint\":";
+  JsonString(out, r.endpoint());
+  if (with_interface) {
+    out += ",\"interface\":";
+    JsonString(out, r.interface());
+  }
+  out += ",\"remote_service\":";
+  JsonString(out, r.remote_service());
+  out += ",\"remote_units\":";
+  JsonList(out, {r.remote_units().begin(), r.remote_units().end()});
+}
+
 std::string ContextJson(const engine::RunContext& ctx, absl::string_view service,
                         const std::map<std::string, std::string>& config) {
   std::string out = "{\"unit\":";
@@ -63,16 +78,8 @@ std::string ContextJson(const engine::RunContext& ctx, absl::string_view service
       auto data = ctx.Bag(r->relation_id(), name);
       JsonMap(out, data.ok() ? *data : std::map<std::string, std::string>{});
     };
-    out += "{\"id\":";
-    JsonString(out, r->relation_id());
-    out += ",\"endpoint\":";
-    JsonString(out, r->endpoint());
-    out += ",\"interface\":";
-    JsonString(out, r->interface());
-    out += ",\"remote_service\":";
-    JsonString(out, r->remote_service());
-    out += ",\"remote_units\":";
-    JsonList(out, {r->remote_units().begin(), r->remote_units().end()});
+    out += '{';
+    AppendRelationFields(out, *r, /*with_interface=*/true);
     out += ",\"local_unit_data\":";
     bag("lu");
     out += ",\"local_service_data\":";

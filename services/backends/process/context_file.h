@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "engine/spec.h"
+#include "parley/v1/kb.pb.h"
 
 namespace parley::services::process {
 
@@ -18,6 +19,11 @@ namespace parley::services::process {
 // defaults filled in; one JSON object and a newline.
 std::string ContextJson(const engine::RunContext& ctx, absl::string_view service,
                         const std::map<std::string, std::string>& config);
+
+// Appends the members that say which relation `r` is — "id", "endpoint", "interface" (with
+// `with_interface`), "remote_service", "remote_units" — without the braces: the context file and
+// `relation list` describe relations alike.
+void AppendRelationFields(std::string& out, const v1::RelationRecord& r, bool with_interface);
 
 // Creates `path` (mode 0600; it must not exist) holding ContextJson.
 absl::Status WriteContextFile(const std::string& path, const engine::RunContext& ctx,

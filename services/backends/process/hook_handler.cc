@@ -11,6 +11,7 @@
 #include "engine/run_context.h"
 #include "parley/v1/kb.pb.h"
 #include "services/backends/common/json.h"
+#include "services/backends/process/context_file.h"
 #include "services/backends/process/tail_buffer.h"
 
 namespace parley::services::process {
@@ -129,14 +130,8 @@ Reply RelationList(const HookEnv& env, const std::vector<std::string>& a) {
   for (const v1::RelationRecord* r : env.ctx->Relations(a.size() == 3 ? a[2] : "")) {
     if (!first) out += ',';
     first = false;
-    out += "{\"id\":";
-    JsonString(out, r->relation_id());
-    out += ",\"endpoint\":";
-    JsonString(out, r->endpoint());
-    out += ",\"remote_service\":";
-    JsonString(out, r->remote_service());
-    out += ",\"remote_units\":";
-    JsonList(out, {r->remote_units().begin(), r->remote_units().end()});
+    out += '{';
+    AppendRelationFields(out, *r, /*with_interface=*/false);
     out += '}';
   }
   return Ok(out + "]\n");
