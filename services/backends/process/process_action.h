@@ -21,9 +21,9 @@
 //    and what the kind's FailureDetail quotes of the output (by default the tail of stderr).
 // The temp dir is removed when Run returns.
 //
-// The pieces, internal to this folder: child.h (spawning, waiting, killing, capturing output),
-// hook_server.h (the socket), hook_handler.h (what each request does), hook_protocol.h (the wire
-// format, shared with parley-hook) and context_file.h (the JSON context file).
+// The pieces (all but hook_protocol.h internal to this folder): child.h (spawning, waiting,
+// killing, capturing output), hook_server.h (the socket), hook_handler.h (what each request does),
+// hook_protocol.h (the wire format parley-hook speaks) and context_file.h (the JSON context file).
 
 #include <functional>
 #include <map>
