@@ -12,18 +12,13 @@
 #include <string>
 #include <utility>
 
-#include "base/clock.h"
 #include "engine/engine.h"
-#include "kb/kb.h"
-#include "kb/store.h"
-#include "services/backends/registry.h"
 #include "tests/services/backends/backend_test_util.h"
 #include "tests/services/definition/definition_test_util.h"
 
 namespace parley::services {
 namespace {
 
-using testing::DefinitionTest;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using testing::Joined;
@@ -98,47 +93,17 @@ handlers:
     action: {kind: builtin, steps: [{set: "copy={{fact.nothing}}"}]}
 )";
 
-class BuiltinEngineTest : public DefinitionTest {
+// Every kind is registered (MakeBackends); the definition uses builtin actions only.
+class BuiltinEngineTest : public testing::BackendTest {
  protected:
   void SetUp() override {
-    DefinitionTest::SetUp();
-    auto def = LoadService(kBuiltinService);
-    ASSERT_TRUE(def.ok()) << def.status();
-    BackendRegistry factory;
-    factory.Add(ActionKind::kBuiltin, MakeBuiltinAction);
-    auto spec = BuildSpec(*def, "web/0", factory);
-    ASSERT_TRUE(spec.ok()) << spec.status();
-    kb::StoreOptions o;
-    o.durability = kb::Durability::kGroupCommit;
-    auto store = kb::Store::Open(Path("kb"), o);
-    ASSERT_TRUE(store.ok()) << store.status();
-    store_ = std::move(*store);
-    auto kb = kb::Kb::Open(store_.get(), "web/0");
-    ASSERT_TRUE(kb.ok()) << kb.status();
-    kb_ = std::move(*kb);
-    auto engine = engine::Engine::Create(std::move(*spec), kb_.get(), &clock_);
-    ASSERT_TRUE(engine.ok()) << engine.status();
-    engine_ = std::move(*engine);
+    Write("shared/redis.yaml", testing::kRedis);
+    Write("shared/http.yaml", testing::kHttp);
+    Write("svc/service.yaml", kBuiltinService);
+    ASSERT_NO_FATAL_FAILURE(Start({}));
   }
 
-  engine::RunResult Run(v1::Event e) {
-    auto id = engine_->Enqueue(std::move(e));
-    EXPECT_TRUE(id.ok()) << id.status();
-    auto r = engine_->RunOnce();
-    EXPECT_TRUE(r.ok()) << r.status();
-    return r.ok() ? *r : engine::RunResult{};
-  }
-
-  std::map<std::string, std::string> LocalBag(const std::string& relation) {
-    auto bag = engine_->Bag(relation, "lu");
-    EXPECT_TRUE(bag.ok()) << bag.status();
-    return bag.ok() ? *bag : std::map<std::string, std::string>{};
-  }
-
-  base::ManualClock clock_;
-  std::unique_ptr<kb::Store> store_;
-  std::unique_ptr<kb::Kb> kb_;
-  std::unique_ptr<engine::Engine> engine_;
+  std::string Path(const std::string& rel) const { return dir_.Sub(rel); }
 };
 
 TEST_F(BuiltinEngineTest, StepsSetFactsRelationDataAndStatus) {
