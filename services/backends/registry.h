@@ -13,7 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/spec.h"
-#include "services/definition/definition.h"
+#include "services/definition/build_spec.h"
 
 namespace parley::services {
 

@@ -42,6 +42,9 @@ INTERNAL = {
     "kb": {"store_impl.h"},
     "engine": {"handler_graph.h", "inbox.h", "key_layout.h", "outbox.h", "relations.h",
                "run.h", "trace.h"},
+    "services/definition": {"action_reader.h", "names.h", "yaml_fields.h"},
+    "services/backends/process": {"child.h", "context_file.h", "fd.h", "hook_handler.h",
+                                  "hook_server.h"},
 }
 # Libraries a folder's public headers must not expose.
 HIDDEN_IN_PUBLIC_HEADERS = {"kb": ("rocksdb/",)}
@@ -125,7 +128,7 @@ def main():
             path = os.path.join(dirpath, name)
             rel = os.path.relpath(path, root)
             for inc in includes(path):
-                folder, _, header = inc.partition("/")
+                folder, header = os.path.dirname(inc), os.path.basename(inc)
                 if header in INTERNAL.get(folder, ()) and not (
                         rel.startswith(folder + "/") or rel.startswith(f"tests/{folder}/")):
                     problems.append(f"{rel}: includes {inc}, internal to {folder}/")

@@ -15,6 +15,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "base/status_macros.h"
+#include "engine/run_context.h"
 #include "services/backends/common/json.h"
 #include "services/backends/process/process_action.h"
 

@@ -34,7 +34,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/spec.h"
-#include "services/definition/definition.h"
+#include "services/definition/service.h"
 #include "services/backends/common/backend_log.h"
 #include "services/backends/process/process_action.h"
 

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
+#include "engine/run_context.h"
 
 namespace parley::services {
 namespace {

@@ -9,7 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/spec.h"
-#include "services/definition/definition.h"
+#include "services/definition/service.h"
 
 namespace parley::services {
 

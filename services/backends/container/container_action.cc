@@ -16,6 +16,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "base/status_macros.h"
+#include "engine/run_context.h"
 #include "services/backends/common/http_client.h"
 #include "services/backends/common/json.h"
 

@@ -33,7 +33,7 @@
 #include "engine/spec.h"
 #include "services/backends/common/backend_log.h"
 #include "services/backends/process/process_action.h"
-#include "services/definition/definition.h"
+#include "services/definition/service.h"
 
 namespace parley::services {
 

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "base/status_macros.h"
+#include "engine/run_context.h"
 #include "services/backends/common/http_client.h"
 #include "services/backends/common/json.h"
 

@@ -17,7 +17,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/spec.h"
-#include "services/definition/definition.h"
+#include "services/definition/service.h"
 #include "services/backends/common/backend_log.h"
 
 namespace parley::services {

@@ -20,6 +20,10 @@
 //  - turns a non-zero exit, a signal or a timeout into an error naming the handler, the program
 //    and what the kind's FailureDetail quotes of the output (by default the tail of stderr).
 // The temp dir is removed when Run returns.
+//
+// The pieces (all but hook_protocol.h internal to this folder): child.h (spawning, waiting,
+// killing, capturing output), hook_server.h (the socket), hook_handler.h (what each request does),
+// hook_protocol.h (the wire format parley-hook speaks) and context_file.h (the JSON context file).
 
 #include <functional>
 #include <map>
@@ -32,7 +36,8 @@
 #include "absl/time/time.h"
 #include "engine/spec.h"
 #include "services/backends/common/backend_log.h"
-#include "services/definition/definition.h"
+#include "services/backends/process/tail_buffer.h"
+#include "services/definition/service.h"
 
 namespace parley::services {
 
@@ -66,32 +71,6 @@ struct ProcessOptions {
   // removed) fails the handler before its program starts. Unset: programs are not tagged.
   std::function<absl::StatusOr<std::string>(const std::string& unit)> unit_cookie;
 };
-
-// Printable ASCII, tabs and newlines as they are; other bytes as \xNN.
-std::string Printable(absl::string_view s);
-
-// The last `limit` bytes written to it, and how many were written in all.
-class TailBuffer {
- public:
-  explicit TailBuffer(size_t limit) : limit_(limit) {}
-  void Append(absl::string_view data);
-  // The last `n` bytes kept.
-  absl::string_view Tail(size_t n) const;
-  absl::string_view Kept() const;
-  size_t total() const { return total_; }
-  size_t dropped() const { return total_ - Kept().size(); }
-
- private:
-  size_t limit_;
-  std::string data_;
-  size_t total_ = 0;
-};
-
-// "stderr (last 120 of 5000 bytes): ..." or "stderr: (empty)", the text made printable.
-std::string DescribeTail(absl::string_view name, const TailBuffer& b, size_t n);
-
-// ---------------------------------------------------------------------------------------------
-// The common run.
 
 // What a kind is told about the run when it prepares its program.
 struct ProcessRun {

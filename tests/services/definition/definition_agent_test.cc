@@ -7,8 +7,8 @@
 #include <filesystem>
 #include <fstream>
 
-#include "services/definition/definition.h"
 #include "services/backends/backends.h"
+#include "services/definition/definition.h"
 #include "services/host/host.h"
 #include "tests/services/agent/agent_test_util.h"
 #include "tests/testing/temp_dir.h"
@@ -87,7 +87,7 @@ TEST(DefinitionAgentTest, ExecDefinitionsConvergeOverARelation) {
   BackendOptions exec;
   exec.process.extra_path.push_back(fs::path(kHook).parent_path().string());
   std::unique_ptr<BackendRegistry> backends = MakeBackends(exec);
-    BackendRegistry& factory = *backends;
+  BackendRegistry& factory = *backends;
   std::vector<Agent*> agents;
   for (const auto& [unit, name] :
        {std::pair<std::string, std::string>{"cache/0", "cache"}, {"web/0", "web"}}) {

@@ -1,9 +1,7 @@
-// The exec backend (services/backends/exec/exec_backend.h): real shell and python3 scripts run through a real
-// engine on a real KB. Hook tools change facts, relation data and status only if the run commits;
-// hanging, failing, flooding and garbage-speaking scripts each give a clear error and leave
-// nothing half-applied.
-
-#include "services/backends/backends.h"
+// The exec backend (services/backends/exec/exec_backend.h): real shell and python3 scripts run
+// through a real engine on a real KB. Hook tools change facts, relation data and status only if the
+// run commits; hanging, failing, flooding and garbage-speaking scripts each give a clear error and
+// leave nothing half-applied.
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -15,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "services/backends/backends.h"
 #include "tests/services/backends/backend_test_util.h"
 
 namespace parley::services {
@@ -188,7 +187,8 @@ with open(os.environ["PARLEY_CONTEXT"]) as f:
 rel = [r for r in c["relations"] if r["endpoint"] == "db"][0]
 values = [c["unit"], c["service"], c["handler"], c["event"]["name"], c["config"]["port"],
           c["facts"]["installed"], rel["id"], rel["remote_unit_data"]["redis/0"]["host"],
-          c["event"]["params"].get("mode", "")]
+          c["event"]["params"].get("mode", ""), rel["interface"], rel["remote_service"],
+          "+".join(rel["remote_units"])]
 subprocess.run(["parley-hook", "fact", "set", "seen", ",".join(values)], check=True)
 )sh";
 
@@ -382,12 +382,13 @@ TEST_F(ExecBackendTest, HookToolsOutsideARunExitTwo) {
 
 TEST_F(ExecBackendTest, TheContextFileHoldsConfigFactsAndRelationData) {
   ASSERT_EQ(Run(Named("install")).outcome, engine::RunOutcome::kCommitted) << FailureMessage();
-  ASSERT_EQ(Run(Joined("db", "db:1", "redis/0", {{"host", "10.0.0.9"}, {"port", "6379"}})).outcome,
-            engine::RunOutcome::kCommitted)
-      << FailureMessage();
+  v1::Event joined = Joined("db", "db:1", "redis/0", {{"host", "10.0.0.9"}, {"port", "6379"}});
+  joined.mutable_relation()->set_interface("redis");
+  ASSERT_EQ(Run(joined).outcome, engine::RunOutcome::kCommitted) << FailureMessage();
   engine::RunResult r = Run(Named("context", {{"mode", "full"}}));
   ASSERT_EQ(r.outcome, engine::RunOutcome::kCommitted) << FailureMessage();
-  EXPECT_EQ(engine_->FactValue("seen"), "web/0,web,context,context,8080,yes,db:1,10.0.0.9,full");
+  EXPECT_EQ(engine_->FactValue("seen"),
+            "web/0,web,context,context,8080,yes,db:1,10.0.0.9,full,redis,redis,redis/0");
 }
 
 TEST_F(ExecBackendTest, TheEnvironmentIsClean) {

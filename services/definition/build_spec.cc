@@ -1,0 +1,70 @@
+#include "services/definition/build_spec.h"
+
+#include <algorithm>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
+#include "services/definition/names.h"
+
+namespace parley::services {
+
+absl::StatusOr<engine::ServiceSpec> BuildSpec(const ServiceDefinition& def, absl::string_view unit,
+                                              ActionFactory& factory) {
+  const size_t slash = unit.find('/');
+  const absl::string_view service = unit.substr(0, slash);
+  const absl::string_view number =
+      slash == absl::string_view::npos ? absl::string_view() : unit.substr(slash + 1);
+  if (!definition_internal::Matches(service, definition_internal::NameRule::kService) ||
+      number.empty() || !std::all_of(number.begin(), number.end(), absl::ascii_isdigit)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unit name '", unit, "' must be <service>/<number>, the service being ",
+                     definition_internal::RuleText(definition_internal::NameRule::kService)));
+  }
+  engine::ServiceSpec spec;
+  spec.service = std::string(service);
+  spec.unit = std::string(unit);
+  for (const EndpointDef& ep : def.endpoints) {
+    const InterfaceSchema* schema = def.InterfaceOf(ep.name);
+    if (schema == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(def.file, ":", ep.line, ": endpoint '",
+                                                     ep.name, "': interface '", ep.interface,
+                                                     "' was not loaded"));
+    }
+    spec.endpoints.push_back({ep.name, ep.role, ep.interface,
+                              schema->PublishedBy(engine::RemoteRole(ep.role)).Required()});
+  }
+  for (const HandlerDef& h : def.handlers) {
+    ASSIGN_OR_RETURN(std::unique_ptr<engine::Action> action, factory.Make(def, h));
+    spec.handlers.push_back({h.name, h.when, h.when_not, h.on, std::move(action)});
+  }
+  spec.declares_config = true;
+  for (const ConfigOption& option : def.config) {
+    spec.config_options.push_back(
+        {option.name, [type = option.type, name = option.name](absl::string_view value) {
+           absl::Status s = CheckValue(type, value);
+           if (s.ok()) return s;
+           return absl::InvalidArgumentError(
+               absl::StrCat("config option '", name, "': ", s.message()));
+         }});
+  }
+  // The agent checks actions fired through its API with the function the CLI uses.
+  spec.declares_actions = true;
+  if (!def.actions.empty()) {
+    auto shared = std::make_shared<const ServiceDefinition>(def);
+    for (const UserAction& action : def.actions) {
+      spec.actions.push_back(
+          {absl::StrCat("action.", action.name),
+           [shared, name = action.name](const std::map<std::string, std::string>& given) {
+             return ResolveActionParams(*shared, name, given);
+           }});
+    }
+  }
+  return spec;
+}
+
+}  // namespace parley::services
