@@ -40,7 +40,7 @@ absl::StatusOr<engine::ServiceSpec> BuildSpec(const ServiceDefinition& def, absl
   }
   for (const HandlerDef& h : def.handlers) {
     ASSIGN_OR_RETURN(std::unique_ptr<engine::Action> action, factory.Make(def, h));
-    spec.handlers.push_back({h.name, h.when, h.when_not, h.on, std::move(action)});
+    spec.handlers.push_back({h.name, h.when, h.when_not, h.on, std::move(action), h.while_dying});
   }
   spec.declares_config = true;
   for (const ConfigOption& option : def.config) {

@@ -47,6 +47,9 @@ struct HandlerDef {
   std::vector<std::string> when;
   std::vector<std::string> when_not;
   std::vector<std::string> on;
+  // `dying:`: whether it runs while the unit is dying (being removed). Unset: it does when `on`
+  // names `stop` or `when` names `dying` (docs/service-definitions.md, "Handlers").
+  std::optional<bool> while_dying;
   // How long the action may take (backends that run something enforce it).
   absl::Duration timeout = absl::Seconds(60);
   ActionSpec action;

@@ -198,7 +198,7 @@ class DefinitionReader {
       return at.Error(absl::StrCat("expected a handler (a map), got ", Describe(at.node)));
     }
     ASSIGN_OR_RETURN(Fields f, Fields::Read(at, {"name", "description", "when", "when_not", "on",
-                                                 "timeout", "action"}));
+                                                 "dying", "timeout", "action"}));
     h.line = at.line;
     ASSIGN_OR_RETURN(const At* name, f.Require("name"));
     ASSIGN_OR_RETURN(h.name, ReadName(*name, NameRule::kToken, "handler name"));
@@ -214,6 +214,15 @@ class DefinitionReader {
       RETURN_IF_ERROR(ReadFacts(*when_not, h.when, h.when_not));
     }
     if (const At* on = f.Get("on")) RETURN_IF_ERROR(ReadOn(*on, h.on));
+    if (const At* dying = f.Get("dying")) {
+      ASSIGN_OR_RETURN(bool runs, ReadBool(*dying));
+      if (!runs && std::find(h.when.begin(), h.when.end(), engine::kDyingFact) != h.when.end()) {
+        return dying->Error(
+            "'dying: false' contradicts 'when: [dying]': the fact is set only while the unit is "
+            "dying");
+      }
+      h.while_dying = runs;
+    }
     if (const At* timeout = f.Get("timeout")) {
       ASSIGN_OR_RETURN(h.timeout, ReadDuration(*timeout));
     }

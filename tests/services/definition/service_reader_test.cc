@@ -551,5 +551,33 @@ TEST_F(DefinitionTest, ActionsNeedAHandler) {
             At(yaml, "backup", "actions.backup") + "no handler is on 'action.backup'");
 }
 
+// `dying:` says whether a handler runs while its unit is being removed (docs/engine.md, "A unit's
+// life"); unset, the engine decides (handlers on stop, or needing the fact dying, do).
+TEST_F(DefinitionTest, HandlersSayWhetherTheyRunWhileDying) {
+  auto def = LoadService(R"(name: svc
+handlers:
+  - {name: stop, on: [stop], action: {kind: builtin, steps: [{set: stopped}]}}
+  - {name: cleanup, on: [install], dying: true, action: {kind: builtin, steps: [{set: a}]}}
+  - {name: keep, on: [install], dying: false, action: {kind: builtin, steps: [{set: b}]}}
+)");
+  ASSERT_TRUE(def.ok()) << def.status();
+  ASSERT_EQ(def->handlers.size(), 3u);
+  EXPECT_EQ(def->handlers[0].while_dying, std::nullopt);
+  EXPECT_EQ(def->handlers[1].while_dying, std::optional<bool>(true));
+  EXPECT_EQ(def->handlers[2].while_dying, std::optional<bool>(false));
+
+  const std::string yaml = R"(name: svc
+handlers:
+  - name: odd
+    when: [dying]
+    dying: false
+    action: {kind: builtin, steps: [{set: a}]}
+)";
+  EXPECT_EQ(ServiceError(yaml),
+            At(yaml, "dying: false", "handlers[0].dying") +
+                "'dying: false' contradicts 'when: [dying]': the fact is set only while the unit "
+                "is dying");
+}
+
 }  // namespace
 }  // namespace parley::services
