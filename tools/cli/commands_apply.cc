@@ -29,6 +29,8 @@
 #include "engine/trace_format.h"
 #include "services/definition/definition.h"
 #include "tools/cli/commands.h"
+#include "tools/cli/model/apply.h"
+#include "tools/cli/model/plan.h"
 #include "tools/cli/output.h"
 #include "tools/cli/pki.h"
 
@@ -96,20 +98,53 @@ absl::Status Start(Session& s, const Args& args) {
   return s.Wait(timeout);
 }
 
-absl::Status Up(Session& s, const Args& args) {
-  ASSIGN_OR_RETURN(absl::Duration timeout, ParseDuration(args.Get("--timeout", "300s")));
-  ASSIGN_OR_RETURN(Model model, LoadModel(args.positional[0]));
-  RETURN_IF_ERROR(s.dir().Lock(absl::Seconds(30)));
-  if (absl::Status st = s.LoadState(); !st.ok() && !absl::IsNotFound(st)) return st;
+namespace {
+
+// What `up` refuses before it changes anything: choices that belong to a new model (TLS, the
+// runtime) asked of one that made them otherwise, and placements a runtime cannot honour.
+absl::Status CheckUp(const v1::ModelState& state, const Args& args, const Model& model) {
+  const bool is_new = state.host().name().empty();
+  if (!is_new && args.Has("--plaintext") && state.tls()) {
+    return absl::FailedPreconditionError(
+        "this model runs with TLS; --plaintext applies to a new model (down --purge first)");
+  }
+  if (!is_new && args.Has("--runtime") && args.Get("--runtime") != state.runtime().engine()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "this model runs ",
+        state.runtime().engine().empty() ? "without containers" : "in " + state.runtime().engine(),
+        "; --runtime applies to a new model (down --purge first)"));
+  }
+  const bool runtime = is_new ? args.Has("--runtime") : !state.runtime().engine().empty();
+  if (args.Has("--image") && !runtime) {
+    return absl::InvalidArgumentError("--image goes with --runtime");
+  }
+  if (!runtime) return absl::OkStatus();
+  // Each unit's container is its host: the model places nothing.
+  if (!model.hosts.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(model.file, ": `hosts` and --runtime do not mix (each unit has a container)"));
+  }
+  for (const ModelService& m : model.services) {
+    if (m.host != "local") {
+      return absl::InvalidArgumentError(
+          absl::StrCat(model.file, ": service ", m.name, " is placed on host ", m.host,
+                       "; with --runtime each unit has a container of its own"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Makes the model's parleyds ready for its units: the choices of a new model recorded, the
+// runtime's containers running, the hosts run by others answering, the local parleyd started
+// when the model places anything on it.
+absl::Status PrepareHosts(Session& s, const Args& args, const Model& model) {
   v1::ModelState& state = s.state();
   state.set_model_file(AbsolutePath(model.file));
   state.set_interfaces_dir(model.interfaces_dir.empty() ? "" : AbsolutePath(model.interfaces_dir));
-
   // Mutual TLS from the model's CA unless the model was first brought up with --plaintext; a
-  // model keeps its choice until `down --purge`.
+  // model keeps its choice, and its runtime, until `down --purge`.
   if (state.host().name().empty()) {
     state.set_tls(!args.Has("--plaintext"));
-    // Likewise its runtime: processes on hosts, or a container per unit.
     if (args.Has("--runtime")) {
       ASSIGN_OR_RETURN(*state.mutable_runtime(),
                        ContainerRuntime::NewRecord(args.Get("--runtime"),
@@ -117,37 +152,12 @@ absl::Status Up(Session& s, const Args& args) {
                                                    AbsolutePath(s.dir().path())));
     }
     state.mutable_host()->set_name("local");
-  } else if (args.Has("--plaintext") && state.tls()) {
-    return absl::FailedPreconditionError(
-        "this model runs with TLS; --plaintext applies to a new model (down --purge first)");
-  } else if (args.Has("--runtime") && args.Get("--runtime") != state.runtime().engine()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "this model runs ",
-        state.runtime().engine().empty() ? "without containers" : "in " + state.runtime().engine(),
-        "; --runtime applies to a new model (down --purge first)"));
-  }
-  if (args.Has("--image") && state.runtime().engine().empty()) {
-    return absl::InvalidArgumentError("--image goes with --runtime");
   }
   // A new image serves the units added from now on.
   if (args.Has("--image")) state.mutable_runtime()->set_image(args.Get("--image"));
   RETURN_IF_ERROR(s.dir().UseTls(state.tls()));
   s.UseRuntime();
-  if (s.runtime() != nullptr) {
-    // Each unit's container is its host: the model places nothing.
-    if (!model.hosts.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          model.file, ": `hosts` and --runtime do not mix (each unit has a container)"));
-    }
-    for (const ModelService& m : model.services) {
-      if (m.host != "local") {
-        return absl::InvalidArgumentError(
-            absl::StrCat(model.file, ": service ", m.name, " is placed on host ", m.host,
-                         "; with --runtime each unit has a container of its own"));
-      }
-    }
-    RETURN_IF_ERROR(s.StartRuntime());
-  }
+  if (s.runtime() != nullptr) RETURN_IF_ERROR(s.StartRuntime());
 
   // Hosts run by others must answer before anything changes.
   state.clear_hosts();
@@ -181,99 +191,32 @@ absl::Status Up(Session& s, const Args& args) {
                  state.host().address().c_str(), static_cast<long long>(state.host().pid()),
                  s.dir().path().c_str());
   }
-  RETURN_IF_ERROR(s.Save());
+  return s.Save();
+}
 
-  // Relations to drop: not in the model, or with a service that leaves or changes definition.
-  std::set<std::string> leaving;
-  for (const auto& svc : state.services()) {
-    const ModelService* m = model.FindService(svc.name());
-    if (m == nullptr || AbsolutePath(m->definition_dir) != svc.definition_dir() ||
-        m->host != svc.host()) {
-      leaving.insert(svc.name());
-    }
+}  // namespace
+
+absl::Status Up(Session& s, const Args& args) {
+  ASSIGN_OR_RETURN(absl::Duration timeout, ParseDuration(args.Get("--timeout", "300s")));
+  ASSIGN_OR_RETURN(Model model, LoadModel(args.positional[0]));
+  // As the record keeps them, so that the plan compares like with like.
+  for (ModelService& m : model.services) m.definition_dir = AbsolutePath(m.definition_dir);
+  if (args.Has("--dry-run")) {
+    // Reads the record without the lock, the CA or a parleyd: nothing is started or written.
+    absl::StatusOr<v1::ModelState> applied = s.dir().Load();
+    if (!applied.ok() && !absl::IsNotFound(applied.status())) return applied.status();
+    const v1::ModelState state = applied.ok() ? *applied : v1::ModelState();
+    RETURN_IF_ERROR(CheckUp(state, args, model));
+    std::printf("%s", FormatPlan(Plan(state, model)).c_str());
+    return absl::OkStatus();
   }
-  std::vector<std::string> drop;
-  for (const auto& rel : state.relations()) {
-    bool keep = !leaving.contains(rel.a_service()) && !leaving.contains(rel.b_service());
-    if (keep && rel.a_service() != rel.b_service()) {
-      keep = std::any_of(model.relations.begin(), model.relations.end(),
-                         [&](const auto& mr) { return SameRelation(rel, mr); });
-    }
-    if (!keep) drop.push_back(rel.id());
-  }
-  for (const std::string& id : drop) RETURN_IF_ERROR(s.DropRelation(id));
-  // Services that left, or whose definition changed (they come back below).
-  for (const std::string& name : leaving) {
-    v1::ServiceRecord* svc = s.FindService(name);
-    while (svc->units_size() > 0) {
-      RETURN_IF_ERROR(s.RemoveUnit(svc->units(svc->units_size() - 1).name(), "apply"));
-    }
-    (*state.mutable_next_units())[name] = svc->next_unit();
-    auto* services = state.mutable_services();
-    for (int i = 0; i < services->size(); ++i) {
-      if (services->Get(i).name() == name) {
-        services->DeleteSubrange(i, 1);
-        break;
-      }
-    }
-    RETURN_IF_ERROR(s.Save());
-  }
-  // Services: config first (so that new units start with it), then the number of units.
-  for (const ModelService& m : model.services) {
-    v1::ServiceRecord* svc = s.FindService(m.name);
-    if (svc == nullptr) {
-      svc = state.add_services();
-      svc->set_name(m.name);
-      svc->set_definition_dir(AbsolutePath(m.definition_dir));
-      svc->set_definition_name(m.definition.name);
-      svc->set_host(m.host);
-      if (auto it = state.next_units().find(m.name); it != state.next_units().end()) {
-        svc->set_next_unit(it->second);
-      }
-      RETURN_IF_ERROR(s.Save());
-    }
-    RETURN_IF_ERROR(s.ApplyConfig(*svc, m.config));
-    while (svc->units_size() < m.units) RETURN_IF_ERROR(s.AddUnit(*svc));
-    while (svc->units_size() > m.units) {
-      RETURN_IF_ERROR(s.RemoveUnit(svc->units(svc->units_size() - 1).name(), "apply"));
-    }
-    // Peer endpoints relate a service's units among themselves, without a line in the model.
-    for (const auto& ep : m.definition.endpoints) {
-      if (ep.role != engine::Role::kPeers) continue;
-      const bool known =
-          std::any_of(state.relations().begin(), state.relations().end(), [&](const auto& r) {
-            return r.a_service() == m.name && r.b_service() == m.name && r.a_endpoint() == ep.name;
-          });
-      if (!known)
-        RETURN_IF_ERROR(s.AddRelation(m.name, ep.name, m.name, ep.name, ep.interface).status());
-    }
-  }
-  for (const auto& mr : model.relations) {
-    const bool known = std::any_of(state.relations().begin(), state.relations().end(),
-                                   [&](const auto& r) { return SameRelation(r, mr); });
-    if (known) continue;
-    const ModelService* a = model.FindService(mr.a.service);
-    const auto* ep = a->definition.FindEndpoint(mr.a.endpoint);
-    RETURN_IF_ERROR(
-        s.AddRelation(mr.a.service, mr.a.endpoint, mr.b.service, mr.b.endpoint, ep->interface)
-            .status());
-  }
-  // Services in the model's order, as model.proto promises (a replaced one was re-added last).
-  std::stable_sort(state.mutable_services()->begin(), state.mutable_services()->end(),
-                   [&](const v1::ServiceRecord& a, const v1::ServiceRecord& b) {
-                     auto index = [&](const std::string& name) {
-                       for (size_t i = 0; i < model.services.size(); ++i) {
-                         if (model.services[i].name == name) return i;
-                       }
-                       return model.services.size();
-                     };
-                     return index(a.name()) < index(b.name());
-                   });
-  RETURN_IF_ERROR(s.Save());
-  // Every unit pair of every relation (new units included); relating again changes nothing.
-  for (const auto& rel : state.relations()) RETURN_IF_ERROR(s.RelateUnits(rel));
+  RETURN_IF_ERROR(s.dir().Lock(absl::Seconds(30)));
+  if (absl::Status st = s.LoadState(); !st.ok() && !absl::IsNotFound(st)) return st;
+  RETURN_IF_ERROR(CheckUp(s.state(), args, model));
+  RETURN_IF_ERROR(PrepareHosts(s, args, model));
+  RETURN_IF_ERROR(Apply(Plan(s.state(), model), s));
   std::fprintf(stderr, "applied %s: %zu services, %zu units, %d relations\n", model.file.c_str(),
-               model.services.size(), s.AllUnits().size(), state.relations_size());
+               model.services.size(), s.AllUnits().size(), s.state().relations_size());
   if (args.Has("--no-wait")) return absl::OkStatus();
   return s.Wait(timeout);
 }

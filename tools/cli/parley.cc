@@ -40,6 +40,7 @@ const std::vector<Command>& Commands() {
        "MODEL",
        "Start the model on this machine, or apply what changed in it; waits until settled",
        {{"--no-wait", false, "Return once applied, without waiting to settle"},
+        {"--dry-run", false, "Print what would change, and change nothing"},
         {"--plaintext", false, "A new model without TLS (default: mutual TLS from the model's CA)"},
         {"--runtime", true,
          "A new model's units each in a container: podman or docker (docs/deploy.md)"},
