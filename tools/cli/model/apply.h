@@ -6,7 +6,7 @@
 
 #include "absl/status/status.h"
 #include "tools/cli/model/plan.h"
-#include "tools/cli/session.h"
+#include "tools/cli/model/session.h"
 
 namespace parley::cli {
 
