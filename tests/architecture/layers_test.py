@@ -36,6 +36,14 @@ LAYERS = {
                                "services/backends/common"},
     "services/backends/container": {"base", "kb", "engine", "parley/v1", "services/definition",
                                     "services/backends/common"},
+    # The CLI is a client of the agent API: never the KB or the agent runtime. Inside it,
+    # commands/ (and main) sit on model/, which sits on deploy/, which sits on common/.
+    "tools/cli": {"base", "engine", "parley/v1", "services/definition", "services/transport"},
+    "tools/cli/common": {"parley/v1"},
+    "tools/cli/deploy": {"base", "parley/v1", "services/definition", "services/transport",
+                         "tools/cli/common"},
+    "tools/cli/model": {"base", "parley/v1", "services/definition", "tools/cli/common",
+                        "tools/cli/deploy"},
 }
 # Headers only their own folder (and its tests, tests/<folder>/) may include.
 INTERNAL = {

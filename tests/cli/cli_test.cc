@@ -219,6 +219,64 @@ TEST_F(CliTest, UpConvergesAndStatusReportsEveryUnit) {
   EXPECT_EQ(Status().units_size(), 3);
 }
 
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// `up --dry-run` prints the plan and changes nothing: no model directory for a new model (no
+// parleyd, no CA), and for a running one the same record, parleyd and units.
+TEST_F(CliTest, UpDryRunPrintsThePlanAndChangesNothing) {
+  CommandResult dry = Parley({"up", dir_.Sub("model.yaml"), "--dry-run"});
+  ASSERT_EQ(dry.code, 0) << dry.err;
+  EXPECT_THAT(dry.out, HasSubstr("add service web (definition "));
+  EXPECT_THAT(dry.out, HasSubstr("configure web: port=9000\nadd units web/0, web/1\n"));
+  EXPECT_THAT(dry.out, HasSubstr("relate web:website - lb:backends: web/0 - lb/0, web/1 - lb/0\n"));
+  EXPECT_FALSE(std::filesystem::exists(dir_.Sub(".parley")));
+
+  ASSERT_EQ(Parley({"up", dir_.Sub("model.yaml"), "--timeout", "60s"}).code, 0);
+  const int64_t pid = Status().host().pid();
+  const std::string record = ReadFile(dir_.Sub(".parley/model.json"));
+  ASSERT_FALSE(record.empty());
+  dry = Parley({"up", dir_.Sub("model.yaml"), "--dry-run"});
+  ASSERT_EQ(dry.code, 0) << dry.err;
+  EXPECT_EQ(dry.out, "nothing to change\n");
+
+  WriteModel(3, "9200", /*with_lb=*/false);
+  dry = Parley({"up", dir_.Sub("model.yaml"), "--dry-run"});
+  ASSERT_EQ(dry.code, 0) << dry.err;
+  EXPECT_EQ(dry.out,
+            "unrelate web:website-lb:backends#2\n"
+            "remove unit lb/0\n"
+            "remove service lb\n"
+            "configure web: port=9200\n"
+            "add unit web/2\n"
+            "relate web:cluster (peers): web/0 - web/2, web/1 - web/2\n");
+  EXPECT_EQ(ReadFile(dir_.Sub(".parley/model.json")), record);
+  v1::ModelStatus st = Status();
+  EXPECT_EQ(st.host().pid(), pid);
+  ASSERT_EQ(st.units_size(), 3);
+  EXPECT_EQ(Unit(st, "web/2"), nullptr);
+  EXPECT_NE(Unit(st, "lb/0"), nullptr);
+  EXPECT_EQ(Unit(st, "web/0")->workload().message(), "hello on 9000");
+  // What it refuses, it refuses as `up` would, before planning.
+  CommandResult refused = Parley({"up", dir_.Sub("model.yaml"), "--dry-run", "--plaintext"});
+  EXPECT_EQ(refused.code, 1);
+  EXPECT_THAT(refused.err, HasSubstr("this model runs with TLS"));
+
+  // Applied, the plan is what happens.
+  CommandResult up = Parley({"up", dir_.Sub("model.yaml"), "--timeout", "60s"});
+  ASSERT_EQ(up.code, 0) << up.err;
+  EXPECT_THAT(up.err, HasSubstr("unrelated web:website-lb:backends#2"));
+  EXPECT_THAT(up.err, HasSubstr("removed lb/0"));
+  EXPECT_THAT(up.err, HasSubstr("added web/2"));
+  st = Status();
+  EXPECT_NE(Unit(st, "web/2"), nullptr);
+  EXPECT_EQ(Unit(st, "lb/0"), nullptr);
+}
+
 // The command line of a running process, as it was started.
 std::vector<std::string> CommandLine(int64_t pid) {
   std::ifstream in(absl::StrCat("/proc/", pid, "/cmdline"), std::ios::binary);

@@ -1,9 +1,49 @@
 #include "tools/cli/args.h"
 
+#include <algorithm>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
 namespace parley::cli {
+
+absl::StatusOr<Args> ParseArgs(const Command& cmd, const std::vector<std::string>& tokens) {
+  Args args;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    const std::string& t = tokens[i];
+    // `config SERVICE -x=1` sets an option that starts with '-'; flags of config are none.
+    const bool flag = t.size() > 1 && t[0] == '-' &&
+                      !(cmd.name == "config" && t.find('=') != std::string::npos && t[1] != '-');
+    if (!flag) {
+      args.positional.push_back(t);
+      continue;
+    }
+    std::string name = t, value;
+    const size_t eq = t.find('=');
+    if (eq != std::string::npos) {
+      name = t.substr(0, eq);
+      value = t.substr(eq + 1);
+    }
+    auto spec = std::find_if(cmd.flags.begin(), cmd.flags.end(),
+                             [&](const FlagSpec& f) { return f.name == name; });
+    if (spec == cmd.flags.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown flag '", name, "' (see parley ", cmd.name, " --help)"));
+    }
+    if (spec->takes_value && eq == std::string::npos) {
+      if (i + 1 == tokens.size()) return absl::InvalidArgumentError(name + " needs a value");
+      value = tokens[++i];
+    } else if (!spec->takes_value && eq != std::string::npos) {
+      return absl::InvalidArgumentError(name + " takes no value");
+    }
+    args.flags[name] = value;
+  }
+  const int n = static_cast<int>(args.positional.size());
+  if (n < cmd.min_args || (cmd.max_args >= 0 && n > cmd.max_args)) {
+    return absl::InvalidArgumentError(absl::StrCat("usage: parley ", cmd.name, " ", cmd.usage));
+  }
+  return args;
+}
 
 absl::StatusOr<absl::Duration> ParseDuration(const std::string& text) {
   absl::Duration d;

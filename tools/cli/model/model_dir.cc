@@ -1,4 +1,4 @@
-#include "tools/cli/model_dir.h"
+#include "tools/cli/model/model_dir.h"
 
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -22,8 +22,9 @@
 #include "absl/time/clock.h"
 #include "base/status_macros.h"
 #include "google/protobuf/util/json_util.h"
-#include "tools/cli/client.h"
-#include "tools/cli/pki.h"
+#include "tools/cli/common/client.h"
+#include "tools/cli/common/find_binary.h"
+#include "tools/cli/deploy/pki.h"
 
 namespace parley::cli {
 namespace fs = std::filesystem;
@@ -316,23 +317,6 @@ absl::Status ModelDir::StopHost(const v1::HostRecord& host, absl::Duration grace
     absl::SleepFor(absl::Milliseconds(20));
   }
   return absl::OkStatus();
-}
-
-std::string FindBinary(const std::string& name) {
-  std::error_code ec;
-  const fs::path self = fs::read_symlink("/proc/self/exe", ec);
-  if (!ec) {
-    const fs::path beside = self.parent_path() / name;
-    if (access(beside.c_str(), X_OK) == 0) return beside.string();
-  }
-  const char* path = getenv("PATH");
-  std::stringstream dirs(path ? path : "/usr/local/bin:/usr/bin:/bin");
-  std::string d;
-  while (std::getline(dirs, d, ':')) {
-    const fs::path p = fs::path(d) / name;
-    if (!d.empty() && access(p.c_str(), X_OK) == 0) return p.string();
-  }
-  return name;
 }
 
 }  // namespace parley::cli

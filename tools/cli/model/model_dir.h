@@ -20,6 +20,7 @@
 #include "absl/time/time.h"
 #include "grpcpp/security/credentials.h"
 #include "parley/v1/model.pb.h"
+#include "tools/cli/common/find_binary.h"
 
 namespace parley::cli {
 
@@ -74,8 +75,5 @@ class ModelDir {
   bool tls_ = false;
   std::shared_ptr<grpc::ChannelCredentials> credentials_;
 };
-
-// Where the binaries the CLI starts live: beside the running `parley`, else in PATH.
-std::string FindBinary(const std::string& name);
 
 }  // namespace parley::cli

@@ -1,4 +1,4 @@
-#include "tools/cli/bundle.h"
+#include "tools/cli/deploy/bundle.h"
 
 #include <sys/stat.h>
 

@@ -1,4 +1,4 @@
-#include "tools/cli/container_runtime.h"
+#include "tools/cli/deploy/container_runtime.h"
 
 #include <fcntl.h>
 #include <spawn.h>

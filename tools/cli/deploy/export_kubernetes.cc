@@ -1,4 +1,4 @@
-#include "tools/cli/export_kubernetes.h"
+#include "tools/cli/deploy/export_kubernetes.h"
 
 #include <filesystem>
 #include <fstream>
@@ -8,7 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "google/protobuf/util/json_util.h"
-#include "tools/cli/bundle.h"
+#include "tools/cli/deploy/bundle.h"
 #include "yaml-cpp/yaml.h"
 
 namespace parley::cli {

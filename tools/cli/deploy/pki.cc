@@ -1,4 +1,4 @@
-#include "tools/cli/pki.h"
+#include "tools/cli/deploy/pki.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -16,7 +16,7 @@
 #include "absl/strings/str_split.h"
 #include "base/status_macros.h"
 #include "services/transport/tls.h"
-#include "tools/cli/model_dir.h"
+#include "tools/cli/common/find_binary.h"
 
 namespace parley::cli {
 namespace fs = std::filesystem;

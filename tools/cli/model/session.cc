@@ -1,4 +1,4 @@
-#include "tools/cli/session.h"
+#include "tools/cli/model/session.h"
 
 #include <algorithm>
 #include <cstdio>
@@ -12,7 +12,7 @@
 #include "absl/time/clock.h"
 #include "base/status_macros.h"
 #include "grpcpp/create_channel.h"
-#include "tools/cli/pki.h"
+#include "tools/cli/deploy/pki.h"
 
 namespace parley::cli {
 

@@ -1,13 +1,10 @@
-// The commands that show the model or act through it: status, wait, run, logs, facts,
-// relation-data, trace, metrics-config, version, export (docs/cli.md).
+// The commands that show the model: status, wait, logs, facts, relation-data, trace, version
+// (docs/cli.md).
 
 #include <algorithm>
 #include <cstdio>
-#include <filesystem>
-#include <fstream>
-#include <functional>
+#include <cstdlib>
 #include <map>
-#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -23,21 +20,10 @@
 #include "absl/time/clock.h"
 #include "base/status_macros.h"
 #include "engine/trace_format.h"
-#include "google/protobuf/util/json_util.h"
-#include "services/definition/definition.h"
-#include "tools/cli/commands.h"
-#include "tools/cli/export_kubernetes.h"
-#include "tools/cli/output.h"
+#include "tools/cli/commands/commands.h"
+#include "tools/cli/commands/output.h"
 
 namespace parley::cli {
-namespace {
-
-namespace fs = std::filesystem;
-using services::LoadModel;
-using services::LoadServiceDefinition;
-using services::Model;
-
-}  // namespace
 
 namespace {
 
@@ -172,64 +158,6 @@ absl::Status Wait(Session& s, const Args& args) {
   ASSIGN_OR_RETURN(absl::Duration timeout, ParseDuration(args.Get("--timeout", "120s")));
   RETURN_IF_ERROR(s.LoadState());
   return s.Wait(timeout);
-}
-
-absl::Status Run(Session& s, const Args& args, int& exit_code) {
-  ASSIGN_OR_RETURN(absl::Duration timeout, ParseDuration(args.Get("--timeout", "120s")));
-  const std::string unit = args.positional[0];
-  const std::string action = args.positional[1];
-  ASSIGN_OR_RETURN(auto given, ParseAssignments(std::vector<std::string>(
-                                   args.positional.begin() + 2, args.positional.end())));
-  RETURN_IF_ERROR(s.LoadState());
-  ASSIGN_OR_RETURN(auto found, s.RequireUnit(unit));
-  ASSIGN_OR_RETURN(
-      services::ServiceDefinition def,
-      LoadServiceDefinition(found.first->definition_dir(), s.state().interfaces_dir()));
-  ASSIGN_OR_RETURN(auto params, services::ResolveActionParams(def, action, given));
-  AgentClient& client = s.Client(found.second->address());
-  v1::FireEventRequest req;
-  req.set_agent(unit);
-  req.set_event(absl::StrCat("action.", action));
-  for (const auto& [k, v] : params) (*req.mutable_params())[k] = v;
-  v1::FireEventResponse fired;
-  RETURN_IF_ERROR(client.Call(&v1::Agent::Stub::FireEvent, req, &fired));
-  std::fprintf(stderr, "queued %s on %s (event %llu)\n", req.event().c_str(), unit.c_str(),
-               static_cast<unsigned long long>(fired.event_id()));
-  if (args.Has("--no-wait")) return absl::OkStatus();
-  const absl::Time deadline = absl::Now() + timeout;
-  while (true) {
-    v1::GetTracesRequest treq;
-    treq.set_agent(unit);
-    treq.set_last(100);
-    v1::GetTracesResponse traces;
-    RETURN_IF_ERROR(client.Call(&v1::Agent::Stub::GetTraces, treq, &traces));
-    for (int i = traces.traces_size() - 1; i >= 0; --i) {
-      const v1::Trace& t = traces.traces(i);
-      if (t.trigger().id() != fired.event_id()) continue;
-      if (t.result() == v1::Trace::RESULT_COMMITTED) {
-        std::map<std::string, std::string> outputs(t.outputs().begin(), t.outputs().end());
-        for (const auto& [k, v] : outputs) std::printf("%s: %s\n", k.c_str(), v.c_str());
-        return absl::OkStatus();
-      }
-      if (t.result() == v1::Trace::RESULT_SKIPPED) {
-        return absl::AbortedError(absl::StrCat(req.event(), " on ", unit, " was skipped by ",
-                                               t.resolved_by(), " after ", t.attempt(),
-                                               " failed attempts: ", t.error()));
-      }
-      return absl::AbortedError(absl::StrCat(
-          req.event(), " failed on ", unit, " (attempt ", t.attempt(), "): ", t.error(),
-          "\nIt stays queued and is retried with backoff (every later event waits behind it); "
-          "`parley resolve ",
-          unit, "` retries it now, `parley resolve ", unit, " --skip` drops it."));
-    }
-    if (absl::Now() > deadline) {
-      exit_code = kTimedOut;
-      return absl::DeadlineExceededError(absl::StrCat(req.event(), " has not run on ", unit,
-                                                      " within ", absl::FormatDuration(timeout),
-                                                      " (events before it are still queued)"));
-    }
-    absl::SleepFor(absl::Milliseconds(100));
-  }
 }
 
 absl::Status Logs(Session& s, const Args& args) {
@@ -382,66 +310,6 @@ absl::Status Trace(Session& s, const Args& args) {
   return absl::OkStatus();
 }
 
-// The format of deploy/prometheus/README.md: one `parley` job, one target per parleyd of the
-// model, every series labelled with the model's name.
-absl::Status MetricsConfig(Session& s, const Args& args) {
-  RETURN_IF_ERROR(s.LoadState());
-  if (!args.positional.empty() && AbsolutePath(args.positional[0]) != s.state().model_file()) {
-    return absl::FailedPreconditionError(absl::StrCat("the model directory ", s.dir().path(),
-                                                      " runs ", s.state().model_file(), ", not ",
-                                                      args.positional[0], " (pass --model-dir)"));
-  }
-  std::vector<std::string> targets;
-  std::vector<const v1::HostRecord*> hosts;
-  if (!s.state().runtime().engine().empty()) {
-    // A container per unit: each parleyd serves /metrics on kMetricsPort of its address.
-    for (const v1::UnitRecord* u : s.AllUnits()) {
-      targets.push_back(
-          absl::StrCat(u->address().substr(0, u->address().rfind(':')), ":", kMetricsPort));
-    }
-  } else if (std::any_of(
-                 s.state().services().begin(), s.state().services().end(),
-                 [](const auto& svc) { return svc.host().empty() || svc.host() == "local"; })) {
-    hosts.push_back(&s.state().host());
-  }
-  for (const auto& h : s.state().hosts()) hosts.push_back(&h);
-  for (const v1::HostRecord* h : hosts) {
-    if (h->metrics_address().empty()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "parleyd ", h->name(), " at ", h->address(),
-          " serves no metrics (start it with --metrics_listen, then run parley up again)"));
-    }
-    std::string target = h->metrics_address();
-    // A wildcard listen address is reached at the host the peers reach.
-    for (absl::string_view any : {"0.0.0.0:", "[::]:"}) {
-      if (absl::StartsWith(target, any)) {
-        target = absl::StrCat(h->address().substr(0, h->address().rfind(':')), ":",
-                              target.substr(any.size()));
-      }
-    }
-    if (std::find(targets.begin(), targets.end(), target) == targets.end()) {
-      targets.push_back(target);
-    }
-  }
-  ASSIGN_OR_RETURN(absl::Duration interval, ParseDuration(args.Get("--interval", "15s")));
-  const std::string every = absl::StrCat(absl::ToInt64Seconds(interval), "s");
-  const std::string name =
-      args.Get("--name", fs::path(s.state().model_file()).parent_path().filename().string());
-  std::string out = absl::StrCat(
-      "# Parley: scrape every parleyd of a model (deploy/prometheus/README.md).\n"
-      "global:\n  scrape_interval: ",
-      every, "\n  evaluation_interval: ", every, "\n");
-  if (args.Has("--rules")) {
-    absl::StrAppend(&out, "rule_files:\n  - ", AbsolutePath(args.Get("--rules")), "\n");
-  }
-  absl::StrAppend(&out, "scrape_configs:\n  - job_name: parley\n    scrape_interval: ", every,
-                  "\n    metrics_path: /metrics\n    static_configs:\n      - targets:\n");
-  for (const auto& t : targets) absl::StrAppend(&out, "          - ", t, "\n");
-  absl::StrAppend(&out, "        labels:\n          model: ", name, "\n");
-  std::printf("%s", out.c_str());
-  return absl::OkStatus();
-}
-
 absl::Status Version(Session& s, const Args&) {
   std::printf("parley %s\n", PARLEY_VERSION);
   if (!s.dir().Exists()) return absl::OkStatus();
@@ -453,43 +321,6 @@ absl::Status Version(Session& s, const Args&) {
   } else {
     std::printf("parleyd not running (%s)\n", std::string(info.status().message()).c_str());
   }
-  return absl::OkStatus();
-}
-
-// ---------------------------------------------------------------------------------------------
-// Containers and Kubernetes (docs/deploy.md).
-
-absl::Status Export(const Args& args) {
-  if (args.positional[0] != "kubernetes" && args.positional[0] != "compose") {
-    return absl::InvalidArgumentError(absl::StrCat("export: unknown format '", args.positional[0],
-                                                   "' (known: kubernetes, compose)"));
-  }
-  ASSIGN_OR_RETURN(Model model, LoadModel(args.positional[1]));
-  if (args.positional[0] == "compose") {
-    if (!args.Has("-o")) {
-      return absl::InvalidArgumentError("export compose: -o DIR is required (a project directory)");
-    }
-    ComposeOptions options;
-    options.image = args.Get("--image", options.image);
-    RETURN_IF_ERROR(ExportCompose(model, args.Get("-o"), options));
-    std::fprintf(stderr,
-                 "wrote %s/compose.yaml; start it with: podman-compose -f %s/compose.yaml up -d\n",
-                 args.Get("-o").c_str(), args.Get("-o").c_str());
-    return absl::OkStatus();
-  }
-  KubernetesOptions options;
-  options.image = args.Get("--image", options.image);
-  options.name_space = args.Get("--namespace");
-  options.storage = args.Get("--storage", options.storage);
-  ASSIGN_OR_RETURN(std::string manifests, ExportKubernetes(model, options));
-  if (!args.Has("-o")) {
-    std::fwrite(manifests.data(), 1, manifests.size(), stdout);
-    return absl::OkStatus();
-  }
-  std::ofstream out(args.Get("-o"), std::ios::trunc);
-  out << manifests;
-  out.close();
-  if (!out) return absl::InternalError(absl::StrCat("cannot write ", args.Get("-o")));
   return absl::OkStatus();
 }
 

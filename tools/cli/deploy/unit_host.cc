@@ -1,4 +1,4 @@
-#include "tools/cli/unit_host.h"
+#include "tools/cli/deploy/unit_host.h"
 
 #include <signal.h>
 #include <sys/wait.h>
@@ -19,8 +19,8 @@
 #include "base/status_macros.h"
 #include "google/protobuf/util/json_util.h"
 #include "parley/v1/model.pb.h"
-#include "tools/cli/bundle.h"
-#include "tools/cli/client.h"
+#include "tools/cli/common/client.h"
+#include "tools/cli/deploy/bundle.h"
 
 namespace parley::cli {
 namespace {

@@ -16,9 +16,9 @@
 #include "absl/time/time.h"
 #include "parley/v1/model.pb.h"
 #include "services/definition/definition.h"
-#include "tools/cli/client.h"
-#include "tools/cli/container_runtime.h"
-#include "tools/cli/model_dir.h"
+#include "tools/cli/common/client.h"
+#include "tools/cli/deploy/container_runtime.h"
+#include "tools/cli/model/model_dir.h"
 
 namespace parley::cli {
 

@@ -1,4 +1,4 @@
-#include "tools/cli/output.h"
+#include "tools/cli/commands/output.h"
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
