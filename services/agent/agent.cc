@@ -9,7 +9,6 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/time/clock.h"
 #include "base/status_macros.h"
 #include "services/host/host.h"
 
@@ -209,8 +208,8 @@ void Agent::Start() {
     *schedule = [this, alive, weak_schedule] {
       auto schedule = weak_schedule.lock();
       if (!schedule) return;
-      update_timer_ = host_->scheduler().At(
-          absl::Now() + options_.update_interval, strand_, [this, alive, schedule] {
+      update_timer_ =
+          host_->scheduler().After(options_.update_interval, strand_, [this, alive, schedule] {
             if (!alive.lock() || stopped_) return;
             v1::Event e;
             e.set_name("update");
@@ -248,7 +247,7 @@ void Agent::Process() {
     executing_ = false;
     if (!r.ok()) {
       Log(v1::LOG_LEVEL_ERROR, absl::StrCat("run: ", r.status().message()));
-      ScheduleRetry(absl::Now() + absl::Seconds(1));
+      ScheduleRetry(host_->clock()->Now() + absl::Seconds(1));
       break;
     }
     if (r->outcome == engine::RunOutcome::kIdle) break;
@@ -258,7 +257,7 @@ void Agent::Process() {
     }
     last_run_ = r->run;
     last_event_ = r->trace->trigger().name();
-    last_run_time_ = absl::Now();
+    last_run_time_ = host_->clock()->Now();
     metrics_.run_duration->Observe(r->trace->duration_ns() / 1e9);
     metrics_.handler_executions->Increment(r->handlers_run);
     if (r->outcome == engine::RunOutcome::kFailed) {
@@ -339,10 +338,8 @@ void Agent::ScheduleTimers() {
   std::weak_ptr<bool> alive = alive_;
   for (const auto& [name, due] : timers) {
     if (timer_ids_.contains(name)) continue;
-    // Timer records are in engine (KB) time; the scheduler waits in real time.
-    const absl::Time when =
-        absl::Now() + std::max(absl::ZeroDuration(), due - host_->clock()->Now());
-    const uint64_t id = host_->scheduler().At(when, strand_, [this, alive, name = name] {
+    // Timer records and the scheduler are in the same (the host's) clock's time.
+    const uint64_t id = host_->scheduler().At(due, strand_, [this, alive, name = name] {
       if (!alive.lock() || stopped_) return;
       timer_ids_.erase(name);
       if (!engine_->timers().contains(name)) return;
@@ -527,7 +524,7 @@ std::set<std::string> Agent::WantedPeers() const {
     peers.insert(rel.remote_units().begin(), rel.remote_units().end());
   }
   for (const auto& d : engine_->OutboxDestinations()) peers.insert(d);
-  const absl::Time now = absl::Now();
+  const absl::Time now = host_->clock()->Now();
   for (const auto& [peer, until] : expecting_) {
     if (until > now) peers.insert(peer);
   }
@@ -552,7 +549,7 @@ absl::Status Agent::RememberAddress(const std::string& remote, const std::string
       it->second.session->Close(absl::UnavailableError("peer moved"));
     }
   }
-  if (expect_relation) expecting_[remote] = absl::Now() + absl::Minutes(1);
+  if (expect_relation) expecting_[remote] = host_->clock()->Now() + absl::Minutes(1);
   if (!channels_[remote].session) host_->EnsureSession(this, remote);
   return absl::OkStatus();
 }
@@ -724,7 +721,7 @@ absl::StatusOr<v1::ResolveEventResponse> Agent::ResolveEvent(const v1::ResolveEv
     metrics_.events_skipped->Increment();
     last_run_ = r.run;
     last_event_ = f.event_name();
-    last_run_time_ = absl::Now();
+    last_run_time_ = host_->clock()->Now();
     Log(v1::LOG_LEVEL_WARNING, absl::StrCat(what, " skipped by ", by, " in run ", r.run,
                                             ": not applied; the events behind it run now"));
   } else {

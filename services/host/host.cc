@@ -32,7 +32,8 @@ Host::Host(HostOptions options)
     : options_(std::move(options)),
       logs_(options_.log_capacity),
       links_(PeerLinksOptions{.initial_backoff = options_.reconnect_initial,
-                              .max_backoff = options_.reconnect_max}) {}
+                              .max_backoff = options_.reconnect_max,
+                              .jitter = options_.reconnect_jitter}) {}
 
 absl::Status Host::Init() {
   if (options_.data_dir.empty()) return absl::InvalidArgumentError("host: data_dir is not set");
@@ -54,7 +55,7 @@ absl::Status Host::Init() {
     RETURN_IF_ERROR(store_->WaitDurable(ticket));
   }
   pool_ = std::make_unique<base::ThreadPool>(options_.threads);
-  scheduler_ = std::make_unique<base::Scheduler>();
+  scheduler_ = std::make_unique<base::Scheduler>(options_.clock);
   if (!options_.registry) options_.registry = std::make_shared<prometheus::Registry>();
   metrics_ = std::make_unique<Metrics>(*options_.registry);
 
@@ -273,12 +274,23 @@ absl::StatusOr<v1::RemoveAgentResponse> Host::RemoveAgent(const std::string& nam
   };
   // Let the run in progress finish, then stop; nothing else runs on the strand afterwards. The
   // notification is shared: a blocked strand runs the closure after this call may have returned.
-  auto stopped = std::make_shared<absl::Notification>();
+  struct Stopped {
+    absl::Mutex mu;
+    bool done ABSL_GUARDED_BY(mu) = false;
+  };
+  auto stopped = std::make_shared<Stopped>();
   agent->strand()->Post([agent, stopped] {
     agent->Stop();
-    stopped->Notify();
+    absl::MutexLock lock(&stopped->mu);
+    stopped->done = true;
   });
-  if (!stopped->WaitForNotificationWithTimeout(options_.remove_blocked_after)) {
+  // Waits on the host's clock, like every timeout of the host.
+  auto wait_stopped = [&] {
+    absl::MutexLock lock(&stopped->mu);
+    return options_.clock->AwaitWithDeadline(stopped->mu, absl::Condition(&stopped->done),
+                                             options_.clock->Now() + options_.remove_blocked_after);
+  };
+  if (!wait_stopped()) {
     // Blocked in a handler: stopping the agent's processes, the handler's among them, ends the
     // handler and with it the run (it fails and rolls back).
     response.set_was_blocked(true);
@@ -286,7 +298,7 @@ absl::StatusOr<v1::RemoveAgentResponse> Host::RemoveAgent(const std::string& nam
                                             absl::FormatDuration(options_.remove_blocked_after),
                                             "; stopping the agent's processes under it"));
     reap();
-    if (!stopped->WaitForNotificationWithTimeout(options_.remove_blocked_after)) {
+    if (!wait_stopped()) {
       return absl::DeadlineExceededError(
           absl::StrCat("agent '", name, "' at ", address_, " is still in a run ",
                        absl::FormatDuration(options_.remove_blocked_after),
@@ -355,6 +367,7 @@ void Host::Shutdown() {
   for (Agent* a : agents) a->strand()->Post([a] { a->Stop(); });
   for (Agent* a : agents) a->strand()->Drain();
   // The agents closed their streams already; what is left are API clients' idle channels.
+  // gRPC's deadlines are real time, whatever the host's clock (also below and in dial requests).
   if (server_) server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Milliseconds(200)));
   {
     absl::MutexLock lock(&mu_);
@@ -406,7 +419,7 @@ std::shared_ptr<grpc::Channel> Host::ChannelTo(const std::string& address) {
 }
 
 void Host::EnsureSession(Agent* local, const std::string& remote) {
-  const absl::Time now = absl::Now();
+  const absl::Time now = options_.clock->Now();
   {
     absl::MutexLock lock(&mu_);
     if (shut_down_) return;
@@ -497,8 +510,8 @@ void Host::AskToDial(Agent* local, const std::string& remote, const std::string&
 
 void Host::SessionEnded(const std::string& local, const std::string& remote, bool established,
                         const absl::Status& status) {
-  const absl::Time next =
-      links_.Ended(local, remote, established, absl::Now(), status.ok() ? "" : status.ToString());
+  const absl::Time next = links_.Ended(local, remote, established, options_.clock->Now(),
+                                       status.ok() ? "" : status.ToString());
   // Whatever ended (a stream, a failed dial, a request to dial us), try again after the backoff
   // if the agent still wants the peer and has no session with it by then.
   Agent* agent = Find(local);

@@ -46,6 +46,8 @@ struct HostOptions {
   // Backoff between attempts to reach a peer.
   absl::Duration reconnect_initial = absl::Milliseconds(50);
   absl::Duration reconnect_max = absl::Seconds(5);
+  // Each wait is shortened by a random fraction of up to this (PeerLinksOptions::jitter).
+  double reconnect_jitter = 0.5;
   // A dialed stream whose listener does not answer the Hello within this is cancelled.
   absl::Duration handshake_timeout = absl::Seconds(3);
   // Largest peer or API message accepted.
@@ -53,6 +55,8 @@ struct HostOptions {
   // Metrics go here when set (owned by main, which exposes it).
   std::shared_ptr<prometheus::Registry> registry;
   size_t log_capacity = 10000;
+  // What every timeout, backoff, retry and timer of the host and its agents runs on (gRPC's own
+  // deadlines aside); tests pass a base::ManualClock. Must outlive the host.
   base::Clock* clock = base::SystemClock::Get();
   // Builds the spec of an agent from its recipe (a service definition), for the AddAgent call and
   // to host recipes again after a restart. Unset: the host only runs agents added in code.
@@ -166,7 +170,7 @@ class Host {
   // The host's own records (recipes) in the store.
   std::unique_ptr<kb::Kb> host_kb_;
   absl::Mutex hosting_mu_;  // serializes AddAgentFromRecipe / RemoveAgent
-  absl::Time started_ = absl::Now();
+  const absl::Time started_ = options_.clock->Now();
   PeerLinks links_;
   // What every dial uses, read once at start: the files may change or vanish later.
   std::shared_ptr<grpc::ChannelCredentials> channel_credentials_;

@@ -330,7 +330,14 @@ class ClientStream : public grpc::ClientBidiReactor<v1::PeerFrame, v1::PeerFrame
   std::shared_ptr<StreamHandle> handle() const { return handle_; }
 
   void Write(v1::PeerFrame frame) override { writes_.Write(std::move(frame)); }
-  void End(const absl::Status&) override { context_.TryCancel(); }
+  // Cancels the call; the link reports `why` rather than gRPC's "Cancelled".
+  void End(const absl::Status& why) override {
+    {
+      absl::MutexLock lock(&end_mu_);
+      if (end_reason_.ok()) end_reason_ = why;
+    }
+    context_.TryCancel();
+  }
 
   void OnReadDone(bool ok) override {
     if (!ok) return;  // OnDone follows
@@ -364,7 +371,12 @@ class ClientStream : public grpc::ClientBidiReactor<v1::PeerFrame, v1::PeerFrame
     std::string remote = remote_;
     std::shared_ptr<StreamHandle> handle = handle_;
     agent->strand()->Post([agent, remote, handle] { agent->Detach(remote, handle.get()); });
-    host_->SessionEnded(local_->name(), remote_, established_, FromGrpcStatus(status));
+    absl::Status ended = FromGrpcStatus(status);
+    {
+      absl::MutexLock lock(&end_mu_);
+      if (!ended.ok() && !end_reason_.ok()) ended = end_reason_;
+    }
+    host_->SessionEnded(local_->name(), remote_, established_, ended);
     Host* host = host_;
     delete this;
     host->StreamDone();
@@ -379,6 +391,9 @@ class ClientStream : public grpc::ClientBidiReactor<v1::PeerFrame, v1::PeerFrame
   v1::PeerFrame in_;
   std::shared_ptr<StreamHandle> handle_;
   std::atomic<bool> established_{false};
+  absl::Mutex end_mu_;
+  // Why End cancelled the call, if it did.
+  absl::Status end_reason_ ABSL_GUARDED_BY(end_mu_);
 };
 
 class LocalSession : public PeerSession {
@@ -497,9 +512,11 @@ void DialPeer(Host* host, Agent* local, const std::string& remote, v1::Peer::Stu
   // A dial that gets no answer (a peer that vanished, a blackholed link) must not hold the link
   // forever: cancel it, which ends the stream and schedules the next attempt.
   std::weak_ptr<StreamHandle> weak = handle;
-  host->scheduler().At(absl::Now() + host->options().handshake_timeout, local->strand(), [weak] {
+  const absl::Duration timeout = host->options().handshake_timeout;
+  host->scheduler().After(timeout, local->strand(), [weak, remote, timeout] {
     if (auto h = weak.lock(); h && !h->established()) {
-      h->Close(absl::DeadlineExceededError("no answer to the Hello"));
+      h->Close(absl::DeadlineExceededError(absl::StrCat(
+          "no answer to the Hello from ", remote, " within ", absl::FormatDuration(timeout))));
     }
   });
 }
