@@ -56,6 +56,7 @@ absl::Status Host::Init() {
   }
   pool_ = std::make_unique<base::ThreadPool>(options_.threads);
   scheduler_ = std::make_unique<base::Scheduler>(options_.clock);
+  hosting_ = std::make_unique<base::ThreadPool>(1);
   if (!options_.registry) options_.registry = std::make_shared<prometheus::Registry>();
   metrics_ = std::make_unique<Metrics>(*options_.registry);
 
@@ -101,7 +102,15 @@ absl::StatusOr<Agent*> Host::AddAgent(engine::ServiceSpec spec, AgentOptions opt
       return absl::AlreadyExistsError(absl::StrCat("agent '", spec.unit, "' already hosted"));
     }
   }
-  ASSIGN_OR_RETURN(std::unique_ptr<Agent> agent, Agent::Create(this, std::move(spec), options));
+  ASSIGN_OR_RETURN(std::unique_ptr<Agent> agent,
+                   Agent::Create(AgentEnv{.store = store_.get(),
+                                          .pool = pool_.get(),
+                                          .scheduler = scheduler_.get(),
+                                          .clock = options_.clock,
+                                          .logs = &logs_,
+                                          .metrics = metrics_.get(),
+                                          .links = this},
+                                 std::move(spec), options));
   Agent* raw = agent.get();
   {
     // Checked again: another AddAgent of the same name, or Shutdown, may have come in between.
@@ -330,6 +339,52 @@ absl::StatusOr<v1::RemoveAgentResponse> Host::RemoveAgent(const std::string& nam
   return response;
 }
 
+bool Host::PostHosting(std::function<void()> work) {
+  absl::MutexLock lock(&mu_);
+  // Shutdown destroys the executor after setting shut_down_, outside mu_: a post under mu_ that
+  // saw it unset comes before.
+  if (shut_down_) return false;
+  hosting_->Post([this, work = std::move(work)] { work(); });
+  return true;
+}
+
+namespace {
+absl::Status ShuttingDown(absl::string_view address) {
+  return absl::UnavailableError(absl::StrCat("the server at ", address, " is shutting down"));
+}
+}  // namespace
+
+void Host::AddAgentLater(v1::AgentRecipe recipe,
+                         std::function<void(absl::StatusOr<std::string>)> done) {
+  auto work = [this, recipe = std::move(recipe), done] {
+    {
+      absl::MutexLock lock(&mu_);
+      if (shut_down_) {
+        done(ShuttingDown(address_));
+        return;
+      }
+    }
+    done(AddAgentFromRecipe(recipe));
+  };
+  if (!PostHosting(std::move(work))) done(ShuttingDown(address_));
+}
+
+void Host::RemoveAgentLater(std::string name,
+                            std::function<void(absl::StatusOr<v1::RemoveAgentResponse>)> done) {
+  auto work = [this, name = std::move(name), done] {
+    {
+      // Queued behind work that was in flight at shutdown: the agent is about to be freed.
+      absl::MutexLock lock(&mu_);
+      if (shut_down_) {
+        done(ShuttingDown(address_));
+        return;
+      }
+    }
+    done(RemoveAgent(name));
+  };
+  if (!PostHosting(std::move(work))) done(ShuttingDown(address_));
+}
+
 v1::HostInfo Host::Info() const {
   v1::HostInfo info;
   info.set_version(options_.version);
@@ -361,6 +416,12 @@ void Host::Shutdown() {
     absl::MutexLock lock(&mu_);
     if (shut_down_) return;
     shut_down_ = true;
+  }
+  // Hosting work in flight finishes (an AddAgent now fails: the host is shut down); what is
+  // queued behind it sees shut_down_ and answers UNAVAILABLE. Then the set of agents is final.
+  hosting_.reset();
+  {
+    absl::MutexLock lock(&mu_);
     for (const auto& [name, a] : agents_) agents.push_back(a.get());
   }
   // The run in progress, if any, finishes: strands run closures to completion.
