@@ -628,23 +628,7 @@ absl::StatusOr<uint64_t> Agent::SetConfig(const v1::SetConfigRequest& request) {
 }
 
 absl::Status Agent::CheckConfig(const std::string& key, const std::string& value) const {
-  const engine::ServiceSpec& s = spec();
-  if (!s.declares_config) return absl::OkStatus();
-  std::vector<std::string> names;
-  for (const auto& option : s.config_options) {
-    if (option.name != key) {
-      names.push_back(option.name);
-      continue;
-    }
-    // An empty value resets an option (unset); only set values are checked.
-    if (value.empty() || !option.check) return absl::OkStatus();
-    absl::Status st = option.check(value);
-    if (st.ok()) return st;
-    return absl::InvalidArgumentError(absl::StrCat("service ", s.service, ": ", st.message()));
-  }
-  return absl::InvalidArgumentError(
-      absl::StrCat("service ", s.service, " has no config option '", key,
-                   "' (it has: ", names.empty() ? "none" : absl::StrJoin(names, ", "), ")"));
+  return engine::CheckConfig(spec(), key, value);
 }
 
 absl::StatusOr<uint64_t> Agent::FireEvent(const v1::FireEventRequest& request) {

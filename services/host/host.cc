@@ -140,20 +140,7 @@ absl::StatusOr<std::string> Host::AddAgentFromRecipe(const v1::AgentRecipe& reci
   AgentOptions agent_options = options_.recipe_agent_options;
   for (const auto& [k, v] : recipe.config()) agent_options.initial_config[k] = v;
   // Check the config before anything is recorded, so that a refused recipe leaves no trace.
-  for (const auto& [k, v] : recipe.config()) {
-    const auto& opts = spec.config_options;
-    auto it = std::find_if(opts.begin(), opts.end(), [&](const auto& o) { return o.name == k; });
-    if (spec.declares_config && it == opts.end()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("service ", service, " has no config option '", k, "'"));
-    }
-    if (it != opts.end() && it->check && !v.empty()) {
-      absl::Status st = it->check(v);
-      if (!st.ok()) {
-        return absl::InvalidArgumentError(absl::StrCat("service ", service, ": ", st.message()));
-      }
-    }
-  }
+  for (const auto& [k, v] : recipe.config()) RETURN_IF_ERROR(engine::CheckConfig(spec, k, v));
   auto txn = host_kb_->Begin();
   txn->Put(kb::Space::kMeta, absl::StrCat(kRecipePrefix, recipe.agent()),
            recipe.SerializeAsString());
