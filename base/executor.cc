@@ -85,7 +85,7 @@ void Strand::Drain() {
   mu.Await(absl::Condition(&done));
 }
 
-Scheduler::Scheduler() : thread_([this] { Loop(); }) {}
+Scheduler::Scheduler(Clock* clock) : clock_(clock), thread_([this] { Loop(); }) {}
 
 Scheduler::~Scheduler() {
   {
@@ -111,23 +111,35 @@ void Scheduler::Cancel(uint64_t id) {
   by_id_.erase(it);
 }
 
+void Scheduler::Flush() {
+  const absl::Time now = clock_->Now();
+  absl::MutexLock lock(&mu_);
+  sweep_wanted_ = true;
+  auto swept = [this, now]()
+                   ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || swept_ >= now; };
+  mu_.Await(absl::Condition(&swept));
+}
+
 void Scheduler::Loop() {
   absl::MutexLock lock(&mu_);
   while (!stopping_) {
-    const absl::Time now = absl::Now();
+    const absl::Time now = clock_->Now();
     while (!entries_.empty() && entries_.begin()->first.first <= now) {
       auto node = entries_.extract(entries_.begin());
       by_id_.erase(node.key().second);
       if (auto strand = node.mapped().strand.lock()) strand->Post(std::move(node.mapped().fn));
     }
+    swept_ = now;
+    sweep_wanted_ = false;
     const absl::Time next =
-        entries_.empty() ? now + absl::Seconds(1) : entries_.begin()->first.first;
-    // Wakes early when a sooner entry is added or on shutdown.
-    absl::Time first = next;
-    auto changed = [this, first]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return stopping_ || (!entries_.empty() && entries_.begin()->first.first < first);
+        entries_.empty() ? absl::InfiniteFuture() : entries_.begin()->first.first;
+    // Wakes early when a sooner entry is added, on shutdown, and when Flush waits for a pass at
+    // a time this one did not reach (a ManualClock that moved).
+    auto changed = [this, next]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return stopping_ || sweep_wanted_ ||
+             (!entries_.empty() && entries_.begin()->first.first < next);
     };
-    mu_.AwaitWithDeadline(absl::Condition(&changed), next);
+    clock_->AwaitWithDeadline(mu_, absl::Condition(&changed), next);
   }
 }
 

@@ -3,7 +3,7 @@
 // Where agents' work runs. A ThreadPool has a few worker threads; each agent owns a Strand on it:
 // closures posted to one strand run one at a time, in order, never concurrently, so an agent's
 // engine and KB need no locks (Envoy's dispatcher, asio's strand). Network threads only Post.
-// A Scheduler runs closures at a time, on a strand.
+// A Scheduler runs closures at a time of its clock, on a strand.
 
 #include <cstdint>
 #include <deque>
@@ -16,6 +16,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "base/clock.h"
 
 namespace parley::base {
 
@@ -62,18 +63,36 @@ class Strand : public std::enable_shared_from_this<Strand> {
   std::atomic<std::thread::id> running_on_{};
 };
 
-// Runs closures at given times on their strands. One thread for all timers of a process.
+// Runs closures at given times of `clock` on their strands. One thread for all timers of a host;
+// it waits through the clock (Clock::AwaitWithDeadline), so a ManualClock's Advance fires what
+// became due as real time passing does for a SystemClock. The clock must outlive the scheduler.
+// Thread-safe.
 class Scheduler {
  public:
-  Scheduler();
+  explicit Scheduler(Clock* clock = SystemClock::Get());
+  // Drops the entries not fired yet.
   ~Scheduler();
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
 
-  // Returns an id for Cancel. `fn` is posted to `strand` at `when` (real time).
+  Clock* clock() const { return clock_; }
+  // Returns an id for Cancel. `fn` is posted to `strand` once the clock reaches `when` (at once if
+  // it has), unless the strand is gone by then.
   uint64_t At(absl::Time when, std::shared_ptr<Strand> strand, Closure fn);
+  // `fn` at Now() + `delay`.
+  uint64_t After(absl::Duration delay, std::shared_ptr<Strand> strand, Closure fn) {
+    return At(clock_->Now() + delay, std::move(strand), std::move(fn));
+  }
   void Cancel(uint64_t id);
+  // Blocks until every entry due at the clock's time of the call has been posted to its strand.
+  // For tests on a ManualClock: after Advance, Flush, then Drain the strand, and what the
+  // advance made due has run.
+  void Flush();
 
  private:
   void Loop();
+
+  Clock* const clock_;
 
   struct Entry {
     std::weak_ptr<Strand> strand;
@@ -84,6 +103,10 @@ class Scheduler {
   std::map<uint64_t, absl::Time> by_id_ ABSL_GUARDED_BY(mu_);
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  // The clock's time of the last pass over the due entries.
+  absl::Time swept_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  // Set by Flush: the loop makes a pass now.
+  bool sweep_wanted_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
 };
 

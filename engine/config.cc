@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "base/status_macros.h"
 #include "engine/engine.h"
 #include "engine/inbox.h"
@@ -13,6 +14,25 @@
 #include "engine/run.h"
 
 namespace parley::engine {
+
+absl::Status CheckConfig(const ServiceSpec& spec, absl::string_view key, absl::string_view value) {
+  if (!spec.declares_config) return absl::OkStatus();
+  std::vector<std::string> names;
+  for (const auto& option : spec.config_options) {
+    if (option.name != key) {
+      names.push_back(option.name);
+      continue;
+    }
+    // An empty value resets an option (unset); only set values are checked.
+    if (value.empty() || !option.check) return absl::OkStatus();
+    absl::Status st = option.check(value);
+    if (st.ok()) return st;
+    return absl::InvalidArgumentError(absl::StrCat("service ", spec.service, ": ", st.message()));
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("service ", spec.service, " has no config option '", key,
+                   "' (it has: ", names.empty() ? "none" : absl::StrJoin(names, ", "), ")"));
+}
 
 using kb::Space;
 

@@ -92,6 +92,15 @@ struct ConfigOptionSpec {
   std::function<absl::Status(absl::string_view value)> check;
 };
 
+struct ServiceSpec;
+
+// Checks a config change against the service's declared options, the one check of a config
+// value (the agent, the host for a recipe's config, and the CLI call it): OK when the service
+// declares no options, the option has no check or `value` is empty (an unset); otherwise
+// INVALID_ARGUMENT naming the service and the key (listing the declared options when there is
+// no such one) or carrying the option's check's message.
+absl::Status CheckConfig(const ServiceSpec& spec, absl::string_view key, absl::string_view value);
+
 // A user action a service declares: fired as the event `event` ("action.<name>") through the
 // agent API. `resolve` checks the parameters given and returns them with defaults filled in (not
 // set: any parameters).

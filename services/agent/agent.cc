@@ -9,9 +9,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/time/clock.h"
 #include "base/status_macros.h"
-#include "services/host/host.h"
 
 namespace parley::services {
 namespace {
@@ -44,13 +42,12 @@ v1::PeerFrame ToFrame(const v1::OutboxEntry& e) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Agent>> Agent::Create(Host* host, engine::ServiceSpec spec,
+absl::StatusOr<std::unique_ptr<Agent>> Agent::Create(const AgentEnv& env, engine::ServiceSpec spec,
                                                      AgentOptions options) {
-  ASSIGN_OR_RETURN(std::unique_ptr<kb::Kb> kb, kb::Kb::Open(&host->store(), spec.unit));
-  ASSIGN_OR_RETURN(
-      std::unique_ptr<engine::Engine> engine,
-      engine::Engine::Create(std::move(spec), kb.get(), host->clock(), options.engine));
-  std::unique_ptr<Agent> agent(new Agent(host, std::move(kb), std::move(engine), options));
+  ASSIGN_OR_RETURN(std::unique_ptr<kb::Kb> kb, kb::Kb::Open(env.store, spec.unit));
+  ASSIGN_OR_RETURN(std::unique_ptr<engine::Engine> engine,
+                   engine::Engine::Create(std::move(spec), kb.get(), env.clock, options.engine));
+  std::unique_ptr<Agent> agent(new Agent(env, std::move(kb), std::move(engine), options));
   absl::Status parse;
   RETURN_IF_ERROR(
       agent->kb_->Scan(Space::kMeta, kAddressPrefix, [&](absl::string_view k, absl::string_view v) {
@@ -82,16 +79,16 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Create(Host* host, engine::Service
   return agent;
 }
 
-Agent::Agent(Host* host, std::unique_ptr<kb::Kb> kb, std::unique_ptr<engine::Engine> engine,
-             AgentOptions options)
-    : host_(host),
+Agent::Agent(const AgentEnv& env, std::unique_ptr<kb::Kb> kb,
+             std::unique_ptr<engine::Engine> engine, AgentOptions options)
+    : env_(env),
       name_(kb->agent()),
       kb_(std::move(kb)),
       engine_(std::move(engine)),
       options_(options),
-      strand_(std::make_shared<base::Strand>(&host->pool())),
+      strand_(std::make_shared<base::Strand>(env.pool)),
       alive_(std::make_shared<bool>(true)),
-      metrics_(host->metrics().ForAgent(name_)) {}
+      metrics_(env.metrics->ForAgent(name_)) {}
 
 Agent::~Agent() = default;
 
@@ -100,7 +97,7 @@ void Agent::Log(v1::LogLevel level, std::string message) const {
   r.set_agent(name_);
   r.set_level(level);
   r.set_message(std::move(message));
-  host_->logs().Add(std::move(r));
+  env_.logs->Add(std::move(r));
 }
 
 void Agent::WhenDurable(uint64_t ticket, std::function<void()> fn) {
@@ -114,7 +111,7 @@ void Agent::WaitForStore(uint64_t ticket) {
   waiting_for_ = ticket;
   std::weak_ptr<bool> alive = alive_;
   std::shared_ptr<base::Strand> strand = strand_;
-  host_->store().WhenDurable(ticket, [this, alive, strand, ticket](absl::Status s) {
+  env_.store->WhenDurable(ticket, [this, alive, strand, ticket](absl::Status s) {
     strand->Post([this, alive, ticket, s] {
       if (alive.lock()) OnDurable(ticket, s);
     });
@@ -209,8 +206,8 @@ void Agent::Start() {
     *schedule = [this, alive, weak_schedule] {
       auto schedule = weak_schedule.lock();
       if (!schedule) return;
-      update_timer_ = host_->scheduler().At(
-          absl::Now() + options_.update_interval, strand_, [this, alive, schedule] {
+      update_timer_ =
+          env_.scheduler->After(options_.update_interval, strand_, [this, alive, schedule] {
             if (!alive.lock() || stopped_) return;
             v1::Event e;
             e.set_name("update");
@@ -224,7 +221,7 @@ void Agent::Start() {
     };
     (*schedule)();
   }
-  for (const auto& peer : WantedPeers()) host_->EnsureSession(this, peer);
+  for (const auto& peer : WantedPeers()) env_.links->EnsureSession(this, peer);
   Kick();
 }
 
@@ -248,7 +245,7 @@ void Agent::Process() {
     executing_ = false;
     if (!r.ok()) {
       Log(v1::LOG_LEVEL_ERROR, absl::StrCat("run: ", r.status().message()));
-      ScheduleRetry(absl::Now() + absl::Seconds(1));
+      ScheduleRetry(env_.clock->Now() + absl::Seconds(1));
       break;
     }
     if (r->outcome == engine::RunOutcome::kIdle) break;
@@ -258,7 +255,7 @@ void Agent::Process() {
     }
     last_run_ = r->run;
     last_event_ = r->trace->trigger().name();
-    last_run_time_ = absl::Now();
+    last_run_time_ = env_.clock->Now();
     metrics_.run_duration->Observe(r->trace->duration_ns() / 1e9);
     metrics_.handler_executions->Increment(r->handlers_run);
     if (r->outcome == engine::RunOutcome::kFailed) {
@@ -305,7 +302,7 @@ void Agent::AfterCommit(const engine::RunResult& result) {
     });
   }
   for (const auto& m : result.trace->messages()) {
-    if (!channels_[m.destination()].session) host_->EnsureSession(this, m.destination());
+    if (!channels_[m.destination()].session) env_.links->EnsureSession(this, m.destination());
   }
   if (!engine_->timers().empty() || !timer_ids_.empty()) ScheduleTimers();
 }
@@ -313,11 +310,11 @@ void Agent::AfterCommit(const engine::RunResult& result) {
 void Agent::ScheduleRetry(absl::Time when) {
   if (retry_timer_ != 0) {
     if (retry_at_ == when) return;
-    host_->scheduler().Cancel(retry_timer_);
+    env_.scheduler->Cancel(retry_timer_);
   }
   retry_at_ = when;
   std::weak_ptr<bool> alive = alive_;
-  retry_timer_ = host_->scheduler().At(when, strand_, [this, alive] {
+  retry_timer_ = env_.scheduler->At(when, strand_, [this, alive] {
     if (!alive.lock()) return;
     retry_timer_ = 0;
     retry_at_ = absl::InfiniteFuture();
@@ -330,7 +327,7 @@ void Agent::ScheduleTimers() {
   for (auto it = timer_ids_.begin(); it != timer_ids_.end();) {
     auto t = timers.find(it->first);
     if (t == timers.end() || t->second != it->second.first) {
-      host_->scheduler().Cancel(it->second.second);
+      env_.scheduler->Cancel(it->second.second);
       it = timer_ids_.erase(it);
     } else {
       ++it;
@@ -339,10 +336,8 @@ void Agent::ScheduleTimers() {
   std::weak_ptr<bool> alive = alive_;
   for (const auto& [name, due] : timers) {
     if (timer_ids_.contains(name)) continue;
-    // Timer records are in engine (KB) time; the scheduler waits in real time.
-    const absl::Time when =
-        absl::Now() + std::max(absl::ZeroDuration(), due - host_->clock()->Now());
-    const uint64_t id = host_->scheduler().At(when, strand_, [this, alive, name = name] {
+    // Timer records and the scheduler are in the same (the host's) clock's time.
+    const uint64_t id = env_.scheduler->At(due, strand_, [this, alive, name = name] {
       if (!alive.lock() || stopped_) return;
       timer_ids_.erase(name);
       if (!engine_->timers().contains(name)) return;
@@ -367,8 +362,8 @@ void Agent::Attach(const std::string& remote, std::shared_ptr<PeerSession> sessi
   }
   ch.session = std::move(session);
   ch.sent_through = 0;  // resend everything unacknowledged; the receiver deduplicates
-  host_->metrics().PeerUp(name_, remote).Set(1);
-  host_->metrics().Reconnects(name_, remote);  // the series exists, at 0, before the first end
+  env_.metrics->PeerUp(name_, remote).Set(1);
+  env_.metrics->Reconnects(name_, remote);  // the series exists, at 0, before the first end
   Log(v1::LOG_LEVEL_INFO, absl::StrCat("stream with ", remote, " up"));
   Pump(remote);
 }
@@ -377,11 +372,11 @@ void Agent::Detach(const std::string& remote, const PeerSession* session) {
   auto it = channels_.find(remote);
   if (it == channels_.end() || it->second.session.get() != session) return;
   it->second.session.reset();
-  host_->metrics().PeerUp(name_, remote).Set(0);
+  env_.metrics->PeerUp(name_, remote).Set(0);
   if (stopped_) return;
-  host_->metrics().Reconnects(name_, remote).Increment();
+  env_.metrics->Reconnects(name_, remote).Increment();
   Log(v1::LOG_LEVEL_INFO, absl::StrCat("stream with ", remote, " down"));
-  if (WantedPeers().contains(remote)) host_->EnsureSession(this, remote);
+  if (WantedPeers().contains(remote)) env_.links->EnsureSession(this, remote);
 }
 
 void Agent::PumpAll() {
@@ -418,7 +413,7 @@ void Agent::Pump(const std::string& remote) {
 
 void Agent::Reject(const std::string& remote, const std::shared_ptr<PeerSession>& session,
                    const absl::Status& why, absl::string_view reason) {
-  host_->metrics().Rejected(name_, std::string(reason)).Increment();
+  env_.metrics->Rejected(name_, std::string(reason)).Increment();
   Log(v1::LOG_LEVEL_WARNING, absl::StrCat("refused frame from ", remote, ": ", why.message()));
   session->Close(why);
 }
@@ -527,7 +522,7 @@ std::set<std::string> Agent::WantedPeers() const {
     peers.insert(rel.remote_units().begin(), rel.remote_units().end());
   }
   for (const auto& d : engine_->OutboxDestinations()) peers.insert(d);
-  const absl::Time now = absl::Now();
+  const absl::Time now = env_.clock->Now();
   for (const auto& [peer, until] : expecting_) {
     if (until > now) peers.insert(peer);
   }
@@ -552,8 +547,8 @@ absl::Status Agent::RememberAddress(const std::string& remote, const std::string
       it->second.session->Close(absl::UnavailableError("peer moved"));
     }
   }
-  if (expect_relation) expecting_[remote] = absl::Now() + absl::Minutes(1);
-  if (!channels_[remote].session) host_->EnsureSession(this, remote);
+  if (expect_relation) expecting_[remote] = env_.clock->Now() + absl::Minutes(1);
+  if (!channels_[remote].session) env_.links->EnsureSession(this, remote);
   return absl::OkStatus();
 }
 
@@ -585,7 +580,7 @@ v1::AgentStatus Agent::Status() const {
   for (const std::string& remote : peers) {
     v1::PeerLinkStatus* p = s.add_peers();
     p->set_agent(remote);
-    const PeerLinks::View link = host_->links().Get(name_, remote);
+    const PeerLinkView link = env_.links->Link(name_, remote);
     if (HasSession(remote)) {
       p->set_state(v1::PEER_LINK_STATE_CONNECTED);
     } else if (link.active) {
@@ -633,23 +628,7 @@ absl::StatusOr<uint64_t> Agent::SetConfig(const v1::SetConfigRequest& request) {
 }
 
 absl::Status Agent::CheckConfig(const std::string& key, const std::string& value) const {
-  const engine::ServiceSpec& s = spec();
-  if (!s.declares_config) return absl::OkStatus();
-  std::vector<std::string> names;
-  for (const auto& option : s.config_options) {
-    if (option.name != key) {
-      names.push_back(option.name);
-      continue;
-    }
-    // An empty value resets an option (unset); only set values are checked.
-    if (value.empty() || !option.check) return absl::OkStatus();
-    absl::Status st = option.check(value);
-    if (st.ok()) return st;
-    return absl::InvalidArgumentError(absl::StrCat("service ", s.service, ": ", st.message()));
-  }
-  return absl::InvalidArgumentError(
-      absl::StrCat("service ", s.service, " has no config option '", key,
-                   "' (it has: ", names.empty() ? "none" : absl::StrJoin(names, ", "), ")"));
+  return engine::CheckConfig(spec(), key, value);
 }
 
 absl::StatusOr<uint64_t> Agent::FireEvent(const v1::FireEventRequest& request) {
@@ -724,7 +703,7 @@ absl::StatusOr<v1::ResolveEventResponse> Agent::ResolveEvent(const v1::ResolveEv
     metrics_.events_skipped->Increment();
     last_run_ = r.run;
     last_event_ = f.event_name();
-    last_run_time_ = absl::Now();
+    last_run_time_ = env_.clock->Now();
     Log(v1::LOG_LEVEL_WARNING, absl::StrCat(what, " skipped by ", by, " in run ", r.run,
                                             ": not applied; the events behind it run now"));
   } else {
@@ -905,9 +884,9 @@ void Agent::Notify() {
 
 void Agent::Stop() {
   stopped_ = true;
-  if (retry_timer_) host_->scheduler().Cancel(retry_timer_);
-  if (update_timer_) host_->scheduler().Cancel(update_timer_);
-  for (auto& [name, t] : timer_ids_) host_->scheduler().Cancel(t.second);
+  if (retry_timer_) env_.scheduler->Cancel(retry_timer_);
+  if (update_timer_) env_.scheduler->Cancel(update_timer_);
+  for (auto& [name, t] : timer_ids_) env_.scheduler->Cancel(t.second);
   timer_ids_.clear();
   for (auto& [remote, ch] : channels_) {
     if (ch.session)

@@ -21,12 +21,11 @@
 #include "engine/engine.h"
 #include "parley/v1/agent.pb.h"
 #include "parley/v1/peer.pb.h"
+#include "services/agent/agent_env.h"
 #include "services/agent/session.h"
 #include "services/telemetry/metrics.h"
 
 namespace parley::services {
-
-class Host;
 
 struct AgentOptions {
   engine::EngineOptions engine;
@@ -45,8 +44,10 @@ struct AgentOptions {
 
 class Agent {
  public:
-  // Opens the agent's KB namespace and engine. Fires `install` (first start only) and `start`.
-  static absl::StatusOr<std::unique_ptr<Agent>> Create(Host* host, engine::ServiceSpec spec,
+  // Opens the agent's KB namespace (in env.store) and engine. Fires `install` (first start only)
+  // and `start`.
+  static absl::StatusOr<std::unique_ptr<Agent>> Create(const AgentEnv& env,
+                                                       engine::ServiceSpec spec,
                                                        AgentOptions options);
   ~Agent();
 
@@ -94,10 +95,11 @@ class Agent {
   // Checks a config change against the service's declared options: INVALID_ARGUMENT naming the
   // service and the key.
   absl::Status CheckConfig(const std::string& key, const std::string& value) const;
-  // Validates and records a relation whose other side already agreed (see Host::Relate). Relating
-  // an existing relation to one more remote unit adds it (same endpoint and remote service);
-  // relating it to a unit it already targets changes nothing but where that unit is, when the
-  // request gives another address (how an operator tells agents that a unit moved).
+  // Validates and records a relation whose other side already agreed (see Host::Relate,
+  // services/host/host.h). Relating an existing relation to one more remote unit adds it (same
+  // endpoint and remote service); relating it to a unit it already targets changes nothing but
+  // where that unit is, when the request gives another address (how an operator tells agents that a
+  // unit moved).
   absl::Status Relate(const v1::RelateRequest& request, const std::string& remote_service,
                       const std::string& interface);
   absl::Status Unrelate(const std::string& relation_id);
@@ -120,7 +122,7 @@ class Agent {
   bool stopped() const { return stopped_; }
 
  private:
-  Agent(Host* host, std::unique_ptr<kb::Kb> kb, std::unique_ptr<engine::Engine> engine,
+  Agent(const AgentEnv& env, std::unique_ptr<kb::Kb> kb, std::unique_ptr<engine::Engine> engine,
         AgentOptions options);
 
   struct Channel {
@@ -155,7 +157,7 @@ class Agent {
   void AfterDurable(std::function<void(absl::Status)> answer);
 
  private:
-  Host* host_;
+  const AgentEnv env_;
   const std::string name_;
   std::unique_ptr<kb::Kb> kb_;
   std::unique_ptr<engine::Engine> engine_;

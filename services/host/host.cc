@@ -32,7 +32,8 @@ Host::Host(HostOptions options)
     : options_(std::move(options)),
       logs_(options_.log_capacity),
       links_(PeerLinksOptions{.initial_backoff = options_.reconnect_initial,
-                              .max_backoff = options_.reconnect_max}) {}
+                              .max_backoff = options_.reconnect_max,
+                              .jitter = options_.reconnect_jitter}) {}
 
 absl::Status Host::Init() {
   if (options_.data_dir.empty()) return absl::InvalidArgumentError("host: data_dir is not set");
@@ -54,7 +55,8 @@ absl::Status Host::Init() {
     RETURN_IF_ERROR(store_->WaitDurable(ticket));
   }
   pool_ = std::make_unique<base::ThreadPool>(options_.threads);
-  scheduler_ = std::make_unique<base::Scheduler>();
+  scheduler_ = std::make_unique<base::Scheduler>(options_.clock);
+  hosting_ = std::make_unique<base::ThreadPool>(1);
   if (!options_.registry) options_.registry = std::make_shared<prometheus::Registry>();
   metrics_ = std::make_unique<Metrics>(*options_.registry);
 
@@ -100,7 +102,15 @@ absl::StatusOr<Agent*> Host::AddAgent(engine::ServiceSpec spec, AgentOptions opt
       return absl::AlreadyExistsError(absl::StrCat("agent '", spec.unit, "' already hosted"));
     }
   }
-  ASSIGN_OR_RETURN(std::unique_ptr<Agent> agent, Agent::Create(this, std::move(spec), options));
+  ASSIGN_OR_RETURN(std::unique_ptr<Agent> agent,
+                   Agent::Create(AgentEnv{.store = store_.get(),
+                                          .pool = pool_.get(),
+                                          .scheduler = scheduler_.get(),
+                                          .clock = options_.clock,
+                                          .logs = &logs_,
+                                          .metrics = metrics_.get(),
+                                          .links = this},
+                                 std::move(spec), options));
   Agent* raw = agent.get();
   {
     // Checked again: another AddAgent of the same name, or Shutdown, may have come in between.
@@ -130,20 +140,7 @@ absl::StatusOr<std::string> Host::AddAgentFromRecipe(const v1::AgentRecipe& reci
   AgentOptions agent_options = options_.recipe_agent_options;
   for (const auto& [k, v] : recipe.config()) agent_options.initial_config[k] = v;
   // Check the config before anything is recorded, so that a refused recipe leaves no trace.
-  for (const auto& [k, v] : recipe.config()) {
-    const auto& opts = spec.config_options;
-    auto it = std::find_if(opts.begin(), opts.end(), [&](const auto& o) { return o.name == k; });
-    if (spec.declares_config && it == opts.end()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("service ", service, " has no config option '", k, "'"));
-    }
-    if (it != opts.end() && it->check && !v.empty()) {
-      absl::Status st = it->check(v);
-      if (!st.ok()) {
-        return absl::InvalidArgumentError(absl::StrCat("service ", service, ": ", st.message()));
-      }
-    }
-  }
+  for (const auto& [k, v] : recipe.config()) RETURN_IF_ERROR(engine::CheckConfig(spec, k, v));
   auto txn = host_kb_->Begin();
   txn->Put(kb::Space::kMeta, absl::StrCat(kRecipePrefix, recipe.agent()),
            recipe.SerializeAsString());
@@ -273,12 +270,23 @@ absl::StatusOr<v1::RemoveAgentResponse> Host::RemoveAgent(const std::string& nam
   };
   // Let the run in progress finish, then stop; nothing else runs on the strand afterwards. The
   // notification is shared: a blocked strand runs the closure after this call may have returned.
-  auto stopped = std::make_shared<absl::Notification>();
+  struct Stopped {
+    absl::Mutex mu;
+    bool done ABSL_GUARDED_BY(mu) = false;
+  };
+  auto stopped = std::make_shared<Stopped>();
   agent->strand()->Post([agent, stopped] {
     agent->Stop();
-    stopped->Notify();
+    absl::MutexLock lock(&stopped->mu);
+    stopped->done = true;
   });
-  if (!stopped->WaitForNotificationWithTimeout(options_.remove_blocked_after)) {
+  // Waits on the host's clock, like every timeout of the host.
+  auto wait_stopped = [&] {
+    absl::MutexLock lock(&stopped->mu);
+    return options_.clock->AwaitWithDeadline(stopped->mu, absl::Condition(&stopped->done),
+                                             options_.clock->Now() + options_.remove_blocked_after);
+  };
+  if (!wait_stopped()) {
     // Blocked in a handler: stopping the agent's processes, the handler's among them, ends the
     // handler and with it the run (it fails and rolls back).
     response.set_was_blocked(true);
@@ -286,7 +294,7 @@ absl::StatusOr<v1::RemoveAgentResponse> Host::RemoveAgent(const std::string& nam
                                             absl::FormatDuration(options_.remove_blocked_after),
                                             "; stopping the agent's processes under it"));
     reap();
-    if (!stopped->WaitForNotificationWithTimeout(options_.remove_blocked_after)) {
+    if (!wait_stopped()) {
       return absl::DeadlineExceededError(
           absl::StrCat("agent '", name, "' at ", address_, " is still in a run ",
                        absl::FormatDuration(options_.remove_blocked_after),
@@ -316,6 +324,52 @@ absl::StatusOr<v1::RemoveAgentResponse> Host::RemoveAgent(const std::string& nam
                        : absl::StrCat("; ", response.stopped_processes_size(),
                                       " process(es) it left running were stopped")));
   return response;
+}
+
+bool Host::PostHosting(std::function<void()> work) {
+  absl::MutexLock lock(&mu_);
+  // Shutdown destroys the executor after setting shut_down_, outside mu_: a post under mu_ that
+  // saw it unset comes before.
+  if (shut_down_) return false;
+  hosting_->Post([this, work = std::move(work)] { work(); });
+  return true;
+}
+
+namespace {
+absl::Status ShuttingDown(absl::string_view address) {
+  return absl::UnavailableError(absl::StrCat("the server at ", address, " is shutting down"));
+}
+}  // namespace
+
+void Host::AddAgentLater(v1::AgentRecipe recipe,
+                         std::function<void(absl::StatusOr<std::string>)> done) {
+  auto work = [this, recipe = std::move(recipe), done] {
+    {
+      absl::MutexLock lock(&mu_);
+      if (shut_down_) {
+        done(ShuttingDown(address_));
+        return;
+      }
+    }
+    done(AddAgentFromRecipe(recipe));
+  };
+  if (!PostHosting(std::move(work))) done(ShuttingDown(address_));
+}
+
+void Host::RemoveAgentLater(std::string name,
+                            std::function<void(absl::StatusOr<v1::RemoveAgentResponse>)> done) {
+  auto work = [this, name = std::move(name), done] {
+    {
+      // Queued behind work that was in flight at shutdown: the agent is about to be freed.
+      absl::MutexLock lock(&mu_);
+      if (shut_down_) {
+        done(ShuttingDown(address_));
+        return;
+      }
+    }
+    done(RemoveAgent(name));
+  };
+  if (!PostHosting(std::move(work))) done(ShuttingDown(address_));
 }
 
 v1::HostInfo Host::Info() const {
@@ -349,12 +403,19 @@ void Host::Shutdown() {
     absl::MutexLock lock(&mu_);
     if (shut_down_) return;
     shut_down_ = true;
+  }
+  // Hosting work in flight finishes (an AddAgent now fails: the host is shut down); what is
+  // queued behind it sees shut_down_ and answers UNAVAILABLE. Then the set of agents is final.
+  hosting_.reset();
+  {
+    absl::MutexLock lock(&mu_);
     for (const auto& [name, a] : agents_) agents.push_back(a.get());
   }
   // The run in progress, if any, finishes: strands run closures to completion.
   for (Agent* a : agents) a->strand()->Post([a] { a->Stop(); });
   for (Agent* a : agents) a->strand()->Drain();
   // The agents closed their streams already; what is left are API clients' idle channels.
+  // gRPC's deadlines are real time, whatever the host's clock (also below and in dial requests).
   if (server_) server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Milliseconds(200)));
   {
     absl::MutexLock lock(&mu_);
@@ -406,7 +467,7 @@ std::shared_ptr<grpc::Channel> Host::ChannelTo(const std::string& address) {
 }
 
 void Host::EnsureSession(Agent* local, const std::string& remote) {
-  const absl::Time now = absl::Now();
+  const absl::Time now = options_.clock->Now();
   {
     absl::MutexLock lock(&mu_);
     if (shut_down_) return;
@@ -497,8 +558,8 @@ void Host::AskToDial(Agent* local, const std::string& remote, const std::string&
 
 void Host::SessionEnded(const std::string& local, const std::string& remote, bool established,
                         const absl::Status& status) {
-  const absl::Time next =
-      links_.Ended(local, remote, established, absl::Now(), status.ok() ? "" : status.ToString());
+  const absl::Time next = links_.Ended(local, remote, established, options_.clock->Now(),
+                                       status.ok() ? "" : status.ToString());
   // Whatever ended (a stream, a failed dial, a request to dial us), try again after the backoff
   // if the agent still wants the peer and has no session with it by then.
   Agent* agent = Find(local);

@@ -6,6 +6,10 @@
 // gRPC streams; agents elsewhere through one stream per pair, opened by the agent whose name
 // sorts first.
 //
+// It is the environment of its agents (AgentEnv, AgentLinks) and of its gRPC services (PeerHost,
+// ApiHost): they reach it only through those interfaces. Hosting work from the API (adding and
+// removing agents) runs on one serial executor of the host, joined at shutdown.
+//
 // Thread-safe.
 
 #include <map>
@@ -26,10 +30,12 @@
 #include "parley/v1/peer.grpc.pb.h"
 #include "prometheus/registry.h"
 #include "services/agent/agent.h"
+#include "services/agent/agent_env.h"
 #include "services/host/peer_links.h"
 #include "services/telemetry/log_buffer.h"
 #include "services/telemetry/metrics.h"
 #include "services/transport/tls.h"
+#include "services/transport/transport_host.h"
 
 namespace parley::services {
 
@@ -46,6 +52,8 @@ struct HostOptions {
   // Backoff between attempts to reach a peer.
   absl::Duration reconnect_initial = absl::Milliseconds(50);
   absl::Duration reconnect_max = absl::Seconds(5);
+  // Each wait is shortened by a random fraction of up to this (PeerLinksOptions::jitter).
+  double reconnect_jitter = 0.5;
   // A dialed stream whose listener does not answer the Hello within this is cancelled.
   absl::Duration handshake_timeout = absl::Seconds(3);
   // Largest peer or API message accepted.
@@ -53,6 +61,8 @@ struct HostOptions {
   // Metrics go here when set (owned by main, which exposes it).
   std::shared_ptr<prometheus::Registry> registry;
   size_t log_capacity = 10000;
+  // What every timeout, backoff, retry and timer of the host and its agents runs on (gRPC's own
+  // deadlines aside); tests pass a base::ManualClock. Must outlive the host.
   base::Clock* clock = base::SystemClock::Get();
   // Builds the spec of an agent from its recipe (a service definition), for the AddAgent call and
   // to host recipes again after a restart. Unset: the host only runs agents added in code.
@@ -69,17 +79,17 @@ struct HostOptions {
   std::string metrics_address;
 };
 
-class Host {
+class Host : public AgentLinks, public ApiHost {
  public:
   static absl::StatusOr<std::unique_ptr<Host>> Start(HostOptions options);
   // Shuts down if not done yet.
-  ~Host();
+  ~Host() override;
   Host(const Host&) = delete;
   Host& operator=(const Host&) = delete;
 
   // Adds and starts an agent for `spec` (its name is spec.unit).
   absl::StatusOr<Agent*> AddAgent(engine::ServiceSpec spec, AgentOptions options = {});
-  Agent* Find(absl::string_view name) const;
+  Agent* Find(absl::string_view name) const override;
 
   // Agents built from service definitions (options.build_agent). The host records each recipe in
   // its store, durably, before it starts the agent, and RestoreAgents hosts them again after a
@@ -96,32 +106,45 @@ class Host {
   // 2 * remove_blocked_after + 2 * remove_kill_grace; DEADLINE_EXCEEDED when the agent's run
   // still has not ended then (the call may be repeated).
   absl::StatusOr<v1::RemoveAgentResponse> RemoveAgent(const std::string& name);
+  // The two above on the hosting executor, one hosting change at a time (ApiHost). Work queued
+  // when Shutdown begins does not run: its `done` gets UNAVAILABLE.
+  void AddAgentLater(v1::AgentRecipe recipe,
+                     std::function<void(absl::StatusOr<std::string>)> done) override;
+  void RemoveAgentLater(std::string name,
+                        std::function<void(absl::StatusOr<v1::RemoveAgentResponse>)> done) override;
   // The cookie that tags the processes `name`'s handlers start (base/process_reaper.h): derived
   // from a random secret kept in the host's store, so the same across restarts and different on
   // every other data dir. NOT_FOUND when no such agent is hosted; FAILED_PRECONDITION while it is
   // being removed (no program of it may start then). Thread-safe.
   absl::StatusOr<std::string> UnitCookie(absl::string_view name) const;
-  v1::HostInfo Info() const;
-  std::vector<Agent*> Agents() const;
-  const std::string& address() const { return address_; }
+  v1::HostInfo Info() const override;
+  std::vector<Agent*> Agents() const override;
+  const std::string& address() const override { return address_; }
 
-  // Finishes the run in progress, lets commits become durable, closes streams and the server.
+  // Waits for the hosting work in flight (the work queued behind it does not run), finishes the
+  // run in progress, lets commits become durable, closes streams and the server.
   void Shutdown();
 
   // Relates request.agent's endpoint to a remote agent: asks the remote side to check the
   // relation, then records it locally. `done` runs on an arbitrary thread.
   void Relate(v1::RelateRequest request,
-              std::function<void(absl::StatusOr<v1::RelateResponse>)> done);
+              std::function<void(absl::StatusOr<v1::RelateResponse>)> done) override;
 
   // Makes sure `local` gets a session with `remote`: pairs them in-process, dials, or asks the
   // remote to dial, with backoff between attempts. Called on local's strand.
-  void EnsureSession(Agent* local, const std::string& remote);
+  void EnsureSession(Agent* local, const std::string& remote) override;
+  PeerLinkView Link(const std::string& local, const std::string& remote) const override {
+    return links_.Get(local, remote);
+  }
 
   base::ThreadPool& pool() { return *pool_; }
-  base::Scheduler& scheduler() { return *scheduler_; }
+  base::Scheduler& scheduler() override { return *scheduler_; }
   kb::Store& store() { return *store_; }
-  Metrics& metrics() { return *metrics_; }
-  LogBuffer& logs() { return logs_; }
+  Metrics& metrics() override { return *metrics_; }
+  LogBuffer& logs() override { return logs_; }
+  const TlsOptions& tls() const override { return options_.tls; }
+  int max_message_bytes() const override { return options_.max_message_bytes; }
+  absl::Duration handshake_timeout() const override { return options_.handshake_timeout; }
   base::Clock* clock() const { return options_.clock; }
   const HostOptions& options() const { return options_; }
   // The state of every peer link (for status and tests).
@@ -130,9 +153,9 @@ class Host {
   // Called by sessions: the stream (or attempt) from `local` to `remote` is over. `established`:
   // it carried frames, so the next attempt starts with the initial backoff.
   void SessionEnded(const std::string& local, const std::string& remote, bool established,
-                    const absl::Status& status);
+                    const absl::Status& status) override;
   // Called once by every dialed stream when gRPC is done with it.
-  void StreamDone();
+  void StreamDone() override;
 
  private:
   explicit Host(HostOptions options);
@@ -143,11 +166,15 @@ class Host {
   // Calls EnsureSession again at `when` on local's strand (one pending retry per link), unless
   // by then local has a session with remote or no longer wants one.
   void ScheduleRetry(Agent* local, const std::string& remote, absl::Time when);
+  // Posts `work` to the hosting executor, or returns false once Shutdown began.
+  bool PostHosting(std::function<void()> work);
 
   HostOptions options_;
   std::unique_ptr<kb::Store> store_;
   std::unique_ptr<base::ThreadPool> pool_;
   std::unique_ptr<base::Scheduler> scheduler_;
+  // One thread: hosting changes run one at a time, in order; Shutdown joins it.
+  std::unique_ptr<base::ThreadPool> hosting_;
   std::unique_ptr<Metrics> metrics_;
   LogBuffer logs_;
   std::unique_ptr<v1::Peer::CallbackService> peer_service_;
@@ -165,8 +192,9 @@ class Host {
   std::string cookie_secret_;
   // The host's own records (recipes) in the store.
   std::unique_ptr<kb::Kb> host_kb_;
-  absl::Mutex hosting_mu_;  // serializes AddAgentFromRecipe / RemoveAgent
-  absl::Time started_ = absl::Now();
+  // Serializes AddAgentFromRecipe / RemoveAgent also when called in code, besides the executor.
+  absl::Mutex hosting_mu_;
+  const absl::Time started_ = options_.clock->Now();
   PeerLinks links_;
   // What every dial uses, read once at start: the files may change or vanish later.
   std::shared_ptr<grpc::ChannelCredentials> channel_credentials_;

@@ -46,7 +46,9 @@ PeerLinks::View PeerLinks::Get(const std::string& local, const std::string& remo
   absl::MutexLock lock(&mu_);
   auto it = links_.find({local, remote});
   if (it == links_.end()) return {};
-  return View{it->second.active, it->second.next_attempt, it->second.last_error};
+  return View{.active = it->second.active,
+              .next_attempt = it->second.next_attempt,
+              .last_error = it->second.last_error};
 }
 
 bool PeerLinks::MarkRetryScheduled(const std::string& local, const std::string& remote) {

@@ -21,6 +21,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "base/backoff.h"
+#include "services/agent/agent_env.h"
 
 namespace parley::services {
 
@@ -55,11 +56,7 @@ class PeerLinks {
                    absl::Time now, absl::string_view error = "");
 
   // What status shows of one link.
-  struct View {
-    bool active = false;
-    absl::Time next_attempt = absl::InfinitePast();
-    std::string last_error;
-  };
+  using View = PeerLinkView;
   View Get(const std::string& local, const std::string& remote) const;
 
   // Retry timers: at most one per link. MarkRetryScheduled returns false if one is pending.

@@ -3,13 +3,11 @@
 #include <algorithm>
 #include <deque>
 #include <iterator>
-#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "services/agent/agent.h"
-#include "services/host/host.h"
 #include "services/transport/status_convert.h"
 #include "services/transport/tls.h"
 
@@ -117,7 +115,8 @@ class StatusWatch : public QueuedWriter<v1::AgentStatus> {
 
 class LogStream : public QueuedWriter<v1::LogRecord> {
  public:
-  LogStream(Host* host, v1::StreamLogsRequest filter) : host_(host), filter_(std::move(filter)) {}
+  LogStream(ApiHost* host, v1::StreamLogsRequest filter)
+      : host_(host), filter_(std::move(filter)) {}
   void Begin() {
     if (filter_.follow()) {
       auto guard = this->guard();
@@ -136,7 +135,7 @@ class LogStream : public QueuedWriter<v1::LogRecord> {
   }
 
  private:
-  Host* host_;
+  ApiHost* host_;
   const v1::StreamLogsRequest filter_;
   uint64_t subscription_ = 0;
 };
@@ -150,12 +149,12 @@ constexpr absl::string_view kHostMethods[] = {"GetHost", "ListAgents", "GetStatu
 
 class AgentService : public v1::Agent::CallbackService {
  public:
-  explicit AgentService(Host* host) : host_(host) {}
+  explicit AgentService(ApiHost* host) : host_(host) {}
 
   // With mutual TLS, whether the caller's certificate allows `method`: OK or PERMISSION_DENIED
   // naming the method, the certificate and what is needed.
   grpc::Status Authorize(grpc::CallbackServerContext* ctx, absl::string_view method) const {
-    if (!RequiresClientCertificates(host_->options().tls)) return grpc::Status::OK;
+    if (!RequiresClientCertificates(host_->tls())) return grpc::Status::OK;
     const CallerIdentity caller = IdentityOf(*ctx->auth_context());
     if (caller.IsOperator() || std::find(std::begin(kHostMethods), std::end(kHostMethods),
                                          method) != std::end(kHostMethods)) {
@@ -360,7 +359,7 @@ class AgentService : public v1::Agent::CallbackService {
     if (grpc::ServerUnaryReactor* denied = Deny(ctx, "ResolveEvent")) return denied;
     // `by` is what the caller says; the certificate it proved is recorded beside it.
     std::string certificate;
-    if (RequiresClientCertificates(host_->options().tls)) {
+    if (RequiresClientCertificates(host_->tls())) {
       certificate = absl::StrCat("CN=", IdentityOf(*ctx->auth_context()).common_name);
     }
     return OnAgent(ctx, req->agent(), [req, resp, certificate](Agent* a) -> absl::Status {
@@ -392,18 +391,17 @@ class AgentService : public v1::Agent::CallbackService {
     return reactor;
   }
 
-  // Hosting changes block (definition files, durable writes, stopping a strand): they run on a
-  // thread of their own, never on a gRPC or pool thread.
+  // Hosting changes block (definition files, durable writes, stopping a strand): they run on the
+  // host's hosting executor, one at a time, never on a gRPC or pool thread.
   grpc::ServerUnaryReactor* AddAgent(grpc::CallbackServerContext* ctx,
                                      const v1::AddAgentRequest* req,
                                      v1::AddAgentResponse* resp) override {
     if (grpc::ServerUnaryReactor* denied = Deny(ctx, "AddAgent")) return denied;
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-    std::thread([host = host_, req, resp, reactor] {
-      absl::StatusOr<std::string> service = host->AddAgentFromRecipe(req->recipe());
+    host_->AddAgentLater(req->recipe(), [resp, reactor](absl::StatusOr<std::string> service) {
       if (service.ok()) resp->set_service(*service);
       reactor->Finish(ToGrpcStatus(service.status()));
-    }).detach();
+    });
     return reactor;
   }
 
@@ -412,12 +410,11 @@ class AgentService : public v1::Agent::CallbackService {
                                         v1::RemoveAgentResponse* resp) override {
     if (grpc::ServerUnaryReactor* denied = Deny(ctx, "RemoveAgent")) return denied;
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-    // It may block for seconds (stopping the agent's processes): not on a gRPC thread.
-    std::thread([host = host_, req, resp, reactor] {
-      absl::StatusOr<v1::RemoveAgentResponse> removed = host->RemoveAgent(req->agent());
-      if (removed.ok()) *resp = std::move(*removed);
-      reactor->Finish(ToGrpcStatus(removed.status()));
-    }).detach();
+    host_->RemoveAgentLater(req->agent(),
+                            [resp, reactor](absl::StatusOr<v1::RemoveAgentResponse> removed) {
+                              if (removed.ok()) *resp = std::move(*removed);
+                              reactor->Finish(ToGrpcStatus(removed.status()));
+                            });
     return reactor;
   }
 
@@ -432,12 +429,12 @@ class AgentService : public v1::Agent::CallbackService {
   }
 
  private:
-  Host* host_;
+  ApiHost* host_;
 };
 
 }  // namespace
 
-std::unique_ptr<v1::Agent::CallbackService> MakeAgentService(Host* host) {
+std::unique_ptr<v1::Agent::CallbackService> MakeAgentService(ApiHost* host) {
   return std::make_unique<AgentService>(host);
 }
 

@@ -8,11 +8,10 @@
 #include <memory>
 
 #include "parley/v1/agent.grpc.pb.h"
+#include "services/transport/transport_host.h"
 
 namespace parley::services {
 
-class Host;
-
-std::unique_ptr<v1::Agent::CallbackService> MakeAgentService(Host* host);
+std::unique_ptr<v1::Agent::CallbackService> MakeAgentService(ApiHost* host);
 
 }  // namespace parley::services

@@ -6,7 +6,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "services/agent/agent.h"
-#include "services/host/host.h"
 #include "services/transport/status_convert.h"
 #include "services/transport/tls.h"
 
@@ -15,8 +14,9 @@ namespace {
 
 // The caller's certificate when listeners require client certificates; null otherwise (nothing to
 // check: plaintext, or TLS without a CA).
-std::shared_ptr<const CallerIdentity> Caller(Host* host, const grpc::CallbackServerContext* ctx) {
-  if (!RequiresClientCertificates(host->options().tls)) return nullptr;
+std::shared_ptr<const CallerIdentity> Caller(PeerHost* host,
+                                             const grpc::CallbackServerContext* ctx) {
+  if (!RequiresClientCertificates(host->tls())) return nullptr;
   return std::make_shared<const CallerIdentity>(IdentityOf(*ctx->auth_context()));
 }
 
@@ -47,7 +47,7 @@ absl::Status CheckClaim(const Agent* agent, const CallerIdentity* caller,
 }
 
 // A warning in the host's log for something a peer was refused.
-void LogRefusal(Host* host, const std::string& agent, absl::string_view what,
+void LogRefusal(PeerHost* host, const std::string& agent, absl::string_view what,
                 const absl::Status& why) {
   v1::LogRecord r;
   r.set_level(v1::LOG_LEVEL_WARNING);
@@ -147,7 +147,7 @@ class WriteQueue {
 class ServerStream : public grpc::ServerBidiReactor<v1::PeerFrame, v1::PeerFrame>,
                      public StreamHandle::Writer {
  public:
-  ServerStream(Host* host, std::shared_ptr<const CallerIdentity> caller)
+  ServerStream(PeerHost* host, std::shared_ptr<const CallerIdentity> caller)
       : host_(host), caller_(std::move(caller)), writes_(this) {
     StartRead(&in_);
   }
@@ -163,10 +163,10 @@ class ServerStream : public grpc::ServerBidiReactor<v1::PeerFrame, v1::PeerFrame
       return;
     }
     if (const size_t size = in_.ByteSizeLong();
-        size > static_cast<size_t>(host_->options().max_message_bytes)) {
+        size > static_cast<size_t>(host_->max_message_bytes())) {
       const absl::Status s = absl::ResourceExhaustedError(
           absl::StrCat("frame of ", size, " bytes from ", remote_.empty() ? "a peer" : remote_,
-                       " is larger than the limit of ", host_->options().max_message_bytes));
+                       " is larger than the limit of ", host_->max_message_bytes()));
       host_->metrics().Rejected(agent_ ? agent_->name() : "-", "too_large").Increment();
       Log(s);
       End(s);
@@ -294,7 +294,7 @@ class ServerStream : public grpc::ServerBidiReactor<v1::PeerFrame, v1::PeerFrame
     Finish(status);
   }
 
-  Host* host_;
+  PeerHost* host_;
   const std::shared_ptr<const CallerIdentity> caller_;
   WriteQueue<ServerStream> writes_;
   v1::PeerFrame in_;
@@ -311,7 +311,7 @@ class ServerStream : public grpc::ServerBidiReactor<v1::PeerFrame, v1::PeerFrame
 class ClientStream : public grpc::ClientBidiReactor<v1::PeerFrame, v1::PeerFrame>,
                      public StreamHandle::Writer {
  public:
-  ClientStream(Host* host, Agent* local, std::string remote, v1::Peer::Stub* stub)
+  ClientStream(PeerHost* host, Agent* local, std::string remote, v1::Peer::Stub* stub)
       : host_(host), local_(local), remote_(std::move(remote)), writes_(this) {
     handle_ = std::make_shared<StreamHandle>(this);
     stub->async()->Connect(&context_, this);
@@ -330,7 +330,14 @@ class ClientStream : public grpc::ClientBidiReactor<v1::PeerFrame, v1::PeerFrame
   std::shared_ptr<StreamHandle> handle() const { return handle_; }
 
   void Write(v1::PeerFrame frame) override { writes_.Write(std::move(frame)); }
-  void End(const absl::Status&) override { context_.TryCancel(); }
+  // Cancels the call; the link reports `why` rather than gRPC's "Cancelled".
+  void End(const absl::Status& why) override {
+    {
+      absl::MutexLock lock(&end_mu_);
+      if (end_reason_.ok()) end_reason_ = why;
+    }
+    context_.TryCancel();
+  }
 
   void OnReadDone(bool ok) override {
     if (!ok) return;  // OnDone follows
@@ -364,14 +371,19 @@ class ClientStream : public grpc::ClientBidiReactor<v1::PeerFrame, v1::PeerFrame
     std::string remote = remote_;
     std::shared_ptr<StreamHandle> handle = handle_;
     agent->strand()->Post([agent, remote, handle] { agent->Detach(remote, handle.get()); });
-    host_->SessionEnded(local_->name(), remote_, established_, FromGrpcStatus(status));
-    Host* host = host_;
+    absl::Status ended = FromGrpcStatus(status);
+    {
+      absl::MutexLock lock(&end_mu_);
+      if (!ended.ok() && !end_reason_.ok()) ended = end_reason_;
+    }
+    host_->SessionEnded(local_->name(), remote_, established_, ended);
+    PeerHost* host = host_;
     delete this;
     host->StreamDone();
   }
 
  private:
-  Host* host_;
+  PeerHost* host_;
   Agent* local_;
   const std::string remote_;
   grpc::ClientContext context_;
@@ -379,11 +391,14 @@ class ClientStream : public grpc::ClientBidiReactor<v1::PeerFrame, v1::PeerFrame
   v1::PeerFrame in_;
   std::shared_ptr<StreamHandle> handle_;
   std::atomic<bool> established_{false};
+  absl::Mutex end_mu_;
+  // Why End cancelled the call, if it did.
+  absl::Status end_reason_ ABSL_GUARDED_BY(end_mu_);
 };
 
 class LocalSession : public PeerSession {
  public:
-  LocalSession(Host* host, std::string from, std::string to)
+  LocalSession(PeerHost* host, std::string from, std::string to)
       : host_(host), from_(std::move(from)), to_(std::move(to)) {}
   void set_peer(std::weak_ptr<LocalSession> peer) { peer_ = std::move(peer); }
   bool SharesStore() const override { return true; }
@@ -410,7 +425,7 @@ class LocalSession : public PeerSession {
   }
 
  private:
-  Host* host_;
+  PeerHost* host_;
   const std::string from_, to_;
   std::weak_ptr<LocalSession> peer_;
   std::atomic<bool> closed_{false};
@@ -418,7 +433,7 @@ class LocalSession : public PeerSession {
 
 class PeerService : public v1::Peer::CallbackService {
  public:
-  explicit PeerService(Host* host) : host_(host) {}
+  explicit PeerService(PeerHost* host) : host_(host) {}
 
   grpc::ServerBidiReactor<v1::PeerFrame, v1::PeerFrame>* Connect(
       grpc::CallbackServerContext* ctx) override {
@@ -478,16 +493,16 @@ class PeerService : public v1::Peer::CallbackService {
     return reactor;
   }
 
-  Host* host_;
+  PeerHost* host_;
 };
 
 }  // namespace
 
-std::unique_ptr<v1::Peer::CallbackService> MakePeerService(Host* host) {
+std::unique_ptr<v1::Peer::CallbackService> MakePeerService(PeerHost* host) {
   return std::make_unique<PeerService>(host);
 }
 
-void DialPeer(Host* host, Agent* local, const std::string& remote, v1::Peer::Stub* stub) {
+void DialPeer(PeerHost* host, Agent* local, const std::string& remote, v1::Peer::Stub* stub) {
   auto* stream = new ClientStream(host, local, remote, stub);
   std::shared_ptr<StreamHandle> handle = stream->handle();
   // Attach is queued before the call starts, so the Detach of a call that fails at once comes
@@ -497,14 +512,16 @@ void DialPeer(Host* host, Agent* local, const std::string& remote, v1::Peer::Stu
   // A dial that gets no answer (a peer that vanished, a blackholed link) must not hold the link
   // forever: cancel it, which ends the stream and schedules the next attempt.
   std::weak_ptr<StreamHandle> weak = handle;
-  host->scheduler().At(absl::Now() + host->options().handshake_timeout, local->strand(), [weak] {
+  const absl::Duration timeout = host->handshake_timeout();
+  host->scheduler().After(timeout, local->strand(), [weak, remote, timeout] {
     if (auto h = weak.lock(); h && !h->established()) {
-      h->Close(absl::DeadlineExceededError("no answer to the Hello"));
+      h->Close(absl::DeadlineExceededError(absl::StrCat(
+          "no answer to the Hello from ", remote, " within ", absl::FormatDuration(timeout))));
     }
   });
 }
 
-void PairLocally(Host* host, Agent* a, Agent* b) {
+void PairLocally(PeerHost* host, Agent* a, Agent* b) {
   auto ab = std::make_shared<LocalSession>(host, a->name(), b->name());
   auto ba = std::make_shared<LocalSession>(host, b->name(), a->name());
   ab->set_peer(ba);

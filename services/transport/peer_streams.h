@@ -9,19 +9,17 @@
 
 #include "parley/v1/peer.grpc.pb.h"
 #include "services/agent/session.h"
+#include "services/transport/transport_host.h"
 
 namespace parley::services {
 
-class Agent;
-class Host;
-
-std::unique_ptr<v1::Peer::CallbackService> MakePeerService(Host* host);
+std::unique_ptr<v1::Peer::CallbackService> MakePeerService(PeerHost* host);
 
 // Opens a stream from `local` to `remote` on `stub` and attaches it to `local` (on its strand).
-void DialPeer(Host* host, Agent* local, const std::string& remote, v1::Peer::Stub* stub);
+void DialPeer(PeerHost* host, Agent* local, const std::string& remote, v1::Peer::Stub* stub);
 
 // Connects two agents of the same host: each gets a session whose frames reach the other's
 // strand.
-void PairLocally(Host* host, Agent* a, Agent* b);
+void PairLocally(PeerHost* host, Agent* a, Agent* b);
 
 }  // namespace parley::services

@@ -44,6 +44,13 @@ LAYERS = {
                          "tools/cli/common"},
     "tools/cli/model": {"base", "parley/v1", "services/definition", "tools/cli/common",
                         "tools/cli/deploy"},
+    # The runtime: the agent sees its environment (services/agent/agent_env.h), never the host;
+    # transport sees the host through interfaces of its own (services/transport/transport_host.h).
+    "services/agent": {"base", "kb", "engine", "parley/v1", "services/telemetry"},
+    "services/transport": {"base", "kb", "engine", "parley/v1", "services/telemetry",
+                           "services/agent"},
+    "services/host": {"base", "kb", "engine", "parley/v1", "services/telemetry", "services/agent",
+                      "services/transport"},
 }
 # Headers only their own folder (and its tests, tests/<folder>/) may include.
 INTERNAL = {

@@ -9,6 +9,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "base/clock.h"
 #include "services/agent/agent.h"
 #include "services/host/host.h"
 
@@ -37,6 +38,15 @@ inline bool WaitFor(const std::function<bool()>& condition,
     absl::SleepFor(absl::Milliseconds(2));
   }
   return condition();
+}
+
+// Moves `host`'s manual clock by `d` and returns once what became due on `agent` ran: the timers
+// fired (Scheduler::Flush) and the closures they posted to its strand are done. Work they start
+// elsewhere (a dial) may still be under way.
+inline void Advance(base::ManualClock& clock, Host* host, Agent* agent, absl::Duration d) {
+  clock.Advance(d);
+  host->scheduler().Flush();
+  agent->strand()->Drain();
 }
 
 // Relates `a`'s endpoint `ep` to `remote_agent`'s `remote_ep` through `host` (a's host).
