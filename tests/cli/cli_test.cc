@@ -12,10 +12,12 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "google/protobuf/util/json_util.h"
@@ -739,6 +741,73 @@ TEST_F(CliTest, WaitTimesOutOnAFailingUnitAndSaysWhy) {
   EXPECT_THAT(wait.err, HasSubstr("web/0: action.hello failed"));
   EXPECT_THAT(wait.err, HasSubstr("still busy: web/0"));
   EXPECT_THAT(Ok({"status"}), HasSubstr("action.hello failed:"));
+}
+
+// A unit whose install always fails the same way.
+constexpr char kStuck[] = R"(name: stuck
+handlers:
+  - name: broken
+    on: [install]
+    action:
+      kind: builtin
+      steps:
+        - set: "x={{fact.missing}}"
+)";
+
+// The "settled n/m units" counts in `err`, in order.
+std::vector<int> SettledCounts(const std::string& err) {
+  std::vector<int> counts;
+  for (absl::string_view line : absl::StrSplit(err, '\n')) {
+    int n = 0;
+    if (absl::ConsumePrefix(&line, "settled ") &&
+        absl::SimpleAtoi(line.substr(0, line.find('/')), &n)) {
+      counts.push_back(n);
+    }
+  }
+  return counts;
+}
+
+// `up` and `wait` stop waiting on a permanent failure instead of waiting out --timeout: exit 1,
+// naming the unit, the handler and the error, and how to unstick it.
+TEST_F(CliTest, UpAndWaitEndEarlyOnAPermanentFailure) {
+  Write(dir_.Sub("stuck/service.yaml"), kStuck);
+  Write(dir_.Sub("stuck-model.yaml"), absl::StrCat("interfaces: ", PARLEY_SOURCE_DIR,
+                                                   "/examples/interfaces\nservices:\n"
+                                                   "  web:\n    definition: web\n    units: 2\n"
+                                                   "  stuck:\n    definition: stuck\n"));
+  absl::Time start = absl::Now();
+  CommandResult up = Parley({"up", dir_.Sub("stuck-model.yaml"), "--timeout", "300"});
+  const absl::Duration took = absl::Now() - start;
+  EXPECT_EQ(up.code, 1) << up.err;
+  // Five attempts with the engine's backoff (1 s, doubling) take about 15 s.
+  EXPECT_LT(took, absl::Seconds(90));
+  EXPECT_THAT(up.err, HasSubstr("parley up: stopped waiting: stuck/0: event 1 (install) failed 5 "
+                                "attempts running, each with: handler 'broken': "));
+  EXPECT_THAT(up.err, HasSubstr("fact.missing"));
+  EXPECT_THAT(up.err, HasSubstr("`parley resolve stuck/0` retries it now"));
+  // Not a terminal: one line per change of the count, which only goes up.
+  const std::vector<int> counts = SettledCounts(up.err);
+  ASSERT_FALSE(counts.empty()) << up.err;
+  for (size_t i = 1; i < counts.size(); ++i) {
+    EXPECT_GT(counts[i], counts[i - 1]) << up.err;
+  }
+  EXPECT_EQ(counts.back(), 2) << up.err;  // web/0 and web/1
+
+  // A later wait counts the failures in the unit's traces: it ends at once.
+  start = absl::Now();
+  CommandResult wait = Parley({"wait", "--timeout", "300"});
+  EXPECT_EQ(wait.code, 1) << wait.err;
+  EXPECT_LT(absl::Now() - start, absl::Seconds(30));
+  EXPECT_THAT(wait.err,
+              HasSubstr("parley wait: stopped waiting: stuck/0: event 1 (install) failed 5 "
+                        "attempts running, each with: handler 'broken': "));
+  EXPECT_THAT(wait.err, HasSubstr("fact.missing"));
+  EXPECT_EQ(Unit(Status(), "stuck/0")->agent_state(), v1::AGENT_STATE_ERROR);
+  // Skipped, the unit gets through, and waiting settles as before.
+  Ok({"resolve", "stuck/0", "--skip"});
+  CommandResult settled = Parley({"wait", "--timeout", "60s"});
+  EXPECT_EQ(settled.code, 0) << settled.err;
+  EXPECT_THAT(settled.err, HasSubstr("settled 3/3 units"));
 }
 
 TEST_F(CliTest, ResolveRetriesOrSkipsAFailingEvent) {

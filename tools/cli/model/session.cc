@@ -13,6 +13,7 @@
 #include "base/status_macros.h"
 #include "grpcpp/create_channel.h"
 #include "tools/cli/deploy/pki.h"
+#include "tools/cli/model/settle.h"
 
 namespace parley::cli {
 
@@ -299,59 +300,72 @@ absl::Status Session::ApplyConfig(v1::ServiceRecord& svc,
 
 absl::Status Session::Wait(absl::Duration timeout, bool failed_settles) {
   const absl::Time deadline = absl::Now() + timeout;
-  std::map<std::string, uint64_t> last;
-  std::map<std::string, std::string> reported;
+  SettleJudge judge(deadline, failed_settles);
+  // The failing head (event, attempt) whose traces were last fetched, by unit.
+  std::map<std::string, std::pair<uint64_t, uint32_t>> traced;
   std::string shown;
   const bool tty = isatty(2);
+  auto end_line = [&] {
+    if (tty && !shown.empty()) std::fprintf(stderr, "\n");
+  };
   while (true) {
-    size_t settled = 0;
-    std::vector<std::string> pending;
-    std::map<std::string, uint64_t> now;
-    const auto units = AllUnits();
-    for (const v1::UnitRecord* u : units) {
+    std::vector<UnitPoll> polls;
+    for (const v1::UnitRecord* u : AllUnits()) {
       absl::StatusOr<v1::CheckIdleResponse> idle = Client(u->address()).CheckIdle(u->name());
       if (!idle.ok()) return idle.status();
-      now[u->name()] = idle->progress();
-      auto it = last.find(u->name());
-      if (idle->idle() && it != last.end() && it->second == idle->progress()) {
-        ++settled;
-      } else {
-        pending.push_back(u->name());
-      }
-      if (!idle->idle()) {
+      UnitPoll& p = polls.emplace_back();
+      p.unit = u->name();
+      p.idle = idle->idle();
+      p.progress = idle->progress();
+      if (!p.idle) {
         absl::StatusOr<v1::AgentStatus> st = Client(u->address()).Status(u->name());
-        if (st.ok() && st->agent_state() == v1::AGENT_STATE_ERROR) {
-          const std::string msg =
-              absl::StrCat(u->name(), ": ", st->failure().event_name(), " failed (attempt ",
-                           st->failure().attempt(), "): ", st->failure().message(),
-                           "; `parley resolve ", u->name(), "` retries it now, `--skip` drops it");
-          if (reported[u->name()] != st->failure().message()) {
-            reported[u->name()] = st->failure().message();
-            std::fprintf(stderr, "%s%s\n", tty ? "\r\033[K" : "", msg.c_str());
-          }
-          if (failed_settles && it != last.end() && it->second == idle->progress()) {
-            ++settled;
-            pending.pop_back();
+        if (st.ok()) p.status = *std::move(st);
+      }
+      if (p.status && p.status->agent_state() == v1::AGENT_STATE_ERROR) {
+        const std::pair<uint64_t, uint32_t> head = {p.status->failure().event_id(),
+                                                    p.status->failure().attempt()};
+        if (traced[p.unit] != head) {
+          v1::GetTracesRequest req;
+          req.set_agent(u->name());
+          req.set_last(kSameFailures);
+          v1::GetTracesResponse resp;
+          if (Client(u->address()).Call(&v1::Agent::Stub::GetTraces, req, &resp).ok()) {
+            p.traces.assign(resp.traces().begin(), resp.traces().end());
+            traced[p.unit] = head;
           }
         }
       }
     }
-    const std::string line = absl::StrCat("settled ", settled, "/", units.size(), " units");
-    if (line != shown) {
+    const SettleVerdict v = judge.Observe(polls);
+    for (const std::string& line : v.new_failures) {
+      std::fprintf(stderr, "%s%s\n", tty ? "\r\033[K" : "", line.c_str());
+    }
+    const std::string line = absl::StrCat("settled ", v.shown, "/", v.units, " units");
+    if (line != shown || (tty && !v.new_failures.empty())) {
       std::fprintf(stderr, tty ? "\r\033[K%s" : "%s\n", line.c_str());
       shown = line;
     }
-    if (settled == units.size()) {
-      if (tty) std::fprintf(stderr, "\n");
-      return absl::OkStatus();
+    switch (v.outcome) {
+      case SettleVerdict::Outcome::kSettled:
+        end_line();
+        return absl::OkStatus();
+      case SettleVerdict::Outcome::kFailedPermanently:
+        end_line();
+        return absl::AbortedError(absl::StrCat("stopped waiting: ", v.reason));
+      case SettleVerdict::Outcome::kCannotSettleInTime:
+        end_line();
+        return absl::DeadlineExceededError(absl::StrCat(
+            "not settled within ", absl::FormatDuration(timeout), " (stopped waiting: ", v.reason,
+            "); still busy: ", absl::StrJoin(v.pending, ", ")));
+      case SettleVerdict::Outcome::kWaiting:
+        break;
     }
     if (absl::Now() > deadline) {
-      if (tty) std::fprintf(stderr, "\n");
+      end_line();
       return absl::DeadlineExceededError(
           absl::StrCat("not settled within ", absl::FormatDuration(timeout),
-                       "; still busy: ", absl::StrJoin(pending, ", ")));
+                       "; still busy: ", absl::StrJoin(v.pending, ", ")));
     }
-    last = std::move(now);
     absl::SleepFor(absl::Milliseconds(150));
   }
 }

@@ -139,9 +139,13 @@ class Session {
   // Sets config on every unit of `svc` so that it matches `want`.
   absl::Status ApplyConfig(v1::ServiceRecord& svc, const std::map<std::string, std::string>& want);
 
-  // Waits until every unit is idle and nothing changed between two polls. Shows progress on
-  // stderr; prints each unit's failures once. With `failed_settles`, a unit whose inbox head is
-  // failing counts as settled (it will not get further before its retry).
+  // Waits until every unit is idle and nothing changed between two polls (SettleJudge, which
+  // also says when waiting ends early). Shows progress on stderr ("settled n/m units", counting
+  // only up; redrawn in place on a terminal, else a line per change) and prints each unit's
+  // failures once. DEADLINE_EXCEEDED past `timeout`, or at once when a failing unit's next retry
+  // is due after it; ABORTED when a unit failed the same way kSameFailures times running, naming
+  // unit, handler and error. With `failed_settles`, a unit whose inbox head is failing counts as
+  // settled (it will not get further before its retry), and waiting never ends early.
   absl::Status Wait(absl::Duration timeout, bool failed_settles = false);
 
   // --- Containers (a model with a runtime) ---
