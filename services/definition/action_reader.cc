@@ -296,6 +296,7 @@ class ActionReader {
   absl::StatusOr<BuiltinStep> ReadStep(const At& at, const HandlerDef& h) {
     static constexpr absl::string_view kSteps =
         "set: <fact>[=<value>], clear: <fact>, relation-set: {endpoint, key, value}, "
+        "relation-unset: {endpoint, key}, "
         "status: {state, message}, fire: <event> or output: <key>=<value>";
     if (!at.node.IsMap() || at.node.size() != 1) {
       return at.Error(absl::StrCat("a step is a map with one key: ", kSteps));
@@ -343,9 +344,13 @@ class ActionReader {
       }
       return step;
     }
-    if (op == "relation-set") {
-      step.kind = BuiltinStep::Kind::kRelationSet;
-      ASSIGN_OR_RETURN(Fields f, Fields::Read(value, {"endpoint", "key", "value"}));
+    if (op == "relation-set" || op == "relation-unset") {
+      const bool unset = op == "relation-unset";
+      step.kind = unset ? BuiltinStep::Kind::kRelationUnset : BuiltinStep::Kind::kRelationSet;
+      const std::vector<absl::string_view> allowed =
+          unset ? std::vector<absl::string_view>{"endpoint", "key"}
+                : std::vector<absl::string_view>{"endpoint", "key", "value"};
+      ASSIGN_OR_RETURN(Fields f, Fields::Read(value, allowed));
       ASSIGN_OR_RETURN(const At* endpoint, f.Require("endpoint"));
       ASSIGN_OR_RETURN(step.name, ReadString(*endpoint));
       const EndpointDef* ep = def_.FindEndpoint(step.name);
@@ -363,6 +368,7 @@ class ActionReader {
                                        SideName(ep->role), " side publish '", step.key,
                                        "' (keys: ", KeyNames(keys), ")"));
       }
+      if (unset) return step;
       ASSIGN_OR_RETURN(const At* data, f.Require("value"));
       ASSIGN_OR_RETURN(step.value, ReadTemplate(*data, h));
       if (step.value.IsLiteral()) {

@@ -73,11 +73,12 @@ struct HttpAction {
 
 // One step of a builtin action.
 struct BuiltinStep {
-  enum class Kind { kSet, kClear, kRelationSet, kStatus, kFire, kOutput };
+  enum class Kind { kSet, kClear, kRelationSet, kRelationUnset, kStatus, kFire, kOutput };
   Kind kind = Kind::kSet;
-  // kSet / kClear: the fact; kRelationSet: the endpoint; kFire: the event; kOutput: the key.
+  // kSet / kClear: the fact; kRelationSet / kRelationUnset: the endpoint; kFire: the event;
+  // kOutput: the key.
   std::string name;
-  // kRelationSet: the relation data key.
+  // kRelationSet / kRelationUnset: the relation data key.
   std::string key;
   // kSet: the fact's value; kRelationSet: the data value; kStatus: the message; kOutput: the
   // reported value.

@@ -99,15 +99,19 @@ bool InterfaceSchema::SameContract(const InterfaceSchema& other) const {
   return name == other.name && provider == other.provider && requirer == other.requirer;
 }
 
+absl::Status ValidateRelationKey(const InterfaceSchema& schema, absl::string_view key,
+                                 engine::Role publisher) {
+  const KeySet& keys = schema.PublishedBy(publisher);
+  if (keys.Find(key) != nullptr) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "interface '", schema.name, "': the ", definition_internal::SideName(publisher),
+      " side publishes no key '", key, "' (keys: ", definition_internal::KeyNames(keys), ")"));
+}
+
 absl::Status ValidateRelationData(const InterfaceSchema& schema, absl::string_view key,
                                   absl::string_view value, engine::Role publisher) {
-  const KeySet& keys = schema.PublishedBy(publisher);
-  const InterfaceKey* k = keys.Find(key);
-  if (k == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "interface '", schema.name, "': the ", definition_internal::SideName(publisher),
-        " side publishes no key '", key, "' (keys: ", definition_internal::KeyNames(keys), ")"));
-  }
+  RETURN_IF_ERROR(ValidateRelationKey(schema, key, publisher));
+  const InterfaceKey* k = schema.PublishedBy(publisher).Find(key);
   absl::Status s = CheckValue(k->type, value);
   if (s.ok()) return s;
   return absl::InvalidArgumentError(

@@ -57,6 +57,9 @@ absl::StatusOr<InterfaceSchema> LoadInterface(const std::string& file, absl::str
 absl::Status ValidateRelationData(const InterfaceSchema& schema, absl::string_view key,
                                   absl::string_view value,
                                   engine::Role publisher = engine::Role::kProvides);
+// Checks only that the side with `publisher` role may publish `key` (a relation unset).
+absl::Status ValidateRelationKey(const InterfaceSchema& schema, absl::string_view key,
+                                 engine::Role publisher);
 
 // What an endpoint's relation data must satisfy: the endpoint's role and its interface's schema.
 // Backends check every relation-set against it (ValidateRelationData).

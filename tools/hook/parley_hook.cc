@@ -29,6 +29,7 @@ constexpr char kUsageText[] =
     "  fact set NAME [VALUE] | fact clear NAME | fact get NAME\n"
     "  relation get ENDPOINT|RELATION_ID [UNIT] [KEY]\n"
     "  relation set ENDPOINT|RELATION_ID KEY VALUE\n"
+    "  relation unset ENDPOINT|RELATION_ID KEY\n"
     "  relation list [ENDPOINT]\n"
     "  config get [KEY]\n"
     "  status set STATE MESSAGE\n"
@@ -55,6 +56,7 @@ bool ValidShape(const std::vector<std::string>& a) {
   if (verb == "fact clear" || verb == "fact get" || verb == "event fire") return n == 3;
   if (verb == "relation get") return n >= 3 && n <= 5;
   if (verb == "relation set") return n == 5;
+  if (verb == "relation unset") return n == 4;
   if (verb == "relation list" || verb == "config get") return n == 2 || n == 3;
   if (verb == "status set" || verb == "timer set" || verb == "action output") return n == 4;
   if (a[0] == "log") return n == 2;

@@ -58,6 +58,14 @@ class BuiltinRunner : public engine::Action {
         }
         return absl::OkStatus();
       }
+      case BuiltinStep::Kind::kRelationUnset: {
+        const std::string what = absl::StrCat("relation-unset ", step.name, ".", step.key);
+        for (const v1::RelationRecord* rel : ctx.Relations(step.name)) {
+          absl::Status s = ctx.DeleteData(rel->relation_id(), step.key);
+          if (!s.ok()) return fail(what, s);
+        }
+        return absl::OkStatus();
+      }
       case BuiltinStep::Kind::kStatus: {
         ASSIGN_OR_RETURN(std::string message, ExpandTemplate(step.value, ctx, defaults_));
         absl::Status s = ctx.SetStatus(step.state, message);

@@ -120,6 +120,25 @@ Reply RelationSet(const HookEnv& env, const std::vector<std::string>& a) {
   return Ok();
 }
 
+// Removes a key this unit published; peers receive the deletion once the run commits.
+Reply RelationUnset(const HookEnv& env, const std::vector<std::string>& a) {
+  if (a.size() != 4) return Refused("usage: relation unset ENDPOINT|RELATION_ID KEY");
+  auto rels = RelationsNamed(env, a[2]);
+  if (!rels.ok()) return FromStatus(rels.status());
+  for (const v1::RelationRecord* r : *rels) {
+    auto ep = env.endpoints->find(r->endpoint());
+    if (ep == env.endpoints->end()) {
+      return Refused(absl::StrCat("relation '", r->relation_id(), "': endpoint '", r->endpoint(),
+                                  "' is not declared"));
+    }
+    absl::Status s = ValidateRelationKey(ep->second.schema, a[3], ep->second.role);
+    if (!s.ok()) return FromStatus(s);
+    s = env.ctx->DeleteData(r->relation_id(), a[3]);
+    if (!s.ok()) return FromStatus(s);
+  }
+  return Ok();
+}
+
 Reply RelationList(const HookEnv& env, const std::vector<std::string>& a) {
   if (a.size() > 3) return Refused("usage: relation list [ENDPOINT]");
   if (a.size() == 3 && env.endpoints->find(a[2]) == env.endpoints->end()) {
@@ -167,6 +186,7 @@ HookReply HandleHookRequest(const HookEnv& env, const std::vector<std::string>& 
   }
   if (verb == "relation get") return RelationGet(env, a);
   if (verb == "relation set") return RelationSet(env, a);
+  if (verb == "relation unset") return RelationUnset(env, a);
   if (verb == "relation list") return RelationList(env, a);
   if (verb == "config get") {
     if (a.size() > 3) return Refused("usage: config get [KEY]");
@@ -215,7 +235,7 @@ HookReply HandleHookRequest(const HookEnv& env, const std::vector<std::string>& 
   }
   return Refused(absl::StrCat(
       "unknown request '", Printable(verb.substr(0, 100)),
-      "' (expected fact set|clear|get, relation get|set|list, config get, status set, log, "
+      "' (expected fact set|clear|get, relation get|set|unset|list, config get, status set, log, "
       "event fire, timer set or action output)"));
 }
 

@@ -41,6 +41,7 @@ actions:
   move:
     params:
       port: {type: string, required: true}
+  withdraw: {}
 events:
   app.published: Fired once the website data is out.
   show-title: Shows the configured title.
@@ -85,6 +86,9 @@ handlers:
     action:
       kind: builtin
       steps: [{relation-set: {endpoint: website, key: port, value: "{{event.port}}"}}]
+  - name: withdraw
+    on: [action.withdraw]
+    action: {kind: builtin, steps: [{relation-unset: {endpoint: website, key: host}}]}
   - name: show-title
     on: [show-title]
     action: {kind: builtin, steps: [{status: {state: active, message: "{{config.title}}"}}]}
@@ -135,6 +139,15 @@ TEST_F(BuiltinEngineTest, StepsSetFactsRelationDataAndStatus) {
   c->set_value("9090");
   Run(std::move(changed));
   EXPECT_EQ(LocalBag("website:1").at("port"), "9090");
+
+  // A published key withdrawn: the peer is sent its deletion.
+  r = Run(Named("action.withdraw"));
+  EXPECT_EQ(r.outcome, engine::RunOutcome::kCommitted);
+  EXPECT_THAT(LocalBag("website:1"), ElementsAre(Pair("port", "9090")));
+  ASSERT_TRUE(r.trace);
+  ASSERT_EQ(r.trace->messages_size(), 1);
+  ASSERT_EQ(r.trace->messages(0).unit_changes_size(), 1);
+  EXPECT_TRUE(r.trace->messages(0).unit_changes(0).deleted());
 
   // Event parameters; clear.
   Run(Named("action.rename", {{"title", "Hello"}}));

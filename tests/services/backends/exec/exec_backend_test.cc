@@ -57,6 +57,8 @@ events:
   leak: Leaves its socket path behind.
   state: Appends to a file in its state dir.
   refused: Asks for things the agent refuses.
+  withdraw: Withdraws a published key.
+  withdraw-bad: Withdraws a key the interface does not have.
 handlers:
   - name: install
     on: [install]
@@ -69,6 +71,12 @@ handlers:
   - name: publish
     on: [website.joined]
     action: {kind: exec, command: [./bin/publish.sh]}
+  - name: withdraw
+    on: [withdraw]
+    action: {kind: exec, command: [sh, -c, 'parley-hook relation unset website host']}
+  - name: withdraw-bad
+    on: [withdraw-bad]
+    action: {kind: exec, command: [sh, -c, 'parley-hook relation unset website nonsense']}
   - name: connect
     on: [db.joined]
     action: {kind: exec, command: [./bin/connect.sh]}
@@ -264,6 +272,20 @@ TEST_F(ExecBackendTest, HookToolsActOnTheRun) {
             R"([{"id":"website:1","endpoint":"website","remote_service":"lb",)"
             R"("remote_units":["lb/0"]}])");
   EXPECT_EQ(engine_->workload_status().state(), v1::WORKLOAD_STATE_ACTIVE);
+
+  // A key published can be withdrawn: the peer is sent its deletion.
+  r = Run(Named("withdraw"));
+  ASSERT_EQ(r.outcome, engine::RunOutcome::kCommitted) << FailureMessage();
+  EXPECT_EQ(LocalBag("website:1"), (std::map<std::string, std::string>{{"port", "8080"}}));
+  ASSERT_EQ(r.trace->messages_size(), 1);
+  ASSERT_EQ(r.trace->messages(0).unit_changes_size(), 1);
+  EXPECT_EQ(r.trace->messages(0).unit_changes(0).key(), "host");
+  EXPECT_TRUE(r.trace->messages(0).unit_changes(0).deleted());
+  // A key the interface does not let this side publish is refused, naming it.
+  r = Run(Named("withdraw-bad"));
+  ASSERT_EQ(r.outcome, engine::RunOutcome::kFailed);
+  EXPECT_THAT(FailureMessage(), HasSubstr("side publishes no key 'nonsense'"));
+  ASSERT_TRUE(engine_->Resolve(engine::ResolveMode::kSkip, 0, "test").ok());
 
   // Reading the remote unit's data.
   r = Run(Joined("db", "db:1", "redis/0", {{"host", "10.0.0.9"}, {"port", "6379"}}));
