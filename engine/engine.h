@@ -56,6 +56,9 @@ class Relations;
 struct Run;
 enum class Reason;
 
+// "handler <name>: <message>", or the message for a failure outside a handler.
+std::string FailureText(const v1::RunFailure& failure);
+
 // "joined", "changed", "departed", "broken" or "created"; empty for an unspecified kind. A
 // relationship event is named "<endpoint>.<kind name>".
 absl::string_view RelationKindName(v1::RelationEventKind kind);
@@ -267,9 +270,12 @@ class Engine {
   // events arrive, make the failed head's retry due now if they are news about its relation and
   // unit (staged in `txn`; RetrySoonerCommitted once the commit's outcome is known).
   absl::StatusOr<RetryPrep> PrepareRetry(v1::Event& head);
-  absl::StatusOr<RunResult> CancelHead(const v1::Event& head, const v1::Event& by,
-                                       uint32_t attempt, absl::string_view apply_error);
+  absl::StatusOr<RunResult> CancelHead(const v1::Event& head, const v1::Event& by, uint32_t attempt,
+                                       absl::string_view apply_error);
   std::string CancelReason(const v1::Event& by, absl::string_view what) const;
+  // Removes the failed head unapplied in `txn` with `trace` (its trigger and run number), and
+  // commits: a skip (resolve.cc) and a cancellation that could not apply.
+  absl::StatusOr<uint64_t> DropHead(kb::Txn& txn, const v1::Trace& trace);
   absl::Status RetrySoonerFor(kb::Txn& txn, const std::vector<v1::Event>& arrived);
   void RetrySoonerCommitted(bool committed);
 

@@ -38,6 +38,8 @@ inline constexpr absl::string_view kNextOutbox = "next_outbox";
 inline constexpr absl::string_view kFailure = "failure";
 inline constexpr absl::string_view kStatus = "status";
 inline constexpr absl::string_view kStage = "stage";
+// Present once the removal's stop is queued (Engine::BeginRemoval).
+inline constexpr absl::string_view kRemoval = "removal";
 
 inline constexpr absl::string_view kNul("\0", 1);
 

@@ -21,24 +21,13 @@ absl::Status Engine::LoadStage() {
   ASSIGN_OR_RETURN(auto stored, kb_->Get(Space::kMeta, keys::kStage));
   if (stored) {
     ASSIGN_OR_RETURN(uint64_t v, kb::DecodeU64(*stored));
-    if (v != v1::UNIT_STAGE_INSTALLING && v != v1::UNIT_STAGE_ACTIVE &&
-        v != v1::UNIT_STAGE_DYING) {
+    if (v != v1::UNIT_STAGE_INSTALLING && v != v1::UNIT_STAGE_ACTIVE && v != v1::UNIT_STAGE_DYING) {
       return DataLoss(*kb_, absl::StrCat("stored unit stage ", v, " is not one this build knows"));
     }
     stage_ = static_cast<v1::UnitStage>(v);
   }
-  removal_queued_ = stage_ == v1::UNIT_STAGE_DYING;
-  if (!removal_queued_) {
-    absl::Status parse;
-    RETURN_IF_ERROR(kb_->Scan(Space::kInbox, "", [&](absl::string_view key, absl::string_view b) {
-      v1::Event e;
-      parse = ParseRecord(*kb_, "inbox event", key, b, e);
-      if (!parse.ok()) return false;
-      removal_queued_ = e.dying();
-      return !removal_queued_;
-    }));
-    RETURN_IF_ERROR(parse);
-  }
+  ASSIGN_OR_RETURN(auto removal, kb_->Get(Space::kMeta, keys::kRemoval));
+  removal_queued_ = removal.has_value();
   return absl::OkStatus();
 }
 
@@ -56,9 +45,13 @@ absl::StatusOr<EnqueueResult> Engine::BeginRemoval(absl::string_view by) {
   stop.set_name("stop");
   stop.set_source(std::string(by));
   stop.set_dying(true);
-  ASSIGN_OR_RETURN(EnqueueResult r, Enqueue(std::move(stop)));
+  // The mark is written with the event, so that a restart knows without reading the inbox.
+  kb::Txn txn(kb_);
+  inbox_->Stage(txn, stop);
+  txn.Put(Space::kMeta, keys::kRemoval, "");
+  ASSIGN_OR_RETURN(uint64_t ticket, inbox_->Commit(*kb_, txn));
   removal_queued_ = true;
-  return r;
+  return EnqueueResult{stop.id(), ticket};
 }
 
 absl::Status Engine::ApplyLifecycle(const v1::Event& event) {

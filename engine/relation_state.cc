@@ -95,12 +95,7 @@ absl::StatusOr<RetryPrep> Engine::PrepareRetry(v1::Event& head) {
 
 std::string Engine::CancelReason(const v1::Event& by, absl::string_view what) const {
   const auto& rc = by.relation();
-  std::string last = "-";
-  if (failure_) {
-    last = failure_->handler().empty()
-               ? failure_->message()
-               : absl::StrCat("handler ", failure_->handler(), ": ", failure_->message());
-  }
+  const std::string last = failure_ ? FailureText(*failure_) : "-";
   return absl::StrCat("cancelled by event ", by.id(), " '", by.name(), "' queued behind it (",
                       rc.kind() == v1::RELATION_EVENT_KIND_BROKEN
                           ? absl::StrCat("relation ", rc.relation_id(), " is broken")
@@ -121,16 +116,7 @@ absl::StatusOr<RunResult> Engine::CancelHead(const v1::Event& head, const v1::Ev
   trace->set_error(CancelReason(
       by, absl::StrCat("nothing of it was applied (applying its data failed: ", apply_error, ")")));
   kb::Txn txn(kb_);
-  // Like a skip: the event leaves the inbox unapplied, its failure record goes; the sequence it
-  // was received with stays, so a redelivery is a duplicate.
-  Inbox::StageRemove(txn, head.id());
-  txn.Delete(Space::kMeta, keys::kFailure);
-  txn.Put(Space::kMeta, keys::kRun, kb::EncodeU64(run_number));
-  StageTrace(txn, run_number, *trace, options_.traces_kept);
-  ASSIGN_OR_RETURN(uint64_t ticket, kb_->Commit(txn));
-  inbox_->Pop();
-  failure_.reset();
-  run_counter_ = run_number;
+  ASSIGN_OR_RETURN(uint64_t ticket, DropHead(txn, *trace));  // like a skip
   RunResult result;
   result.outcome = RunOutcome::kCommitted;
   result.run = run_number;

@@ -60,24 +60,33 @@ absl::StatusOr<ResolveResult> Engine::Resolve(ResolveMode mode, uint64_t event_i
   trace->set_run(run_number);
   trace->set_result(v1::Trace::RESULT_SKIPPED);
   trace->set_attempt(failure.attempt());
-  trace->set_error(failure.handler().empty()
-                       ? failure.message()
-                       : absl::StrCat("handler ", failure.handler(), ": ", failure.message()));
+  trace->set_error(FailureText(failure));
   trace->set_started_unix_ns(absl::ToUnixNanos(now));
   trace->set_resolved_by(std::string(by));
-  // One write: the event leaves the inbox, its failure record goes, the skip is traced. The
-  // sequence it was received with (kCursor) stays, so its sender's redelivery is a duplicate.
-  Inbox::StageRemove(txn, failure.event_id());
-  txn.Delete(Space::kMeta, keys::kFailure);
-  txn.Put(Space::kMeta, keys::kRun, kb::EncodeU64(run_number));
-  StageTrace(txn, run_number, *trace, options_.traces_kept);
-  ASSIGN_OR_RETURN(result.ticket, kb_->Commit(txn));
-  inbox_->Pop();
-  failure_.reset();
-  run_counter_ = run_number;
+  ASSIGN_OR_RETURN(result.ticket, DropHead(txn, *trace));
   result.run = run_number;
   result.trace = std::move(trace);
   return result;
+}
+
+std::string FailureText(const v1::RunFailure& f) {
+  return f.handler().empty() ? f.message()
+                             : absl::StrCat("handler ", f.handler(), ": ", f.message());
+}
+
+absl::StatusOr<uint64_t> Engine::DropHead(kb::Txn& txn, const v1::Trace& trace) {
+  // One write: the event leaves the inbox unapplied, its failure record goes, the drop is traced
+  // under the next run number. The sequence it was received with (kCursor) stays, so its
+  // sender's redelivery is a duplicate.
+  Inbox::StageRemove(txn, trace.trigger().id());
+  txn.Delete(Space::kMeta, keys::kFailure);
+  txn.Put(Space::kMeta, keys::kRun, kb::EncodeU64(trace.run()));
+  StageTrace(txn, trace.run(), trace, options_.traces_kept);
+  ASSIGN_OR_RETURN(uint64_t ticket, kb_->Commit(txn));
+  inbox_->Pop();
+  failure_.reset();
+  run_counter_ = trace.run();
+  return ticket;
 }
 
 }  // namespace parley::engine
