@@ -192,7 +192,10 @@ def test():
 
         m.run("remove-unit", "postgres/1")
         c.check_gone(1)
-        wait_for("postgres/4 a replica", lambda: c.in_recovery(4), 90)
+        try:
+            wait_for("postgres/4 a replica", lambda: c.in_recovery(4), 90)
+        except Failure as e:
+            raise Failure("%s; postgres/4's failure: %r" % (e, (c.status(4) or {}).get("failure")))
         c.check_one_primary([3, 4], 3)
         u = c.status(4)
         check(not u.get("failure"), "postgres/4 still has a failure: %r" % u.get("failure"))
