@@ -88,6 +88,9 @@ handlers:
   - name: connect
     on: [db.joined]
     action: {kind: exec, command: [./bin/connect.sh]}
+  - name: follow
+    on: [db.joined]
+    action: {kind: exec, command: [./bin/follow.sh]}
   - name: backup
     on: [action.backup]
     action: {kind: exec, command: [sh, -c, 'parley-hook action output path "$1"', sh, "{{event.path}}"]}
@@ -151,6 +154,18 @@ constexpr char kConnect[] = R"sh(#!/bin/sh
 set -e
 parley-hook fact set redis "$(parley-hook relation get db - host):$(parley-hook relation get db redis/0 port)"
 parley-hook fact set redis.all "$(parley-hook relation get db)"
+)sh";
+
+// Waits for a live peer without failing: retry-later, then exit 0.
+constexpr char kFollow[] = R"sh(#!/bin/sh
+set -e
+host=$(parley-hook relation get db - host)
+if [ "$host" = dead ]; then
+  parley-hook status set waiting "waiting for a live redis"
+  parley-hook retry-later 30s
+  exit 0
+fi
+parley-hook fact set following "$host"
 )sh";
 
 constexpr char kFail[] = R"sh(#!/bin/sh
@@ -250,6 +265,7 @@ try() { "$@" 2>"$HOME/err"; echo "$?: $(cat "$HOME/err")"; }
   try parley-hook relation get nowhere
   try parley-hook config get title
   try parley-hook timer set t soon
+  try parley-hook retry-later soon
 } > "$HOME/out"
 parley-hook fact set refusals "$(cat "$HOME/out")"
 )sh";
@@ -263,6 +279,7 @@ class ExecBackendTest : public testing::BackendTest {
     Script("svc/bin/install.sh", kInstall);
     Script("svc/bin/publish.sh", kPublish);
     Script("svc/bin/connect.sh", kConnect);
+    Script("svc/bin/follow.sh", kFollow);
     Script("svc/bin/fail.sh", kFail);
     Script("svc/bin/hang.sh", kHang);
     Script("svc/bin/refused.sh", kRefused);
@@ -357,7 +374,7 @@ TEST_F(ExecBackendTest, RefusedRequestsExitOneWithTheReason) {
       << FailureMessage();
   ASSERT_EQ(Run(Named("refused")).outcome, engine::RunOutcome::kCommitted) << FailureMessage();
   std::vector<std::string> lines = absl::StrSplit(engine_->FactValue("refusals").value(), '\n');
-  ASSERT_EQ(lines.size(), 7u) << engine_->FactValue("refusals").value();
+  ASSERT_EQ(lines.size(), 8u) << engine_->FactValue("refusals").value();
   EXPECT_THAT(lines[0], StartsWith("1: parley-hook: interface 'http': key 'port': expected an int, "
                                    "got 'eighty'"));
   EXPECT_THAT(lines[1], StartsWith("1: parley-hook: "));
@@ -368,6 +385,9 @@ TEST_F(ExecBackendTest, RefusedRequestsExitOneWithTheReason) {
             "1: parley-hook: 'nowhere' is neither an endpoint nor the id of a current relation");
   EXPECT_EQ(lines[5], "1: parley-hook: config option 'title' has no value and no default");
   EXPECT_EQ(lines[6], "1: parley-hook: timer set: expected a number of seconds, got 'soon'");
+  EXPECT_EQ(lines[7],
+            "1: parley-hook: retry-later: expected a positive duration such as 30 (seconds), 30s, "
+            "5m or 1h30m, got 'soon'");
   EXPECT_FALSE(engine_->IsSet("db.ready"));
   EXPECT_EQ(LocalBag("website:1").at("port"), "8080");  // from publish, not "eighty"
 }
@@ -462,6 +482,31 @@ TEST_F(ExecBackendTest, TheContextFileFollowsItsSchema) {
   changed.mutable_relation()->set_kind(v1::RELATION_EVENT_KIND_CHANGED);
   ASSERT_EQ(Run(changed).outcome, engine::RunOutcome::kCommitted) << FailureMessage();
   EXPECT_EQ(engine_->FactValue("schema.db.changed"), "1");
+}
+
+// parley-hook retry-later (docs/engine.md, "Retrying later"): the handler waits for a live peer
+// without failing; the run commits, and after the delay the handler runs again on the newest data.
+TEST_F(ExecBackendTest, RetryLaterThroughTheHook) {
+  v1::Event joined = Joined("db", "db:1", "redis/0", {{"host", "dead"}, {"port", "6379"}});
+  ASSERT_EQ(Run(joined).outcome, engine::RunOutcome::kCommitted) << FailureMessage();
+  EXPECT_FALSE(engine_->failure().has_value());
+  EXPECT_EQ(engine_->workload_status().message(), "waiting for a live redis");
+  EXPECT_FALSE(engine_->IsSet("following"));
+  const std::string timer = "retry-later follow db.joined db:1 redis/0";
+  ASSERT_TRUE(engine_->timers().contains(timer));
+  EXPECT_EQ(engine_->timers().at(timer), clock_.Now() + absl::Seconds(30));
+  v1::Event changed = Joined("db", "db:1", "redis/0", {{"host", "10.0.0.9"}});
+  changed.set_name("db.changed");
+  changed.mutable_relation()->set_kind(v1::RELATION_EVENT_KIND_CHANGED);
+  ASSERT_EQ(Run(changed).outcome, engine::RunOutcome::kCommitted) << FailureMessage();
+  clock_.Advance(absl::Seconds(30));
+  ASSERT_TRUE(engine_->EnqueueTimer(timer).ok());
+  auto r = engine_->RunOnce();
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->outcome, engine::RunOutcome::kCommitted) << FailureMessage();
+  EXPECT_EQ(r->trace->trigger().retry_handler(), "follow");
+  EXPECT_EQ(engine_->FactValue("following"), "10.0.0.9");
+  EXPECT_TRUE(engine_->timers().empty());
 }
 
 TEST_F(ExecBackendTest, TheEnvironmentIsClean) {
