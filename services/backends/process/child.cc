@@ -98,7 +98,9 @@ pid_t ForkAs(const ProgramUser& user, const char* dir, const char* program, char
   sigset_t none;
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, nullptr);
-  for (int sig = 1; sig < NSIG; ++sig) signal(sig, SIG_DFL);
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  for (int sig = 1; sig < NSIG; ++sig) sigaction(sig, &dfl, nullptr);
   const int null_fd = open("/dev/null", O_RDONLY);
   if (null_fd < 0) fail(0);
   if (dup2(null_fd, 0) < 0 || dup2(out_w, 1) < 0 || dup2(err_w, 2) < 0) fail(1);
@@ -106,10 +108,11 @@ pid_t ForkAs(const ProgramUser& user, const char* dir, const char* program, char
   const unsigned lo = 3, rep = static_cast<unsigned>(report);
   if (rep > lo) syscall(SYS_close_range, lo, rep - 1, 0);
   syscall(SYS_close_range, rep + 1, ~0U, 0);
-  if (chdir(dir) != 0) fail(2);
   if (syscall(SYS_setgroups, user.groups.size(), user.groups.data()) != 0) fail(3);
   if (syscall(SYS_setresgid, user.gid, user.gid, user.gid) != 0) fail(4);
   if (syscall(SYS_setresuid, user.uid, user.uid, user.uid) != 0) fail(5);
+  // As the user: the directory must be open to it.
+  if (chdir(dir) != 0) fail(2);
   execve(program, args, envp);
   fail(6);
   return -1;  // not reached
@@ -168,6 +171,7 @@ absl::Status Spawn(const std::string& dir, const std::string& origin, const std:
     pid = ForkAs(user, dir.c_str(), program.c_str(), args.data(), envp.data(), out_w.get(),
                  err_w.get(), report_w.get());
     if (pid < 0) return Errno("fork");
+    setpgid(pid, pid);  // as the child does: the group exists before anyone signals it
     report_w.Reset();
     SpawnFailure f{};
     ssize_t n;
