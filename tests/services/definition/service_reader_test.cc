@@ -163,10 +163,11 @@ TEST_F(DefinitionTest, YamlSyntaxErrorsCiteTheLine) {
 
 TEST_F(DefinitionTest, UnknownKeysAreRefusedAtEveryLevel) {
   std::string yaml = "name: svc\nhandler: []\n";
-  EXPECT_EQ(ServiceError(yaml),
-            At(yaml, "handler:", "") +
-                "unknown key 'handler' (expected name, description, provides, requires, peers, "
-                "config, handlers, actions, events)");
+  EXPECT_EQ(
+      ServiceError(yaml),
+      At(yaml, "handler:", "") +
+          "unknown key 'handler' (expected name, description, user, provides, requires, peers, "
+          "config, handlers, actions, events)");
 
   yaml = R"(name: svc
 handlers:
