@@ -270,6 +270,17 @@ void Agent::Process() {
       break;
     }
     metrics_.runs_committed->Increment();
+    // The retry rules (docs/engine.md, "Relation data is a state too") are visible in the log.
+    if (r->trace->result() == v1::Trace::RESULT_CANCELLED) {
+      Log(v1::LOG_LEVEL_WARNING, absl::StrCat("run ", r->run, ": '", last_event_,
+                                              "' cancelled (its data applied, nothing fired): ",
+                                              r->trace->error()));
+    } else if (r->trace->folded_size() > 0) {
+      Log(v1::LOG_LEVEL_INFO,
+          absl::StrCat("run ", r->run, " of '", last_event_, "' (attempt ", r->trace->attempt(),
+                       ") ran with the newer data of event(s) ",
+                       absl::StrJoin(r->trace->folded(), ", ")));
+    }
     AfterCommit(*r);
     if (i == 63) Kick();
   }

@@ -20,6 +20,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/synchronization/notification.h"
 #include "prometheus/exposer.h"
 #include "services/backends/backends.h"
@@ -129,7 +130,8 @@ int main(int argc, char** argv) {
     parley::v1::LogRecord r;
     r.set_agent(std::string(unit));
     r.set_level(source == "stderr" ? parley::v1::LOG_LEVEL_WARNING : parley::v1::LOG_LEVEL_INFO);
-    r.set_message(absl::StrCat(handler, " ", source, ": ", text));
+    // A program's line ends with its newline; the log's records have none.
+    r.set_message(absl::StrCat(handler, " ", source, ": ", absl::StripTrailingAsciiWhitespace(text)));
     h->logs().Add(std::move(r));
   };
   // Programs carry their unit's cookie, so that removing the unit stops what they left running.

@@ -341,9 +341,11 @@ absl::Status Session::Wait(absl::Duration timeout, bool failed_settles) {
         return absl::AbortedError(absl::StrCat("stopped waiting: ", v.reason));
       case SettleVerdict::Outcome::kCannotSettleInTime:
         end_line();
-        return absl::DeadlineExceededError(absl::StrCat(
-            "not settled within ", absl::FormatDuration(timeout), " (stopped waiting: ", v.reason,
-            "); still busy: ", absl::StrJoin(v.pending, ", ")));
+        // Nothing can move it in time: a failure, exit 1, like a permanent one (not a timeout:
+        // the wait did not run out, it ended early).
+        return absl::AbortedError(absl::StrCat(
+            "stopped waiting: ", v.reason, "; not settled within ",
+            absl::FormatDuration(timeout), ", still busy: ", absl::StrJoin(v.pending, ", ")));
       case SettleVerdict::Outcome::kWaiting:
         break;
     }
