@@ -1586,6 +1586,29 @@ TEST_F(EngineTest, AUnitLivesInstallingActiveDyingDead) {
   EXPECT_EQ(engine_->stage(), v1::UNIT_STAGE_DEAD);
 }
 
+// FAILS on purpose (found by tests/examples/postgres_test.py, issue 11): a remote unit that
+// departed is still owed what was staged for it. In a `down --purge` the host removes units one
+// by one: postgres/0's dying stop tells postgres/1 `role: stopped`, postgres/1 promotes itself and
+// publishes `role: primary` to postgres/0, which is removed before it acknowledges; postgres/1
+// then applies postgres/0's departure and the relation breaks, but the entry stays in its outbox,
+// so postgres/1 is dead with 1 unacknowledged and the host waits out its whole grace (60 s;
+// "not dead after 1m (UNIT_STAGE_DEAD, 0 event(s) queued, 1 unacknowledged)"). Expected: once a
+// remote unit's departure is applied, nothing is owed to it (or the host does not wait for acks
+// from an agent that is gone).
+TEST_F(EngineTest, ADepartedUnitIsOwedNothing) {
+  Endpoint("db");
+  Handler("publish", {}, {}, {"go"},
+          [](RunContext& ctx) { return ctx.SetData("db:1", "role", "primary"); });
+  Start();
+  Run(Rel("db", v1::RELATION_EVENT_KIND_JOINED, "db:1", "pg/0"));
+  Run(Named("go"));
+  ASSERT_GT(engine_->outbox_size(), 0u);  // the introduction and the data, never acknowledged
+  Run(Rel("db", v1::RELATION_EVENT_KIND_DEPARTED, "db:1", "pg/0"));
+  ASSERT_TRUE(engine_->RunUntilIdle().ok());  // the relation breaks
+  EXPECT_EQ(engine_->inbox_depth(), 0u);
+  EXPECT_EQ(engine_->outbox_size(), 0u) << "entries to the departed pg/0 are still owed";
+}
+
 // The fact `dying` is the engine's, and a handler cannot need it while refusing to run dying.
 // A failed head — any event — cannot hold the unit's removal back: the removal makes it due at
 // once and cancels it (its data applied in place, nothing fired), so the stop runs next and the

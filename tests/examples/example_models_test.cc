@@ -64,5 +64,13 @@ TEST(ExampleModelsTest, Zookeeper) {
   EXPECT_EQ(model->relations[0].a.endpoint, "cluster");
 }
 
+TEST(ExampleModelsTest, Postgres) {
+  auto model = LoadModel(kExamples + "/postgres/model.yaml");
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_THAT(Services(*model), ElementsAre("postgres=postgresx3"));
+  ASSERT_EQ(model->relations.size(), 1);
+  EXPECT_EQ(model->relations[0].a.endpoint, "cluster");
+}
+
 }  // namespace
 }  // namespace parley::services

@@ -1,0 +1,1 @@
+../../../lib/parley_unit.py
