@@ -355,7 +355,10 @@ def test():
                     unit_dir, pidname = {"redis": ("redis-0", "redis.pid"),
                                          "app": ("app-%d" % rng.randrange(2), "app.pid"),
                                          "balancer": ("balancer-0", "haproxy.pid")}[victim]
-                    with open(os.path.join(units_dir, unit_dir, pidname)) as f:
+                    pidpath = os.path.join(units_dir, unit_dir, pidname)
+                    check(os.path.exists(pidpath), "%s is missing while %s is settled: its daemon runs "
+                          "untracked (two handlers at once?)" % (pidpath, unit_dir.replace("-", "/")))
+                    with open(pidpath) as f:
                         wpid = int(f.read().split()[0])
                     os.kill(wpid, signal.SIGKILL)
                     wait_for("pid %d gone" % wpid, lambda: not os.path.exists("/proc/%d" % wpid) or
