@@ -43,7 +43,7 @@ from e2e import EXAMPLES, Failure, Model, args, check, http, main, say, wait_for
 
 opts = args(__doc__.splitlines()[0])
 
-FAULTS = {"kill": 6, "down-up": 2, "stop": 1, "workload": 3}
+FAULTS = {"kill": 10, "down-up": 3, "stop": 2, "workload": 3}
 SETTLE_BOUND = 150  # s: generous (ctest -j 4 on 2 cores); the accounting below is strict
 STOP_SECONDS = 6    # > 2 s keepalive ping + 2 s timeout
 
