@@ -54,7 +54,10 @@ absl::StatusOr<EnqueueResult> Engine::BeginRemoval(absl::string_view by,
   kb::Txn txn(kb_);
   inbox_->Stage(txn, stop);
   for (v1::Event& e : then) inbox_->Stage(txn, e);
-  if (absl::Status s = RetrySoonerFor(txn, then); !s.ok()) {
+  // A failed head is retried now, and cancelled by the stop (relation_state.cc).
+  std::vector<v1::Event> arrived = then;
+  arrived.push_back(stop);
+  if (absl::Status s = RetrySoonerFor(txn, arrived); !s.ok()) {
     inbox_->Discard();
     return s;
   }
@@ -71,7 +74,8 @@ absl::Status Engine::ApplyLifecycle(const v1::Event& event) {
     if (stage_ == v1::UNIT_STAGE_DYING) return absl::OkStatus();
     stage_ = v1::UNIT_STAGE_DYING;
     txn_->Put(Space::kMeta, keys::kStage, kb::EncodeU64(stage_));
-    // Its timers would outlive the unit.
+    // Its timers would outlive the unit, and so would the retries handlers asked for.
+    DropRetries(*txn_);
     for (const auto& [name, due] : timers_) txn_->Delete(Space::kMeta, keys::Timer(name));
     timers_.clear();
     return SetFact(kDyingFact, "", /*derived=*/true);

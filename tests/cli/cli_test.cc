@@ -533,9 +533,14 @@ setsid /bin/sh -c 'echo $$ > "$PARLEY_STATE_DIR/daemon.pid"; exec sleep 86431' \
 TEST_F(CliTest, RemovalStopsWhatHandlersLeftRunningAndSaysSo) {
   Write(dir_.Sub("leaky/service.yaml"), kLeaky);
   Write(dir_.Sub("leaky/launch.sh"), kLaunch);
-  std::filesystem::permissions(dir_.Sub("leaky/launch.sh"), std::filesystem::perms::owner_all);
+  // Executable by the unprivileged user the programs run as (parleyd --program_user).
+  namespace fs = std::filesystem;
+  fs::permissions(dir_.Sub("leaky/launch.sh"), fs::perms::owner_all | fs::perms::group_read |
+                                                   fs::perms::group_exec | fs::perms::others_read |
+                                                   fs::perms::others_exec);
   Write(dir_.Sub("leaky-model.yaml"), "services:\n  leaky:\n    definition: leaky\n    units: 2\n");
-  ASSERT_EQ(Parley({"up", dir_.Sub("leaky-model.yaml")}).code, 0);
+  CommandResult up = Parley({"up", dir_.Sub("leaky-model.yaml")});
+  ASSERT_EQ(up.code, 0) << up.err;
   auto daemon_of = [&](const std::string& unit_dir) {
     std::ifstream in(dir_.Sub(".parley/units/" + unit_dir + "/daemon.pid"));
     int64_t pid = 0;
@@ -710,9 +715,11 @@ TEST_F(CliTest, AConfigValueThatFailsCanBeCorrected) {
 )"));
   ASSERT_EQ(Parley({"up", dir_.Sub("model.yaml")}).code, 0);
   Ok({"config", "web", "greeting=bad"});
+  // Its next retry is due after the timeout: the wait ends at once, a failure (exit 1).
   CommandResult wait = Parley({"wait", "--timeout", "3s"});
-  EXPECT_EQ(wait.code, 3);
+  EXPECT_EQ(wait.code, 1) << wait.err;
   EXPECT_THAT(wait.err, HasSubstr("greeting bad refused"));
+  EXPECT_THAT(wait.err, HasSubstr("is due after the timeout"));
   // Resetting the value corrects the queued change: the units settle without waiting out the
   // retries of the failed one.
   Ok({"config", "web", "greeting="});
@@ -737,7 +744,8 @@ TEST_F(CliTest, WaitTimesOutOnAFailingUnitAndSaysWhy) {
   EXPECT_THAT(run.err, HasSubstr("action.hello failed on web/0"));
   EXPECT_THAT(run.err, HasSubstr("broken"));
   CommandResult wait = Parley({"wait", "--timeout", "2s"});
-  EXPECT_EQ(wait.code, 3);
+  EXPECT_EQ(wait.code, 1) << wait.err;
+  EXPECT_THAT(wait.err, HasSubstr("stopped waiting: the next retry of web/0"));
   EXPECT_THAT(wait.err, HasSubstr("web/0: action.hello failed"));
   EXPECT_THAT(wait.err, HasSubstr("still busy: web/0"));
   EXPECT_THAT(Ok({"status"}), HasSubstr("action.hello failed:"));

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "engine/trace_format.h"
 #include "tests/testing/temp_dir.h"
 
@@ -1344,6 +1345,186 @@ TEST_F(EngineTest, ADepartureKeepsTheNewestServiceDataOfTheEventsItCancelled) {
   EXPECT_THAT(*service, ElementsAre(Pair("leader", "pg/1")));
 }
 
+// Retrying later (docs/engine.md, "Retrying later"): a handler that waits for a peer asks to run
+// again after a delay instead of failing. Its run commits (no failure, no backoff), later events
+// run at once, and after the delay a retry runs only that handler, against the newest data.
+TEST_F(EngineTest, RetryLaterDoesNotFailOrBlockAndRetriesAgainstTheNewestData) {
+  Endpoint("cluster");
+  std::vector<std::string> seen;
+  int greeted = 0;
+  Handler("follow", {}, {}, {"cluster.joined"}, [&](RunContext& ctx) {
+    auto bag = ctx.Bag("c:1", "ru:" + ctx.event().relation().remote_unit());
+    if (!bag.ok()) return bag.status();
+    const std::string primary = (*bag)["primary"];
+    seen.push_back(primary);
+    if (primary == "pg/0") {  // dead: wait for news of the promotion
+      RETURN_IF_ERROR(ctx.SetStatus(v1::WORKLOAD_STATE_WAITING, "waiting for a primary"));
+      return ctx.RetryLater(absl::Seconds(10));
+    }
+    return ctx.Set("following", primary);
+  });
+  Handler("greet", {}, {}, {"cluster.joined"}, [&](RunContext&) {
+    ++greeted;
+    return absl::OkStatus();
+  });
+  Handler("tick", {}, {}, {"tick"}, SetFact("ticked"));
+  Start();
+  ASSERT_TRUE(engine_
+                  ->EnqueueFromPeer(Rel("cluster", v1::RELATION_EVENT_KIND_JOINED, "c:1", "pg/1",
+                                        {{"primary", "pg/0"}}),
+                                    1)
+                  .ok());
+  ASSERT_TRUE(engine_->Enqueue(Named("tick")).ok());
+  auto r = engine_->RunOnce();
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->outcome, RunOutcome::kCommitted) << FormatTrace(*r->trace);
+  EXPECT_FALSE(engine_->failure().has_value());
+  EXPECT_EQ(engine_->workload_status().state(), v1::WORKLOAD_STATE_WAITING);  // kept
+  EXPECT_THAT(FormatTrace(*r->trace), HasSubstr("run     follow"));
+  EXPECT_THAT(FormatTrace(*r->trace), HasSubstr("retries later, in 10s"));
+  const std::string timer = "retry-later follow cluster.joined c:1 pg/1";
+  ASSERT_TRUE(engine_->timers().contains(timer));
+  EXPECT_EQ(engine_->timers().at(timer), clock_.Now() + absl::Seconds(10));
+  // The next event runs at once, and so does the news of the promotion.
+  r = engine_->RunOnce();
+  ASSERT_EQ(r->outcome, RunOutcome::kCommitted);
+  EXPECT_TRUE(engine_->IsSet("ticked"));
+  ASSERT_TRUE(engine_
+                  ->EnqueueFromPeer(Rel("cluster", v1::RELATION_EVENT_KIND_CHANGED, "c:1", "pg/1",
+                                        {{"primary", "pg/2"}}),
+                                    2)
+                  .ok());
+  ASSERT_EQ(engine_->RunOnce()->outcome, RunOutcome::kCommitted);
+  EXPECT_EQ(engine_->inbox_depth(), 0u);
+  // The retry survives a restart; when due (the agent enqueues due timers) it runs `follow` alone,
+  // for the same event, against the newest data.
+  Start();
+  ASSERT_TRUE(engine_->timers().contains(timer));
+  clock_.Advance(absl::Seconds(10));
+  ASSERT_TRUE(engine_->EnqueueTimer(timer).ok());
+  EXPECT_TRUE(engine_->timers().empty());
+  r = engine_->RunOnce();
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->outcome, RunOutcome::kCommitted) << FormatTrace(*r->trace);
+  EXPECT_EQ(r->trace->trigger().retry_handler(), "follow");
+  EXPECT_EQ(r->trace->trigger().retry_of(), 1u);
+  EXPECT_EQ(r->trace->trigger().name(), "cluster.joined");
+  EXPECT_EQ(r->trace->trigger().relation().unit_changes_size(), 0);
+  EXPECT_THAT(Ran(*r->trace), ElementsAre("follow"));
+  EXPECT_EQ(ReasonOf(*r->trace, v1::TraceStep::KIND_QUEUED, "follow"),
+            "retry later, asked for event 1");
+  EXPECT_THAT(FormatTrace(*r->trace), HasSubstr("for follow (asked in event 1)"));
+  EXPECT_THAT(seen, ElementsAre("pg/0", "pg/2"));
+  EXPECT_EQ(engine_->FactValue("following"), "pg/2");
+  EXPECT_EQ(greeted, 1);
+  EXPECT_FALSE(engine_->failure().has_value());
+  EXPECT_TRUE(engine_->timers().empty());
+  // The data was applied once, in order: the retry changed none of it.
+  auto bag = engine_->Bag("c:1", "ru:pg/1");
+  ASSERT_TRUE(bag.ok());
+  EXPECT_THAT(*bag, ElementsAre(Pair("primary", "pg/2")));
+}
+
+// A retry about a unit that has left since cannot apply: its handler does not run.
+TEST_F(EngineTest, ARetryLaterAboutAUnitThatLeftIsSkipped) {
+  Endpoint("cluster");
+  int runs = 0;
+  Handler("follow", {}, {}, {"cluster.joined"}, [&](RunContext& ctx) {
+    ++runs;
+    return ctx.RetryLater(absl::Seconds(5));
+  });
+  Start();
+  for (const char* unit : {"pg/1", "pg/2"}) {
+    ASSERT_TRUE(
+        engine_->EnqueueFromPeer(Rel("cluster", v1::RELATION_EVENT_KIND_JOINED, "c:1", unit), 1)
+            .ok());
+  }
+  ASSERT_TRUE(
+      engine_->EnqueueFromPeer(Rel("cluster", v1::RELATION_EVENT_KIND_DEPARTED, "c:1", "pg/1"), 2)
+          .ok());
+  ASSERT_TRUE(engine_->RunUntilIdle().ok());
+  EXPECT_EQ(runs, 2);
+  ASSERT_EQ(engine_->timers().size(), 2u);  // one per remote unit
+  clock_.Advance(absl::Seconds(5));
+  ASSERT_TRUE(engine_->EnqueueTimer("retry-later follow cluster.joined c:1 pg/1").ok());
+  auto r = engine_->RunOnce();
+  ASSERT_EQ(r->outcome, RunOutcome::kCommitted);
+  EXPECT_THAT(Ran(*r->trace), IsEmpty());
+  EXPECT_EQ(ReasonOf(*r->trace, v1::TraceStep::KIND_SKIPPED, "follow"),
+            "retry later of follow for event 1, but pg/1 left relation c:1");
+  EXPECT_EQ(runs, 2);
+  ASSERT_TRUE(engine_->EnqueueTimer("retry-later follow cluster.joined c:1 pg/2").ok());
+  r = engine_->RunOnce();
+  EXPECT_THAT(Ran(*r->trace), ElementsAre("follow"));
+  EXPECT_EQ(runs, 3);
+  EXPECT_EQ(engine_->timers().size(), 1u);  // it asked again
+}
+
+// A fact-only handler that retries later stays dirty, but is held until its retry is due: other
+// events do not run it again meanwhile.
+TEST_F(EngineTest, AFactOnlyHandlerThatRetriesLaterIsHeldUntilDue) {
+  int runs = 0;
+  bool peer_up = false;
+  Handler("configure", {"cfg"}, {}, {}, [&](RunContext& ctx) {
+    ++runs;
+    if (!peer_up) return ctx.RetryLater(absl::Minutes(1));
+    return ctx.Set("configured");
+  });
+  Handler("set-cfg", {}, {}, {"set-cfg"}, SetFact("cfg", "1"));
+  Handler("tick", {}, {}, {"tick"});
+  Start();
+  v1::Trace t = Run(Named("set-cfg"));
+  EXPECT_THAT(Ran(t), ElementsAre("set-cfg", "configure"));
+  EXPECT_EQ(runs, 1);
+  t = Run(Named("tick"));
+  EXPECT_THAT(Ran(t), ElementsAre("tick"));
+  Start();  // held across a restart too
+  t = Run(Named("tick"));
+  EXPECT_THAT(Ran(t), ElementsAre("tick"));
+  EXPECT_EQ(runs, 1);
+  peer_up = true;
+  clock_.Advance(absl::Minutes(1));
+  ASSERT_TRUE(engine_->EnqueueTimer("retry-later configure").ok());
+  auto r = engine_->RunOnce();
+  ASSERT_EQ(r->outcome, RunOutcome::kCommitted);
+  EXPECT_THAT(Ran(*r->trace), ElementsAre("configure"));
+  EXPECT_TRUE(engine_->IsSet("configured"));
+  t = Run(Named("tick"));
+  EXPECT_THAT(Ran(t), ElementsAre("tick"));  // clean now
+  EXPECT_EQ(runs, 2);
+}
+
+// Nothing is retried later for a dying unit (nothing outlives it), nor for a user action (its
+// answer is its run's); a delay must be positive; a handler that fails after asking fails, and
+// the request goes with its run.
+TEST_F(EngineTest, RetryLaterIsRefusedWhereItCannotApply) {
+  Handler("answer", {}, {}, {"action.backup"},
+          [](RunContext& ctx) { return ctx.RetryLater(absl::Seconds(1)); });
+  Handler("zero", {}, {}, {"zero"},
+          [](RunContext& ctx) { return ctx.RetryLater(absl::ZeroDuration()); });
+  Handler("then-fail", {}, {}, {"then-fail"}, [](RunContext& ctx) {
+    RETURN_IF_ERROR(ctx.RetryLater(absl::Seconds(1)));
+    return absl::UnavailableError("no");
+  });
+  Handler("stop", {}, {}, {"stop"},
+          [](RunContext& ctx) { return ctx.RetryLater(absl::Seconds(1)); });
+  Start();
+  Run(Named("action.backup"), RunOutcome::kFailed);
+  EXPECT_THAT(engine_->failure()->message(), HasSubstr("is a user action, answered by this run"));
+  ASSERT_TRUE(engine_->Resolve(ResolveMode::kSkip, 0, "test").ok());
+  Run(Named("zero"), RunOutcome::kFailed);
+  EXPECT_THAT(engine_->failure()->message(), HasSubstr("the delay must be positive"));
+  ASSERT_TRUE(engine_->Resolve(ResolveMode::kSkip, 0, "test").ok());
+  Run(Named("then-fail"), RunOutcome::kFailed);
+  EXPECT_TRUE(engine_->timers().empty());
+  ASSERT_TRUE(engine_->Resolve(ResolveMode::kSkip, 0, "test").ok());
+  ASSERT_TRUE(engine_->BeginRemoval("test").ok());
+  auto r = engine_->RunOnce();
+  ASSERT_EQ(r->outcome, RunOutcome::kFailed);
+  EXPECT_THAT(engine_->failure()->message(), HasSubstr("the unit is dying"));
+  EXPECT_TRUE(engine_->timers().empty());
+}
+
 // A unit's life (docs/engine.md, "A unit's life"): installing until `start` commits, active,
 // dying once the removal's `stop` committed (the fact `dying` is set, only handlers that run
 // while dying run, timers are gone), dead once everything queued is applied. The stage survives
@@ -1377,10 +1558,9 @@ TEST_F(EngineTest, AUnitLivesInstallingActiveDyingDead) {
   Run(Named("start"));
   EXPECT_EQ(engine_->stage(), v1::UNIT_STAGE_ACTIVE);
   ASSERT_EQ(engine_->timers().size(), 1u);
-  ASSERT_TRUE(engine_
-                  ->EnqueueFromPeer(Rel("db", v1::RELATION_EVENT_KIND_JOINED, "db:1", "redis/0"),
-                                    1)
-                  .ok());
+  ASSERT_TRUE(
+      engine_->EnqueueFromPeer(Rel("db", v1::RELATION_EVENT_KIND_JOINED, "db:1", "redis/0"), 1)
+          .ok());
   ASSERT_TRUE(engine_->RunUntilIdle().ok());
   EXPECT_THAT(ran, ElementsAre("install", "start", "watch"));
   ran.clear();
@@ -1406,10 +1586,9 @@ TEST_F(EngineTest, AUnitLivesInstallingActiveDyingDead) {
   Start();
   EXPECT_EQ(engine_->stage(), v1::UNIT_STAGE_DEAD);
   EXPECT_TRUE(engine_->timers().empty());
-  ASSERT_TRUE(engine_
-                  ->EnqueueFromPeer(Rel("db", v1::RELATION_EVENT_KIND_DEPARTED, "db:1", "redis/0"),
-                                    2)
-                  .ok());
+  ASSERT_TRUE(
+      engine_->EnqueueFromPeer(Rel("db", v1::RELATION_EVENT_KIND_DEPARTED, "db:1", "redis/0"), 2)
+          .ok());
   EXPECT_EQ(engine_->stage(), v1::UNIT_STAGE_DYING);
   r = engine_->RunOnce();
   ASSERT_TRUE(r.ok()) << r.status();
@@ -1423,6 +1602,60 @@ TEST_F(EngineTest, AUnitLivesInstallingActiveDyingDead) {
 }
 
 // The fact `dying` is the engine's, and a handler cannot need it while refusing to run dying.
+// A failed head — any event — cannot hold the unit's removal back: the removal makes it due at
+// once and cancels it (its data applied in place, nothing fired), so the stop runs next and the
+// unit dies. Without the rule the stop would wait behind the failing event until the host's
+// grace ran out, and the unit's departures would never be sent.
+TEST_F(EngineTest, TheUnitsRemovalCancelsAFailedHeadInsteadOfWaitingBehindIt) {
+  std::vector<std::string> ran;
+  Handler("broken", {}, {}, {"action.report"},
+          [](RunContext&) { return absl::InternalError("disk full"); });
+  Handler("halt", {}, {}, {"stop"}, [&](RunContext&) {
+    ran.push_back("halt");
+    return absl::OkStatus();
+  });
+  Start();
+  Run(Named("start"));
+  v1::Trace failed = Run(Named("action.report"), RunOutcome::kFailed);
+  ASSERT_TRUE(engine_->failure().has_value());
+  // Its retry is a second away; the removal makes it due now.
+  auto not_due = engine_->RunOnce();
+  ASSERT_TRUE(not_due.ok());
+  EXPECT_EQ(not_due->outcome, RunOutcome::kNotDue);
+  ASSERT_TRUE(engine_->BeginRemoval("remove-unit").ok());
+  auto cancelled = engine_->RunOnce();
+  ASSERT_TRUE(cancelled.ok()) << cancelled.status();
+  ASSERT_EQ(cancelled->outcome, RunOutcome::kCommitted);
+  EXPECT_EQ(cancelled->trace->result(), v1::Trace::RESULT_CANCELLED);
+  EXPECT_EQ(cancelled->trace->trigger().name(), "action.report");
+  EXPECT_THAT(cancelled->trace->error(),
+              HasSubstr("'stop' queued behind it (the unit is being removed, by remove-unit)"));
+  EXPECT_THAT(cancelled->trace->error(), HasSubstr("disk full"));
+  EXPECT_THAT(Ran(*cancelled->trace), IsEmpty());
+  EXPECT_FALSE(engine_->failure().has_value());
+  ASSERT_TRUE(engine_->RunUntilIdle().ok());
+  EXPECT_THAT(ran, ElementsAre("halt"));
+  EXPECT_EQ(engine_->stage(), v1::UNIT_STAGE_DEAD);
+}
+
+// The removal's own stop failing is not cancelled by itself: it is retried (and the host removes
+// the unit when its grace runs out).
+TEST_F(EngineTest, AFailingStopOfTheRemovalIsRetried) {
+  Handler("halt", {}, {}, {"stop"}, [](RunContext&) { return absl::InternalError("stuck"); });
+  Start();
+  Run(Named("start"));
+  ASSERT_TRUE(engine_->BeginRemoval("remove-unit").ok());
+  auto r = engine_->RunOnce();
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->outcome, RunOutcome::kFailed);
+  clock_.Set(r->next_attempt);
+  r = engine_->RunOnce();
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->outcome, RunOutcome::kFailed);
+  EXPECT_EQ(r->trace->result(), v1::Trace::RESULT_ROLLED_BACK);
+  EXPECT_EQ(engine_->stage(), v1::UNIT_STAGE_ACTIVE);
+}
+
 TEST_F(EngineTest, TheDyingFactIsTheEngines) {
   Handler("fake", {}, {}, {"go"}, [](RunContext& ctx) { return ctx.Set("dying"); });
   Start();
