@@ -77,6 +77,8 @@ struct Stat {
   char state = '?';
   uint64_t flags = 0;
   uint64_t start_ticks = 0;
+  int64_t pgrp = 0;
+  int64_t session = 0;
   std::string comm;
 };
 
@@ -94,7 +96,9 @@ std::optional<Stat> ReadStat(int pid) {
   // fields[0] is field 3 (state); starttime is field 22.
   if (fields.size() < 20 || fields[0].empty()) return std::nullopt;
   st.state = fields[0][0];
-  if (!absl::SimpleAtoi(fields[6], &st.flags) || !absl::SimpleAtoi(fields[19], &st.start_ticks)) {
+  // pgrp and session are fields 5 and 6.
+  if (!absl::SimpleAtoi(fields[6], &st.flags) || !absl::SimpleAtoi(fields[19], &st.start_ticks) ||
+      !absl::SimpleAtoi(fields[2], &st.pgrp) || !absl::SimpleAtoi(fields[3], &st.session)) {
     return std::nullopt;
   }
   return st;
@@ -322,7 +326,8 @@ std::vector<TaggedProcess> FindTaggedProcesses(absl::string_view cookie) {
       if (!st || Gone(st->state)) continue;
       switch (Judge(pid, *st, entry, label)) {
         case Verdict::kTagged:
-          found.push_back({pid, st->start_ticks, CommandOf(pid, st->comm)});
+          found.push_back(
+              {pid, st->start_ticks, CommandOf(pid, st->comm), st->pgrp == st->session});
           break;
         case Verdict::kUndecided:
           undecided.push_back(pid);
@@ -347,6 +352,7 @@ std::vector<ReapedProcess> ReapTaggedProcesses(absl::string_view cookie,
     std::vector<std::unique_ptr<Target>> targets;
     std::vector<size_t> index;
     for (TaggedProcess& p : FindTaggedProcesses(cookie)) {
+      if (options.only_attached && p.detached) continue;
       const auto key = std::make_pair(p.pid, p.start_ticks);
       if (seen.contains(key)) continue;
       seen.emplace(key, reaped.size());

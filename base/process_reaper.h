@@ -67,6 +67,10 @@ struct TaggedProcess {
   // Its command line, arguments joined by spaces, non-printable bytes as '?', at most
   // kMaxCommandBytes (then ending in "..."); "[name]" when it has none.
   std::string command;
+  // Whether it leads, or is in, the group that leads its session (pgid == sid): a daemon that
+  // detached (setsid). False for a program a parleyd ran (it starts each in a group of its own in
+  // the parleyd's session) and what that runs without detaching.
+  bool detached = false;
 };
 inline constexpr size_t kMaxCommandBytes = 1024;
 
@@ -82,6 +86,9 @@ struct ReapOptions {
   absl::Duration kill_wait = absl::Seconds(5);
   // Looks for tagged processes again (stopping ones may start others) at most this many times.
   int rounds = 3;
+  // Only processes that did not detach (TaggedProcess::detached false): handlers and what they
+  // run in their group, not the daemons they started in sessions of their own.
+  bool only_attached = false;
 };
 
 enum class ProcessFate {

@@ -141,6 +141,7 @@ absl::StatusOr<EnqueueResult> Engine::EnqueueFromPeer(v1::Event event, uint64_t 
         "agent ", kb_->agent(), ": relation ", rc.relation_id(), " from ", rc.remote_unit(),
         ": sequence ", sequence, " leaves a gap; expected ", last + 1));
   }
+  event.mutable_relation()->set_sequence(sequence);
   kb::Txn txn(kb_);
   inbox_->Stage(txn, event);
   StageReceived(txn, rc.relation_id(), rc.remote_unit(), sequence);

@@ -30,7 +30,9 @@ std::string FormatTrace(const v1::Trace& t) {
   absl::StrAppend(&out, "run ", t.run(), ": event ", e.id(), " '", e.name(), "'");
   if (e.has_relation()) {
     absl::StrAppend(&out, " (relation ", e.relation().relation_id(), ", remote unit ",
-                    e.relation().remote_unit().empty() ? "-" : e.relation().remote_unit(), ")");
+                    e.relation().remote_unit().empty() ? "-" : e.relation().remote_unit());
+    if (e.relation().sequence() != 0) absl::StrAppend(&out, ", seq ", e.relation().sequence());
+    absl::StrAppend(&out, ")");
   }
   if (!e.source().empty()) absl::StrAppend(&out, " from ", e.source());
   if (!e.retry_handler().empty()) {
@@ -103,7 +105,8 @@ std::string FormatTrace(const v1::Trace& t) {
     }
   }
   for (const auto& m : t.messages()) {
-    absl::StrAppend(&out, "  send    relation ", m.relation_id(), " seq ", m.sequence(), ": ",
+    absl::StrAppend(&out, "  send    relation ", m.relation_id(), " seq ", m.sequence(),
+                    m.destination().empty() ? "" : " to ", m.destination(), ": ",
                     absl::StrJoin(m.unit_changes(), " ",
                                   [](std::string* o, const v1::BagChange& c) {
                                     absl::StrAppend(o, c.key(), c.deleted() ? " deleted" : "=",

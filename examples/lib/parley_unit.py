@@ -71,19 +71,35 @@ def remote_units(ctx, endpoint):
     return units
 
 
-def write_if_changed(path, text, mode=0o600):
-    """Writes TEXT to PATH atomically; returns whether the content changed."""
-    try:
-        with open(path) as f:
-            if f.read() == text:
-                return False
-    except FileNotFoundError:
-        pass
+def _write(path, text, mode):
     tmp = path + ".new"
     with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "w") as f:
         f.write(text)
     os.replace(tmp, path)
-    return True
+
+
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def stage(path, text, mode=0o600):
+    """Writes TEXT to PATH (atomically) for a daemon to start with; returns whether the daemon
+    must be (re)started to use it: TEXT differs from what the running daemon was started with, as
+    applied() recorded it, not from what PATH held. A handler killed between writing PATH and
+    restarting (its parleyd SIGKILLed) is retried: the retry then still restarts."""
+    if _read(path) != text:
+        _write(path, text, mode)
+    return _read(path + ".applied") != text
+
+
+def applied(*paths, mode=0o600):
+    """Records that the daemon now runs with what stage() wrote to PATHS (call it once it is up)."""
+    for path in paths:
+        _write(path + ".applied", _read(path), mode)
 
 
 def pid_alive(pidfile, marker):

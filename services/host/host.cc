@@ -121,7 +121,29 @@ absl::StatusOr<Agent*> Host::AddAgent(engine::ServiceSpec spec, AgentOptions opt
     }
     agents_.emplace(raw->name(), std::move(agent));
   }
-  raw->strand()->Post([raw] { raw->Start(); });
+  // A handler of a parleyd that died on this data (SIGKILL, a crash) may still be running:
+  // nothing ties a handler's life to its parleyd's. Its run is retried by this agent, so it must
+  // not go on beside the retry (the webstack campaign saw two redis-hook starts at once lose
+  // redis.pid). Before the agent runs anything, what is left of its handlers - tagged processes
+  // that did not detach - is killed; the daemons they started in sessions of their own stay.
+  const std::string cookie = base::DeriveUnitCookie(cookie_secret_, raw->name());
+  raw->strand()->Post([this, raw, cookie] {
+    base::ReapOptions leftover;
+    leftover.only_attached = true;
+    leftover.grace = absl::ZeroDuration();
+    for (const base::ReapedProcess& r : base::ReapTaggedProcesses(cookie, leftover)) {
+      v1::LogRecord record;
+      record.set_agent(raw->name());
+      record.set_level(r.fate == base::ProcessFate::kSurvived ? v1::LOG_LEVEL_ERROR
+                                                              : v1::LOG_LEVEL_WARNING);
+      record.set_message(absl::StrCat("stopped pid ", r.process.pid, " (", r.process.command,
+                                      "): a handler left running by a parleyd that ended without "
+                                      "waiting for it",
+                                      r.error.empty() ? "" : absl::StrCat("; ", r.error)));
+      logs_.Add(std::move(record));
+    }
+    raw->Start();
+  });
   return raw;
 }
 

@@ -771,6 +771,21 @@ TEST_F(EngineTest, PeerSequencesAreDeduplicatedAndGapsRefused) {
   ASSERT_TRUE(engine_->RunUntilIdle().ok());
   EXPECT_EQ(engine_->FactValue("db.joined"), "2");
   EXPECT_EQ(engine_->FactValue("db.remote.a"), "1");
+  // Each run's trace records the sequence its trigger was received with (a fault campaign
+  // checks from them that nothing was applied twice or out of order); local events carry none.
+  auto traces = engine_->Traces(3);
+  ASSERT_TRUE(traces.ok()) << traces.status();
+  ASSERT_EQ(traces->size(), 3u);
+  std::vector<std::pair<std::string, uint64_t>> received;
+  for (const v1::Trace& t : *traces) {
+    received.emplace_back(t.trigger().relation().remote_unit(), t.trigger().relation().sequence());
+  }
+  EXPECT_THAT(received, ElementsAre(Pair("redis/0", 1), Pair("redis/0", 2), Pair("redis/1", 1)));
+  EXPECT_THAT(FormatTrace((*traces)[1]), HasSubstr("(relation db:1, remote unit redis/0, seq 2)"));
+  Run(Rel("db", v1::RELATION_EVENT_KIND_CHANGED, "db:1", "redis/1", {{"a", "2"}}));
+  auto local = engine_->Traces(1);
+  ASSERT_TRUE(local.ok());
+  EXPECT_EQ(local->at(0).trigger().relation().sequence(), 0u);
 }
 
 // Acknowledgements remove exactly the acknowledged prefix of one destination and relation.

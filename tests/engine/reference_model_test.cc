@@ -1450,7 +1450,10 @@ class Harness {
           absl::StrCat("EnqueueFromPeer sequence ", a.sequence, ": ", r.status().ToString()));
     }
     ++stats_.relation_events;
-    return Queued(a.relation_event, *r, absl::StrCat("peer sends sequence ", a.sequence, ":")) &&
+    // The inbox keeps the sequence the event was received with (traces show it).
+    v1::Event received = a.relation_event;
+    received.mutable_relation()->set_sequence(a.sequence);
+    return Queued(received, *r, absl::StrCat("peer sends sequence ", a.sequence, ":")) &&
            CheckState("after EnqueueFromPeer");
   }
 

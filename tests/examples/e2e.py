@@ -118,8 +118,9 @@ class Model:
         self.config = {name: dict(s.get("config", {})) for name, s in model["services"].items()}
         return path
 
-    def run(self, *argv, timeout=300, ok=True):
-        say("$ parley " + " ".join(argv))
+    def run(self, *argv, timeout=300, ok=True, quiet=False):
+        if not quiet:
+            say("$ parley " + " ".join(argv))
         p = subprocess.run([self.parley, *argv], env=self.env, capture_output=True, text=True,
                            timeout=timeout)
         if ok and p.returncode != 0:

@@ -5,6 +5,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
 
 #include <filesystem>
 #include <fstream>
@@ -110,6 +112,13 @@ class RemoveAgentTest : public ::testing::Test {
     Write(root_ / "keeper/bin/launch.sh", kLaunch, true);
     Write(root_ / "hanger/service.yaml", kHanger);
     Write(root_ / "hanger/bin/hang.sh", kHang, true);
+    StartHost();
+  }
+
+  // A host on the test's data directory (again, after a previous one ended: a restart).
+  void StartHost() {
+    backends_.reset();
+    host_.reset();
     HostOptions o;
     o.data_dir = (root_ / "kb").string();
     o.tls.plaintext = true;
@@ -182,6 +191,45 @@ TEST_F(RemoveAgentTest, StopsTheDaemonAHandlerDetachedAndReportsIt) {
   EXPECT_TRUE(WaitFor([&] { return !Alive(daemon); }, absl::Seconds(5)));
   EXPECT_TRUE(absl::IsNotFound(host_->UnitCookie("keeper/0").status()));
   EXPECT_EQ(host_->Find("keeper/0"), nullptr);
+}
+
+// Nothing ties a handler's life to its parleyd's: after a SIGKILL of the parleyd, a handler may
+// still be running when a new parleyd hosts the agent on the same data and retries its run (the
+// webstack campaign saw two redis-hook starts at once lose redis.pid). The agent stops what is left
+// of its handlers before it runs anything, and leaves the daemons they detached alone.
+TEST_F(RemoveAgentTest, AHandlerLeftByAParleydThatDiedIsStoppedWhenTheAgentIsHostedAgain) {
+  Agent* agent = Add("keeper", "keeper/0");
+  ASSERT_NE(agent, nullptr);
+  ASSERT_TRUE(WaitFor([&] { return Fact(agent, "launched").has_value(); }));
+  const std::string pidfile = StateFile("keeper-0", "daemon.pid");
+  ASSERT_TRUE(WaitFor([&] { return PidIn(pidfile) > 0; }));
+  const int daemon = PidIn(pidfile);
+  auto cookie = host_->UnitCookie("keeper/0");
+  ASSERT_TRUE(cookie.ok()) << cookie.status();
+  // What a handler of a killed parleyd is: tagged with the unit's cookie, in a process group of
+  // its own in the parleyd's session (as process::Spawn starts it), not detached.
+  const std::string tag = absl::StrCat(base::kUnitCookieVariable, "=", *cookie);
+  std::vector<char*> env = {const_cast<char*>(tag.c_str()), nullptr};
+  std::vector<char*> argv = {const_cast<char*>("sleep"), const_cast<char*>("86424"), nullptr};
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  posix_spawnattr_setpgroup(&attr, 0);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
+  pid_t leftover = 0;
+  ASSERT_EQ(posix_spawn(&leftover, "/bin/sleep", nullptr, &attr, argv.data(), env.data()), 0);
+  posix_spawnattr_destroy(&attr);
+  KillOnExit cleanup{{daemon, leftover}};
+  ASSERT_TRUE(WaitFor([&] { return CommandLine(leftover) == "sleep 86424"; }));
+
+  StartHost();  // the parleyd came back on the same data
+  agent = Add("keeper", "keeper/0");
+  ASSERT_NE(agent, nullptr);
+  EXPECT_TRUE(WaitFor([&] { return !Alive(leftover); }, absl::Seconds(10)))
+      << "the leftover handler " << leftover << " still runs";
+  EXPECT_TRUE(Alive(daemon)) << "the detached daemon was stopped too";
+  if (Alive(leftover)) kill(leftover, SIGKILL);
+  waitpid(leftover, nullptr, 0);  // it is this test's child
+  ASSERT_TRUE(host_->RemoveAgent("keeper/0").ok());  // stops the daemons
 }
 
 TEST_F(RemoveAgentTest, StopsAHangingHandlerAndItsDaemonWithinABound) {

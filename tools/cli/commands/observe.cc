@@ -307,6 +307,10 @@ absl::Status Trace(Session& s, const Args& args) {
   req.set_last(last);
   v1::GetTracesResponse resp;
   RETURN_IF_ERROR(s.Client(found.second->address()).Call(&v1::Agent::Stub::GetTraces, req, &resp));
+  if (args.Has("--json")) {
+    std::printf("%s", ToJson(resp).c_str());
+    return absl::OkStatus();
+  }
   for (const auto& t : resp.traces()) std::printf("%s\n", engine::FormatTrace(t).c_str());
   return absl::OkStatus();
 }
