@@ -79,7 +79,22 @@ void Outbox::StageNextId(kb::Txn& txn) const {
   }
 }
 
+void Outbox::StageForget(kb::Txn& txn, absl::string_view relation_id,
+                         absl::string_view destination) {
+  std::pair<std::string, std::string> key{std::string(destination), std::string(relation_id)};
+  auto it = unacked_.find(key);
+  if (it == unacked_.end()) return;
+  if (std::find(forgotten_.begin(), forgotten_.end(), key) != forgotten_.end()) return;
+  for (const auto& [sequence, id] : it->second) {
+    txn.Delete(Space::kOutbox, keys::Outbox(destination, id));
+  }
+  size_ -= it->second.size();
+  forgotten_.push_back(std::move(key));
+}
+
 void Outbox::Committed() {
+  for (const auto& key : forgotten_) unacked_.erase(key);
+  forgotten_.clear();
   for (const auto& e : staged_)
     unacked_[{e.destination, e.relation}].emplace_back(e.sequence, e.id);
   staged_.clear();
@@ -89,6 +104,7 @@ void Outbox::Committed() {
 
 void Outbox::Discard() {
   staged_.clear();
+  forgotten_.clear();
   next_id_ = committed_next_id_;
   size_ = committed_size_;
 }

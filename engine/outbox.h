@@ -54,6 +54,10 @@ class Outbox {
                      absl::string_view destination, v1::RelationEventKind kind, Sender sender,
                      uint64_t run, absl::FunctionRef<absl::Status(v1::OutboxEntry&)> fill,
                      v1::Trace& trace);
+  // Stages in `txn` the deletion of every unacknowledged entry of `relation_id` to
+  // `destination` (a remote unit that departed); they leave size() at once, and the pending set
+  // with Committed(). The pair's sequence goes on where it was.
+  void StageForget(kb::Txn& txn, absl::string_view relation_id, absl::string_view destination);
   // Writes the next entry id in `txn` if entries were staged.
   void StageNextId(kb::Txn& txn) const;
   // The run's transaction committed: its staged entries wait for acknowledgement.
@@ -97,6 +101,7 @@ class Outbox {
   // Unacknowledged entries per (destination, relation): (sequence, id), oldest first.
   std::map<std::pair<std::string, std::string>, std::deque<std::pair<uint64_t, uint64_t>>> unacked_;
   std::vector<Pending> staged_;
+  std::vector<std::pair<std::string, std::string>> forgotten_;
 };
 
 // The last sequence received from `sender` about `relation_id`; nullopt when none was.

@@ -119,6 +119,7 @@ absl::StatusOr<bool> Relations::Apply(const v1::Event& event, kb::Txn& txn) {
       if (EraseSorted(rel.mutable_targets(), unit) && rc.local()) {
         run_.departs.emplace_back(rc.relation_id(), unit);
       }
+      if (!rc.local() && !unit.empty()) run_.left.emplace_back(rc.relation_id(), unit);
       RETURN_IF_ERROR(
           txn.DeletePrefix(Space::kBag, keys::Bag(rc.relation_id(), absl::StrCat("ru:", unit))));
       if (rel.remote_units().empty() && rel.targets().empty()) {
@@ -279,6 +280,10 @@ absl::Status Relations::StageMessages(kb::Txn& txn, Outbox& outbox, Sender sende
         txn, records_.at(id), unit, v1::RELATION_EVENT_KIND_DEPARTED, sender, run,
         [](v1::OutboxEntry&) { return absl::OkStatus(); }, trace));
   }
+  // A remote unit that departed is owed nothing more about the relation: what it did not
+  // acknowledge is dropped (it would ignore it, and a unit being removed would wait for its
+  // acknowledgement in vain once it is gone).
+  for (const auto& [id, unit] : run_.left) outbox.StageForget(txn, id, unit);
   // A broken relation's unacknowledged events stay in the outbox: receivers need every sequence
   // number, and they ignore events about a relation they no longer have.
   return absl::OkStatus();

@@ -84,6 +84,8 @@ class Relations {
     std::set<std::string> follow_up_broken;
     // (relation, unit) this agent unrelated from: the unit is told with a DEPARTED event.
     std::vector<std::pair<std::string, std::string>> departs;
+    // (relation, unit) of remote units that departed: nothing more is owed to them.
+    std::vector<std::pair<std::string, std::string>> left;
   };
   RunChanges run_;
 };

@@ -1624,7 +1624,6 @@ TEST_F(EngineTest, ADepartedUnitIsOwedNothing) {
   EXPECT_EQ(engine_->outbox_size(), 0u) << "entries to the departed pg/0 are still owed";
 }
 
-// The fact `dying` is the engine's, and a handler cannot need it while refusing to run dying.
 // A failed head — any event — cannot hold the unit's removal back: the removal makes it due at
 // once and cancels it (its data applied in place, nothing fired), so the stop runs next and the
 // unit dies. Without the rule the stop would wait behind the failing event until the host's
@@ -1679,6 +1678,7 @@ TEST_F(EngineTest, AFailingStopOfTheRemovalIsRetried) {
   EXPECT_EQ(engine_->stage(), v1::UNIT_STAGE_ACTIVE);
 }
 
+// The fact `dying` is the engine's, and a handler cannot need it while refusing to run dying.
 TEST_F(EngineTest, TheDyingFactIsTheEngines) {
   Handler("fake", {}, {}, {"go"}, [](RunContext& ctx) { return ctx.Set("dying"); });
   Start();
