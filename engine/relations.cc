@@ -257,7 +257,7 @@ absl::Status Relations::StageMessages(kb::Txn& txn, Outbox& outbox, Sender sende
       if (known && !changed) continue;
       RETURN_IF_ERROR(outbox.Stage(
           txn, rel, destination, v1::RELATION_EVENT_KIND_CHANGED, sender, run,
-          [&](v1::OutboxEntry& e) -> absl::Status {
+          [&](v1::RelationEvent& e) -> absl::Status {
             if (e.kind() == v1::RELATION_EVENT_KIND_JOINED) {
               // An introduction carries the whole of this unit's data.
               RETURN_IF_ERROR(add_bag(id, "lu", e.mutable_unit_changes()));
@@ -277,7 +277,7 @@ absl::Status Relations::StageMessages(kb::Txn& txn, Outbox& outbox, Sender sende
   for (const auto& [id, unit] : run_.departs) {
     RETURN_IF_ERROR(outbox.Stage(
         txn, records_.at(id), unit, v1::RELATION_EVENT_KIND_DEPARTED, sender, run,
-        [](v1::OutboxEntry&) { return absl::OkStatus(); }, trace));
+        [](v1::RelationEvent&) { return absl::OkStatus(); }, trace));
   }
   // A broken relation's unacknowledged events stay in the outbox: receivers need every sequence
   // number, and they ignore events about a relation they no longer have.

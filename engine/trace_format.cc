@@ -53,8 +53,8 @@ std::string FormatTrace(const v1::Trace& t) {
     return out;
   }
   if (t.folded_size() > 0) {
-    absl::StrAppend(&out, ", with the newer data of event",
-                    t.folded_size() == 1 ? " " : "s ", absl::StrJoin(t.folded(), ", "));
+    absl::StrAppend(&out, ", with the newer data of event", t.folded_size() == 1 ? " " : "s ",
+                    absl::StrJoin(t.folded(), ", "));
   }
   if (!t.resolved_by().empty()) absl::StrAppend(&out, ", retried at once for ", t.resolved_by());
   if (t.result() != v1::Trace::RESULT_CANCELLED) absl::StrAppend(&out, "\n");
@@ -95,8 +95,9 @@ std::string FormatTrace(const v1::Trace& t) {
     }
   }
   for (const auto& m : t.messages()) {
-    absl::StrAppend(&out, "  send    relation ", m.relation_id(), " seq ", m.sequence(), ": ",
-                    absl::StrJoin(m.unit_changes(), " ",
+    const v1::RelationEvent& e = m.event();
+    absl::StrAppend(&out, "  send    relation ", e.relation_id(), " seq ", e.sequence(), ": ",
+                    absl::StrJoin(e.unit_changes(), " ",
                                   [](std::string* o, const v1::BagChange& c) {
                                     absl::StrAppend(o, c.key(), c.deleted() ? " deleted" : "=",
                                                     c.deleted() ? "" : c.value());

@@ -307,9 +307,9 @@ TEST_F(EngineTest, CommitIsAtomicAndSurvivesRestart) {
   EXPECT_THAT(Ran(t), ElementsAre("publish"));
   EXPECT_EQ(engine_->inbox_depth(), 0u);
   ASSERT_EQ(t.messages_size(), 1);
-  EXPECT_EQ(t.messages(0).relation_id(), "db:1");
-  EXPECT_EQ(t.messages(0).sequence(), 1u);
-  EXPECT_EQ(t.messages(0).sender_unit(), "svc/0");
+  EXPECT_EQ(t.messages(0).event().relation_id(), "db:1");
+  EXPECT_EQ(t.messages(0).event().sequence(), 1u);
+  EXPECT_EQ(t.messages(0).event().sender_unit(), "svc/0");
   EXPECT_EQ(t.messages(0).destination(), "redis/0");
 
   Start();  // a new engine on the same KB
@@ -318,8 +318,8 @@ TEST_F(EngineTest, CommitIsAtomicAndSurvivesRestart) {
   auto outbox = engine_->Outbox();
   ASSERT_TRUE(outbox.ok());
   ASSERT_EQ(outbox->size(), 1u);  // the introduction, with the data written in the same run
-  EXPECT_EQ((*outbox)[0].kind(), v1::RELATION_EVENT_KIND_JOINED);
-  EXPECT_EQ((*outbox)[0].unit_changes(0).key(), "user");
+  EXPECT_EQ((*outbox)[0].event().kind(), v1::RELATION_EVENT_KIND_JOINED);
+  EXPECT_EQ((*outbox)[0].event().unit_changes(0).key(), "user");
   auto bag = engine_->Bag("db:1", "lu");
   ASSERT_TRUE(bag.ok());
   EXPECT_THAT(*bag, ElementsAre(Pair("user", "app")));
@@ -342,9 +342,9 @@ TEST_F(EngineTest, OutboxSequencesPerRelation) {
   // A unit that joins is introduced to: sequence 1 is a JOINED carrying this unit's data.
   v1::Trace t = Run(Rel("db", v1::RELATION_EVENT_KIND_JOINED, "db:1", "redis/0"));
   ASSERT_EQ(t.messages_size(), 1);
-  EXPECT_EQ(t.messages(0).kind(), v1::RELATION_EVENT_KIND_JOINED);
+  EXPECT_EQ(t.messages(0).event().kind(), v1::RELATION_EVENT_KIND_JOINED);
   EXPECT_EQ(t.messages(0).destination(), "redis/0");
-  EXPECT_EQ(t.messages(0).sequence(), 1u);
+  EXPECT_EQ(t.messages(0).event().sequence(), 1u);
   Run(Rel("db", v1::RELATION_EVENT_KIND_JOINED, "db:2", "pg/0"));
   auto write = [](std::string v) {
     v1::Event e = Named("write");
@@ -355,11 +355,11 @@ TEST_F(EngineTest, OutboxSequencesPerRelation) {
   EXPECT_EQ(Run(write("1")).messages_size(), 0);
   t = Run(write("2"));
   ASSERT_EQ(t.messages_size(), 2);
-  EXPECT_EQ(t.messages(0).relation_id(), "db:1");
-  EXPECT_EQ(t.messages(0).kind(), v1::RELATION_EVENT_KIND_CHANGED);
-  EXPECT_EQ(t.messages(0).sequence(), 3u);
-  EXPECT_EQ(t.messages(1).relation_id(), "db:2");
-  EXPECT_EQ(t.messages(1).sequence(), 3u);
+  EXPECT_EQ(t.messages(0).event().relation_id(), "db:1");
+  EXPECT_EQ(t.messages(0).event().kind(), v1::RELATION_EVENT_KIND_CHANGED);
+  EXPECT_EQ(t.messages(0).event().sequence(), 3u);
+  EXPECT_EQ(t.messages(1).event().relation_id(), "db:2");
+  EXPECT_EQ(t.messages(1).event().sequence(), 3u);
   EXPECT_GT(t.messages(1).id(), t.messages(0).id());
 }
 
@@ -705,9 +705,9 @@ TEST_F(EngineTest, RelateIntroducesOnce) {
   Start();
   v1::Trace t = Run(Created("db", "db:7", "redis/0"));
   ASSERT_EQ(t.messages_size(), 1);
-  EXPECT_EQ(t.messages(0).kind(), v1::RELATION_EVENT_KIND_JOINED);
-  EXPECT_EQ(t.messages(0).receiver_endpoint(), "website");
-  EXPECT_EQ(t.messages(0).interface(), "http");
+  EXPECT_EQ(t.messages(0).event().kind(), v1::RELATION_EVENT_KIND_JOINED);
+  EXPECT_EQ(t.messages(0).event().receiver_endpoint(), "website");
+  EXPECT_EQ(t.messages(0).event().interface(), "http");
   EXPECT_FALSE(engine_->IsSet("db.joined"));  // nobody joined yet
   t = Run(Rel("db", v1::RELATION_EVENT_KIND_JOINED, "db:7", "redis/0", {{"host", "h"}}));
   EXPECT_EQ(t.messages_size(), 0);
@@ -729,8 +729,8 @@ TEST_F(EngineTest, UnrelateTellsRemoteAndBreaks) {
   departed.mutable_relation()->set_local(true);
   v1::Trace t = Run(departed);
   ASSERT_EQ(t.messages_size(), 1);
-  EXPECT_EQ(t.messages(0).kind(), v1::RELATION_EVENT_KIND_DEPARTED);
-  EXPECT_EQ(t.messages(0).sequence(), 2u);
+  EXPECT_EQ(t.messages(0).event().kind(), v1::RELATION_EVENT_KIND_DEPARTED);
+  EXPECT_EQ(t.messages(0).event().sequence(), 2u);
   EXPECT_EQ(engine_->inbox_depth(), 1u);  // the follow-up broken event
   auto r = engine_->RunOnce();
   ASSERT_TRUE(r.ok());
@@ -739,7 +739,7 @@ TEST_F(EngineTest, UnrelateTellsRemoteAndBreaks) {
   EXPECT_THAT(*engine_->Bag("db:1", "lu"), IsEmpty());
   auto outbox = engine_->Outbox("redis/0");
   ASSERT_EQ(outbox->size(), 1u);
-  EXPECT_EQ((*outbox)[0].kind(), v1::RELATION_EVENT_KIND_DEPARTED);
+  EXPECT_EQ((*outbox)[0].event().kind(), v1::RELATION_EVENT_KIND_DEPARTED);
   // A late event for the broken relation changes nothing.
   Run(Rel("db", v1::RELATION_EVENT_KIND_JOINED, "db:1", "redis/0"));
   EXPECT_FALSE(engine_->IsSet("db.joined"));
@@ -788,7 +788,7 @@ TEST_F(EngineTest, AcknowledgeRemovesAcknowledgedPrefix) {
   ASSERT_TRUE(engine_->Acknowledge("redis/0", "db:1", 2).ok());
   auto outbox = engine_->Outbox("redis/0");
   ASSERT_EQ(outbox->size(), 2u);
-  EXPECT_EQ((*outbox)[0].sequence(), 3u);
+  EXPECT_EQ((*outbox)[0].event().sequence(), 3u);
   ASSERT_TRUE(engine_->Acknowledge("redis/1", "db:1", 4).ok());  // another destination
   EXPECT_EQ(engine_->outbox_size(), 2u);
   Start();
@@ -1362,10 +1362,9 @@ TEST_F(EngineTest, AUnitLivesInstallingActiveDyingDead) {
   Run(Named("start"));
   EXPECT_EQ(engine_->stage(), v1::UNIT_STAGE_ACTIVE);
   ASSERT_EQ(engine_->timers().size(), 1u);
-  ASSERT_TRUE(engine_
-                  ->EnqueueFromPeer(Rel("db", v1::RELATION_EVENT_KIND_JOINED, "db:1", "redis/0"),
-                                    1)
-                  .ok());
+  ASSERT_TRUE(
+      engine_->EnqueueFromPeer(Rel("db", v1::RELATION_EVENT_KIND_JOINED, "db:1", "redis/0"), 1)
+          .ok());
   ASSERT_TRUE(engine_->RunUntilIdle().ok());
   EXPECT_THAT(ran, ElementsAre("install", "start", "watch"));
   ran.clear();
@@ -1391,10 +1390,9 @@ TEST_F(EngineTest, AUnitLivesInstallingActiveDyingDead) {
   Start();
   EXPECT_EQ(engine_->stage(), v1::UNIT_STAGE_DEAD);
   EXPECT_TRUE(engine_->timers().empty());
-  ASSERT_TRUE(engine_
-                  ->EnqueueFromPeer(Rel("db", v1::RELATION_EVENT_KIND_DEPARTED, "db:1", "redis/0"),
-                                    2)
-                  .ok());
+  ASSERT_TRUE(
+      engine_->EnqueueFromPeer(Rel("db", v1::RELATION_EVENT_KIND_DEPARTED, "db:1", "redis/0"), 2)
+          .ok());
   EXPECT_EQ(engine_->stage(), v1::UNIT_STAGE_DYING);
   r = engine_->RunOnce();
   ASSERT_TRUE(r.ok()) << r.status();
