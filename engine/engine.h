@@ -228,8 +228,10 @@ class Engine {
   const std::map<std::string, absl::Time>& timers() const { return timers_; }
 
   // A unit's life (lifecycle.cc; docs/engine.md, "A unit's life"). BeginRemoval queues the
-  // `stop` event that makes the unit dying, once: later calls queue nothing (event_id 0).
-  absl::StatusOr<EnqueueResult> BeginRemoval(absl::string_view by);
+  // `stop` event that makes the unit dying, and after it `then` (the agent's departures of its
+  // relations), in one write, once: later calls queue nothing (event_id 0).
+  absl::StatusOr<EnqueueResult> BeginRemoval(absl::string_view by,
+                                             std::vector<v1::Event> then = {});
   v1::UnitStage stage() const;
   const std::map<std::string, std::string>& config() const { return config_; }
   uint64_t runs() const { return run_counter_; }

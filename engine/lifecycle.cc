@@ -4,6 +4,8 @@
 // once a dying unit has applied everything queued.
 
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
@@ -38,20 +40,30 @@ v1::UnitStage Engine::stage() const {
   return stage_;
 }
 
-absl::StatusOr<EnqueueResult> Engine::BeginRemoval(absl::string_view by) {
+absl::StatusOr<EnqueueResult> Engine::BeginRemoval(absl::string_view by,
+                                                   std::vector<v1::Event> then) {
   if (run_) return absl::FailedPreconditionError("a removal cannot begin during a run");
   if (removal_queued_) return EnqueueResult{};
+  for (const v1::Event& e : then) RETURN_IF_ERROR(ValidateEvent(e));
   v1::Event stop;
   stop.set_name("stop");
   stop.set_source(std::string(by));
   stop.set_dying(true);
-  // The mark is written with the event, so that a restart knows without reading the inbox.
+  // One write: the stop, what follows it, and the mark, so that a restart knows without reading
+  // the inbox and a removal is never half queued.
   kb::Txn txn(kb_);
   inbox_->Stage(txn, stop);
+  for (v1::Event& e : then) inbox_->Stage(txn, e);
+  if (absl::Status s = RetrySoonerFor(txn, then); !s.ok()) {
+    inbox_->Discard();
+    return s;
+  }
   txn.Put(Space::kMeta, keys::kRemoval, "");
-  ASSIGN_OR_RETURN(uint64_t ticket, inbox_->Commit(*kb_, txn));
+  absl::StatusOr<uint64_t> ticket = inbox_->Commit(*kb_, txn);
+  RetrySoonerCommitted(ticket.ok());
+  if (!ticket.ok()) return ticket.status();
   removal_queued_ = true;
-  return EnqueueResult{stop.id(), ticket};
+  return EnqueueResult{stop.id(), *ticket};
 }
 
 absl::Status Engine::ApplyLifecycle(const v1::Event& event) {

@@ -227,6 +227,17 @@ void Agent::Process() {
       break;
     }
     metrics_.runs_committed->Increment();
+    // The retry rules (docs/engine.md, "Relation data is a state too") are visible in the log.
+    if (r->trace->result() == v1::Trace::RESULT_CANCELLED) {
+      Log(v1::LOG_LEVEL_WARNING, absl::StrCat("run ", r->run, ": '", last_event_,
+                                              "' cancelled (its data applied, nothing fired): ",
+                                              r->trace->error()));
+    } else if (r->trace->folded_size() > 0) {
+      Log(v1::LOG_LEVEL_INFO,
+          absl::StrCat("run ", r->run, " of '", last_event_, "' (attempt ", r->trace->attempt(),
+                       ") ran with the newer data of event(s) ",
+                       absl::StrJoin(r->trace->folded(), ", ")));
+    }
     AfterCommit(*r);
     if (i == 63) Kick();
   }
@@ -435,13 +446,13 @@ absl::Status Agent::Relate(const v1::RelateRequest& request, const std::string& 
   return absl::OkStatus();
 }
 
-absl::Status Agent::Unrelate(const std::string& relation_id) {
+absl::StatusOr<std::vector<v1::Event>> Agent::DeparturesOf(const std::string& relation_id) const {
   auto it = engine_->relations().find(relation_id);
   if (it == engine_->relations().end() || it->second.gone()) {
     return absl::NotFoundError(
         absl::StrCat("agent ", name_, " has no relation '", relation_id, "'"));
   }
-  const v1::RelationRecord rel = it->second;
+  const v1::RelationRecord& rel = it->second;
   std::set<std::string> units(rel.targets().begin(), rel.targets().end());
   units.insert(rel.remote_units().begin(), rel.remote_units().end());
   auto make = [&](v1::RelationEventKind kind, const std::string& unit) {
@@ -458,19 +469,50 @@ absl::Status Agent::Unrelate(const std::string& relation_id) {
     return e;
   };
   // The last departure queues the broken event (see the engine).
-  for (const auto& unit : units) {
-    ASSIGN_OR_RETURN(engine::EnqueueResult queued,
-                     engine_->Enqueue(make(v1::RELATION_EVENT_KIND_DEPARTED, unit)));
-    last_ticket_ = std::max(last_ticket_, queued.ticket);
-  }
-  if (units.empty()) {
-    ASSIGN_OR_RETURN(engine::EnqueueResult queued,
-                     engine_->Enqueue(make(v1::RELATION_EVENT_KIND_BROKEN, "")));
-    last_ticket_ = std::max(last_ticket_, queued.ticket);
-  }
+  std::vector<v1::Event> events;
+  for (const auto& unit : units) events.push_back(make(v1::RELATION_EVENT_KIND_DEPARTED, unit));
+  if (units.empty()) events.push_back(make(v1::RELATION_EVENT_KIND_BROKEN, ""));
+  return events;
+}
+
+absl::Status Agent::Unrelate(const std::string& relation_id) {
+  ASSIGN_OR_RETURN(std::vector<v1::Event> events, DeparturesOf(relation_id));
+  ASSIGN_OR_RETURN(engine::EnqueueResult queued, engine_->EnqueueAll(std::move(events)));
+  last_ticket_ = std::max(last_ticket_, queued.ticket);
   Log(v1::LOG_LEVEL_INFO, absl::StrCat("unrelating ", relation_id));
   Kick();
   return absl::OkStatus();
+}
+
+absl::Status Agent::BeginRemoval(absl::string_view by) {
+  if (executing_) {
+    return absl::UnavailableError(
+        absl::StrCat("agent ", name_, " is in a run: its removal begins after it"));
+  }
+  // The stop first, then the departure of every relation, in one write (see the engine).
+  std::vector<v1::Event> departures;
+  int related = 0;
+  for (const auto& [id, rel] : engine_->relations()) {
+    if (rel.gone()) continue;
+    ++related;
+    ASSIGN_OR_RETURN(std::vector<v1::Event> events, DeparturesOf(id));
+    for (v1::Event& e : events) departures.push_back(std::move(e));
+  }
+  ASSIGN_OR_RETURN(engine::EnqueueResult queued,
+                   engine_->BeginRemoval(by, std::move(departures)));
+  if (queued.event_id != 0) {
+    last_ticket_ = std::max(last_ticket_, queued.ticket);
+    Log(v1::LOG_LEVEL_INFO,
+        absl::StrCat("removal begun (", by, "): dying once its stop applies; departing ",
+                     related, " relation(s)"));
+  }
+  Kick();
+  Notify();
+  return absl::OkStatus();
+}
+
+bool Agent::Dead() const {
+  return engine_->stage() == v1::UNIT_STAGE_DEAD && !executing_ && engine_->outbox_size() == 0;
 }
 
 v1::GetRelationDataResponse Agent::RelationData(const std::string& endpoint) const {

@@ -107,6 +107,16 @@ class Agent : private DeliveryOwner {
   absl::Status Relate(const v1::RelateRequest& request, const std::string& remote_service,
                       const std::string& interface);
   absl::Status Unrelate(const std::string& relation_id);
+  // The local departures (or the break, with no remote unit) that unrelate `relation_id`.
+  absl::StatusOr<std::vector<v1::Event>> DeparturesOf(const std::string& relation_id) const;
+  // Begins the unit's removal (docs/engine.md, "A unit's life"): queues the removal's `stop`,
+  // which makes the unit dying when it is applied, and departs every relation. Called again (a
+  // retried removal, a restart) it queues nothing new. UNAVAILABLE while a run is in progress
+  // (the engine cannot queue the removal then): call it again after the run.
+  absl::Status BeginRemoval(absl::string_view by);
+  // Dying, everything queued applied, no run in progress, and every departure acknowledged by
+  // its peers: the unit can be removed.
+  bool Dead() const;
   // A relation id may be used for a new relation, or for one more remote unit of the relation
   // that has it (same endpoint, remote service and remote endpoint); else ALREADY_EXISTS.
   absl::Status CheckRelationId(const std::string& relation_id, const std::string& endpoint,

@@ -11,12 +11,17 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
+#include "absl/debugging/failure_signal_handler.h"
+#include "absl/debugging/symbolize.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/synchronization/notification.h"
 #include "prometheus/exposer.h"
 #include "services/backends/backends.h"
 #include "services/definition/definition.h"
@@ -60,6 +65,9 @@ int Fail(const std::string& message) {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("Hosts Parley service agents. See docs/protocol.md.");
   absl::ParseCommandLine(argc, argv);
+  // A crash prints the crashing thread's stack on stderr (then the default action: a core).
+  absl::InitializeSymbolizer(argv[0]);
+  absl::InstallFailureSignalHandler(absl::FailureSignalHandlerOptions());
 
   // Signals are taken synchronously by this thread, so every other thread has them blocked.
   sigset_t signals;
@@ -118,7 +126,8 @@ int main(int argc, char** argv) {
     parley::v1::LogRecord r;
     r.set_agent(std::string(unit));
     r.set_level(source == "stderr" ? parley::v1::LOG_LEVEL_WARNING : parley::v1::LOG_LEVEL_INFO);
-    r.set_message(absl::StrCat(handler, " ", source, ": ", text));
+    // A program's line ends with its newline; the log's records have none.
+    r.set_message(absl::StrCat(handler, " ", source, ": ", absl::StripTrailingAsciiWhitespace(text)));
     h->logs().Add(std::move(r));
   };
   // Programs carry their unit's cookie, so that removing the unit stops what they left running.
@@ -180,7 +189,17 @@ int main(int argc, char** argv) {
   int sig = 0;
   sigwait(&signals, &sig);
   std::fprintf(stderr, "parleyd: signal %d, shutting down\n", sig);
+  // A shutdown that takes long says what it waits for, every 5 s, until it is done.
+  absl::Notification shut_down;
+  std::thread watchdog([&] {
+    for (int waited = 5; !shut_down.WaitForNotificationWithTimeout(absl::Seconds(5)); waited += 5) {
+      std::fprintf(stderr, "parleyd: still shutting down after %ds: %s\n", waited,
+                   (*host)->shutdown_phase());
+    }
+  });
   (*host)->Shutdown();
+  shut_down.Notify();
+  watchdog.join();
   // Runs finished and their commits are durable; closing the store ends the host. Programs'
   // output has nowhere to go from here.
   h = nullptr;

@@ -356,9 +356,10 @@ void Host::AddAgentLater(v1::AgentRecipe recipe,
   if (!PostHosting(std::move(work))) done(ShuttingDown(address_));
 }
 
-void Host::RemoveAgentLater(std::string name,
+void Host::RemoveAgentLater(v1::RemoveAgentRequest request,
                             std::function<void(absl::StatusOr<v1::RemoveAgentResponse>)> done) {
-  auto work = [this, name = std::move(name), done] {
+  auto work = [this, request = std::move(request), done] {
+    uint64_t id = 0;
     {
       // Queued behind work that was in flight at shutdown: the agent is about to be freed.
       absl::MutexLock lock(&mu_);
@@ -366,10 +367,125 @@ void Host::RemoveAgentLater(std::string name,
         done(ShuttingDown(address_));
         return;
       }
+      if (!request.force()) {
+        if (!agents_.contains(request.agent())) {
+          done(absl::NotFoundError(absl::StrCat("no agent '", request.agent(), "' at ", address_)));
+          return;
+        }
+        auto pending = std::make_shared<PendingRemoval>();
+        pending->name = request.agent();
+        pending->started = options_.clock->Now();
+        pending->deadline =
+            pending->started + (request.grace_seconds() > 0
+                                    ? absl::Seconds(request.grace_seconds())
+                                    : options_.remove_dying_grace);
+        pending->done = done;
+        id = ++next_removal_;
+        removals_[id] = std::move(pending);
+      }
     }
-    done(RemoveAgent(name));
+    if (id != 0) {
+      AwaitDeath(id);
+      return;
+    }
+    done(RemoveAgent(request.agent()));
   };
   if (!PostHosting(std::move(work))) done(ShuttingDown(address_));
+}
+
+std::shared_ptr<Host::PendingRemoval> Host::TakeRemoval(uint64_t id) {
+  absl::MutexLock lock(&mu_);
+  auto it = removals_.find(id);
+  if (it == removals_.end()) return nullptr;
+  std::shared_ptr<PendingRemoval> r = std::move(it->second);
+  removals_.erase(it);
+  return r;
+}
+
+void Host::AwaitDeathLater(uint64_t id, std::shared_ptr<base::Strand> strand) {
+  // Under mu_: Shutdown sets shut_down_ before it destroys the scheduler (and answers the
+  // pending removals itself).
+  absl::MutexLock lock(&mu_);
+  if (shut_down_) return;
+  scheduler_->After(absl::Milliseconds(100), std::move(strand), [this, id] { AwaitDeath(id); });
+}
+
+void Host::AwaitDeath(uint64_t id) {
+  std::shared_ptr<PendingRemoval> r;
+  Agent* agent = nullptr;
+  {
+    absl::MutexLock lock(&mu_);
+    if (shut_down_) return;
+    auto it = removals_.find(id);
+    if (it == removals_.end()) return;
+    r = it->second;
+    auto a = agents_.find(r->name);
+    if (a != agents_.end()) agent = a->second.get();
+  }
+  if (agent == nullptr) {
+    // Removed meanwhile (a forced removal, or a second removal that finished first).
+    if (auto taken = TakeRemoval(id)) {
+      taken->done(absl::NotFoundError(absl::StrCat("no agent '", r->name, "' at ", address_)));
+    }
+    return;
+  }
+  agent->strand()->Post([this, agent, id, r] {
+    if (agent->stopped()) {
+      // A forced removal is under way, or the host shuts down: the next look says which.
+      AwaitDeathLater(id, agent->strand());
+      return;
+    }
+    // Idempotent: queues the stop and the departures once; refused during a run (tried again).
+    const absl::Status begun = agent->BeginRemoval("remove");
+    if (!begun.ok() && !absl::IsUnavailable(begun)) {
+      v1::LogRecord rec;
+      rec.set_agent(r->name);
+      rec.set_level(v1::LOG_LEVEL_ERROR);
+      rec.set_message(absl::StrCat("removing: its removal could not begin: ", begun.message()));
+      logs_.Add(std::move(rec));
+    }
+    const bool dead = begun.ok() && agent->Dead();
+    const absl::Time now = options_.clock->Now();
+    if (!dead && now < r->deadline) {
+      AwaitDeathLater(id, agent->strand());
+      return;
+    }
+    const v1::UnitStage stage = agent->engine().stage();
+    const int64_t dying_ms = absl::ToInt64Milliseconds(now - r->started);
+    if (!dead) {
+      const v1::AgentStatus status = agent->Status();
+      v1::LogRecord rec;
+      rec.set_agent(r->name);
+      rec.set_level(v1::LOG_LEVEL_WARNING);
+      rec.set_message(absl::StrCat(
+          "removing: not dead after ", absl::FormatDuration(r->deadline - r->started), " (",
+          v1::UnitStage_Name(stage), ", ", status.inbox_depth(), " event(s) queued, ",
+          status.outbox_unacked(), " unacknowledged",
+          status.has_failure() ? absl::StrCat(", failing: ", status.failure().message()) : "",
+          "); removing it anyway"));
+      logs_.Add(std::move(rec));
+    }
+    auto finish = [this, id, stage, dying_ms] {
+      std::shared_ptr<PendingRemoval> taken = TakeRemoval(id);
+      if (taken == nullptr) return;
+      {
+        absl::MutexLock lock(&mu_);
+        if (shut_down_) {
+          taken->done(ShuttingDown(address_));
+          return;
+        }
+      }
+      absl::StatusOr<v1::RemoveAgentResponse> removed = RemoveAgent(taken->name);
+      if (removed.ok()) {
+        removed->set_stage(stage);
+        removed->set_dying_ms(dying_ms);
+      }
+      taken->done(std::move(removed));
+    };
+    if (!PostHosting(finish)) {
+      if (auto taken = TakeRemoval(id)) taken->done(ShuttingDown(address_));
+    }
+  });
 }
 
 v1::HostInfo Host::Info() const {
@@ -406,19 +522,28 @@ void Host::Shutdown() {
   }
   // Hosting work in flight finishes (an AddAgent now fails: the host is shut down); what is
   // queued behind it sees shut_down_ and answers UNAVAILABLE. Then the set of agents is final.
+  shutdown_phase_ = "waiting for the hosting work in flight (an AddAgent or RemoveAgent)";
   hosting_.reset();
+  std::map<uint64_t, std::shared_ptr<PendingRemoval>> removals;
   {
     absl::MutexLock lock(&mu_);
     for (const auto& [name, a] : agents_) agents.push_back(a.get());
+    removals.swap(removals_);
   }
+  // Removals waiting for their unit to die are answered; the unit dies on after a restart, and
+  // the removal repeated finds it further on (BeginRemoval queues nothing twice).
+  for (auto& [id, r] : removals) r->done(ShuttingDown(address_));
   // The run in progress, if any, finishes: strands run closures to completion.
+  shutdown_phase_ = "waiting for the agents' runs in progress to end";
   for (Agent* a : agents) a->strand()->Post([a] { a->Stop(); });
   for (Agent* a : agents) a->strand()->Drain();
   // The agents closed their streams already; what is left are API clients' idle channels.
   // gRPC's deadlines are real time, whatever the host's clock (also below and in dial requests).
+  shutdown_phase_ = "waiting for the gRPC server's calls and streams to end";
   if (server_) server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Milliseconds(200)));
   {
     absl::MutexLock lock(&mu_);
+    shutdown_phase_ = "waiting for dials and relate checks in flight (up to 5 s)";
     auto none = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return dialing_ == 0; };
     mu_.AwaitWithTimeout(absl::Condition(&none), absl::Seconds(5));
   }
@@ -426,6 +551,7 @@ void Host::Shutdown() {
   // Nothing is left unsynced: every commit reported or not becomes durable. Then a barrier
   // behind every durability callback (they run in ticket order), so that none is still being
   // delivered when the agents and the pool they post to go away.
+  shutdown_phase_ = "waiting for the store's commits to become durable";
   if (store_) {
     store_->WaitDurable(store_->written_ticket()).IgnoreError();
     absl::Notification delivered;
@@ -434,6 +560,7 @@ void Host::Shutdown() {
   }
   for (Agent* a : agents) a->strand()->Drain();
   // No timer may fire into an agent being destroyed.
+  shutdown_phase_ = "stopping the scheduler";
   scheduler_.reset();
   for (Agent* a : agents) a->strand()->Drain();
   {
@@ -441,7 +568,9 @@ void Host::Shutdown() {
     agents_.clear();
     retired_.clear();
   }
+  shutdown_phase_ = "stopping the thread pool";
   pool_.reset();
+  shutdown_phase_ = "done";
 }
 
 }  // namespace parley::services

@@ -10,8 +10,12 @@
 // ApiHost): they reach it only through those interfaces. Hosting work from the API (adding and
 // removing agents) runs on one serial executor of the host, joined at shutdown.
 //
+// One class, three files: host.cc (registry, recipes, hosting work, shutdown), links.cc (channels
+// and sessions with peers, dialing, backoff) and relate.cc (the two-phase Relate).
+//
 // Thread-safe.
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <set>
@@ -74,6 +78,9 @@ struct HostOptions {
   // process of the agent still running then gets SIGTERM, and SIGKILL `remove_kill_grace` later.
   absl::Duration remove_blocked_after = absl::Seconds(10);
   absl::Duration remove_kill_grace = absl::Seconds(10);
+  // RemoveAgentLater without `force` and without a grace of its own: how long a unit may take to
+  // die before it is removed anyway.
+  absl::Duration remove_dying_grace = absl::Seconds(60);
   // Reported by GetHost.
   std::string version;
   std::string metrics_address;
@@ -106,11 +113,15 @@ class Host : public AgentLinks, public ApiHost {
   // 2 * remove_blocked_after + 2 * remove_kill_grace; DEADLINE_EXCEEDED when the agent's run
   // still has not ended then (the call may be repeated).
   absl::StatusOr<v1::RemoveAgentResponse> RemoveAgent(const std::string& name);
+  // What Shutdown is waiting for (for a daemon to report a shutdown that takes long); "" before.
+  const char* shutdown_phase() const { return shutdown_phase_.load(); }
   // The two above on the hosting executor, one hosting change at a time (ApiHost). Work queued
   // when Shutdown begins does not run: its `done` gets UNAVAILABLE.
   void AddAgentLater(v1::AgentRecipe recipe,
                      std::function<void(absl::StatusOr<std::string>)> done) override;
-  void RemoveAgentLater(std::string name,
+  // Without `force`, the unit first dies (Agent::BeginRemoval) and RemoveAgent runs once it is
+  // dead or the grace passed; the wait holds neither the executor nor a thread.
+  void RemoveAgentLater(v1::RemoveAgentRequest request,
                         std::function<void(absl::StatusOr<v1::RemoveAgentResponse>)> done) override;
   // The cookie that tags the processes `name`'s handlers start (base/process_reaper.h): derived
   // from a random secret kept in the host's store, so the same across restarts and different on
@@ -182,12 +193,26 @@ class Host : public AgentLinks, public ApiHost {
   std::unique_ptr<grpc::Server> server_;
   std::string address_;
 
+  std::atomic<const char*> shutdown_phase_{""};
   mutable absl::Mutex mu_;
   std::map<std::string, std::unique_ptr<Agent>, std::less<>> agents_ ABSL_GUARDED_BY(mu_);
   // Removed agents: stopped, kept until shutdown because closures may still name them.
   std::vector<std::unique_ptr<Agent>> retired_ ABSL_GUARDED_BY(mu_);
   // Agents RemoveAgent is removing: their programs may not start.
   std::set<std::string, std::less<>> removing_ ABSL_GUARDED_BY(mu_);
+  // Removals waiting for their unit to die, by id; each answered exactly once (TakeRemoval), by
+  // its wait or by Shutdown.
+  struct PendingRemoval {
+    std::string name;
+    absl::Time started;
+    absl::Time deadline;
+    std::function<void(absl::StatusOr<v1::RemoveAgentResponse>)> done;
+  };
+  std::map<uint64_t, std::shared_ptr<PendingRemoval>> removals_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_removal_ ABSL_GUARDED_BY(mu_) = 0;
+  void AwaitDeath(uint64_t id);
+  void AwaitDeathLater(uint64_t id, std::shared_ptr<base::Strand> strand);
+  std::shared_ptr<PendingRemoval> TakeRemoval(uint64_t id);
   // What the agents' cookies are derived from (set by Init, then read only).
   std::string cookie_secret_;
   // The host's own records (recipes) in the store.

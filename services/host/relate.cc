@@ -94,20 +94,31 @@ void Host::Relate(v1::RelateRequest request,
     };
     auto call = std::make_shared<Call>();
     call->context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    // A remote parleyd that is starting, or a first connection that fails its TLS handshake on a
+    // loaded machine ("Handshake read failed"), is a transient failure: wait through it until the
+    // deadline instead of failing the relate at the first attempt (seen in
+    // webstack_containers_test under ctest -j).
+    call->context.set_wait_for_ready(true);
     call->stub = v1::Peer::NewStub(channel);
     {
       absl::MutexLock lock(&mu_);
       ++dialing_;
     }
-    call->stub->async()->CheckRelation(&call->context, check.get(), &call->response,
-                                       [this, call, check, finish](grpc::Status s) {
-                                         if (!s.ok()) {
-                                           finish(FromGrpcStatus(s));
-                                         } else {
-                                           finish(call->response);
-                                         }
-                                         StreamDone();
-                                       });
+    const std::string remote_address = request.remote_address();
+    call->stub->async()->CheckRelation(
+        &call->context, check.get(), &call->response,
+        [this, call, check, finish, remote_address](grpc::Status s) {
+          if (s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+            finish(absl::UnavailableError(
+                absl::StrCat("parleyd at ", remote_address,
+                             " could not be reached within 10s (not running, or unreachable)")));
+          } else if (!s.ok()) {
+            finish(FromGrpcStatus(s));
+          } else {
+            finish(call->response);
+          }
+          StreamDone();
+        });
   });
 }
 

@@ -410,7 +410,7 @@ class AgentService : public v1::Agent::CallbackService {
                                         v1::RemoveAgentResponse* resp) override {
     if (grpc::ServerUnaryReactor* denied = Deny(ctx, "RemoveAgent")) return denied;
     grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-    host_->RemoveAgentLater(req->agent(),
+    host_->RemoveAgentLater(*req,
                             [resp, reactor](absl::StatusOr<v1::RemoveAgentResponse> removed) {
                               if (removed.ok()) *resp = std::move(*removed);
                               reactor->Finish(ToGrpcStatus(removed.status()));

@@ -57,7 +57,8 @@ class ApiHost : public PeerHost {
   virtual void AddAgentLater(v1::AgentRecipe recipe,
                              std::function<void(absl::StatusOr<std::string>)> done) = 0;
   virtual void RemoveAgentLater(
-      std::string name, std::function<void(absl::StatusOr<v1::RemoveAgentResponse>)> done) = 0;
+      v1::RemoveAgentRequest request,
+      std::function<void(absl::StatusOr<v1::RemoveAgentResponse>)> done) = 0;
 };
 
 }  // namespace parley::services

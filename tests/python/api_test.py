@@ -137,6 +137,19 @@ class AgentApiTest(unittest.TestCase):
         self.assertEqual(traces.traces[0].result, kb_pb2.Trace.RESULT_COMMITTED)
         self.assertEqual(traces.traces[0].trigger.name, "negotiate.changed")
 
+        # RemoveAgent: web/0 dies first (its stop, its departure, acknowledged by db/0), then is
+        # removed; db/0's relation has lost its remote unit.
+        self.assertEqual(status.stage, kb_pb2.UNIT_STAGE_ACTIVE)
+        removed = self.web.api.RemoveAgent(
+            agent_pb2.RemoveAgentRequest(agent=WEB, grace_seconds=30), timeout=90)
+        self.assertEqual(removed.stage, kb_pb2.UNIT_STAGE_DEAD)
+        self.assertLess(removed.dying_ms, 30000)
+        listed = self.web.api.ListAgents(agent_pb2.ListAgentsRequest(), timeout=T)
+        self.assertEqual(list(listed.agents), [])
+        pt.wait_settled([(self.db, DB)])
+        status = self.db.api.GetStatus(agent_pb2.GetStatusRequest(agent=DB), timeout=T)
+        self.assertEqual([list(r.remote_units) for r in status.relations], [])
+
     def test_watch_status_sees_the_config_change_converge(self):
         self.relate()
         pt.wait_settled(self.model)

@@ -49,7 +49,9 @@ TEST(HostingTest, ShutdownWaitsForHostingInFlightAndDropsWhatIsQueued) {
   });
   ASSERT_TRUE(building->WaitForNotificationWithTimeout(absl::Seconds(20)));
   // Queued behind it: a removal of an agent that Shutdown is about to free.
-  host->RemoveAgentLater("x/0", [&](absl::StatusOr<v1::RemoveAgentResponse> r) {
+  v1::RemoveAgentRequest remove;
+  remove.set_agent("x/0");
+  host->RemoveAgentLater(remove, [&](absl::StatusOr<v1::RemoveAgentResponse> r) {
     remove_result = std::move(r);
     removed.Notify();
   });

@@ -207,11 +207,15 @@ absl::Status DownContainers(Session& s, bool purge) {
       all_up = false;
       continue;
     }
-    if (absl::Status st = s.Fire(u->name(), u->address(), "stop"); !st.ok()) {
+    // Purged, each unit dies (its removal's stop, then only handlers that run while dying) and
+    // is removed before its container goes; else it is stopped and kept.
+    absl::Status st = purge ? s.RemoveAgent(u->name(), u->address(), "down --purge")
+                            : s.Fire(u->name(), u->address(), "stop");
+    if (!st.ok()) {
       std::fprintf(stderr, "parley: %s: %s\n", u->name().c_str(), st.ToString().c_str());
     }
   }
-  if (all_up) {
+  if (all_up && !purge) {
     if (absl::Status st = s.Wait(absl::Seconds(60), /*failed_settles=*/true); !st.ok()) {
       std::fprintf(stderr, "parley: stopping anyway: %s\n", std::string(st.message()).c_str());
     }
@@ -246,7 +250,7 @@ absl::Status Down(Session& s, const Args& args) {
   RETURN_IF_ERROR(loaded);
   if (s.runtime() != nullptr) return DownContainers(s, args.Has("--purge"));
   const bool local_up = s.RunningLocalHost().ok();
-  {
+  if (!args.Has("--purge")) {
     for (const v1::UnitRecord* u : s.AllUnits()) {
       if (u->address() == s.state().host().address() && !local_up) continue;
       if (absl::Status st = s.Fire(u->name(), u->address(), "stop"); !st.ok()) {
@@ -256,8 +260,11 @@ absl::Status Down(Session& s, const Args& args) {
     if (absl::Status st = s.Wait(absl::Seconds(60), /*failed_settles=*/true); !st.ok()) {
       std::fprintf(stderr, "parley: stopping anyway: %s\n", std::string(st.message()).c_str());
     }
+  }
+  {
     // Units on hosts run by others stay hosted there (stopped) unless the model is purged. Purged,
-    // every unit is removed, so that its parleyd stops what its handlers left running.
+    // every unit dies (its removal's stop, then only the handlers that run while dying) and is
+    // removed, so that its parleyd stops what its handlers left running.
     if (args.Has("--purge")) {
       bool unchecked = false;
       for (const v1::UnitRecord* u : s.AllUnits()) {

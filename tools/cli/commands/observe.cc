@@ -84,7 +84,7 @@ std::string RenderStatus(const v1::ModelStatus& st) {
     services.Add({svc.name(), svc.definition_name(), absl::StrCat(svc.units_size()), workload});
   }
   out += services.Render() + "\n";
-  Table units({"Unit", "Workload", "Agent", "Inbox", "Outbox", "Message"});
+  Table units({"Unit", "Workload", "Agent", "Stage", "Inbox", "Outbox", "Message"});
   // Links without a stream: a unit whose events cannot leave must not look idle.
   Table links({"Unit", "Peer", "Link", "Unacked", "Detail"});
   const int64_t now_ms = absl::ToUnixMillis(absl::Now());
@@ -96,7 +96,8 @@ std::string RenderStatus(const v1::ModelStatus& st) {
     }
     const bool answered = !u.agent().empty() && u.agent_state() != v1::AGENT_STATE_UNSPECIFIED;
     units.Add({u.agent(), answered ? WorkloadName(u.workload().state()) : "unknown",
-               answered ? AgentStateName(u.agent_state()) : "lost", absl::StrCat(u.inbox_depth()),
+               answered ? AgentStateName(u.agent_state()) : "lost",
+               answered ? StageName(u.stage()) : "-", absl::StrCat(u.inbox_depth()),
                absl::StrCat(u.outbox_unacked()), message});
     for (const auto& p : u.peers()) {
       if (p.state() == v1::PEER_LINK_STATE_CONNECTED) continue;

@@ -36,6 +36,21 @@ std::string AgentStateName(v1::AgentState s) {
   }
 }
 
+std::string StageName(v1::UnitStage s) {
+  switch (s) {
+    case v1::UNIT_STAGE_INSTALLING:
+      return "installing";
+    case v1::UNIT_STAGE_ACTIVE:
+      return "active";
+    case v1::UNIT_STAGE_DYING:
+      return "dying";
+    case v1::UNIT_STAGE_DEAD:
+      return "dead";
+    default:
+      return "unknown";
+  }
+}
+
 std::string DescribeFailure(const std::string& unit, const v1::RunFailure& failure,
                             size_t max_error) {
   std::string error = failure.message();

@@ -106,10 +106,19 @@ absl::Status Session::RemoveAgent(const std::string& unit, const std::string& ad
                                   absl::string_view command) {
   v1::RemoveAgentRequest req;
   req.set_agent(unit);
+  req.set_grace_seconds(kDyingGraceSeconds);
   v1::RemoveAgentResponse resp;
-  // The server may take a while: a blocked agent gets a grace period, then its processes do.
-  RETURN_IF_ERROR(
-      Client(address).Call(&v1::Agent::Stub::RemoveAgent, req, &resp, absl::Seconds(120)));
+  // The server may take a while: the unit gets kDyingGraceSeconds to die, then a blocked agent
+  // gets a grace period, then its processes do.
+  RETURN_IF_ERROR(Client(address).Call(&v1::Agent::Stub::RemoveAgent, req, &resp,
+                                       absl::Seconds(kDyingGraceSeconds + 60)));
+  if (resp.stage() == v1::UNIT_STAGE_DYING) {
+    std::fprintf(stderr,
+                 "%s: %s did not finish dying within %d s (its stop handlers failing or a peer "
+                 "not acknowledging its departure); removed it anyway (see `parley logs --unit "
+                 "%s`)\n",
+                 std::string(command).c_str(), unit.c_str(), kDyingGraceSeconds, unit.c_str());
+  }
   if (resp.was_blocked()) {
     std::fprintf(stderr,
                  "%s: %s: was blocked in a handler (its run did not end); stopped its processes "
@@ -144,30 +153,8 @@ absl::Status Session::RemoveUnit(std::string unit, absl::string_view command) {
   AgentClient& client = Client(found.second->address());
   absl::StatusOr<v1::AgentStatus> status = client.Status(unit);
   if (status.ok()) {
-    RETURN_IF_ERROR(Fire(unit, found.second->address(), "stop"));
-    for (const auto& rel : status->relations()) {
-      v1::UnrelateRequest un;
-      un.set_agent(unit);
-      un.set_relation_id(rel.relation_id());
-      v1::UnrelateResponse unresp;
-      absl::Status s = client.Call(&v1::Agent::Stub::Unrelate, un, &unresp);
-      if (!s.ok() && !absl::IsNotFound(s)) return s;
-    }
-    // The stop handlers ran and the remote sides acknowledged the departures.
-    const absl::Time deadline = absl::Now() + absl::Seconds(60);
-    while (true) {
-      absl::StatusOr<v1::CheckIdleResponse> idle = client.CheckIdle(unit);
-      if (!idle.ok()) return idle.status();
-      if (idle->idle()) break;
-      if (absl::Now() > deadline) {
-        std::fprintf(stderr,
-                     "parley: %s did not finish stopping within 60 s; removing it anyway "
-                     "(see `parley status`, `parley logs --unit %s`)\n",
-                     unit.c_str(), unit.c_str());
-        break;
-      }
-      absl::SleepFor(absl::Milliseconds(100));
-    }
+    // The unit dies first (its removal's stop, its relations departed, the departures
+    // acknowledged), then its parleyd removes it: see RemoveAgent.
     RETURN_IF_ERROR(RemoveAgent(unit, found.second->address(), command));
   } else if (!container.empty()) {
     // Its container is removed with everything the agent kept.
@@ -354,9 +341,11 @@ absl::Status Session::Wait(absl::Duration timeout, bool failed_settles) {
         return absl::AbortedError(absl::StrCat("stopped waiting: ", v.reason));
       case SettleVerdict::Outcome::kCannotSettleInTime:
         end_line();
-        return absl::DeadlineExceededError(absl::StrCat(
-            "not settled within ", absl::FormatDuration(timeout), " (stopped waiting: ", v.reason,
-            "); still busy: ", absl::StrJoin(v.pending, ", ")));
+        // Nothing can move it in time: a failure, exit 1, like a permanent one (not a timeout:
+        // the wait did not run out, it ended early).
+        return absl::AbortedError(absl::StrCat(
+            "stopped waiting: ", v.reason, "; not settled within ",
+            absl::FormatDuration(timeout), ", still busy: ", absl::StrJoin(v.pending, ", ")));
       case SettleVerdict::Outcome::kWaiting:
         break;
     }

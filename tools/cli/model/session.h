@@ -119,7 +119,11 @@ class Session {
   // about processes removal had to stop.
   absl::Status RemoveUnit(std::string unit, absl::string_view command = "remove-unit");
 
-  // Removes `unit`'s agent from the parleyd at `address` (RemoveAgent) and prints on stderr,
+  // How long a unit being removed may take to die (its removal's stop and the handlers that run
+  // while dying applied, its departures acknowledged) before its parleyd removes it anyway.
+  static constexpr int kDyingGraceSeconds = 60;
+  // Removes `unit`'s agent from the parleyd at `address` (RemoveAgent: the unit dies first) and
+  // prints on stderr,
   // after "<command>: <unit>: ", the processes its handlers had left running, which the server
   // stopped ("killed 1 process left running: 1234 java ...").
   absl::Status RemoveAgent(const std::string& unit, const std::string& address,
