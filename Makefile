@@ -1,7 +1,7 @@
 # The two entry points of the README. Both install what they need first.
 JOBS ?= $(shell nproc)
 
-.PHONY: setup build test demo engine-demo bench clean
+.PHONY: setup build build-demo test demo engine-demo bench clean
 
 setup:
 	tools/setup
@@ -13,8 +13,13 @@ build: setup
 test: build
 	ctest --preset release -j $(JOBS)
 
+# Only what the demo runs: the CLI, parleyd and the hook tool (not the tests and benchmarks).
+build-demo: setup
+	cmake --preset release >/dev/null
+	cmake --build --preset release -j $(JOBS) --target parley parleyd parley-hook
+
 # The main job: the webstack example end to end (tools/demo/webstack-demo).
-demo: build
+demo: build-demo
 	tools/demo/webstack-demo
 
 # The engine alone, with its traces (docs/engine.md).

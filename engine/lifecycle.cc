@@ -54,7 +54,10 @@ absl::StatusOr<EnqueueResult> Engine::BeginRemoval(absl::string_view by,
   kb::Txn txn(kb_);
   inbox_->Stage(txn, stop);
   for (v1::Event& e : then) inbox_->Stage(txn, e);
-  if (absl::Status s = RetrySoonerFor(txn, then); !s.ok()) {
+  // A failed head is retried now, and cancelled by the stop (relation_state.cc).
+  std::vector<v1::Event> arrived = then;
+  arrived.push_back(stop);
+  if (absl::Status s = RetrySoonerFor(txn, arrived); !s.ok()) {
     inbox_->Discard();
     return s;
   }

@@ -3,8 +3,9 @@
 // the newest data that unit has sent since: later `changed` events of the same (relation, unit)
 // are folded into it and run afterwards with nothing left to apply. A `departed` of that unit or a
 // `broken` of that relation queued behind it cancels it: its data is applied in its place and no
-// handler runs for it (dropped whole when even that fails). News about the head's relation and
-// unit makes its retry due at once.
+// handler runs for it (dropped whole when even that fails). The unit's removal (its `stop`
+// marked dying) queued behind any failed head cancels it the same way. News about the head's
+// relation and unit, or the removal, makes its retry due at once.
 
 #include <map>
 #include <string>
@@ -53,6 +54,24 @@ void Merge(google::protobuf::RepeatedPtrField<v1::BagChange>* into,
 
 absl::StatusOr<RetryPrep> Engine::PrepareRetry(v1::Event& head) {
   RetryPrep prep;
+  // The unit's removal queued behind a failed head: whatever the head is, it can no longer
+  // matter (only dying handlers will run), and it must not keep the removal's stop from running.
+  if (removal_queued_ && !head.dying() && head.folded_into() == 0) {
+    absl::Status parse;
+    RETURN_IF_ERROR(
+        kb_->Scan(Space::kInbox, "", [&](absl::string_view key, absl::string_view bytes) {
+          v1::Event later;
+          parse = ParseRecord(*kb_, "inbox event", key, bytes, later);
+          if (!parse.ok()) return false;
+          if (later.id() > head.id() && later.dying()) {
+            prep.cancelled_by = std::move(later);
+            return false;
+          }
+          return true;
+        }));
+    RETURN_IF_ERROR(parse);
+    if (prep.cancelled_by) return prep;
+  }
   if (!head.has_relation() || head.folded_into() != 0) return prep;
   const v1::RelationEventKind kind = head.relation().kind();
   if (kind != v1::RELATION_EVENT_KIND_JOINED && kind != v1::RELATION_EVENT_KIND_CHANGED) {
@@ -96,11 +115,13 @@ absl::StatusOr<RetryPrep> Engine::PrepareRetry(v1::Event& head) {
 std::string Engine::CancelReason(const v1::Event& by, absl::string_view what) const {
   const auto& rc = by.relation();
   const std::string last = failure_ ? FailureText(*failure_) : "-";
-  return absl::StrCat("cancelled by event ", by.id(), " '", by.name(), "' queued behind it (",
-                      rc.kind() == v1::RELATION_EVENT_KIND_BROKEN
-                          ? absl::StrCat("relation ", rc.relation_id(), " is broken")
-                          : absl::StrCat(rc.remote_unit(), " left relation ", rc.relation_id()),
-                      "): ", what, "; the last attempt failed: ", last);
+  return absl::StrCat(
+      "cancelled by event ", by.id(), " '", by.name(), "' queued behind it (",
+      by.dying() ? absl::StrCat("the unit is being removed, by ", by.source())
+      : rc.kind() == v1::RELATION_EVENT_KIND_BROKEN
+          ? absl::StrCat("relation ", rc.relation_id(), " is broken")
+          : absl::StrCat(rc.remote_unit(), " left relation ", rc.relation_id()),
+      "): ", what, "; the last attempt failed: ", last);
 }
 
 absl::StatusOr<RunResult> Engine::CancelHead(const v1::Event& head, const v1::Event& by,
@@ -132,13 +153,18 @@ absl::Status Engine::RetrySoonerFor(kb::Txn& txn, const std::vector<v1::Event>& 
   const int64_t now_ms = absl::ToUnixMillis(clock_->Now());
   if (failure_->next_retry_unix_ms() <= now_ms) return absl::OkStatus();
   bool news = false;
-  for (const v1::Event& e : arrived) news = news || e.has_relation();
-  if (!news) return absl::OkStatus();
+  bool removal = false;
+  for (const v1::Event& e : arrived) {
+    news = news || e.has_relation();
+    removal = removal || e.dying();
+  }
+  if (!news && !removal) return absl::OkStatus();
   ASSIGN_OR_RETURN(auto bytes, kb_->Get(Space::kInbox, keys::Inbox(inbox_->head())));
   if (!bytes) return DataLoss(*kb_, absl::StrCat("inbox event ", inbox_->head(), " is missing"));
   v1::Event head;
   RETURN_IF_ERROR(ParseRecord(*kb_, "inbox event", absl::StrCat(inbox_->head()), *bytes, head));
-  news = false;
+  // The removal's stop cancels any failed head but its own (PrepareRetry).
+  news = removal && !head.dying();
   for (const v1::Event& e : arrived) news = news || AboutPair(head, e);
   if (!news) return absl::OkStatus();
   retry_sooner_ = *failure_;

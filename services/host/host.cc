@@ -376,9 +376,8 @@ void Host::RemoveAgentLater(v1::RemoveAgentRequest request,
         pending->name = request.agent();
         pending->started = options_.clock->Now();
         pending->deadline =
-            pending->started + (request.grace_seconds() > 0
-                                    ? absl::Seconds(request.grace_seconds())
-                                    : options_.remove_dying_grace);
+            pending->started + (request.grace_seconds() > 0 ? absl::Seconds(request.grace_seconds())
+                                                            : options_.remove_dying_grace);
         pending->done = done;
         id = ++next_removal_;
         removals_[id] = std::move(pending);

@@ -1,6 +1,8 @@
 // Relating two units (the agent API's Relate): ask the remote agent whether it agrees
 // (Peer.CheckRelation), then record the relation on both sides. Part of Host (host.h).
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "base/status_macros.h"
@@ -9,6 +11,14 @@
 #include "services/transport/status_convert.h"
 
 namespace parley::services {
+
+namespace {
+
+// How long a relate's check of a remote parleyd waits for a connection after a first attempt
+// found it unavailable.
+constexpr absl::Duration kRelateRetryWait = absl::Seconds(5);
+
+}  // namespace
 
 void Host::Relate(v1::RelateRequest request,
                   std::function<void(absl::StatusOr<v1::RelateResponse>)> done) {
@@ -87,38 +97,59 @@ void Host::Relate(v1::RelateRequest request,
       done(absl::FailedPreconditionError("TLS credentials for dialing are not usable"));
       return;
     }
+    // A remote parleyd that is starting, or a first connection that fails its TLS handshake on a
+    // loaded machine ("Handshake read failed", seen in webstack_containers_test under ctest -j),
+    // may fail once and then answer. So a first attempt that finds it UNAVAILABLE is followed by
+    // one that waits for a connection (wait_for_ready) for up to kRelateRetryWait; if that one
+    // still gets none, the error is the first attempt's, which says why (a wrong CA, say).
     struct Call {
       grpc::ClientContext context;
       v1::CheckRelationResponse response;
-      std::unique_ptr<v1::Peer::Stub> stub;
     };
-    auto call = std::make_shared<Call>();
-    call->context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
-    // A remote parleyd that is starting, or a first connection that fails its TLS handshake on a
-    // loaded machine ("Handshake read failed"), is a transient failure: wait through it until the
-    // deadline instead of failing the relate at the first attempt (seen in
-    // webstack_containers_test under ctest -j).
-    call->context.set_wait_for_ready(true);
-    call->stub = v1::Peer::NewStub(channel);
-    {
-      absl::MutexLock lock(&mu_);
-      ++dialing_;
-    }
+    struct Attempts {
+      std::shared_ptr<v1::Peer::Stub> stub;
+      absl::Time deadline;
+      std::string first_error;
+      std::function<void(bool)> issue;
+    };
+    auto attempts = std::make_shared<Attempts>();
+    attempts->stub = v1::Peer::NewStub(channel);
+    attempts->deadline = absl::Now() + absl::Seconds(10);
     const std::string remote_address = request.remote_address();
-    call->stub->async()->CheckRelation(
-        &call->context, check.get(), &call->response,
-        [this, call, check, finish, remote_address](grpc::Status s) {
-          if (s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
-            finish(absl::UnavailableError(
-                absl::StrCat("parleyd at ", remote_address,
-                             " could not be reached within 10s (not running, or unreachable)")));
-          } else if (!s.ok()) {
-            finish(FromGrpcStatus(s));
-          } else {
-            finish(call->response);
-          }
-          StreamDone();
-        });
+    // The closure holds the attempts weakly: each call's callback holds them strongly while it
+    // is in flight, so they live exactly as long as an attempt does.
+    std::weak_ptr<Attempts> weak = attempts;
+    attempts->issue = [this, weak, check, finish, remote_address](bool wait) {
+      std::shared_ptr<Attempts> at = weak.lock();
+      if (at == nullptr) return;
+      auto call = std::make_shared<Call>();
+      call->context.set_deadline(absl::ToChronoTime(
+          wait ? std::min(at->deadline, absl::Now() + kRelateRetryWait) : at->deadline));
+      call->context.set_wait_for_ready(wait);
+      {
+        absl::MutexLock lock(&mu_);
+        ++dialing_;
+      }
+      at->stub->async()->CheckRelation(
+          &call->context, check.get(), &call->response,
+          [this, at, call, finish, remote_address, wait](grpc::Status s) {
+            if (s.error_code() == grpc::StatusCode::UNAVAILABLE && !wait &&
+                absl::Now() < at->deadline) {
+              at->first_error = s.error_message();
+              at->issue(true);
+            } else if (wait && s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+              finish(absl::UnavailableError(absl::StrCat(
+                  at->first_error, " (parleyd at ", remote_address, " still not reachable ",
+                  absl::FormatDuration(kRelateRetryWait), " later)")));
+            } else if (!s.ok()) {
+              finish(FromGrpcStatus(s));
+            } else {
+              finish(call->response);
+            }
+            StreamDone();
+          });
+    };
+    attempts->issue(false);
   });
 }
 

@@ -710,9 +710,11 @@ TEST_F(CliTest, AConfigValueThatFailsCanBeCorrected) {
 )"));
   ASSERT_EQ(Parley({"up", dir_.Sub("model.yaml")}).code, 0);
   Ok({"config", "web", "greeting=bad"});
+  // Its next retry is due after the timeout: the wait ends at once, a failure (exit 1).
   CommandResult wait = Parley({"wait", "--timeout", "3s"});
-  EXPECT_EQ(wait.code, 3);
+  EXPECT_EQ(wait.code, 1) << wait.err;
   EXPECT_THAT(wait.err, HasSubstr("greeting bad refused"));
+  EXPECT_THAT(wait.err, HasSubstr("is due after the timeout"));
   // Resetting the value corrects the queued change: the units settle without waiting out the
   // retries of the failed one.
   Ok({"config", "web", "greeting="});
@@ -737,7 +739,8 @@ TEST_F(CliTest, WaitTimesOutOnAFailingUnitAndSaysWhy) {
   EXPECT_THAT(run.err, HasSubstr("action.hello failed on web/0"));
   EXPECT_THAT(run.err, HasSubstr("broken"));
   CommandResult wait = Parley({"wait", "--timeout", "2s"});
-  EXPECT_EQ(wait.code, 3);
+  EXPECT_EQ(wait.code, 1) << wait.err;
+  EXPECT_THAT(wait.err, HasSubstr("stopped waiting: the next retry of web/0"));
   EXPECT_THAT(wait.err, HasSubstr("web/0: action.hello failed"));
   EXPECT_THAT(wait.err, HasSubstr("still busy: web/0"));
   EXPECT_THAT(Ok({"status"}), HasSubstr("action.hello failed:"));

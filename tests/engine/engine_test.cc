@@ -1406,6 +1406,60 @@ TEST_F(EngineTest, AUnitLivesInstallingActiveDyingDead) {
 }
 
 // The fact `dying` is the engine's, and a handler cannot need it while refusing to run dying.
+// A failed head — any event — cannot hold the unit's removal back: the removal makes it due at
+// once and cancels it (its data applied in place, nothing fired), so the stop runs next and the
+// unit dies. Without the rule the stop would wait behind the failing event until the host's
+// grace ran out, and the unit's departures would never be sent.
+TEST_F(EngineTest, TheUnitsRemovalCancelsAFailedHeadInsteadOfWaitingBehindIt) {
+  std::vector<std::string> ran;
+  Handler("broken", {}, {}, {"action.report"},
+          [](RunContext&) { return absl::InternalError("disk full"); });
+  Handler("halt", {}, {}, {"stop"}, [&](RunContext&) {
+    ran.push_back("halt");
+    return absl::OkStatus();
+  });
+  Start();
+  Run(Named("start"));
+  v1::Trace failed = Run(Named("action.report"), RunOutcome::kFailed);
+  ASSERT_TRUE(engine_->failure().has_value());
+  // Its retry is a second away; the removal makes it due now.
+  auto not_due = engine_->RunOnce();
+  ASSERT_TRUE(not_due.ok());
+  EXPECT_EQ(not_due->outcome, RunOutcome::kNotDue);
+  ASSERT_TRUE(engine_->BeginRemoval("remove-unit").ok());
+  auto cancelled = engine_->RunOnce();
+  ASSERT_TRUE(cancelled.ok()) << cancelled.status();
+  ASSERT_EQ(cancelled->outcome, RunOutcome::kCommitted);
+  EXPECT_EQ(cancelled->trace->result(), v1::Trace::RESULT_CANCELLED);
+  EXPECT_EQ(cancelled->trace->trigger().name(), "action.report");
+  EXPECT_THAT(cancelled->trace->error(),
+              HasSubstr("'stop' queued behind it (the unit is being removed, by remove-unit)"));
+  EXPECT_THAT(cancelled->trace->error(), HasSubstr("disk full"));
+  EXPECT_THAT(Ran(*cancelled->trace), IsEmpty());
+  EXPECT_FALSE(engine_->failure().has_value());
+  ASSERT_TRUE(engine_->RunUntilIdle().ok());
+  EXPECT_THAT(ran, ElementsAre("halt"));
+  EXPECT_EQ(engine_->stage(), v1::UNIT_STAGE_DEAD);
+}
+
+// The removal's own stop failing is not cancelled by itself: it is retried (and the host removes
+// the unit when its grace runs out).
+TEST_F(EngineTest, AFailingStopOfTheRemovalIsRetried) {
+  Handler("halt", {}, {}, {"stop"}, [](RunContext&) { return absl::InternalError("stuck"); });
+  Start();
+  Run(Named("start"));
+  ASSERT_TRUE(engine_->BeginRemoval("remove-unit").ok());
+  auto r = engine_->RunOnce();
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->outcome, RunOutcome::kFailed);
+  clock_.Set(r->next_attempt);
+  r = engine_->RunOnce();
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->outcome, RunOutcome::kFailed);
+  EXPECT_EQ(r->trace->result(), v1::Trace::RESULT_ROLLED_BACK);
+  EXPECT_EQ(engine_->stage(), v1::UNIT_STAGE_ACTIVE);
+}
+
 TEST_F(EngineTest, TheDyingFactIsTheEngines) {
   Handler("fake", {}, {}, {"go"}, [](RunContext& ctx) { return ctx.Set("dying"); });
   Start();
