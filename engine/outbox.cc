@@ -168,30 +168,30 @@ absl::StatusOr<std::vector<v1::OutboxEntry>> Outbox::EntriesAfter(const kb::Kb& 
 }
 
 void UpgradeOutboxEntry(v1::OutboxEntry& entry) {
-  if (entry.has_event() || entry.legacy_sequence() == 0) return;
+  if (entry.has_event() || entry.sequence() == 0) return;
   v1::RelationEvent& event = *entry.mutable_event();
-  event.set_relation_id(std::move(*entry.mutable_legacy_relation_id()));
-  event.set_sender_endpoint(std::move(*entry.mutable_legacy_endpoint()));
-  event.set_receiver_endpoint(std::move(*entry.mutable_legacy_receiver_endpoint()));
-  event.set_sender_unit(std::move(*entry.mutable_legacy_sender_unit()));
-  event.set_sender_service(std::move(*entry.mutable_legacy_sender_service()));
-  event.set_sequence(entry.legacy_sequence());
-  event.set_kind(entry.legacy_kind());
-  event.mutable_unit_changes()->Swap(entry.mutable_legacy_unit_changes());
-  event.mutable_service_changes()->Swap(entry.mutable_legacy_service_changes());
-  event.set_sender_commit(entry.legacy_commit_run());
-  event.set_interface(std::move(*entry.mutable_legacy_interface()));
-  entry.clear_legacy_relation_id();
-  entry.clear_legacy_endpoint();
-  entry.clear_legacy_receiver_endpoint();
-  entry.clear_legacy_sender_unit();
-  entry.clear_legacy_sender_service();
-  entry.clear_legacy_sequence();
-  entry.clear_legacy_kind();
-  entry.clear_legacy_unit_changes();
-  entry.clear_legacy_service_changes();
-  entry.clear_legacy_commit_run();
-  entry.clear_legacy_interface();
+  event.set_relation_id(std::move(*entry.mutable_relation_id()));
+  event.set_sender_endpoint(std::move(*entry.mutable_endpoint()));
+  event.set_receiver_endpoint(std::move(*entry.mutable_receiver_endpoint()));
+  event.set_sender_unit(std::move(*entry.mutable_sender_unit()));
+  event.set_sender_service(std::move(*entry.mutable_sender_service()));
+  event.set_sequence(entry.sequence());
+  event.set_kind(entry.kind());
+  event.mutable_unit_changes()->Swap(entry.mutable_unit_changes());
+  event.mutable_service_changes()->Swap(entry.mutable_service_changes());
+  event.set_sender_commit(entry.commit_run());
+  event.set_interface(std::move(*entry.mutable_interface()));
+  entry.clear_relation_id();
+  entry.clear_endpoint();
+  entry.clear_receiver_endpoint();
+  entry.clear_sender_unit();
+  entry.clear_sender_service();
+  entry.clear_sequence();
+  entry.clear_kind();
+  entry.clear_unit_changes();
+  entry.clear_service_changes();
+  entry.clear_commit_run();
+  entry.clear_interface();
 }
 
 absl::Status ParseOutboxEntry(const kb::Kb& kb, absl::string_view key, absl::string_view value,

@@ -100,9 +100,9 @@ class Outbox {
   std::vector<Pending> staged_;
 };
 
-// Entries stored before schema version 2 (kb/store.h) hold the event's fields directly
-// (OutboxEntry.legacy_*): moves them into `entry.event()`. Entries that have an event, or no
-// legacy fields, are left as they are. Every read of a stored entry goes through it: the outbox's
+// Entries stored before schema version 2 (kb/store.h) hold the event's fields in the entry itself
+// (OutboxEntry fields 2-9 and 11-13): moves them into `entry.event()`. Entries that have an
+// event, or no such fields, are left as they are. Every read of a stored entry goes through it: the outbox's
 // and the messages of stored traces.
 void UpgradeOutboxEntry(v1::OutboxEntry& entry);
 // Parses a stored outbox entry (ParseRecord) and upgrades it.

@@ -57,25 +57,25 @@ class StoredFormatTest : public ::testing::Test {
   std::unique_ptr<Engine> engine_;
 };
 
-// An entry as a version-1 build wrote it: the same field numbers as the legacy_* fields.
+// An entry as a version-1 build wrote it: the event's fields in the entry itself.
 v1::OutboxEntry VersionOneEntry() {
   v1::OutboxEntry e;
   e.set_id(1);
   e.set_destination("redis/0");
-  e.set_legacy_relation_id("db:1");
-  e.set_legacy_endpoint("db");
-  e.set_legacy_receiver_endpoint("cache");
-  e.set_legacy_sequence(1);
-  e.set_legacy_kind(v1::RELATION_EVENT_KIND_JOINED);
-  e.set_legacy_sender_unit("svc/0");
-  e.set_legacy_sender_service("svc");
-  v1::BagChange* c = e.add_legacy_unit_changes();
+  e.set_relation_id("db:1");
+  e.set_endpoint("db");
+  e.set_receiver_endpoint("cache");
+  e.set_sequence(1);
+  e.set_kind(v1::RELATION_EVENT_KIND_JOINED);
+  e.set_sender_unit("svc/0");
+  e.set_sender_service("svc");
+  v1::BagChange* c = e.add_unit_changes();
   c->set_key("host");
   c->set_value("10.0.0.1");
-  e.add_legacy_service_changes()->set_key("gone");
-  e.mutable_legacy_service_changes(0)->set_deleted(true);
-  e.set_legacy_commit_run(3);
-  e.set_legacy_interface("iface");
+  e.add_service_changes()->set_key("gone");
+  e.mutable_service_changes(0)->set_deleted(true);
+  e.set_commit_run(3);
+  e.set_interface("iface");
   return e;
 }
 
@@ -99,7 +99,7 @@ v1::RelationEvent ItsEvent() {
   return ev;
 }
 
-// The upgraded entry: the event, and none of the legacy fields.
+// The upgraded entry: the event, and none of the version-1 fields.
 void ExpectUpgraded(const v1::OutboxEntry& e) {
   v1::OutboxEntry want;
   want.set_id(1);
@@ -151,7 +151,7 @@ TEST_F(StoredFormatTest, VersionOneTraceMessagesReadAsEvents) {
   ExpectUpgraded((*traces)[0].messages(0));
 }
 
-// What this build writes: the event, no legacy field; the staged trace message is the same.
+// What this build writes: the event, no version-1 field; the staged trace message is the same.
 TEST_F(StoredFormatTest, NewEntriesHoldTheEventAsSent) {
   Start();
   v1::Event created;
@@ -178,8 +178,8 @@ TEST_F(StoredFormatTest, NewEntriesHoldTheEventAsSent) {
                   .ok());
   v1::OutboxEntry stored;
   ASSERT_TRUE(stored.ParseFromString(bytes));
-  EXPECT_EQ(stored.legacy_sequence(), 0u);
-  EXPECT_TRUE(stored.legacy_relation_id().empty());
+  EXPECT_EQ(stored.sequence(), 0u);
+  EXPECT_TRUE(stored.relation_id().empty());
   ASSERT_TRUE(stored.has_event());
   const v1::RelationEvent& ev = stored.event();
   EXPECT_EQ(ev.relation_id(), "db:7");
