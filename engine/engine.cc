@@ -296,16 +296,19 @@ absl::StatusOr<RunResult> Engine::Execute(v1::Event event, uint32_t attempt) {
       run_.reset();
       txn_->Clear();
       RETURN_IF_ERROR(Load());
-      return CancelHead(event, *cancelled_by, attempt,
-                        handler.empty() ? message : absl::StrCat("handler ", handler, ": ", message));
+      return CancelHead(
+          event, *cancelled_by, attempt,
+          handler.empty() ? message : absl::StrCat("handler ", handler, ": ", message));
     }
     trace.set_duration_ns(absl::ToInt64Nanoseconds(clock_->Now() - start));
     return FailRun(event, attempt, std::move(handler), std::move(message), trace);
   };
 
-  absl::Status applied = ApplyConfigChange(event);
-  if (applied.ok()) applied = ApplyRelationChange(event);
-  if (applied.ok()) applied = ApplyLifecycle(event);
+  // A retry a handler asked for applies nothing: its event's data was applied when it first ran.
+  const bool retry = !event.retry_handler().empty();
+  absl::Status applied = retry ? absl::OkStatus() : ApplyConfigChange(event);
+  if (applied.ok() && !retry) applied = ApplyRelationChange(event);
+  if (applied.ok() && !retry) applied = ApplyLifecycle(event);
   if (absl::Status s = applied; !s.ok()) {
     if (absl::IsInvalidArgument(s) || absl::IsNotFound(s))
       return fail("", std::string(s.message()));
@@ -314,7 +317,9 @@ absl::StatusOr<RunResult> Engine::Execute(v1::Event event, uint32_t attempt) {
     return s;
   }
   // An event folded into an earlier one's retry has nothing left to apply or announce.
-  if (event.folded_into() == 0 && !cancelled_by) {
+  if (retry) {
+    QueueRetry(event);
+  } else if (event.folded_into() == 0 && !cancelled_by) {
     FireEvent(event.name(), nullptr);
   } else if (cancelled_by) {
     trace.set_result(v1::Trace::RESULT_CANCELLED);

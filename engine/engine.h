@@ -290,6 +290,15 @@ class Engine {
   absl::Status RetrySoonerFor(kb::Txn& txn, const std::vector<v1::Event>& arrived);
   void RetrySoonerCommitted(bool committed);
 
+  // Retrying later (retry_later.cc): the retry a handler asked for is staged as a timer and the
+  // event it will enqueue; a fact-only handler is held until its timer is due; the retry's run
+  // queues only its handler.
+  void StageRetryLater(const Handler& h, absl::Duration delay);
+  bool HeldForRetry(const Handler& h) const;
+  void QueueRetry(const v1::Event& event);
+  absl::StatusOr<EnqueueResult> EnqueueRetryLater(absl::string_view timer);
+  void DropRetries(kb::Txn& txn);
+
   ServiceSpec spec_;
   kb::Kb* kb_;
   base::Clock* clock_;

@@ -182,7 +182,7 @@ void Engine::Retest() {
     pending_.erase(std::unique(pending_.begin(), pending_.end()), pending_.end());
   }
   for (Handler* h : pending_) {
-    if (h->dirty && h->unsatisfied == 0 && !h->in_queue) {
+    if (h->dirty && h->unsatisfied == 0 && !h->in_queue && !HeldForRetry(*h)) {
       Queue(h, h->dirty_cause ? Reason::kFactChanged : Reason::kNeverRan, "");
     }
   }
@@ -195,6 +195,7 @@ absl::Status Engine::RunHandler(Handler* h) {
   ++run_->executions;
   std::vector<v1::FactChange> changes;
   run_->current_changes = &changes;
+  run_->retry_later.reset();
   txn_->SetSavePoint();
   const absl::Time t0 = clock_->Now();
   absl::Status status = h->action->Run(run_->ctx);
@@ -213,6 +214,13 @@ absl::Status Engine::RunHandler(Handler* h) {
   }
   s.kind = v1::TraceStep::KIND_RAN;
   RETURN_IF_ERROR(txn_->PopSavePoint());
+  if (run_->retry_later) {
+    // Not done: a fact-only handler stays dirty (held until its retry is due).
+    s.retry_later = *run_->retry_later;
+    StageRetryLater(*h, *run_->retry_later);
+    run_->retry_later.reset();
+    return absl::OkStatus();
+  }
   if (h->fact_only) {
     h->dirty = false;
     h->dirty_cause = nullptr;

@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "engine/engine.h"
@@ -150,6 +151,7 @@ absl::StatusOr<EnqueueResult> Engine::EnqueueFromPeer(v1::Event event, uint64_t 
 
 absl::StatusOr<EnqueueResult> Engine::EnqueueTimer(absl::string_view name) {
   if (run_) return absl::FailedPreconditionError("events cannot be enqueued during a run");
+  if (absl::StartsWith(name, keys::kRetryLaterTimer)) return EnqueueRetryLater(name);
   v1::Event event;
   event.set_name(absl::StrCat("timer.", name));
   event.set_source("timer");

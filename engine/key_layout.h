@@ -54,6 +54,13 @@ inline const std::string& TimerPrefix() {
 }
 inline std::string Config(absl::string_view key) { return absl::StrCat("cfg", kNul, key); }
 inline std::string Timer(absl::string_view name) { return absl::StrCat("timer", kNul, name); }
+// A handler's retry-later (docs/engine.md, "Retrying later") is a timer named
+// "retry-later <handler> <event>[ <relation> <remote unit>]" (a space: no name a handler gives a
+// timer has one), and the event its due time enqueues is kept under RetryLater(<timer name>).
+inline constexpr absl::string_view kRetryLaterTimer = "retry-later ";
+inline std::string RetryLater(absl::string_view timer) {
+  return absl::StrCat("retry", kNul, timer);
+}
 
 // The sequence cursors of a relation: what was received from a sender, what was sent to a
 // destination.

@@ -74,7 +74,8 @@ absl::Status Engine::ApplyLifecycle(const v1::Event& event) {
     if (stage_ == v1::UNIT_STAGE_DYING) return absl::OkStatus();
     stage_ = v1::UNIT_STAGE_DYING;
     txn_->Put(Space::kMeta, keys::kStage, kb::EncodeU64(stage_));
-    // Its timers would outlive the unit.
+    // Its timers would outlive the unit, and so would the retries handlers asked for.
+    DropRetries(*txn_);
     for (const auto& [name, due] : timers_) txn_->Delete(Space::kMeta, keys::Timer(name));
     timers_.clear();
     return SetFact(kDyingFact, "", /*derived=*/true);

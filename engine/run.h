@@ -7,10 +7,12 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/time/time.h"
 #include "engine/handler_graph.h"
 #include "engine/run_context.h"
 #include "engine/trace.h"
@@ -27,6 +29,8 @@ struct Run {
   std::deque<std::pair<Handler*, uint32_t>> queue;
   // RunContext::Output, for the trace.
   std::map<std::string, std::string> outputs;
+  // RunContext::RetryLater of the handler running.
+  std::optional<absl::Duration> retry_later;
   std::vector<FactState*> changed;  // since the last retest
   std::vector<std::string> fired;   // by the current handler
   std::vector<v1::FactChange>* current_changes = nullptr;

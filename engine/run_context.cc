@@ -1,5 +1,6 @@
 #include "engine/run_context.h"
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "engine/engine.h"
@@ -77,6 +78,25 @@ absl::Status RunContext::SetTimer(absl::string_view name, absl::Duration delay) 
   engine_->timers_[std::string(name)] = due;
   engine_->txn_->Put(kb::Space::kMeta, keys::Timer(name),
                      kb::EncodeU64(static_cast<uint64_t>(absl::ToUnixMillis(due))));
+  return absl::OkStatus();
+}
+
+absl::Status RunContext::RetryLater(absl::Duration delay) {
+  if (delay <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("retry-later: the delay must be positive, got ", absl::FormatDuration(delay)));
+  }
+  if (engine_->stage_ == v1::UNIT_STAGE_DYING) {
+    return absl::FailedPreconditionError(
+        "retry-later: the unit is dying (being removed): nothing is retried later");
+  }
+  if (absl::StartsWith(event().name(), "action.")) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("retry-later: '", event().name(),
+                     "' is a user action, answered by this run: it cannot "
+                     "be retried later"));
+  }
+  engine_->run_->retry_later = delay;
   return absl::OkStatus();
 }
 

@@ -61,6 +61,16 @@ class RunContext {
   // Asks for `timer.<name>` to be fired after `delay` (replacing an earlier request).
   absl::Status SetTimer(absl::string_view name, absl::Duration delay);
 
+  // Asks for this handler to run again after `delay`, against the data as it is then, instead of
+  // failing (docs/engine.md, "Retrying later"): for a handler that waits for a peer. The handler
+  // returns as usual and its run goes on and commits, its changes so far included; the event
+  // leaves the inbox, so later events are not held up. After `delay` an event that runs only this
+  // handler (for the same event, relation and remote unit; a fact-only handler is held until then)
+  // is queued. A later request for the same handler and event replaces the earlier one.
+  // INVALID_ARGUMENT for a delay that is not positive; FAILED_PRECONDITION while the unit is
+  // dying (nothing outlives it) and for a user action's event (its answer is this run's).
+  absl::Status RetryLater(absl::Duration delay);
+
  private:
   friend class Engine;
   explicit RunContext(Engine* engine) : engine_(engine) {}

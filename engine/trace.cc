@@ -42,6 +42,7 @@ void BuildTrace(const std::vector<StepRecord>& steps, const std::vector<FactStat
         for (const auto& e : r.fired) s->add_events_fired(e);
         s->set_duration_ns(r.duration_ns);
         s->set_error(r.error);
+        s->set_retry_later_ms(absl::ToInt64Milliseconds(r.retry_later));
         break;
       default:
         s->set_reason(r.text);

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "engine/handler_graph.h"
 #include "kb/kb.h"
 #include "parley/v1/kb.pb.h"
@@ -29,6 +30,8 @@ struct StepRecord {
   std::vector<std::string> fired;
   int64_t duration_ns = 0;
   std::string error;
+  // KIND_RAN: the handler asked to run again after this long (RunContext::RetryLater).
+  absl::Duration retry_later = absl::ZeroDuration();
 };
 
 // Adds to `trace` the run's steps, the net change of each fact it touched (sorted by name), the

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/time.h"
 
 namespace parley::engine {
 namespace {
@@ -32,6 +33,9 @@ std::string FormatTrace(const v1::Trace& t) {
                     e.relation().remote_unit().empty() ? "-" : e.relation().remote_unit(), ")");
   }
   if (!e.source().empty()) absl::StrAppend(&out, " from ", e.source());
+  if (!e.retry_handler().empty()) {
+    absl::StrAppend(&out, ", for ", e.retry_handler(), " (asked in event ", e.retry_of(), ")");
+  }
   if (t.result() == v1::Trace::RESULT_SKIPPED) {
     absl::StrAppend(&out, "\n  SKIPPED by ", t.resolved_by().empty() ? "-" : t.resolved_by(),
                     " after ", t.attempt(),
@@ -85,6 +89,10 @@ std::string FormatTrace(const v1::Trace& t) {
         }
         if (s.events_fired_size() > 0) {
           absl::StrAppend(&out, "  fires ", absl::StrJoin(s.events_fired(), " "));
+        }
+        if (s.retry_later_ms() > 0) {
+          absl::StrAppend(&out, "  retries later, in ",
+                          absl::FormatDuration(absl::Milliseconds(s.retry_later_ms())));
         }
         if (!s.error().empty()) absl::StrAppend(&out, "  error: ", s.error());
         absl::StrAppend(&out, "\n");

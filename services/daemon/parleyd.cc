@@ -51,6 +51,9 @@ ABSL_FLAG(std::string, state_dir, "",
           "Directory of the units' state directories (PARLEY_STATE_DIR of their programs)");
 ABSL_FLAG(std::string, unit_host, "127.0.0.1",
           "The address peers reach this host's units at (PARLEY_UNIT_HOST for their programs)");
+ABSL_FLAG(std::string, program_user, "parley",
+          "The user handler programs run as when their service.yaml names none (user:), when "
+          "parleyd runs as root; empty: parleyd's own user");
 ABSL_FLAG(int, update_interval_s, 0, "Fire `update` this often (0: never)");
 
 namespace {
@@ -119,6 +122,7 @@ int main(int argc, char** argv) {
   backends.process.extra_path.push_back(std::filesystem::absolute(argv[0]).parent_path().string());
   backends.process.state_root = absl::GetFlag(FLAGS_state_dir);
   backends.process.unit_host = absl::GetFlag(FLAGS_unit_host);
+  backends.process.default_user = absl::GetFlag(FLAGS_program_user);
   ps::Host* h = nullptr;
   backends.log = [&h](absl::string_view unit, absl::string_view handler, absl::string_view source,
                       absl::string_view text) {

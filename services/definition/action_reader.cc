@@ -297,7 +297,7 @@ class ActionReader {
     static constexpr absl::string_view kSteps =
         "set: <fact>[=<value>], clear: <fact>, relation-set: {endpoint, key, value}, "
         "relation-unset: {endpoint, key}, "
-        "status: {state, message}, fire: <event> or output: <key>=<value>";
+        "status: {state, message}, fire: <event>, output: <key>=<value> or retry-later: <duration>";
     if (!at.node.IsMap() || at.node.size() != 1) {
       return at.Error(absl::StrCat("a step is a map with one key: ", kSteps));
     }
@@ -320,6 +320,11 @@ class ActionReader {
         value_at.node = YAML::Node(text.substr(eq + 1));
         ASSIGN_OR_RETURN(step.value, ReadTemplate(value_at, h));
       }
+      return step;
+    }
+    if (op == "retry-later") {
+      step.kind = BuiltinStep::Kind::kRetryLater;
+      ASSIGN_OR_RETURN(step.delay, ReadDuration(value));
       return step;
     }
     if (op == "output") {

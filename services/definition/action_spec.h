@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "parley/v1/kb.pb.h"
 #include "services/definition/template.h"
 
@@ -73,7 +74,16 @@ struct HttpAction {
 
 // One step of a builtin action.
 struct BuiltinStep {
-  enum class Kind { kSet, kClear, kRelationSet, kRelationUnset, kStatus, kFire, kOutput };
+  enum class Kind {
+    kSet,
+    kClear,
+    kRelationSet,
+    kRelationUnset,
+    kStatus,
+    kFire,
+    kOutput,
+    kRetryLater
+  };
   Kind kind = Kind::kSet;
   // kSet / kClear: the fact; kRelationSet / kRelationUnset: the endpoint; kFire: the event;
   // kOutput: the key.
@@ -85,6 +95,8 @@ struct BuiltinStep {
   Template value;
   // kStatus.
   v1::WorkloadState state = v1::WORKLOAD_STATE_UNSPECIFIED;
+  // kRetryLater: after how long the handler runs again (RunContext::RetryLater).
+  absl::Duration delay = absl::ZeroDuration();
   int line = 0;
 };
 

@@ -88,6 +88,11 @@ struct ServiceDefinition {
   std::string file;
   std::string name;
   std::string description;
+  // `user:`: who its programs run as (exec, ansible); empty: the agent's default
+  // (docs/service-definitions.md, "The user programs run as"). Whether it exists is checked where
+  // the programs run (services/backends/process/process_action.h, ResolveProgramUser).
+  std::string user;
+  int user_line = 0;
   std::vector<EndpointDef> endpoints;
   // Every interface an endpoint names, by name.
   std::map<std::string, InterfaceSchema> interfaces;

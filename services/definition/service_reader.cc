@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -36,12 +37,13 @@ class DefinitionReader {
     if (!root.IsMap()) {
       return top.Error(absl::StrCat("expected a map of service fields, got ", Describe(root)));
     }
-    ASSIGN_OR_RETURN(Fields f,
-                     Fields::Read(top, {"name", "description", "provides", "requires", "peers",
-                                        "config", "handlers", "actions", "events"}));
+    ASSIGN_OR_RETURN(
+        Fields f, Fields::Read(top, {"name", "description", "user", "provides", "requires", "peers",
+                                     "config", "handlers", "actions", "events"}));
     ASSIGN_OR_RETURN(const At* name, f.Require("name"));
     ASSIGN_OR_RETURN(def_.name, ReadName(*name, NameRule::kService, "service name"));
     ASSIGN_OR_RETURN(def_.description, ReadText(f.Get("description")));
+    if (const At* at = f.Get("user")) RETURN_IF_ERROR(ReadUser(*at));
     // Sections are read in dependency order whatever their order in the file: handlers refer to
     // endpoints, interfaces, options, actions and events.
     for (auto [key, role] : {std::pair{"provides", engine::Role::kProvides},
@@ -57,6 +59,26 @@ class DefinitionReader {
   }
 
  private:
+  // A user name as useradd takes it: letters, digits, '_', '-' and '.', not starting with '-' or
+  // a digit (a uid is not a name), at most 32 characters.
+  absl::Status ReadUser(const At& at) {
+    ASSIGN_OR_RETURN(std::string user, ReadString(at));
+    bool ok = !user.empty() && user.size() <= 32 && user[0] != '-' &&
+              !absl::ascii_isdigit(static_cast<unsigned char>(user[0]));
+    for (char c : user) {
+      ok = ok &&
+           (absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.');
+    }
+    if (!ok) {
+      return at.Error(absl::StrCat("'", user,
+                                   "' is not a user name (letters, digits, '_', '-' and '.', "
+                                   "starting with a letter or '_', at most 32)"));
+    }
+    def_.user = std::move(user);
+    def_.user_line = at.line;
+    return absl::OkStatus();
+  }
+
   absl::Status ReadEndpoints(const At& at, engine::Role role) {
     ASSIGN_OR_RETURN(Entries entries, MapEntries(at));
     for (const auto& [name, ep_at] : entries) {

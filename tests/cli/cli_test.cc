@@ -533,9 +533,14 @@ setsid /bin/sh -c 'echo $$ > "$PARLEY_STATE_DIR/daemon.pid"; exec sleep 86431' \
 TEST_F(CliTest, RemovalStopsWhatHandlersLeftRunningAndSaysSo) {
   Write(dir_.Sub("leaky/service.yaml"), kLeaky);
   Write(dir_.Sub("leaky/launch.sh"), kLaunch);
-  std::filesystem::permissions(dir_.Sub("leaky/launch.sh"), std::filesystem::perms::owner_all);
+  // Executable by the unprivileged user the programs run as (parleyd --program_user).
+  namespace fs = std::filesystem;
+  fs::permissions(dir_.Sub("leaky/launch.sh"), fs::perms::owner_all | fs::perms::group_read |
+                                                   fs::perms::group_exec | fs::perms::others_read |
+                                                   fs::perms::others_exec);
   Write(dir_.Sub("leaky-model.yaml"), "services:\n  leaky:\n    definition: leaky\n    units: 2\n");
-  ASSERT_EQ(Parley({"up", dir_.Sub("leaky-model.yaml")}).code, 0);
+  CommandResult up = Parley({"up", dir_.Sub("leaky-model.yaml")});
+  ASSERT_EQ(up.code, 0) << up.err;
   auto daemon_of = [&](const std::string& unit_dir) {
     std::ifstream in(dir_.Sub(".parley/units/" + unit_dir + "/daemon.pid"));
     int64_t pid = 0;

@@ -411,6 +411,8 @@ class Test:
         for b in (self.parley_bin, self.parleyd, os.path.join(self.bin, "parley-hook")):
             check(os.access(b, os.X_OK), "%s is missing (build parley parleyd parley-hook)" % b)
         self.tmp = tempfile.mkdtemp(prefix="%s%d-" % (PREFIX, os.getpid()))
+        # The units' programs run as the unprivileged user `parley`: it must reach their state dirs.
+        os.chmod(self.tmp, 0o755)
         self.net = Network(3)
         self.daemons = []
         self.model_dir = os.path.join(self.tmp, "state")        # the model's PARLEY_MODEL_DIR

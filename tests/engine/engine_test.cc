@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "engine/trace_format.h"
 #include "tests/testing/temp_dir.h"
 
@@ -1327,6 +1328,186 @@ TEST_F(EngineTest, ADepartureKeepsTheNewestServiceDataOfTheEventsItCancelled) {
   auto service = engine_->Bag("c:1", "rs");
   ASSERT_TRUE(service.ok());
   EXPECT_THAT(*service, ElementsAre(Pair("leader", "pg/1")));
+}
+
+// Retrying later (docs/engine.md, "Retrying later"): a handler that waits for a peer asks to run
+// again after a delay instead of failing. Its run commits (no failure, no backoff), later events
+// run at once, and after the delay a retry runs only that handler, against the newest data.
+TEST_F(EngineTest, RetryLaterDoesNotFailOrBlockAndRetriesAgainstTheNewestData) {
+  Endpoint("cluster");
+  std::vector<std::string> seen;
+  int greeted = 0;
+  Handler("follow", {}, {}, {"cluster.joined"}, [&](RunContext& ctx) {
+    auto bag = ctx.Bag("c:1", "ru:" + ctx.event().relation().remote_unit());
+    if (!bag.ok()) return bag.status();
+    const std::string primary = (*bag)["primary"];
+    seen.push_back(primary);
+    if (primary == "pg/0") {  // dead: wait for news of the promotion
+      RETURN_IF_ERROR(ctx.SetStatus(v1::WORKLOAD_STATE_WAITING, "waiting for a primary"));
+      return ctx.RetryLater(absl::Seconds(10));
+    }
+    return ctx.Set("following", primary);
+  });
+  Handler("greet", {}, {}, {"cluster.joined"}, [&](RunContext&) {
+    ++greeted;
+    return absl::OkStatus();
+  });
+  Handler("tick", {}, {}, {"tick"}, SetFact("ticked"));
+  Start();
+  ASSERT_TRUE(engine_
+                  ->EnqueueFromPeer(Rel("cluster", v1::RELATION_EVENT_KIND_JOINED, "c:1", "pg/1",
+                                        {{"primary", "pg/0"}}),
+                                    1)
+                  .ok());
+  ASSERT_TRUE(engine_->Enqueue(Named("tick")).ok());
+  auto r = engine_->RunOnce();
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->outcome, RunOutcome::kCommitted) << FormatTrace(*r->trace);
+  EXPECT_FALSE(engine_->failure().has_value());
+  EXPECT_EQ(engine_->workload_status().state(), v1::WORKLOAD_STATE_WAITING);  // kept
+  EXPECT_THAT(FormatTrace(*r->trace), HasSubstr("run     follow"));
+  EXPECT_THAT(FormatTrace(*r->trace), HasSubstr("retries later, in 10s"));
+  const std::string timer = "retry-later follow cluster.joined c:1 pg/1";
+  ASSERT_TRUE(engine_->timers().contains(timer));
+  EXPECT_EQ(engine_->timers().at(timer), clock_.Now() + absl::Seconds(10));
+  // The next event runs at once, and so does the news of the promotion.
+  r = engine_->RunOnce();
+  ASSERT_EQ(r->outcome, RunOutcome::kCommitted);
+  EXPECT_TRUE(engine_->IsSet("ticked"));
+  ASSERT_TRUE(engine_
+                  ->EnqueueFromPeer(Rel("cluster", v1::RELATION_EVENT_KIND_CHANGED, "c:1", "pg/1",
+                                        {{"primary", "pg/2"}}),
+                                    2)
+                  .ok());
+  ASSERT_EQ(engine_->RunOnce()->outcome, RunOutcome::kCommitted);
+  EXPECT_EQ(engine_->inbox_depth(), 0u);
+  // The retry survives a restart; when due (the agent enqueues due timers) it runs `follow` alone,
+  // for the same event, against the newest data.
+  Start();
+  ASSERT_TRUE(engine_->timers().contains(timer));
+  clock_.Advance(absl::Seconds(10));
+  ASSERT_TRUE(engine_->EnqueueTimer(timer).ok());
+  EXPECT_TRUE(engine_->timers().empty());
+  r = engine_->RunOnce();
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->outcome, RunOutcome::kCommitted) << FormatTrace(*r->trace);
+  EXPECT_EQ(r->trace->trigger().retry_handler(), "follow");
+  EXPECT_EQ(r->trace->trigger().retry_of(), 1u);
+  EXPECT_EQ(r->trace->trigger().name(), "cluster.joined");
+  EXPECT_EQ(r->trace->trigger().relation().unit_changes_size(), 0);
+  EXPECT_THAT(Ran(*r->trace), ElementsAre("follow"));
+  EXPECT_EQ(ReasonOf(*r->trace, v1::TraceStep::KIND_QUEUED, "follow"),
+            "retry later, asked for event 1");
+  EXPECT_THAT(FormatTrace(*r->trace), HasSubstr("for follow (asked in event 1)"));
+  EXPECT_THAT(seen, ElementsAre("pg/0", "pg/2"));
+  EXPECT_EQ(engine_->FactValue("following"), "pg/2");
+  EXPECT_EQ(greeted, 1);
+  EXPECT_FALSE(engine_->failure().has_value());
+  EXPECT_TRUE(engine_->timers().empty());
+  // The data was applied once, in order: the retry changed none of it.
+  auto bag = engine_->Bag("c:1", "ru:pg/1");
+  ASSERT_TRUE(bag.ok());
+  EXPECT_THAT(*bag, ElementsAre(Pair("primary", "pg/2")));
+}
+
+// A retry about a unit that has left since cannot apply: its handler does not run.
+TEST_F(EngineTest, ARetryLaterAboutAUnitThatLeftIsSkipped) {
+  Endpoint("cluster");
+  int runs = 0;
+  Handler("follow", {}, {}, {"cluster.joined"}, [&](RunContext& ctx) {
+    ++runs;
+    return ctx.RetryLater(absl::Seconds(5));
+  });
+  Start();
+  for (const char* unit : {"pg/1", "pg/2"}) {
+    ASSERT_TRUE(
+        engine_->EnqueueFromPeer(Rel("cluster", v1::RELATION_EVENT_KIND_JOINED, "c:1", unit), 1)
+            .ok());
+  }
+  ASSERT_TRUE(
+      engine_->EnqueueFromPeer(Rel("cluster", v1::RELATION_EVENT_KIND_DEPARTED, "c:1", "pg/1"), 2)
+          .ok());
+  ASSERT_TRUE(engine_->RunUntilIdle().ok());
+  EXPECT_EQ(runs, 2);
+  ASSERT_EQ(engine_->timers().size(), 2u);  // one per remote unit
+  clock_.Advance(absl::Seconds(5));
+  ASSERT_TRUE(engine_->EnqueueTimer("retry-later follow cluster.joined c:1 pg/1").ok());
+  auto r = engine_->RunOnce();
+  ASSERT_EQ(r->outcome, RunOutcome::kCommitted);
+  EXPECT_THAT(Ran(*r->trace), IsEmpty());
+  EXPECT_EQ(ReasonOf(*r->trace, v1::TraceStep::KIND_SKIPPED, "follow"),
+            "retry later of follow for event 1, but pg/1 left relation c:1");
+  EXPECT_EQ(runs, 2);
+  ASSERT_TRUE(engine_->EnqueueTimer("retry-later follow cluster.joined c:1 pg/2").ok());
+  r = engine_->RunOnce();
+  EXPECT_THAT(Ran(*r->trace), ElementsAre("follow"));
+  EXPECT_EQ(runs, 3);
+  EXPECT_EQ(engine_->timers().size(), 1u);  // it asked again
+}
+
+// A fact-only handler that retries later stays dirty, but is held until its retry is due: other
+// events do not run it again meanwhile.
+TEST_F(EngineTest, AFactOnlyHandlerThatRetriesLaterIsHeldUntilDue) {
+  int runs = 0;
+  bool peer_up = false;
+  Handler("configure", {"cfg"}, {}, {}, [&](RunContext& ctx) {
+    ++runs;
+    if (!peer_up) return ctx.RetryLater(absl::Minutes(1));
+    return ctx.Set("configured");
+  });
+  Handler("set-cfg", {}, {}, {"set-cfg"}, SetFact("cfg", "1"));
+  Handler("tick", {}, {}, {"tick"});
+  Start();
+  v1::Trace t = Run(Named("set-cfg"));
+  EXPECT_THAT(Ran(t), ElementsAre("set-cfg", "configure"));
+  EXPECT_EQ(runs, 1);
+  t = Run(Named("tick"));
+  EXPECT_THAT(Ran(t), ElementsAre("tick"));
+  Start();  // held across a restart too
+  t = Run(Named("tick"));
+  EXPECT_THAT(Ran(t), ElementsAre("tick"));
+  EXPECT_EQ(runs, 1);
+  peer_up = true;
+  clock_.Advance(absl::Minutes(1));
+  ASSERT_TRUE(engine_->EnqueueTimer("retry-later configure").ok());
+  auto r = engine_->RunOnce();
+  ASSERT_EQ(r->outcome, RunOutcome::kCommitted);
+  EXPECT_THAT(Ran(*r->trace), ElementsAre("configure"));
+  EXPECT_TRUE(engine_->IsSet("configured"));
+  t = Run(Named("tick"));
+  EXPECT_THAT(Ran(t), ElementsAre("tick"));  // clean now
+  EXPECT_EQ(runs, 2);
+}
+
+// Nothing is retried later for a dying unit (nothing outlives it), nor for a user action (its
+// answer is its run's); a delay must be positive; a handler that fails after asking fails, and
+// the request goes with its run.
+TEST_F(EngineTest, RetryLaterIsRefusedWhereItCannotApply) {
+  Handler("answer", {}, {}, {"action.backup"},
+          [](RunContext& ctx) { return ctx.RetryLater(absl::Seconds(1)); });
+  Handler("zero", {}, {}, {"zero"},
+          [](RunContext& ctx) { return ctx.RetryLater(absl::ZeroDuration()); });
+  Handler("then-fail", {}, {}, {"then-fail"}, [](RunContext& ctx) {
+    RETURN_IF_ERROR(ctx.RetryLater(absl::Seconds(1)));
+    return absl::UnavailableError("no");
+  });
+  Handler("stop", {}, {}, {"stop"},
+          [](RunContext& ctx) { return ctx.RetryLater(absl::Seconds(1)); });
+  Start();
+  Run(Named("action.backup"), RunOutcome::kFailed);
+  EXPECT_THAT(engine_->failure()->message(), HasSubstr("is a user action, answered by this run"));
+  ASSERT_TRUE(engine_->Resolve(ResolveMode::kSkip, 0, "test").ok());
+  Run(Named("zero"), RunOutcome::kFailed);
+  EXPECT_THAT(engine_->failure()->message(), HasSubstr("the delay must be positive"));
+  ASSERT_TRUE(engine_->Resolve(ResolveMode::kSkip, 0, "test").ok());
+  Run(Named("then-fail"), RunOutcome::kFailed);
+  EXPECT_TRUE(engine_->timers().empty());
+  ASSERT_TRUE(engine_->Resolve(ResolveMode::kSkip, 0, "test").ok());
+  ASSERT_TRUE(engine_->BeginRemoval("test").ok());
+  auto r = engine_->RunOnce();
+  ASSERT_EQ(r->outcome, RunOutcome::kFailed);
+  EXPECT_THAT(engine_->failure()->message(), HasSubstr("the unit is dying"));
+  EXPECT_TRUE(engine_->timers().empty());
 }
 
 // A unit's life (docs/engine.md, "A unit's life"): installing until `start` commits, active,

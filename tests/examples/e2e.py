@@ -92,6 +92,9 @@ class Model:
         self.parley = parley
         self.keep = opts.keep
         self.tmp = tempfile.mkdtemp(prefix="parley-e2e-")
+        # The units' programs run as the unprivileged user `parley` (docs/service-definitions.md,
+        # "The user programs run as"): it must reach their state dirs under the model directory.
+        os.chmod(self.tmp, 0o755)
         self.env = dict(os.environ, PARLEY_MODEL_DIR=os.path.join(self.tmp, "model"))
         self.source = os.path.abspath(opts.model or default_model)
         self.offset = opts.port_offset

@@ -12,6 +12,7 @@
 """
 
 import os
+import pwd
 import random
 import subprocess
 import sys
@@ -33,6 +34,21 @@ def test():
         statuses = m.wait_active(["redis", "app", "balancer"])
         say("active: %s" % statuses)
         check("2 backends" in statuses["balancer/0"], "balancer status: %r" % statuses["balancer/0"])
+
+        # The definitions name no user: their programs, and the daemons they start, run as the
+        # unprivileged `parley` (parleyd --program_user), in state dirs of its own, mode 0700.
+        parley = pwd.getpwnam("parley")
+        units = os.path.join(m.env["PARLEY_MODEL_DIR"], "units")
+        for name, pidfile in [("redis-0", "redis.pid"), ("app-0", "app.pid"), ("balancer-0", "haproxy.pid")]:
+            st = os.stat(os.path.join(units, name))
+            check((st.st_uid, st.st_gid, st.st_mode & 0o7777) == (parley.pw_uid, parley.pw_gid, 0o700),
+                  "%s: owner %d:%d mode %o" % (name, st.st_uid, st.st_gid, st.st_mode & 0o7777))
+            with open(os.path.join(units, name, pidfile)) as f:
+                pid = int(f.read().split()[0])
+            with open("/proc/%d/status" % pid) as f:
+                uids = [line.split()[1:] for line in f if line.startswith("Uid:")][0]
+            check(uids == [str(parley.pw_uid)] * 4, "%s (pid %d) runs as uids %s" % (pidfile, pid, uids))
+        say("every workload runs as parley (uid %d) in a 0700 state dir of its own" % parley.pw_uid)
 
         # A value written through the balancer is in Redis.
         key, value = "e2e-%d" % random.randrange(1 << 30), "value-%d" % random.randrange(1 << 30)

@@ -1,8 +1,8 @@
 // parley-hook: what a program run by an `exec` action, or a task of an `ansible` playbook, uses
 // to act on its run (facts, relation data, status, events, timers, action output). It sends its
 // arguments to the agent over the unix socket named by PARLEY_HOOK_SOCKET
-// (services/backends/process/hook_protocol.h describes the protocol) and prints the reply. Changes land only if the
-// run commits.
+// (services/backends/process/hook_protocol.h describes the protocol) and prints the reply. Changes
+// land only if the run commits.
 //
 // Exit status: 0 done, 1 refused by the agent (the reason on stderr), 2 not inside a run,
 // 64 usage error.
@@ -36,6 +36,7 @@ constexpr char kUsageText[] =
     "  log MESSAGE\n"
     "  event fire NAME\n"
     "  timer set NAME SECONDS\n"
+    "  retry-later DURATION\n"
     "  action output KEY VALUE\n";
 
 int NotInRun(const char* why) {
@@ -59,7 +60,7 @@ bool ValidShape(const std::vector<std::string>& a) {
   if (verb == "relation unset") return n == 4;
   if (verb == "relation list" || verb == "config get") return n == 2 || n == 3;
   if (verb == "status set" || verb == "timer set" || verb == "action output") return n == 4;
-  if (a[0] == "log") return n == 2;
+  if (a[0] == "log" || a[0] == "retry-later") return n == 2;
   return false;
 }
 

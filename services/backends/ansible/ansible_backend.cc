@@ -307,8 +307,10 @@ absl::StatusOr<std::unique_ptr<engine::Action>> MakeAnsibleAction(const ServiceD
   for (const UserAction& a : def.actions) {
     for (const ActionParam& p : a.params) param_types[a.name][p.name] = p.type;
   }
+  ASSIGN_OR_RETURN(ProcessActionSetup setup,
+                   MakeProcessActionSetup(def, handler, options, std::move(log)));
   return std::make_unique<AnsibleRunner>(*ansible, std::move(config_types), std::move(param_types),
-                                         MakeProcessActionSetup(def, handler, options, std::move(log)));
+                                         std::move(setup));
 }
 
 }  // namespace parley::services

@@ -42,6 +42,10 @@ class BuiltinRunner : public engine::Action {
         absl::Status s = ctx.Output(step.name, value);
         return s.ok() ? s : fail(absl::StrCat("output ", step.name), s);
       }
+      case BuiltinStep::Kind::kRetryLater: {
+        absl::Status s = ctx.RetryLater(step.delay);
+        return s.ok() ? s : fail("retry-later", s);
+      }
       case BuiltinStep::Kind::kClear: {
         absl::Status s = ctx.Clear(step.name);
         return s.ok() ? s : fail(absl::StrCat("clear ", step.name), s);
@@ -92,10 +96,9 @@ absl::StatusOr<std::unique_ptr<engine::Action>> MakeBuiltinAction(const ServiceD
                                                                   const HandlerDef& handler) {
   const auto* builtin = std::get_if<BuiltinAction>(&handler.action.detail);
   if (builtin == nullptr) {
-    return absl::UnimplementedError(
-        absl::StrCat(def.file, ":", handler.action.line, ": handler '", handler.name,
-                     "': action kind '", ActionKindName(handler.action.kind()),
-                     "' is not builtin"));
+    return absl::UnimplementedError(absl::StrCat(
+        def.file, ":", handler.action.line, ": handler '", handler.name, "': action kind '",
+        ActionKindName(handler.action.kind()), "' is not builtin"));
   }
   std::map<std::string, EndpointContract> endpoints;
   for (const BuiltinStep& step : builtin->steps) {

@@ -54,8 +54,9 @@ absl::StatusOr<std::unique_ptr<engine::Action>> MakeExecAction(const ServiceDefi
                                                    ": handler '", handler.name,
                                                    "': the command is empty"));
   }
-  return std::make_unique<ExecRunner>(*exec,
-                                      MakeProcessActionSetup(def, handler, options, std::move(log)));
+  ASSIGN_OR_RETURN(ProcessActionSetup setup,
+                   MakeProcessActionSetup(def, handler, options, std::move(log)));
+  return std::make_unique<ExecRunner>(*exec, std::move(setup));
 }
 
 }  // namespace parley::services

@@ -13,6 +13,7 @@
 
 #include "absl/status/status.h"
 #include "services/backends/process/fd.h"
+#include "services/backends/process/program_user.h"
 #include "services/backends/process/tail_buffer.h"
 
 namespace parley::services::process {
@@ -50,11 +51,12 @@ struct OutputPipe {
 };
 
 // Starts `program` (argv and envp as given, stdin /dev/null) in `dir`, in a process group of its
-// own, its output into `out` and `err`. A program that cannot be started is FAILED_PRECONDITION
-// naming `origin` and the program.
+// own, its output into `out` and `err`, as `user` (its uid, primary group and supplementary
+// groups) when `user.switches`. A program that cannot be started is FAILED_PRECONDITION naming
+// `origin`, the program and, for a user switch, the user and the step that failed.
 absl::Status Spawn(const std::string& dir, const std::string& origin, const std::string& program,
                    const std::vector<std::string>& argv,
-                   const std::map<std::string, std::string>& env, OutputPipe& out, OutputPipe& err,
-                   Child& child);
+                   const std::map<std::string, std::string>& env, const ProgramUser& user,
+                   OutputPipe& out, OutputPipe& err, Child& child);
 
 }  // namespace parley::services::process

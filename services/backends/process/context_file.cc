@@ -46,7 +46,7 @@ void AppendRelationFields(std::string& out, const v1::RelationRecord& r, bool wi
 
 std::string ContextJson(const engine::RunContext& ctx, absl::string_view service,
                         const std::map<std::string, std::string>& config) {
-  std::string out = "{\"unit\":";
+  std::string out = absl::StrCat("{\"version\":", kContextVersion, ",\"unit\":");
   JsonString(out, ctx.unit());
   out += ",\"service\":";
   JsonString(out, service);

@@ -228,6 +228,23 @@ HookReply HandleHookRequest(const HookEnv& env, const std::vector<std::string>& 
     }
     return FromStatus(ctx.SetTimer(a[2], absl::Seconds(seconds)));
   }
+  if (!a.empty() && a[0] == "retry-later") {
+    if (a.size() != 2) return Refused("usage: retry-later DURATION");
+    absl::Duration delay;
+    int64_t seconds = 0;
+    if (absl::SimpleAtoi(a[1], &seconds)) {
+      delay = absl::Seconds(seconds);
+    } else if (!absl::ParseDuration(a[1], &delay)) {
+      delay = absl::ZeroDuration();
+    }
+    if (delay <= absl::ZeroDuration() || delay == absl::InfiniteDuration()) {
+      return Refused(
+          absl::StrCat("retry-later: expected a positive duration such as 30 (seconds), "
+                       "30s, 5m or 1h30m, got '",
+                       Printable(a[1].substr(0, 100)), "'"));
+    }
+    return FromStatus(ctx.RetryLater(delay));
+  }
   if (verb == "action output") {
     if (a.size() != 4) return Refused("usage: action output KEY VALUE");
     if (a[2].empty()) return Refused("action output: the key is empty");
@@ -236,7 +253,7 @@ HookReply HandleHookRequest(const HookEnv& env, const std::vector<std::string>& 
   return Refused(absl::StrCat(
       "unknown request '", Printable(verb.substr(0, 100)),
       "' (expected fact set|clear|get, relation get|set|unset|list, config get, status set, log, "
-      "event fire, timer set or action output)"));
+      "event fire, timer set, retry-later or action output)"));
 }
 
 }  // namespace parley::services::process

@@ -82,10 +82,43 @@ void Report(const engine::RunContext& ctx, const BackendLog& log, const OutputPi
 
 }  // namespace
 
-ProcessActionSetup MakeProcessActionSetup(const ServiceDefinition& def, const HandlerDef& handler,
-                                          const ProcessOptions& options, BackendLog log) {
+absl::StatusOr<ProgramUser> ResolveProgramUser(const ServiceDefinition& def,
+                                               const ProcessOptions& options) {
+  ASSIGN_OR_RETURN(ProgramUser self, CurrentUser());
+  const bool root = self.uid == 0;
+  if (def.user.empty()) {
+    if (!root || options.default_user.empty() || options.default_user == self.name) return self;
+    absl::StatusOr<ProgramUser> user = LookupUser(options.default_user);
+    if (!user.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          def.file, ": no user: is given, and the default user '", options.default_user,
+          "' for programs does not exist on this machine (tools/setup adds it); name a user with "
+          "user: (user: root to run them as root)"));
+    }
+    return user;
+  }
+  const std::string where = absl::StrCat(def.file, ":", def.user_line, ": user: ");
+  if (def.user == self.name) return self;
+  absl::StatusOr<ProgramUser> user = LookupUser(def.user);
+  if (!user.ok())
+    return absl::FailedPreconditionError(absl::StrCat(where, user.status().message()));
+  if (user->uid == self.uid) return self;
+  if (!root) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(where, "the agent runs as '", self.name, "' (uid ", self.uid,
+                     "), not root, and cannot run programs as '", def.user,
+                     "': run parleyd as root, or drop user: to run them as '", self.name, "'"));
+  }
+  return user;
+}
+
+absl::StatusOr<ProcessActionSetup> MakeProcessActionSetup(const ServiceDefinition& def,
+                                                          const HandlerDef& handler,
+                                                          const ProcessOptions& options,
+                                                          BackendLog log) {
   ProcessActionSetup setup;
   setup.dir = fs::absolute(def.dir.empty() ? "." : def.dir).lexically_normal().string();
+  ASSIGN_OR_RETURN(setup.user, ResolveProgramUser(def, options));
   setup.origin = absl::StrCat(def.file, ":", handler.action.line);
   setup.timeout = handler.timeout;
   setup.config_defaults = ConfigDefaults(def);
@@ -110,9 +143,15 @@ absl::StatusOr<std::string> ProcessAction::StateDir(absl::string_view unit) cons
     return absl::InvalidArgumentError(absl::StrCat("unit '", unit, "' has no state dir name"));
   }
   const std::string& root = setup_.options.state_root;
-  std::error_code ec;
-  fs::create_directories(root, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot make ", root, ": ", ec.message()));
+  const ProgramUser& user = setup_.user;
+  if (mkdir(root.c_str(), 0755) == 0) {
+    chmod(root.c_str(), 0755);  // whatever the umask
+  } else if (errno != EEXIST) {
+    std::error_code ec;
+    fs::create_directories(root, ec);
+    if (ec) return absl::InternalError(absl::StrCat("cannot make ", root, ": ", ec.message()));
+    chmod(root.c_str(), 0755);
+  }
   std::string dir = absl::StrCat(root, "/", name);
   if (mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
     return Errno(absl::StrCat("cannot make the state dir ", dir));
@@ -123,6 +162,16 @@ absl::StatusOr<std::string> ProcessAction::StateDir(absl::string_view unit) cons
     return absl::FailedPreconditionError(
         absl::StrCat("the state dir ", dir, " exists and is not a directory"));
   }
+  // Exactly the unit's user's, 0700. A directory another user owned (the definition's user:
+  // changed) is given to the new one whole, its data included.
+  if (st.st_uid != user.uid || st.st_gid != user.gid) {
+    RETURN_IF_ERROR(Chown(user, dir, /*recursive=*/st.st_uid != user.uid));
+  }
+  if ((st.st_mode & 07777) != 0700 && chmod(dir.c_str(), 0700) != 0) {
+    return Errno(absl::StrCat("cannot make the state dir ", dir, " mode 0700"));
+  }
+  if (user.switches)
+    RETURN_IF_ERROR(CheckReachable(user, dir, absl::StrCat("the state dir ", dir)));
   return dir;
 }
 
@@ -152,6 +201,15 @@ absl::Status ProcessAction::RunProgram(engine::RunContext& ctx) {
   RETURN_IF_ERROR(process::WriteContextFile(run.context_file, ctx, run.service, run.config));
   ASSIGN_OR_RETURN(Invocation inv, Prepare(ctx, run));
   ASSIGN_OR_RETURN(Fd listener, process::Listen(socket_path));
+  const ProgramUser& user = setup_.user;
+  if (user.switches) {
+    // The run dir, the context file, the socket and what the kind wrote there are the program's.
+    RETURN_IF_ERROR(Chown(user, dir.path(), /*recursive=*/true));
+    RETURN_IF_ERROR(
+        CheckReachable(user, dir.path(), absl::StrCat("the run's temp dir ", dir.path())));
+    RETURN_IF_ERROR(
+        CheckReachable(user, setup_.dir, absl::StrCat("the definition directory ", setup_.dir)));
+  }
 
   // Environment: PATH, the kind's variables, then ours (which they cannot override).
   std::map<std::string, std::string> env;
@@ -160,6 +218,8 @@ absl::Status ProcessAction::RunProgram(engine::RunContext& ctx) {
   env["PATH"] = absl::StrJoin(path, ":");
   for (auto& [k, v] : inv.env) env[k] = std::move(v);
   env["HOME"] = dir.path();
+  env["USER"] = user.name;
+  env["LOGNAME"] = user.name;
   env["PARLEY_HOOK_SOCKET"] = socket_path;
   env["PARLEY_CONTEXT"] = run.context_file;
   if (!run.state_dir.empty()) env["PARLEY_STATE_DIR"] = run.state_dir;
@@ -176,7 +236,8 @@ absl::Status ProcessAction::RunProgram(engine::RunContext& ctx) {
   // The environment may be wiped by what the program starts; the label, inherited from its
   // first instruction, stays.
   auto spawn = [&] {
-    return process::Spawn(setup_.dir, setup_.origin, inv.program, inv.argv, env, out, err, child);
+    return process::Spawn(setup_.dir, setup_.origin, inv.program, inv.argv, env, user, out, err,
+                          child);
   };
   if (absl::Status labelled = base::SpawnLabelled(cookie, spawn); !labelled.ok()) {
     if (child.pid_ > 0 || !absl::IsFailedPrecondition(labelled) || cookie.empty()) return labelled;

@@ -36,6 +36,7 @@
 #include "absl/time/time.h"
 #include "engine/spec.h"
 #include "services/backends/common/backend_log.h"
+#include "services/backends/process/program_user.h"
 #include "services/backends/process/tail_buffer.h"
 #include "services/definition/service.h"
 
@@ -46,10 +47,15 @@ struct ProcessOptions {
   // Where per-run temp dirs are made; empty: $TMPDIR, else /tmp.
   std::string temp_root;
   // When not empty, each unit has a persistent state dir `<state_root>/<unit, '/' replaced by
-  // '-'>` (web/0: web-0), made with mode 0700 on its first run and kept across runs, restarts and
-  // failed runs (files are not transactional: only KB changes roll back). Programs find it in
-  // PARLEY_STATE_DIR and keep their data and config files there.
+  // '-'>` (web/0: web-0), owned by the user its programs run as and its primary group, mode 0700,
+  // made on its first run and kept across runs, restarts and failed runs (files are not
+  // transactional: only KB changes roll back). The root is made with mode 0755 when missing.
+  // Programs find it in PARLEY_STATE_DIR and keep their data and config files there.
   std::string state_root;
+  // The user programs run as when their definition names none (`user:`), if this process runs
+  // as root; it must exist then. Empty, or this process not root: its own user. parleyd sets
+  // "parley" (--program_user). docs/service-definitions.md, "The user programs run as".
+  std::string default_user;
   // The address this unit's peers reach it at, for programs that bind or publish one: in
   // PARLEY_UNIT_HOST. 127.0.0.1 when every unit runs on this machine; the container's address
   // when each unit has a container of its own (`parley up --runtime`).
@@ -101,6 +107,8 @@ struct Invocation {
 struct ProcessActionSetup {
   // The definition directory (absolute): the program's working directory.
   std::string dir;
+  // Who the program runs as (ResolveProgramUser).
+  ProgramUser user;
   // "<service.yaml>:<line>" of the action, for errors.
   std::string origin;
   absl::Duration timeout;
@@ -110,9 +118,20 @@ struct ProcessActionSetup {
   BackendLog log;
 };
 
-// The setup of `handler`'s action.
-ProcessActionSetup MakeProcessActionSetup(const ServiceDefinition& def, const HandlerDef& handler,
-                                          const ProcessOptions& options, BackendLog log);
+// The user the programs of `def` run as on this machine:
+//  - `user:` of the definition when it names one: this process must run as root, or as that user;
+//  - else ProcessOptions::default_user when this process runs as root;
+//  - else this process's own user (no switch).
+// A user that does not exist, or one this process cannot become, is an error naming the
+// definition's file and the line of `user:` (or the definition file, for the default) and the user.
+absl::StatusOr<ProgramUser> ResolveProgramUser(const ServiceDefinition& def,
+                                               const ProcessOptions& options);
+
+// The setup of `handler`'s action; the errors of ResolveProgramUser.
+absl::StatusOr<ProcessActionSetup> MakeProcessActionSetup(const ServiceDefinition& def,
+                                                          const HandlerDef& handler,
+                                                          const ProcessOptions& options,
+                                                          BackendLog log);
 
 class ProcessAction : public engine::Action {
  public:

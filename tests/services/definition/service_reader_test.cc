@@ -163,10 +163,11 @@ TEST_F(DefinitionTest, YamlSyntaxErrorsCiteTheLine) {
 
 TEST_F(DefinitionTest, UnknownKeysAreRefusedAtEveryLevel) {
   std::string yaml = "name: svc\nhandler: []\n";
-  EXPECT_EQ(ServiceError(yaml),
-            At(yaml, "handler:", "") +
-                "unknown key 'handler' (expected name, description, provides, requires, peers, "
-                "config, handlers, actions, events)");
+  EXPECT_EQ(
+      ServiceError(yaml),
+      At(yaml, "handler:", "") +
+          "unknown key 'handler' (expected name, description, user, provides, requires, peers, "
+          "config, handlers, actions, events)");
 
   yaml = R"(name: svc
 handlers:
@@ -252,6 +253,41 @@ handlers:
   EXPECT_EQ(ServiceError(yaml), At(yaml, "expect", "handlers[0].action.expect[1]") +
                                     "expected an int, got the string \"ok\" (write it without "
                                     "quotes)");
+}
+
+// `user:` (docs/service-definitions.md, "The user programs run as") is read as a name; whether
+// the user exists is checked where the programs run (ExecUserTest). The builtin step
+// retry-later takes a positive duration.
+TEST_F(DefinitionTest, UserAndRetryLaterAreRead) {
+  std::string yaml = R"(name: svc
+user: postgres
+handlers:
+  - name: wait
+    on: [install]
+    action: {kind: builtin, steps: [{retry-later: 1m30s}]}
+)";
+  auto def = LoadService(yaml);
+  ASSERT_TRUE(def.ok()) << def.status();
+  EXPECT_EQ(def->user, "postgres");
+  EXPECT_EQ(def->user_line, 2);
+  const auto& builtin = std::get<BuiltinAction>(def->handlers[0].action.detail);
+  ASSERT_EQ(builtin.steps.size(), 1u);
+  EXPECT_EQ(builtin.steps[0].kind, BuiltinStep::Kind::kRetryLater);
+  EXPECT_EQ(builtin.steps[0].delay, absl::Seconds(90));
+
+  yaml = "name: svc\nuser: 1000\n";
+  EXPECT_EQ(ServiceError(yaml), At(yaml, "user", "user") +
+                                    "'1000' is not a user name (letters, digits, '_', '-' and '.', "
+                                    "starting with a letter or '_', at most 32)");
+  yaml = R"(name: svc
+handlers:
+  - name: wait
+    on: [install]
+    action: {kind: builtin, steps: [{retry-later: soon}]}
+)";
+  EXPECT_EQ(ServiceError(yaml),
+            At(yaml, "retry-later", "handlers[0].action.steps[0].retry-later") +
+                "expected a positive duration such as 30 (seconds), 30s, 5m or 1h30m, got 'soon'");
 }
 
 TEST_F(DefinitionTest, MissingRequiredFieldsAreRefused) {

@@ -46,6 +46,7 @@ events:
   app.published: Fired once the website data is out.
   show-title: Shows the configured title.
   copy-fact: Copies a fact nobody set.
+  wait: Waits for a peer without failing.
 handlers:
   - name: install
     on: [install]
@@ -95,6 +96,13 @@ handlers:
   - name: copy
     on: [copy-fact]
     action: {kind: builtin, steps: [{set: "copy={{fact.nothing}}"}]}
+  - name: wait
+    on: [wait]
+    action:
+      kind: builtin
+      steps:
+        - status: {state: waiting, message: "waiting for a peer"}
+        - retry-later: 2m
 )";
 
 // Every kind is registered (MakeBackends); the definition uses builtin actions only.
@@ -201,6 +209,16 @@ TEST_F(BuiltinEngineTest, UnsetFactFailsTheRun) {
   EXPECT_THAT(engine_->failure()->message(),
               HasSubstr("'{{fact.nothing}}': fact 'nothing' is not set"));
   EXPECT_FALSE(engine_->IsSet("copy"));
+}
+
+// The builtin step retry-later asks for the handler to run again later; the run commits.
+TEST_F(BuiltinEngineTest, RetryLaterStepDoesNotFailTheRun) {
+  engine::RunResult r = Run(Named("wait"));
+  ASSERT_EQ(r.outcome, engine::RunOutcome::kCommitted) << FailureMessage();
+  EXPECT_FALSE(engine_->failure().has_value());
+  EXPECT_EQ(engine_->workload_status().message(), "waiting for a peer");
+  ASSERT_TRUE(engine_->timers().contains("retry-later wait wait"));
+  EXPECT_EQ(engine_->timers().at("retry-later wait wait"), clock_.Now() + absl::Minutes(2));
 }
 
 }  // namespace

@@ -4,15 +4,22 @@
 // leave nothing half-applied.
 
 #include <gmock/gmock.h>
+#include <grp.h>
 #include <gtest/gtest.h>
+#include <pwd.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "services/backends/backends.h"
 #include "tests/services/backends/backend_test_util.h"
 
@@ -53,6 +60,7 @@ events:
   flood: Runs a script that writes 50 MiB.
   garbage: Speaks garbage on the hook socket.
   context: Reads the JSON context.
+  schema: Checks the JSON context against its schema.
   environment: Reports its environment.
   leak: Leaves its socket path behind.
   state: Appends to a file in its state dir.
@@ -80,6 +88,9 @@ handlers:
   - name: connect
     on: [db.joined]
     action: {kind: exec, command: [./bin/connect.sh]}
+  - name: follow
+    on: [db.joined]
+    action: {kind: exec, command: [./bin/follow.sh]}
   - name: backup
     on: [action.backup]
     action: {kind: exec, command: [sh, -c, 'parley-hook action output path "$1"', sh, "{{event.path}}"]}
@@ -99,6 +110,9 @@ handlers:
   - name: context
     on: [context]
     action: {kind: exec, command: [python3, bin/context.py]}
+  - name: schema
+    on: [schema, db.changed]
+    action: {kind: exec, command: [python3, bin/check_context.py, context-file.schema.json]}
   - name: environment
     on: [environment]
     action:
@@ -140,6 +154,18 @@ constexpr char kConnect[] = R"sh(#!/bin/sh
 set -e
 parley-hook fact set redis "$(parley-hook relation get db - host):$(parley-hook relation get db redis/0 port)"
 parley-hook fact set redis.all "$(parley-hook relation get db)"
+)sh";
+
+// Waits for a live peer without failing: retry-later, then exit 0.
+constexpr char kFollow[] = R"sh(#!/bin/sh
+set -e
+host=$(parley-hook relation get db - host)
+if [ "$host" = dead ]; then
+  parley-hook status set waiting "waiting for a live redis"
+  parley-hook retry-later 30s
+  exit 0
+fi
+parley-hook fact set following "$host"
 )sh";
 
 constexpr char kFail[] = R"sh(#!/bin/sh
@@ -200,6 +226,24 @@ values = [c["unit"], c["service"], c["handler"], c["event"]["name"], c["config"]
 subprocess.run(["parley-hook", "fact", "set", "seen", ",".join(values)], check=True)
 )sh";
 
+// Validates the context file against docs/context-file.schema.json (copied beside the
+// definition); the handler fails with the validator's message when it does not follow it.
+constexpr char kCheckContext[] = R"sh(import json, os, subprocess, sys
+try:
+    import jsonschema
+except ImportError:
+    sys.exit("python3 cannot import jsonschema: install the Debian package python3-jsonschema")
+with open(sys.argv[1]) as f:
+    schema = json.load(f)
+with open(os.environ["PARLEY_CONTEXT"]) as f:
+    context = json.load(f)
+errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(context), key=str)
+if errors:
+    sys.exit("; ".join(f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors))
+subprocess.run(["parley-hook", "fact", "set", "schema." + os.environ["PARLEY_EVENT"],
+                str(context["version"])], check=True)
+)sh";
+
 constexpr char kState[] = R"sh(#!/bin/sh
 set -e
 echo run >> "$PARLEY_STATE_DIR/runs"
@@ -221,6 +265,7 @@ try() { "$@" 2>"$HOME/err"; echo "$?: $(cat "$HOME/err")"; }
   try parley-hook relation get nowhere
   try parley-hook config get title
   try parley-hook timer set t soon
+  try parley-hook retry-later soon
 } > "$HOME/out"
 parley-hook fact set refusals "$(cat "$HOME/out")"
 )sh";
@@ -234,6 +279,7 @@ class ExecBackendTest : public testing::BackendTest {
     Script("svc/bin/install.sh", kInstall);
     Script("svc/bin/publish.sh", kPublish);
     Script("svc/bin/connect.sh", kConnect);
+    Script("svc/bin/follow.sh", kFollow);
     Script("svc/bin/fail.sh", kFail);
     Script("svc/bin/hang.sh", kHang);
     Script("svc/bin/refused.sh", kRefused);
@@ -241,6 +287,8 @@ class ExecBackendTest : public testing::BackendTest {
     Write("svc/bin/flood.py", kFlood);
     Write("svc/bin/garbage.py", kGarbage);
     Write("svc/bin/context.py", kContext);
+    Write("svc/bin/check_context.py", kCheckContext);
+    std::filesystem::copy_file(PARLEY_CONTEXT_SCHEMA, dir_.Sub("svc/context-file.schema.json"));
     Write("svc/bin/environment.py", kEnvironment);
     BackendOptions options;
     options.process.extra_path = {std::filesystem::path(kHook).parent_path().string()};
@@ -326,7 +374,7 @@ TEST_F(ExecBackendTest, RefusedRequestsExitOneWithTheReason) {
       << FailureMessage();
   ASSERT_EQ(Run(Named("refused")).outcome, engine::RunOutcome::kCommitted) << FailureMessage();
   std::vector<std::string> lines = absl::StrSplit(engine_->FactValue("refusals").value(), '\n');
-  ASSERT_EQ(lines.size(), 7u) << engine_->FactValue("refusals").value();
+  ASSERT_EQ(lines.size(), 8u) << engine_->FactValue("refusals").value();
   EXPECT_THAT(lines[0], StartsWith("1: parley-hook: interface 'http': key 'port': expected an int, "
                                    "got 'eighty'"));
   EXPECT_THAT(lines[1], StartsWith("1: parley-hook: "));
@@ -337,6 +385,9 @@ TEST_F(ExecBackendTest, RefusedRequestsExitOneWithTheReason) {
             "1: parley-hook: 'nowhere' is neither an endpoint nor the id of a current relation");
   EXPECT_EQ(lines[5], "1: parley-hook: config option 'title' has no value and no default");
   EXPECT_EQ(lines[6], "1: parley-hook: timer set: expected a number of seconds, got 'soon'");
+  EXPECT_EQ(lines[7],
+            "1: parley-hook: retry-later: expected a positive duration such as 30 (seconds), 30s, "
+            "5m or 1h30m, got 'soon'");
   EXPECT_FALSE(engine_->IsSet("db.ready"));
   EXPECT_EQ(LocalBag("website:1").at("port"), "8080");  // from publish, not "eighty"
 }
@@ -413,6 +464,51 @@ TEST_F(ExecBackendTest, TheContextFileHoldsConfigFactsAndRelationData) {
             "web/0,web,context,context,8080,yes,db:1,10.0.0.9,full,redis,redis,redis/0");
 }
 
+// What the backend writes follows docs/context-file.schema.json, the schema the docs' table is
+// checked against (tests/docs/context_schema_test.py): for an event with parameters and for a
+// relation event, with relations whose bags are full and empty.
+TEST_F(ExecBackendTest, TheContextFileFollowsItsSchema) {
+  ASSERT_EQ(Run(Named("install")).outcome, engine::RunOutcome::kCommitted) << FailureMessage();
+  ASSERT_EQ(Run(Joined("website", "website:1", "lb/0")).outcome, engine::RunOutcome::kCommitted)
+      << FailureMessage();
+  v1::Event joined = Joined("db", "db:1", "redis/0", {{"host", "10.0.0.9"}, {"port", "6379"}});
+  joined.mutable_relation()->set_interface("redis");
+  ASSERT_EQ(Run(joined).outcome, engine::RunOutcome::kCommitted) << FailureMessage();
+  ASSERT_EQ(Run(Named("schema", {{"mode", "full"}})).outcome, engine::RunOutcome::kCommitted)
+      << FailureMessage();
+  EXPECT_EQ(engine_->FactValue("schema.schema"), "1");
+  v1::Event changed = Joined("db", "db:1", "redis/0", {{"port", "6380"}});
+  changed.set_name("db.changed");
+  changed.mutable_relation()->set_kind(v1::RELATION_EVENT_KIND_CHANGED);
+  ASSERT_EQ(Run(changed).outcome, engine::RunOutcome::kCommitted) << FailureMessage();
+  EXPECT_EQ(engine_->FactValue("schema.db.changed"), "1");
+}
+
+// parley-hook retry-later (docs/engine.md, "Retrying later"): the handler waits for a live peer
+// without failing; the run commits, and after the delay the handler runs again on the newest data.
+TEST_F(ExecBackendTest, RetryLaterThroughTheHook) {
+  v1::Event joined = Joined("db", "db:1", "redis/0", {{"host", "dead"}, {"port", "6379"}});
+  ASSERT_EQ(Run(joined).outcome, engine::RunOutcome::kCommitted) << FailureMessage();
+  EXPECT_FALSE(engine_->failure().has_value());
+  EXPECT_EQ(engine_->workload_status().message(), "waiting for a live redis");
+  EXPECT_FALSE(engine_->IsSet("following"));
+  const std::string timer = "retry-later follow db.joined db:1 redis/0";
+  ASSERT_TRUE(engine_->timers().contains(timer));
+  EXPECT_EQ(engine_->timers().at(timer), clock_.Now() + absl::Seconds(30));
+  v1::Event changed = Joined("db", "db:1", "redis/0", {{"host", "10.0.0.9"}});
+  changed.set_name("db.changed");
+  changed.mutable_relation()->set_kind(v1::RELATION_EVENT_KIND_CHANGED);
+  ASSERT_EQ(Run(changed).outcome, engine::RunOutcome::kCommitted) << FailureMessage();
+  clock_.Advance(absl::Seconds(30));
+  ASSERT_TRUE(engine_->EnqueueTimer(timer).ok());
+  auto r = engine_->RunOnce();
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->outcome, engine::RunOutcome::kCommitted) << FailureMessage();
+  EXPECT_EQ(r->trace->trigger().retry_handler(), "follow");
+  EXPECT_EQ(engine_->FactValue("following"), "10.0.0.9");
+  EXPECT_TRUE(engine_->timers().empty());
+}
+
 TEST_F(ExecBackendTest, TheEnvironmentIsClean) {
   setenv("PARLEY_TEST_SECRET", "leaked", 1);
   engine::RunResult r = Run(Named("environment"));
@@ -439,6 +535,203 @@ TEST_F(ExecBackendTest, EachUnitHasAPersistentStateDir) {
   EXPECT_EQ(engine_->FactValue("state"), absl::StrCat(dir_.Sub("state/web-0"), " 700 1"));
   ASSERT_EQ(Run(Named("state")).outcome, engine::RunOutcome::kCommitted) << FailureMessage();
   EXPECT_EQ(engine_->FactValue("state"), absl::StrCat(dir_.Sub("state/web-0"), " 700 2"));
+}
+
+// Who programs run as (docs/service-definitions.md, "The user programs run as"). The suite runs
+// as root; the `parley` user is made by tools/setup.
+class ExecUserTest : public testing::BackendTest {
+ protected:
+  // The definition, with `user_line` (e.g. "user: parley\n", or "" for none) as its second line.
+  void Define(const std::string& user_line) {
+    Write("shared/.keep", "");
+    Write("svc/service.yaml", absl::StrCat("name: webapp\n", user_line, R"(events:
+  whoami: Reports who it runs as.
+handlers:
+  - name: whoami
+    on: [whoami]
+    action: {kind: exec, command: [./bin/whoami.sh]}
+)"));
+    Script("svc/bin/whoami.sh", R"sh(#!/bin/sh
+set -e
+touch "$HOME/writable" "$PARLEY_STATE_DIR/writable"
+cat "$PARLEY_CONTEXT" > /dev/null
+parley-hook fact set id "$(id -u) $(id -g) $(id -G)"
+parley-hook fact set names "$USER $LOGNAME"
+)sh");
+  }
+
+  BackendOptions Options(const std::string& default_user = "") {
+    BackendOptions options;
+    options.process.extra_path = {std::filesystem::path(kHook).parent_path().string()};
+    options.process.state_root = dir_.Sub("state");
+    options.process.default_user = default_user;
+    return options;
+  }
+
+  // "uid gid groups..." of `name`, as id(1) prints them.
+  static std::string IdOf(const std::string& name) {
+    auto [out, status] =
+        Shell(absl::StrCat("id -u ", name, " && id -g ", name, " && id -G ", name));
+    EXPECT_EQ(status, 0) << out;
+    std::vector<std::string> lines = absl::StrSplit(absl::StripTrailingAsciiWhitespace(out), '\n');
+    return absl::StrJoin(lines, " ");
+  }
+
+  static void RequireParleyUser() {
+    if (getpwnam("parley") == nullptr) {
+      GTEST_FAIL() << "no user 'parley' on this machine: tools/setup adds it";
+    }
+  }
+};
+
+TEST_F(ExecUserTest, ProgramsRunAsTheUserTheDefinitionNames) {
+  ASSERT_NO_FATAL_FAILURE(RequireParleyUser());
+  Define("user: parley\n");
+  ASSERT_NO_FATAL_FAILURE(Start(Options()));
+  engine::RunResult r = Run(Named("whoami"));
+  ASSERT_EQ(r.outcome, engine::RunOutcome::kCommitted) << FailureMessage();
+  EXPECT_EQ(engine_->FactValue("id"), IdOf("parley"));
+  EXPECT_EQ(engine_->FactValue("names"), "parley parley");
+  // The state dir is the user's, mode 0700, and so is what it wrote there.
+  const passwd* pw = getpwnam("parley");
+  struct stat st;
+  ASSERT_EQ(stat(dir_.Sub("state/web-0").c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, pw->pw_uid);
+  EXPECT_EQ(st.st_gid, pw->pw_gid);
+  EXPECT_EQ(st.st_mode & 07777, 0700u);
+  ASSERT_EQ(stat(dir_.Sub("state/web-0/writable").c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, pw->pw_uid);
+  ASSERT_EQ(stat(dir_.Sub("state").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0755u);
+}
+
+TEST_F(ExecUserTest, WithoutUserTheAgentsDefaultUserIsUsed) {
+  ASSERT_NO_FATAL_FAILURE(RequireParleyUser());
+  Define("");
+  ASSERT_NO_FATAL_FAILURE(Start(Options("parley")));
+  ASSERT_EQ(Run(Named("whoami")).outcome, engine::RunOutcome::kCommitted) << FailureMessage();
+  EXPECT_EQ(engine_->FactValue("id"), IdOf("parley"));
+}
+
+TEST_F(ExecUserTest, RootOnlyWhenAskedFor) {
+  ASSERT_NO_FATAL_FAILURE(RequireParleyUser());
+  Define("user: root\n");
+  ASSERT_NO_FATAL_FAILURE(Start(Options("parley")));
+  ASSERT_EQ(Run(Named("whoami")).outcome, engine::RunOutcome::kCommitted) << FailureMessage();
+  EXPECT_EQ(engine_->FactValue("id"), IdOf("root"));
+}
+
+// A state dir another user owned (the definition's user changed) is given to the new one whole.
+TEST_F(ExecUserTest, AStateDirOfAnotherUserIsGivenToTheUnitsUser) {
+  ASSERT_NO_FATAL_FAILURE(RequireParleyUser());
+  Define("user: parley\n");
+  Write("state/web-0/data/old", "kept\n");
+  chmod(dir_.Sub("state/web-0").c_str(), 0755);
+  ASSERT_NO_FATAL_FAILURE(Start(Options()));
+  ASSERT_EQ(Run(Named("whoami")).outcome, engine::RunOutcome::kCommitted) << FailureMessage();
+  const passwd* pw = getpwnam("parley");
+  struct stat st;
+  ASSERT_EQ(stat(dir_.Sub("state/web-0/data/old").c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, pw->pw_uid);
+  ASSERT_EQ(stat(dir_.Sub("state/web-0").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0700u);
+}
+
+TEST_F(ExecUserTest, AnUnknownUserIsAnErrorNamingFileLineAndUser) {
+  Define("user: no-such-user\n");
+  auto def = LoadServiceDefinition(dir_.Sub("svc"), dir_.Sub("shared"));
+  ASSERT_TRUE(def.ok()) << def.status();
+  auto backends = MakeBackends(Options());
+  auto spec = BuildSpec(*def, "web/0", *backends);
+  ASSERT_FALSE(spec.ok());
+  EXPECT_THAT(spec.status().message(),
+              HasSubstr(absl::StrCat(dir_.Sub("svc/service.yaml"),
+                                     ":2: user: no user 'no-such-user' on this machine")));
+}
+
+TEST_F(ExecUserTest, AMissingDefaultUserIsAnError) {
+  Define("");
+  auto def = LoadServiceDefinition(dir_.Sub("svc"), dir_.Sub("shared"));
+  ASSERT_TRUE(def.ok()) << def.status();
+  auto backends = MakeBackends(Options("no-such-user"));
+  auto spec = BuildSpec(*def, "web/0", *backends);
+  ASSERT_FALSE(spec.ok());
+  EXPECT_THAT(spec.status().message(),
+              HasSubstr("the default user 'no-such-user' for programs does not exist"));
+}
+
+TEST_F(ExecUserTest, ANameThatIsNoUserNameIsRefusedWhenLoading) {
+  Define("user: 'root; rm'\n");
+  auto def = LoadServiceDefinition(dir_.Sub("svc"), dir_.Sub("shared"));
+  ASSERT_FALSE(def.ok());
+  EXPECT_THAT(def.status().message(),
+              HasSubstr(absl::StrCat(dir_.Sub("svc/service.yaml"),
+                                     ":2: user: 'root; rm' is not a user name")));
+}
+
+// An agent that is not root runs programs as itself and cannot be asked for another user. The
+// agent is a child of the test that gives up root (to nobody) before it builds the spec.
+TEST_F(ExecUserTest, AnAgentNotRunningAsRootCannotSwitch) {
+  ASSERT_NO_FATAL_FAILURE(RequireParleyUser());
+  Define("user: parley\n");
+  auto def = LoadServiceDefinition(dir_.Sub("svc"), dir_.Sub("shared"));
+  ASSERT_TRUE(def.ok()) << def.status();
+  const passwd* nobody = getpwnam("nobody");
+  ASSERT_NE(nobody, nullptr);
+  const uid_t nobody_uid = nobody->pw_uid;
+  const gid_t nobody_gid = nobody->pw_gid;
+  auto resolve_as_nobody = [&](const ServiceDefinition& d, const std::string& default_user) {
+    int p[2];
+    EXPECT_EQ(pipe(p), 0);
+    const pid_t pid = fork();
+    if (pid == 0) {
+      close(p[0]);
+      std::string said;
+      if (setgroups(0, nullptr) != 0 || setresgid(nobody_gid, nobody_gid, nobody_gid) != 0 ||
+          setresuid(nobody_uid, nobody_uid, nobody_uid) != 0) {
+        said = "cannot become nobody";
+      } else {
+        auto backends = MakeBackends(Options(default_user));
+        auto spec = BuildSpec(d, "web/0", *backends);
+        said = spec.ok() ? "ok" : std::string(spec.status().message());
+      }
+      (void)!write(p[1], said.data(), said.size());
+      _exit(0);
+    }
+    close(p[1]);
+    std::string out;
+    char buf[4096];
+    ssize_t n;
+    while ((n = read(p[0], buf, sizeof(buf))) > 0) out.append(buf, n);
+    close(p[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return out;
+  };
+  EXPECT_THAT(
+      resolve_as_nobody(*def, "parley"),
+      HasSubstr(absl::StrCat(
+          dir_.Sub("svc/service.yaml"), ":2: user: the agent runs as 'nobody' (uid ", nobody_uid,
+          "), not root, and cannot run programs as 'parley': run parleyd as root, "
+          "or drop user: to run them as 'nobody'")));
+  ServiceDefinition no_user = *def;
+  no_user.user.clear();
+  EXPECT_EQ(resolve_as_nobody(no_user, "parley"), "ok");
+}
+
+TEST_F(ExecUserTest, AStateDirTheUserCannotReachIsAClearError) {
+  ASSERT_NO_FATAL_FAILURE(RequireParleyUser());
+  Define("user: parley\n");
+  BackendOptions options = Options();
+  options.process.state_root = dir_.Sub("private/state");
+  std::filesystem::create_directories(dir_.Sub("private"));
+  chmod(dir_.Sub("private").c_str(), 0700);
+  ASSERT_NO_FATAL_FAILURE(Start(options));
+  ASSERT_EQ(Run(Named("whoami")).outcome, engine::RunOutcome::kFailed);
+  EXPECT_THAT(FailureMessage(),
+              HasSubstr(absl::StrCat("handler 'whoami': user 'parley' cannot reach the state dir ",
+                                     dir_.Sub("private/state/web-0"), ": ", dir_.Sub("private"),
+                                     " is mode 0700, owned by root:root")));
 }
 
 }  // namespace
