@@ -161,7 +161,16 @@ class Engine {
   // Appends a relation event received from the remote unit it names, with the sender's
   // sequence number for (relation, sender, this agent). Exactly once, in order: a sequence
   // already received is reported as a duplicate and changes nothing; a gap is OUT_OF_RANGE.
+  // The event was checked where it arrived (services/agent/delivery.h, AcceptEvent, with
+  // CheckPeerEvent and ValidateEvent below): it is not checked again here.
   absl::StatusOr<EnqueueResult> EnqueueFromPeer(v1::Event event, uint64_t sequence);
+
+  // Why the engine cannot take `event` in its inbox, if it cannot: no name, a relation change
+  // on an endpoint the service does not declare, with no relation id or kind, named other than
+  // "<endpoint>.<kind>", without the remote unit a joined, departed or created event names, or
+  // with an empty or invalid key; a relationship event without its relation. INVALID_ARGUMENT.
+  // Enqueue and EnqueueAll call it; for events from peers, the boundary does.
+  absl::Status ValidateEvent(const v1::Event& event) const;
 
   // The timer `name` is due: removes it and enqueues `timer.<name>` in one transaction.
   absl::StatusOr<EnqueueResult> EnqueueTimer(absl::string_view name);
@@ -289,9 +298,6 @@ class Engine {
   void QueueRetry(const v1::Event& event);
   absl::StatusOr<EnqueueResult> EnqueueRetryLater(absl::string_view timer);
   void DropRetries(kb::Txn& txn);
-
-  // Between runs (inbox.cc; ChangeConfig and ApplyConfigChange: config.cc).
-  absl::Status ValidateEvent(const v1::Event& event) const;
 
   ServiceSpec spec_;
   kb::Kb* kb_;

@@ -126,11 +126,6 @@ absl::StatusOr<EnqueueResult> Engine::EnqueueAll(std::vector<v1::Event> events) 
 
 absl::StatusOr<EnqueueResult> Engine::EnqueueFromPeer(v1::Event event, uint64_t sequence) {
   if (run_) return absl::FailedPreconditionError("events cannot be enqueued during a run");
-  if (!event.has_relation() || event.relation().remote_unit().empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("agent ", kb_->agent(), ": a peer event must name its relation and sender"));
-  }
-  RETURN_IF_ERROR(ValidateEvent(event));
   const auto& rc = event.relation();
   ASSIGN_OR_RETURN(std::optional<uint64_t> received,
                    LastReceived(*kb_, rc.relation_id(), rc.remote_unit()));

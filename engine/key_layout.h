@@ -10,7 +10,7 @@
 //   kBag       <relation id> NUL <bag> NUL <key> -> value, bags "lu" (local unit),
 //              "ls" (local service), "ru:<unit>" (a remote unit), "rs" (the remote service)
 //   kInbox     <event id> -> Event
-//   kOutbox    <destination> NUL <entry id> -> OutboxEntry
+//   kOutbox    <destination> NUL <entry id> -> OutboxEntry (version-1 entries: UpgradeOutboxEntry)
 //   kCursor    in NUL <relation id> NUL <sender>: the last sequence received from it;
 //              out NUL <relation id> NUL <destination>: the last sequence sent to it
 //   kHandler   <handler> -> the change clock at its last successful run

@@ -19,9 +19,9 @@ absl::Status Outbox::Load(const kb::Kb& kb) {
   absl::Status parse_status;
   RETURN_IF_ERROR(kb.Scan(Space::kOutbox, "", [&](absl::string_view key, absl::string_view value) {
     v1::OutboxEntry e;
-    parse_status = ParseRecord(kb, "outbox entry", key, value, e);
+    parse_status = ParseOutboxEntry(kb, key, value, e);
     if (!parse_status.ok()) return false;
-    unacked_[{e.destination(), e.relation_id()}].emplace_back(e.sequence(), e.id());
+    unacked_[{e.destination(), e.event().relation_id()}].emplace_back(e.event().sequence(), e.id());
     ++size_;
     return true;
   }));
@@ -38,7 +38,7 @@ absl::StatusOr<bool> Outbox::Introduced(const kb::Txn& txn, absl::string_view re
 
 absl::Status Outbox::Stage(kb::Txn& txn, const v1::RelationRecord& relation,
                            absl::string_view destination, v1::RelationEventKind kind, Sender sender,
-                           uint64_t run, absl::FunctionRef<absl::Status(v1::OutboxEntry&)> fill,
+                           uint64_t run, absl::FunctionRef<absl::Status(v1::RelationEvent&)> fill,
                            v1::Trace& trace) {
   const std::string cursor = keys::OutCursor(relation.relation_id(), destination);
   ASSIGN_OR_RETURN(auto seq_bytes, txn.Get(Space::kCursor, cursor));
@@ -54,17 +54,18 @@ absl::Status Outbox::Stage(kb::Txn& txn, const v1::RelationRecord& relation,
   }
   v1::OutboxEntry entry;
   entry.set_id(next_id_++);
-  entry.set_relation_id(relation.relation_id());
-  entry.set_endpoint(relation.endpoint());
-  entry.set_sequence(++seq);
-  entry.set_kind(kind);
-  entry.set_sender_unit(std::string(sender.unit));
-  entry.set_sender_service(std::string(sender.service));
-  entry.set_commit_run(run);
   entry.set_destination(std::string(destination));
-  entry.set_receiver_endpoint(relation.remote_endpoint());
-  entry.set_interface(relation.interface());
-  RETURN_IF_ERROR(fill(entry));
+  v1::RelationEvent& event = *entry.mutable_event();
+  event.set_relation_id(relation.relation_id());
+  event.set_sender_endpoint(relation.endpoint());
+  event.set_receiver_endpoint(relation.remote_endpoint());
+  event.set_sender_unit(std::string(sender.unit));
+  event.set_sender_service(std::string(sender.service));
+  event.set_sequence(++seq);
+  event.set_kind(kind);
+  event.set_sender_commit(run);
+  event.set_interface(relation.interface());
+  RETURN_IF_ERROR(fill(event));
   txn.Put(Space::kCursor, cursor, kb::EncodeU64(seq));
   txn.Put(Space::kOutbox, keys::Outbox(destination, entry.id()), entry.SerializeAsString());
   ++size_;
@@ -148,7 +149,7 @@ absl::StatusOr<std::vector<v1::OutboxEntry>> Outbox::Entries(const kb::Kb& kb,
   RETURN_IF_ERROR(
       kb.Scan(Space::kOutbox, prefix, [&](absl::string_view key, absl::string_view value) {
         v1::OutboxEntry e;
-        parse_status = ParseRecord(kb, "outbox entry", key, value, e);
+        parse_status = ParseOutboxEntry(kb, key, value, e);
         if (!parse_status.ok()) return false;
         out.push_back(std::move(e));
         return true;
@@ -173,13 +174,47 @@ absl::StatusOr<std::vector<v1::OutboxEntry>> Outbox::EntriesAfter(const kb::Kb& 
                                 auto id = kb::DecodeU64(key);
                                 if (id.ok() && *id > through) return false;
                                 v1::OutboxEntry e;
-                                parse_status = ParseRecord(kb, "outbox entry", key, value, e);
+                                parse_status = ParseOutboxEntry(kb, key, value, e);
                                 if (!parse_status.ok()) return false;
                                 out.push_back(std::move(e));
                                 return out.size() < limit;
                               }));
   RETURN_IF_ERROR(parse_status);
   return out;
+}
+
+void UpgradeOutboxEntry(v1::OutboxEntry& entry) {
+  if (entry.has_event() || entry.sequence() == 0) return;
+  v1::RelationEvent& event = *entry.mutable_event();
+  event.set_relation_id(std::move(*entry.mutable_relation_id()));
+  event.set_sender_endpoint(std::move(*entry.mutable_endpoint()));
+  event.set_receiver_endpoint(std::move(*entry.mutable_receiver_endpoint()));
+  event.set_sender_unit(std::move(*entry.mutable_sender_unit()));
+  event.set_sender_service(std::move(*entry.mutable_sender_service()));
+  event.set_sequence(entry.sequence());
+  event.set_kind(entry.kind());
+  event.mutable_unit_changes()->Swap(entry.mutable_unit_changes());
+  event.mutable_service_changes()->Swap(entry.mutable_service_changes());
+  event.set_sender_commit(entry.commit_run());
+  event.set_interface(std::move(*entry.mutable_interface()));
+  entry.clear_relation_id();
+  entry.clear_endpoint();
+  entry.clear_receiver_endpoint();
+  entry.clear_sender_unit();
+  entry.clear_sender_service();
+  entry.clear_sequence();
+  entry.clear_kind();
+  entry.clear_unit_changes();
+  entry.clear_service_changes();
+  entry.clear_commit_run();
+  entry.clear_interface();
+}
+
+absl::Status ParseOutboxEntry(const kb::Kb& kb, absl::string_view key, absl::string_view value,
+                              v1::OutboxEntry& entry) {
+  RETURN_IF_ERROR(ParseRecord(kb, "outbox entry", key, value, entry));
+  UpgradeOutboxEntry(entry);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::optional<uint64_t>> LastReceived(const kb::Kb& kb,

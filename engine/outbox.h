@@ -9,7 +9,8 @@
 // (relation, sender) is the last number received from it (see Engine::EnqueueFromPeer).
 //
 // An entry is built in one place, Outbox::Stage, from the relation's record and the sender; what
-// goes on the wire is the stored entry as it is. Internal to engine/.
+// goes on the wire is the stored entry's `event` as it is (v1::RelationEvent, the one shape of a
+// relation event). Internal to engine/.
 
 #include <cstddef>
 #include <cstdint>
@@ -52,7 +53,7 @@ class Outbox {
   // Staged entries count in size() at once; they become unacknowledged entries with Committed().
   absl::Status Stage(kb::Txn& txn, const v1::RelationRecord& relation,
                      absl::string_view destination, v1::RelationEventKind kind, Sender sender,
-                     uint64_t run, absl::FunctionRef<absl::Status(v1::OutboxEntry&)> fill,
+                     uint64_t run, absl::FunctionRef<absl::Status(v1::RelationEvent&)> fill,
                      v1::Trace& trace);
   // Stages in `txn` the deletion of every unacknowledged entry of `relation_id` to
   // `destination` (a remote unit that departed); they leave size() at once, and the pending set
@@ -103,6 +104,15 @@ class Outbox {
   std::vector<Pending> staged_;
   std::vector<std::pair<std::string, std::string>> forgotten_;
 };
+
+// Entries stored before schema version 2 (kb/store.h) hold the event's fields in the entry itself
+// (OutboxEntry fields 2-9 and 11-13): moves them into `entry.event()`. Entries that have an
+// event, or no such fields, are left as they are. Every read of a stored entry goes through it: the outbox's
+// and the messages of stored traces.
+void UpgradeOutboxEntry(v1::OutboxEntry& entry);
+// Parses a stored outbox entry (ParseRecord) and upgrades it.
+absl::Status ParseOutboxEntry(const kb::Kb& kb, absl::string_view key, absl::string_view value,
+                              v1::OutboxEntry& entry);
 
 // The last sequence received from `sender` about `relation_id`; nullopt when none was.
 absl::StatusOr<std::optional<uint64_t>> LastReceived(const kb::Kb& kb,

@@ -258,7 +258,7 @@ absl::Status Relations::StageMessages(kb::Txn& txn, Outbox& outbox, Sender sende
       if (known && !changed) continue;
       RETURN_IF_ERROR(outbox.Stage(
           txn, rel, destination, v1::RELATION_EVENT_KIND_CHANGED, sender, run,
-          [&](v1::OutboxEntry& e) -> absl::Status {
+          [&](v1::RelationEvent& e) -> absl::Status {
             if (e.kind() == v1::RELATION_EVENT_KIND_JOINED) {
               // An introduction carries the whole of this unit's data.
               RETURN_IF_ERROR(add_bag(id, "lu", e.mutable_unit_changes()));
@@ -278,7 +278,7 @@ absl::Status Relations::StageMessages(kb::Txn& txn, Outbox& outbox, Sender sende
   for (const auto& [id, unit] : run_.departs) {
     RETURN_IF_ERROR(outbox.Stage(
         txn, records_.at(id), unit, v1::RELATION_EVENT_KIND_DEPARTED, sender, run,
-        [](v1::OutboxEntry&) { return absl::OkStatus(); }, trace));
+        [](v1::RelationEvent&) { return absl::OkStatus(); }, trace));
   }
   // A remote unit that departed is owed nothing more about the relation: what it did not
   // acknowledge is dropped (it would ignore it, and a unit being removed would wait for its

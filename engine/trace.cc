@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "engine/key_layout.h"
+#include "engine/outbox.h"
 
 namespace parley::engine {
 
@@ -77,6 +78,7 @@ absl::StatusOr<std::vector<v1::Trace>> ReadTraces(const kb::Kb& kb, size_t n) {
         parse_status =
             ParseRecord(kb, "trace", absl::StrCat(kb::DecodeU64(key).value_or(0)), value, t);
         if (!parse_status.ok()) return false;
+        for (v1::OutboxEntry& m : *t.mutable_messages()) UpgradeOutboxEntry(m);
         all.push_back(std::move(t));
         return true;
       }));

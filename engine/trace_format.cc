@@ -105,9 +105,10 @@ std::string FormatTrace(const v1::Trace& t) {
     }
   }
   for (const auto& m : t.messages()) {
-    absl::StrAppend(&out, "  send    relation ", m.relation_id(), " seq ", m.sequence(),
+    const v1::RelationEvent& e = m.event();
+    absl::StrAppend(&out, "  send    relation ", e.relation_id(), " seq ", e.sequence(),
                     m.destination().empty() ? "" : " to ", m.destination(), ": ",
-                    absl::StrJoin(m.unit_changes(), " ",
+                    absl::StrJoin(e.unit_changes(), " ",
                                   [](std::string* o, const v1::BagChange& c) {
                                     absl::StrAppend(o, c.key(), c.deleted() ? " deleted" : "=",
                                                     c.deleted() ? "" : c.value());

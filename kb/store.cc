@@ -68,7 +68,7 @@ absl::StatusOr<DirState> Inspect(const std::string& path) {
   return DirState::kDatabase;
 }
 
-absl::Status CheckSchemaValue(const std::string& path, const std::string& value) {
+absl::StatusOr<int> CheckSchemaValue(const std::string& path, const std::string& value) {
   int version = 0;
   if (!absl::SimpleAtoi(value, &version)) {
     return absl::DataLossError(absl::StrCat("knowledge base ", path, ": schema version '", value,
@@ -83,11 +83,12 @@ absl::Status CheckSchemaValue(const std::string& path, const std::string& value)
     return absl::DataLossError(
         absl::StrCat("knowledge base ", path, ": invalid schema version ", version));
   }
-  return absl::OkStatus();
+  return version;
 }
 
 // Checks an existing database without writing to its directory: checksums and schema version.
-absl::Status CheckReadOnly(const std::string& path, const StoreOptions& options) {
+// Returns the recorded version.
+absl::StatusOr<int> CheckReadOnly(const std::string& path, const StoreOptions& options) {
   rocksdb::Options o = BaseOptions();
   o.info_log = std::make_shared<NullLogger>();
   rocksdb::DB* raw = nullptr;
@@ -165,11 +166,23 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path,
     }
     RETURN_IF_ERROR(Create(path));
   }
-  RETURN_IF_ERROR(CheckReadOnly(path, options));
+  ASSIGN_OR_RETURN(const int version, CheckReadOnly(path, options));
 
   rocksdb::Options o = BaseOptions();
   rocksdb::DB* raw = nullptr;
   RETURN_IF_ERROR(ConvertStatus(rocksdb::DB::Open(o, path, &raw), path, "open"));
+  if (version < kSchemaVersion) {
+    // Records of older versions are read as they are (kb/store.h); from now on this build may
+    // write records of its own version, which older builds must refuse.
+    rocksdb::WriteOptions wo;
+    wo.sync = true;
+    if (absl::Status s = ConvertStatus(raw->Put(wo, SchemaKey(), absl::StrCat(kSchemaVersion)),
+                                       path, "recording the schema version");
+        !s.ok()) {
+      delete raw;
+      return s;
+    }
+  }
   return std::unique_ptr<Store>(
       new Store(std::make_unique<StoreImpl>(path, options, std::unique_ptr<rocksdb::DB>(raw))));
 }

@@ -38,8 +38,14 @@ struct StoreOptions {
   bool verify_on_open = true;
 };
 
-// The on-disk format this build reads and writes. A KB with a newer version is refused.
-inline constexpr int kSchemaVersion = 1;
+// The on-disk format this build reads and writes. A KB with a newer version is refused; an older
+// one opens, and is recorded as this version on open (an older build then refuses it), while the
+// records it holds stay as they are: whoever reads a record reads every version of it.
+//   1  the first.
+//   2  an outbox entry (and a trace's messages) holds the relation event as it goes on the wire,
+//      OutboxEntry.event (proto/parley/v1/kb.proto); version-1 entries, with the event's fields
+//      in the entry itself, are read by engine::UpgradeOutboxEntry (engine/outbox.h).
+inline constexpr int kSchemaVersion = 2;
 
 class StoreImpl;
 

@@ -23,23 +23,6 @@ bool Compatible(absl::string_view a, absl::string_view b) {
          (a == "peers" && b == "peers");
 }
 
-v1::PeerFrame ToFrame(const v1::OutboxEntry& e) {
-  v1::PeerFrame frame;
-  v1::RelationEvent* ev = frame.mutable_event();
-  ev->set_relation_id(e.relation_id());
-  ev->set_sender_endpoint(e.endpoint());
-  ev->set_receiver_endpoint(e.receiver_endpoint());
-  ev->set_sender_unit(e.sender_unit());
-  ev->set_sender_service(e.sender_service());
-  ev->set_sequence(e.sequence());
-  ev->set_kind(e.kind());
-  *ev->mutable_unit_changes() = e.unit_changes();
-  *ev->mutable_service_changes() = e.service_changes();
-  ev->set_sender_commit(e.commit_run());
-  ev->set_interface(e.interface());
-  return frame;
-}
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Agent>> Agent::Create(const AgentEnv& env, engine::ServiceSpec spec,
@@ -88,7 +71,10 @@ Agent::Agent(const AgentEnv& env, std::unique_ptr<kb::Kb> kb,
       options_(options),
       strand_(std::make_shared<base::Strand>(env.pool)),
       alive_(std::make_shared<bool>(true)),
-      metrics_(env.metrics->ForAgent(name_)) {}
+      metrics_(env.metrics->ForAgent(name_)),
+      delivery_(std::make_unique<Delivery>(env, name_, engine_.get(), &metrics_, strand_,
+                                           options_.send_batch,
+                                           static_cast<DeliveryOwner*>(this))) {}
 
 Agent::~Agent() = default;
 
@@ -155,46 +141,17 @@ void Agent::OnDurable(uint64_t ticket, const absl::Status& status) {
     durable_work_.pop_front();
     if (fn) fn();
   }
-  FlushAcks(ticket);
-  if (pump_due_) {
-    pump_due_ = false;
-    PumpAll();
-  }
+  delivery_->OnDurable(ticket);
   if (!durable_work_.empty()) WaitForStore(durable_work_.back().first);
-}
-
-void Agent::FlushAcks(uint64_t durable) {
-  for (auto it = pending_acks_.begin(); it != pending_acks_.end();) {
-    const auto& [key, pending] = *it;
-    if (pending.ticket > durable) {
-      ++it;
-      continue;
-    }
-    SendAck(key.first, key.second, pending.sequence, pending.session);
-    it = pending_acks_.erase(it);
-  }
-}
-
-void Agent::SendAck(const std::string& remote, const std::string& relation, uint64_t sequence,
-                    const std::shared_ptr<PeerSession>& session) {
-  v1::PeerFrame ack;
-  ack.mutable_ack()->set_relation_id(relation);
-  ack.mutable_ack()->set_sender_unit(remote);
-  ack.mutable_ack()->set_sequence(sequence);
-  const auto& current = channels_[remote].session;
-  (current ? current : session)->Send(std::move(ack));
 }
 
 void Agent::Start() {
   // Entries left in the outbox by an earlier process were written before it stopped; once the
   // startup write is durable they may all go.
-  written_through_ = engine_->last_outbox_id();
   {
-    const uint64_t through = written_through_;
-    WhenDurable(last_ticket_, [this, through] {
-      sendable_through_ = std::max(sendable_through_, through);
-      PumpAll();
-    });
+    const uint64_t through = engine_->last_outbox_id();
+    delivery_->Committed(through);
+    WhenDurable(last_ticket_, [this, through] { delivery_->Sendable(through); });
   }
   ScheduleTimers();
   if (options_.update_interval > absl::ZeroDuration()) {
@@ -299,21 +256,12 @@ void Agent::AfterCommit(const engine::RunResult& result) {
     WhenDurable(result.ticket, [this, result] { options_.on_durable(result); });
   }
   const uint64_t through = engine_->last_outbox_id();
-  if (through > written_through_) {
-    written_through_ = through;
-    for (auto& [remote, ch] : channels_) {
-      if (ch.session && ch.session->SharesStore()) Pump(remote);
-    }
-  }
-  if (through > sendable_through_) {
-    WhenDurable(result.ticket, [this, through] {
-      if (through <= sendable_through_) return;
-      sendable_through_ = through;
-      pump_due_ = true;  // one pump once the work of this sync is done
-    });
+  delivery_->Committed(through);
+  if (result.trace->messages_size() > 0) {
+    WhenDurable(result.ticket, [this, through] { delivery_->Sendable(through); });
   }
   for (const auto& m : result.trace->messages()) {
-    if (!channels_[m.destination()].session) env_.links->EnsureSession(this, m.destination());
+    if (!delivery_->HasSession(m.destination())) env_.links->EnsureSession(this, m.destination());
   }
   if (!engine_->timers().empty() || !timer_ids_.empty()) ScheduleTimers();
 }
@@ -362,167 +310,21 @@ void Agent::ScheduleTimers() {
   }
 }
 
-void Agent::Attach(const std::string& remote, std::shared_ptr<PeerSession> session) {
-  if (stopped_) {
-    session->Close(absl::UnavailableError(absl::StrCat("agent ", name_, " is stopping")));
-    return;
-  }
-  Channel& ch = channels_[remote];
-  if (ch.session && ch.session != session) {
-    ch.session->Close(absl::AbortedError("replaced by a newer stream"));
-  }
-  ch.session = std::move(session);
-  ch.sent_through = 0;  // resend everything unacknowledged; the receiver deduplicates
-  env_.metrics->PeerUp(name_, remote).Set(1);
-  env_.metrics->Reconnects(name_, remote);  // the series exists, at 0, before the first end
-  Log(v1::LOG_LEVEL_INFO, absl::StrCat("stream with ", remote, " up"));
-  Pump(remote);
+void Agent::PeerEventQueued(uint64_t ticket) {
+  last_ticket_ = ticket;
+  Kick();
 }
 
-void Agent::Detach(const std::string& remote, const PeerSession* session) {
-  auto it = channels_.find(remote);
-  if (it == channels_.end() || it->second.session.get() != session) return;
-  it->second.session.reset();
-  env_.metrics->PeerUp(name_, remote).Set(0);
-  if (stopped_) return;
-  env_.metrics->Reconnects(name_, remote).Increment();
-  Log(v1::LOG_LEVEL_INFO, absl::StrCat("stream with ", remote, " down"));
-  if (WantedPeers().contains(remote)) env_.links->EnsureSession(this, remote);
-}
+void Agent::WakeWhenDurable(uint64_t ticket) { WhenDurable(ticket, nullptr); }
 
-void Agent::PumpAll() {
-  for (auto& [remote, ch] : channels_) {
-    if (ch.session) Pump(remote);
-  }
-}
-
-void Agent::Pump(const std::string& remote) {
-  Channel& ch = channels_[remote];
-  if (!ch.session) return;
-  const uint64_t limit = ch.session->SharesStore() ? written_through_ : sendable_through_;
-  if (ch.sent_through >= limit) return;
-  auto entries = engine_->OutboxAfter(remote, ch.sent_through, options_.send_batch, limit);
-  if (!entries.ok()) {
-    Log(v1::LOG_LEVEL_ERROR, absl::StrCat("outbox: ", entries.status().message()));
-    return;
-  }
-  size_t sent = 0;
-  for (const auto& e : *entries) {
-    if (e.id() > limit) break;
-    ch.session->Send(ToFrame(e));
-    ch.sent_through = e.id();
-    ++sent;
-  }
-  metrics_.events_sent->Increment(static_cast<double>(sent));
-  if (sent == options_.send_batch) {
-    std::weak_ptr<bool> alive = alive_;
-    strand_->Post([this, alive, remote] {
-      if (alive.lock()) Pump(remote);
-    });
-  }
-}
-
-void Agent::Reject(const std::string& remote, const std::shared_ptr<PeerSession>& session,
-                   const absl::Status& why, absl::string_view reason) {
-  env_.metrics->Rejected(name_, std::string(reason)).Increment();
-  Log(v1::LOG_LEVEL_WARNING, absl::StrCat("refused frame from ", remote, ": ", why.message()));
-  session->Close(why);
-}
-
-void Agent::OnFrame(const std::string& remote, const std::shared_ptr<PeerSession>& session,
-                    const v1::PeerFrame& frame) {
-  if (stopped_) return;
-  if (frame.has_ack()) {
-    const v1::Ack& ack = frame.ack();
-    auto t = engine_->Acknowledge(remote, ack.relation_id(), ack.sequence());
-    if (!t.ok()) {
-      Log(v1::LOG_LEVEL_ERROR, absl::StrCat("ack from ", remote, ": ", t.status().message()));
-      return;
-    }
-    ++acks_;
-    metrics_.acks_received->Increment();
-    metrics_.outbox_unacked->Set(static_cast<double>(engine_->outbox_size()));
-    Notify();
-    return;
-  }
-  if (!frame.has_event()) {
-    Reject(remote, session,
-           absl::InvalidArgumentError(absl::StrCat("agent ", name_, ": unexpected frame from ",
-                                                   remote, " (expected an event or an ack)")),
-           "unexpected_frame");
-    return;
-  }
-  const v1::RelationEvent& ev = frame.event();
-  if (ev.sender_unit() != remote) {
-    Reject(remote, session,
-           absl::PermissionDeniedError(absl::StrCat("agent ", name_, ": event claims sender '",
-                                                    ev.sender_unit(), "' on the stream from '",
-                                                    remote, "'")),
-           "wrong_sender");
-    return;
-  }
-  if (ev.sequence() == 0 || engine::RelationKindName(ev.kind()).empty()) {
-    Reject(remote, session,
-           absl::InvalidArgumentError(absl::StrCat("agent ", name_, ": event from ", remote,
-                                                   " on relation '", ev.relation_id(),
-                                                   "' has no sequence or kind")),
-           "invalid");
-    return;
-  }
-  if (absl::Status s = engine_->CheckPeerEvent(ev.relation_id(), remote, ev.kind()); !s.ok()) {
-    Reject(remote, session, s, absl::IsNotFound(s) ? "unknown_relation" : "not_party_to_relation");
-    return;
-  }
+void Agent::HeardFrom(const std::string& remote) {
   // The relation it announced is here: from now on it is wanted for the relation's sake only, so
   // that a unit removed right after relating is not dialed for the rest of the minute.
   expecting_.erase(remote);
-  v1::Event event;
-  event.set_name(absl::StrCat(ev.receiver_endpoint(), ".", engine::RelationKindName(ev.kind())));
-  event.set_source(absl::StrCat("peer:", remote));
-  v1::RelationChange* rc = event.mutable_relation();
-  rc->set_relation_id(ev.relation_id());
-  rc->set_endpoint(ev.receiver_endpoint());
-  rc->set_remote_service(ev.sender_service());
-  rc->set_remote_unit(ev.sender_unit());
-  rc->set_kind(ev.kind());
-  *rc->mutable_unit_changes() = ev.unit_changes();
-  *rc->mutable_service_changes() = ev.service_changes();
-  rc->set_remote_endpoint(ev.sender_endpoint());
-  rc->set_interface(ev.interface());
-  const uint64_t sequence = ev.sequence();
-  auto r = engine_->EnqueueFromPeer(std::move(event), sequence);
-  if (!r.ok()) {
-    if (absl::IsOutOfRange(r.status())) {
-      Reject(remote, session, r.status(), "sequence_gap");
-    } else if (absl::IsInvalidArgument(r.status())) {
-      Reject(remote, session, r.status(), "invalid");
-    } else {
-      Log(v1::LOG_LEVEL_ERROR, absl::StrCat("inbox: ", r.status().message()));
-      session->Close(
-          absl::UnavailableError(absl::StrCat("agent ", name_, ": ", r.status().message())));
-    }
-    return;
-  }
-  if (r->duplicate) {
-    metrics_.events_deduplicated->Increment();
-  } else {
-    ++received_;
-    metrics_.events_received->Increment();
-    last_ticket_ = r->ticket;
-    Kick();
-  }
-  // Acknowledge once the event (or, for a resend, everything up to now) is durable. Acks are
-  // cumulative: one per relation and sync is enough.
-  const std::string relation = ev.relation_id();
-  if (session->SharesStore()) {
-    SendAck(remote, relation, sequence, session);
-    return;
-  }
-  PendingAck& pending = pending_acks_[{remote, relation}];
-  pending.sequence = std::max(pending.sequence, sequence);
-  pending.ticket = last_ticket_;
-  pending.session = session;
-  WhenDurable(last_ticket_, nullptr);
+}
+
+void Agent::SessionDown(const std::string& remote) {
+  if (WantedPeers().contains(remote)) env_.links->EnsureSession(this, remote);
 }
 
 std::set<std::string> Agent::WantedPeers() const {
@@ -553,185 +355,11 @@ absl::Status Agent::RememberAddress(const std::string& remote, const std::string
     RETURN_IF_ERROR(kb_->Commit(txn).status());
     addresses_[remote] = address;
     // A peer that moved: the stream to its old address is useless.
-    auto it = channels_.find(remote);
-    if (it != channels_.end() && it->second.session) {
-      it->second.session->Close(absl::UnavailableError("peer moved"));
-    }
+    delivery_->Close(remote, absl::UnavailableError("peer moved"));
   }
   if (expect_relation) expecting_[remote] = env_.clock->Now() + absl::Minutes(1);
-  if (!channels_[remote].session) env_.links->EnsureSession(this, remote);
+  if (!delivery_->HasSession(remote)) env_.links->EnsureSession(this, remote);
   return absl::OkStatus();
-}
-
-v1::AgentStatus Agent::Status() const {
-  v1::AgentStatus s;
-  s.set_agent(name_);
-  s.set_service(spec().service);
-  *s.mutable_workload() = engine_->workload_status();
-  s.set_stage(engine_->stage());
-  if (engine_->failure()) {
-    s.set_agent_state(v1::AGENT_STATE_ERROR);
-    *s.mutable_failure() = *engine_->failure();
-  } else if (engine_->inbox_depth() > 0 || executing_) {
-    s.set_agent_state(v1::AGENT_STATE_EXECUTING);
-  } else {
-    s.set_agent_state(v1::AGENT_STATE_IDLE);
-  }
-  s.set_inbox_depth(engine_->inbox_depth());
-  s.set_outbox_unacked(engine_->outbox_size());
-  s.set_last_run(last_run_);
-  s.set_last_event(last_event_);
-  if (last_run_time_ != absl::InfinitePast()) {
-    s.set_last_run_unix_ms(absl::ToUnixMillis(last_run_time_));
-  }
-  const std::map<std::string, size_t> unacked = engine_->OutboxUnackedByDestination();
-  std::set<std::string> peers = WantedPeers();
-  for (const auto& [remote, ch] : channels_) {
-    if (ch.session) peers.insert(remote);
-  }
-  for (const std::string& remote : peers) {
-    v1::PeerLinkStatus* p = s.add_peers();
-    p->set_agent(remote);
-    const PeerLinkView link = env_.links->Link(name_, remote);
-    if (HasSession(remote)) {
-      p->set_state(v1::PEER_LINK_STATE_CONNECTED);
-    } else if (link.active) {
-      p->set_state(v1::PEER_LINK_STATE_CONNECTING);
-    } else {
-      p->set_state(v1::PEER_LINK_STATE_BACKING_OFF);
-      if (link.next_attempt != absl::InfinitePast()) {
-        p->set_next_attempt_unix_ms(absl::ToUnixMillis(link.next_attempt));
-      }
-    }
-    if (auto it = unacked.find(remote); it != unacked.end()) p->set_outbox_unacked(it->second);
-    p->set_last_error(link.last_error);
-    p->set_address(AddressOf(remote));
-  }
-  for (const auto& [id, rel] : engine_->relations()) {
-    if (rel.gone()) continue;
-    v1::RelationSummary* r = s.add_relations();
-    r->set_relation_id(id);
-    r->set_endpoint(rel.endpoint());
-    r->set_remote_service(rel.remote_service());
-    *r->mutable_remote_units() = rel.remote_units();
-  }
-  return s;
-}
-
-v1::CheckIdleResponse Agent::CheckIdle() const {
-  v1::CheckIdleResponse r;
-  r.set_idle(engine_->inbox_depth() == 0 && engine_->outbox_size() == 0 && !engine_->failure() &&
-             !executing_);
-  r.set_progress(engine_->runs() + received_ + acks_);
-  return r;
-}
-
-absl::StatusOr<uint64_t> Agent::SetConfig(const v1::SetConfigRequest& request) {
-  for (const auto& [k, v] : request.set()) RETURN_IF_ERROR(CheckConfig(k, v));
-  for (const auto& k : request.unset()) RETURN_IF_ERROR(CheckConfig(k, ""));
-  const std::map<std::string, std::string> set(request.set().begin(), request.set().end());
-  const std::vector<std::string> unset(request.unset().begin(), request.unset().end());
-  ASSIGN_OR_RETURN(engine::EnqueueResult r, engine_->ChangeConfig(set, unset));
-  if (r.event_id == 0) return 0;
-  last_ticket_ = std::max(last_ticket_, r.ticket);
-  Kick();
-  Notify();
-  return r.event_id;
-}
-
-absl::Status Agent::CheckConfig(const std::string& key, const std::string& value) const {
-  return engine::CheckConfig(spec(), key, value);
-}
-
-absl::StatusOr<uint64_t> Agent::FireEvent(const v1::FireEventRequest& request) {
-  if (request.event() == "config.changed") {
-    return absl::InvalidArgumentError("config.changed is fired by SetConfig");
-  }
-  v1::Event e;
-  e.set_name(request.event());
-  e.set_source("api");
-  *e.mutable_params() = request.params();
-  if (spec().declares_actions && absl::StartsWith(request.event(), "action.")) {
-    // Refused here, not by every retry of its handler: a bad action would jam the inbox.
-    const auto& actions = spec().actions;
-    auto action = std::find_if(actions.begin(), actions.end(),
-                               [&](const auto& a) { return a.event == request.event(); });
-    if (action == actions.end()) {
-      std::vector<std::string> names;
-      for (const auto& a : actions) names.push_back(a.event.substr(std::strlen("action.")));
-      return absl::InvalidArgumentError(
-          absl::StrCat("agent ", name_, " (service ", spec().service, ") has no action '",
-                       request.event().substr(std::strlen("action.")),
-                       "' (actions: ", names.empty() ? "none" : absl::StrJoin(names, ", "), ")"));
-    }
-    if (action->resolve) {
-      std::map<std::string, std::string> given(request.params().begin(), request.params().end());
-      auto resolved = action->resolve(given);
-      if (!resolved.ok()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("agent ", name_, ": ", resolved.status().message()));
-      }
-      e.mutable_params()->clear();
-      for (const auto& [k, v] : *resolved) (*e.mutable_params())[k] = v;
-    }
-  }
-  ASSIGN_OR_RETURN(auto r, engine_->Enqueue(std::move(e)));
-  // The API answers once this is durable (AfterDurable).
-  last_ticket_ = std::max(last_ticket_, r.ticket);
-  Kick();
-  Notify();
-  return r.event_id;
-}
-
-absl::StatusOr<v1::ResolveEventResponse> Agent::ResolveEvent(const v1::ResolveEventRequest& request,
-                                                             const std::string& certificate) {
-  if (request.mode() != v1::RESOLVE_MODE_RETRY && request.mode() != v1::RESOLVE_MODE_SKIP) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("agent ", name_, ": ResolveEventRequest.mode must be RETRY or SKIP"));
-  }
-  // `by` goes into one log line and the trace: a short printable text.
-  constexpr size_t kMaxBy = 200;
-  if (request.by().size() > kMaxBy ||
-      std::any_of(request.by().begin(), request.by().end(),
-                  [](unsigned char c) { return c < 0x20 || c == 0x7f; })) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "agent ", name_, ": ResolveEventRequest.by must be at most ", kMaxBy,
-        " characters without control characters (got ", request.by().size(), " characters)"));
-  }
-  std::string by = request.by().empty() ? "api" : request.by();
-  if (!certificate.empty()) absl::StrAppend(&by, " (certificate ", certificate, ")");
-  const bool skip = request.mode() == v1::RESOLVE_MODE_SKIP;
-  ASSIGN_OR_RETURN(engine::ResolveResult r,
-                   engine_->Resolve(skip ? engine::ResolveMode::kSkip : engine::ResolveMode::kRetry,
-                                    request.event_id(), by));
-  last_ticket_ = std::max(last_ticket_, r.ticket);
-  const v1::RunFailure& f = r.failure;
-  const std::string what = absl::StrCat(
-      "event ", f.event_id(), " '", f.event_name(), "' (", f.attempt(),
-      f.attempt() == 1 ? " failed attempt" : " failed attempts",
-      ", last error: ", f.handler().empty() ? "" : absl::StrCat("handler ", f.handler(), ": "),
-      f.message(), ")");
-  if (skip) {
-    metrics_.events_skipped->Increment();
-    last_run_ = r.run;
-    last_event_ = f.event_name();
-    last_run_time_ = env_.clock->Now();
-    Log(v1::LOG_LEVEL_WARNING, absl::StrCat(what, " skipped by ", by, " in run ", r.run,
-                                            ": not applied; the events behind it run now"));
-  } else {
-    metrics_.events_retried->Increment();
-    Log(v1::LOG_LEVEL_INFO, absl::StrCat(what, " retried now, asked by ", by));
-  }
-  metrics_.inbox_depth->Set(static_cast<double>(engine_->inbox_depth()));
-  metrics_.in_error->Set(engine_->failure() ? 1 : 0);
-  Kick();
-  Notify();
-  v1::ResolveEventResponse resp;
-  *resp.mutable_failure() = f;
-  resp.set_mode(request.mode());
-  resp.set_run(r.run);
-  resp.set_by(by);
-  return resp;
 }
 
 absl::StatusOr<v1::CheckRelationResponse> Agent::CheckRelation(const v1::CheckRelationRequest& r) {
@@ -931,11 +559,7 @@ void Agent::Stop() {
   if (update_timer_) env_.scheduler->Cancel(update_timer_);
   for (auto& [name, t] : timer_ids_) env_.scheduler->Cancel(t.second);
   timer_ids_.clear();
-  for (auto& [remote, ch] : channels_) {
-    if (ch.session)
-      ch.session->Close(absl::UnavailableError(absl::StrCat("agent ", name_, " stopping")));
-    ch.session.reset();
-  }
+  delivery_->Stop(absl::UnavailableError(absl::StrCat("agent ", name_, " stopping")));
   watchers_.clear();
   // The change each of these answers is about was committed, but its sync was not seen: the
   // caller must not take it as durable, nor wait for an answer that the stopped agent will not

@@ -4,9 +4,9 @@
 // the agents it relates to by peer sessions. Everything here runs on the agent's strand; other
 // threads Post to it. The agent
 //  - applies its inbox one run at a time (Kick), retrying failed runs when due;
-//  - after a run is durable, sends the new outbox entries to their destinations;
-//  - applies relation events from peers exactly once (dedup by sequence in the engine) and
-//    acknowledges each once it is durable in the inbox;
+//  - after a run is durable, sends the new outbox entries to their destinations, and applies
+//    relation events from peers exactly once, acknowledging each once it is durable in the inbox
+//    (its Delivery, services/agent/delivery.h: the protocol's one home);
 //  - turns timers handlers asked for into timer events.
 
 #include <deque>
@@ -22,6 +22,7 @@
 #include "parley/v1/agent.pb.h"
 #include "parley/v1/peer.pb.h"
 #include "services/agent/agent_env.h"
+#include "services/agent/delivery.h"
 #include "services/agent/session.h"
 #include "services/telemetry/metrics.h"
 
@@ -42,7 +43,7 @@ struct AgentOptions {
   std::map<std::string, std::string> initial_config;
 };
 
-class Agent {
+class Agent : private DeliveryOwner {
  public:
   // Opens the agent's KB namespace (in env.store) and engine. Fires `install` (first start only)
   // and `start`.
@@ -63,19 +64,22 @@ class Agent {
   // Processes due inbox events (soon, on the strand).
   void Kick();
 
-  // Peer sessions. `Attach` replaces an earlier session with the same remote.
-  void Attach(const std::string& remote, std::shared_ptr<PeerSession> session);
-  void Detach(const std::string& remote, const PeerSession* session);
+  // Peer sessions and their frames: the protocol (services/agent/delivery.h).
+  void Attach(const std::string& remote, std::shared_ptr<PeerSession> session) {
+    delivery_->Attach(remote, std::move(session));
+  }
+  void Detach(const std::string& remote, const PeerSession* session) {
+    delivery_->Detach(remote, session);
+  }
   void OnFrame(const std::string& remote, const std::shared_ptr<PeerSession>& session,
-               const v1::PeerFrame& frame);
+               const v1::PeerFrame& frame) {
+    delivery_->OnFrame(remote, session, frame);
+  }
 
   // Agents this one needs a stream with: relation targets, outbox destinations and agents that
   // announced a relation recently.
   std::set<std::string> WantedPeers() const;
-  bool HasSession(const std::string& remote) const {
-    auto it = channels_.find(remote);
-    return it != channels_.end() && it->second.session != nullptr;
-  }
+  bool HasSession(const std::string& remote) const { return delivery_->HasSession(remote); }
   // Where `remote` listens, if known.
   std::string AddressOf(const std::string& remote) const;
   absl::Status RememberAddress(const std::string& remote, const std::string& address,
@@ -135,29 +139,23 @@ class Agent {
   Agent(const AgentEnv& env, std::unique_ptr<kb::Kb> kb, std::unique_ptr<engine::Engine> engine,
         AgentOptions options);
 
-  struct Channel {
-    std::shared_ptr<PeerSession> session;
-    // Highest outbox id sent on this session.
-    uint64_t sent_through = 0;
-  };
-
   void Process();
   void AfterCommit(const engine::RunResult& result);
-  void Pump(const std::string& remote);
-  void PumpAll();
   void ScheduleTimers();
   void ScheduleRetry(absl::Time when);
   void Notify();
-  void Reject(const std::string& remote, const std::shared_ptr<PeerSession>& session,
-              const absl::Status& why, absl::string_view reason);
   void Log(v1::LogLevel level, std::string message) const;
   // Runs `fn` on the strand once `ticket` is durable, after the work queued before it.
   void WhenDurable(uint64_t ticket, std::function<void()> fn);
   void WaitForStore(uint64_t ticket);
   void OnDurable(uint64_t ticket, const absl::Status& status);
-  void FlushAcks(uint64_t durable);
-  void SendAck(const std::string& remote, const std::string& relation, uint64_t sequence,
-               const std::shared_ptr<PeerSession>& session);
+  // DeliveryOwner.
+  void PeerEventQueued(uint64_t ticket) override;
+  uint64_t LastTicket() const override { return last_ticket_; }
+  void WakeWhenDurable(uint64_t ticket) override;
+  void HeardFrom(const std::string& remote) override;
+  void SessionDown(const std::string& remote) override;
+  void StatusChanged() override { Notify(); }
 
  public:
   // Calls `answer` on the strand once everything this agent wrote so far is durable, with OK:
@@ -176,11 +174,6 @@ class Agent {
   // Guards callbacks that outlive the agent: they hold a weak_ptr to this flag.
   std::shared_ptr<bool> alive_;
 
-  std::map<std::string, Channel> channels_;
-  // Outbox entries up to this id belong to durable runs and may be sent; up to written_through_
-  // they may go to sessions that share this agent's store.
-  uint64_t sendable_through_ = 0;
-  uint64_t written_through_ = 0;
   uint64_t last_ticket_ = 0;
   bool kick_scheduled_ = false;
   bool executing_ = false;
@@ -190,8 +183,6 @@ class Agent {
   uint64_t update_timer_ = 0;
   std::map<std::string, std::string> addresses_;
   std::map<std::string, absl::Time> expecting_;
-  uint64_t received_ = 0;
-  uint64_t acks_ = 0;
   uint64_t last_run_ = 0;
   std::string last_event_;
   absl::Time last_run_time_ = absl::InfinitePast();
@@ -206,15 +197,9 @@ class Agent {
   // Gives every pending answer `status` (the agent stops, or the store failed).
   void AbandonAnswers(const absl::Status& status);
   uint64_t waiting_for_ = 0;
-  bool pump_due_ = false;
-  // Acknowledgements to send once their events are durable, per (remote, relation).
-  struct PendingAck {
-    uint64_t sequence = 0;
-    uint64_t ticket = 0;
-    std::shared_ptr<PeerSession> session;
-  };
-  std::map<std::pair<std::string, std::string>, PendingAck> pending_acks_;
   Metrics::Agent metrics_;
+  // The peer protocol: sessions, the pump, checking and acknowledging arriving events.
+  std::unique_ptr<Delivery> delivery_;
 };
 
 }  // namespace parley::services

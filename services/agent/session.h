@@ -1,7 +1,8 @@
 #pragma once
 
 // One end of the stream between two agents. Implementations: the gRPC client and server
-// reactors (grpc_session.h) and an in-process pair for agents hosted by the same server.
+// reactors (services/transport/peer_streams.cc) and an in-process pair for agents hosted by the
+// same server.
 
 #include "absl/status/status.h"
 #include "parley/v1/peer.pb.h"

@@ -13,6 +13,31 @@
 
 namespace parley::services {
 
+namespace {
+
+// The config part of a spec: what engine::CheckConfig checks a value against.
+void ConfigSpecInto(const ServiceDefinition& def, engine::ServiceSpec& spec) {
+  spec.declares_config = true;
+  for (const ConfigOption& option : def.config) {
+    spec.config_options.push_back(
+        {option.name, [type = option.type, name = option.name](absl::string_view value) {
+           absl::Status s = CheckValue(type, value);
+           if (s.ok()) return s;
+           return absl::InvalidArgumentError(
+               absl::StrCat("config option '", name, "': ", s.message()));
+         }});
+  }
+}
+
+}  // namespace
+
+engine::ServiceSpec ConfigSpec(const ServiceDefinition& def, absl::string_view service) {
+  engine::ServiceSpec spec;
+  spec.service = std::string(service);
+  ConfigSpecInto(def, spec);
+  return spec;
+}
+
 absl::StatusOr<engine::ServiceSpec> BuildSpec(const ServiceDefinition& def, absl::string_view unit,
                                               ActionFactory& factory) {
   const size_t slash = unit.find('/');
@@ -42,16 +67,7 @@ absl::StatusOr<engine::ServiceSpec> BuildSpec(const ServiceDefinition& def, absl
     ASSIGN_OR_RETURN(std::unique_ptr<engine::Action> action, factory.Make(def, h));
     spec.handlers.push_back({h.name, h.when, h.when_not, h.on, std::move(action), h.while_dying});
   }
-  spec.declares_config = true;
-  for (const ConfigOption& option : def.config) {
-    spec.config_options.push_back(
-        {option.name, [type = option.type, name = option.name](absl::string_view value) {
-           absl::Status s = CheckValue(type, value);
-           if (s.ok()) return s;
-           return absl::InvalidArgumentError(
-               absl::StrCat("config option '", name, "': ", s.message()));
-         }});
-  }
+  ConfigSpecInto(def, spec);
   // The agent checks actions fired through its API with the function the CLI uses.
   spec.declares_actions = true;
   if (!def.actions.empty()) {

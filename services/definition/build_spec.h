@@ -29,4 +29,10 @@ class ActionFactory {
 absl::StatusOr<engine::ServiceSpec> BuildSpec(const ServiceDefinition& def, absl::string_view unit,
                                               ActionFactory& factory);
 
+// The part of a spec of service `service` that a config value is checked against: the service's
+// name and its declared config options (BuildSpec builds them the same way). For callers that
+// check config without building a unit, such as the CLI before it sends `parley config`: the one
+// check is engine::CheckConfig (engine/spec.h), wherever config is checked.
+engine::ServiceSpec ConfigSpec(const ServiceDefinition& def, absl::string_view service);
+
 }  // namespace parley::services

@@ -10,6 +10,9 @@
 // ApiHost): they reach it only through those interfaces. Hosting work from the API (adding and
 // removing agents) runs on one serial executor of the host, joined at shutdown.
 //
+// One class, three files: host.cc (registry, recipes, hosting work, shutdown), links.cc (channels
+// and sessions with peers, dialing, backoff) and relate.cc (the two-phase Relate).
+//
 // Thread-safe.
 
 #include <atomic>

@@ -3,9 +3,10 @@
 namespace parley::services {
 namespace {
 
-// The reasons a frame addressed to a hosted agent can be refused for (peer_streams.cc and
-// agent.cc). Their series exist from the start at 0, so that increase() sees the first refusal;
-// Prometheus cannot tell a new series at 1 from one that was always 1.
+// The reasons a frame addressed to a hosted agent can be refused for (the handshake in
+// services/transport/peer_streams.cc, the rest in services/agent/delivery.cc). Their series exist
+// from the start at 0, so that increase() sees the first refusal; Prometheus cannot tell a new
+// series at 1 from one that was always 1.
 constexpr const char* kRejectReasons[] = {
     "protocol_version", "no_sender", "too_large",        "unexpected_frame",
     "wrong_sender",     "invalid",   "unknown_relation", "not_party_to_relation",

@@ -42,7 +42,7 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(con
 bool RequiresClientCertificates(const TlsOptions& tls);
 
 // The URI subjectAltName prefix of a certificate's role, and the roles the CLI issues
-// (tools/cli/pki.h).
+// (tools/cli/deploy/pki.h).
 inline constexpr absl::string_view kRoleUriPrefix = "parley:role/";
 inline constexpr absl::string_view kOperatorRole = "operator";
 inline constexpr absl::string_view kHostRole = "host";

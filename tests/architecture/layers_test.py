@@ -51,6 +51,18 @@ LAYERS = {
                            "services/agent"},
     "services/host": {"base", "kb", "engine", "parley/v1", "services/telemetry", "services/agent",
                       "services/transport"},
+    # The composition root: parleyd's main wires the host, the backends and (in test mode) the
+    # fixtures; nothing includes it.
+    "services/daemon": {"base", "kb", "engine", "parley/v1", "services/telemetry",
+                        "services/agent", "services/transport", "services/host",
+                        "services/definition", "services/backends", "services/fixtures"},
+    # parley-hook is a standalone client of the hook socket: it includes nothing of ours.
+    "tools/hook": set(),
+    "tools/demo": {"base", "kb", "engine", "parley/v1"},
+    # Benchmarks measure every layer, and run the fault campaign of tests/services/daemon/.
+    "tools/bench": {"base", "kb", "engine", "parley/v1", "services/telemetry", "services/agent",
+                    "services/transport", "services/host", "services/definition",
+                    "services/backends", "services/fixtures", "tests/services/daemon"},
 }
 # Headers only their own folder (and its tests, tests/<folder>/) may include.
 INTERNAL = {

@@ -652,7 +652,7 @@ TEST_F(CliTest, BadInputIsRefusedWithNothingApplied) {
   ASSERT_EQ(Parley({"up", dir_.Sub("model.yaml")}).code, 0);
   r = Parley({"config", "web", "port=abc"});
   EXPECT_EQ(r.code, 2);
-  EXPECT_THAT(r.err, HasSubstr("config option web.port: expected an int, got 'abc'"));
+  EXPECT_THAT(r.err, HasSubstr("service web: config option 'port': expected an int, got 'abc'"));
   r = Parley({"config", "web", "nope=1"});
   EXPECT_EQ(r.code, 2);
   EXPECT_THAT(r.err, HasSubstr("has no config option 'nope' (it has: port, greeting)"));

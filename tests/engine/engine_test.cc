@@ -308,9 +308,9 @@ TEST_F(EngineTest, CommitIsAtomicAndSurvivesRestart) {
   EXPECT_THAT(Ran(t), ElementsAre("publish"));
   EXPECT_EQ(engine_->inbox_depth(), 0u);
   ASSERT_EQ(t.messages_size(), 1);
-  EXPECT_EQ(t.messages(0).relation_id(), "db:1");
-  EXPECT_EQ(t.messages(0).sequence(), 1u);
-  EXPECT_EQ(t.messages(0).sender_unit(), "svc/0");
+  EXPECT_EQ(t.messages(0).event().relation_id(), "db:1");
+  EXPECT_EQ(t.messages(0).event().sequence(), 1u);
+  EXPECT_EQ(t.messages(0).event().sender_unit(), "svc/0");
   EXPECT_EQ(t.messages(0).destination(), "redis/0");
 
   Start();  // a new engine on the same KB
@@ -319,8 +319,8 @@ TEST_F(EngineTest, CommitIsAtomicAndSurvivesRestart) {
   auto outbox = engine_->Outbox();
   ASSERT_TRUE(outbox.ok());
   ASSERT_EQ(outbox->size(), 1u);  // the introduction, with the data written in the same run
-  EXPECT_EQ((*outbox)[0].kind(), v1::RELATION_EVENT_KIND_JOINED);
-  EXPECT_EQ((*outbox)[0].unit_changes(0).key(), "user");
+  EXPECT_EQ((*outbox)[0].event().kind(), v1::RELATION_EVENT_KIND_JOINED);
+  EXPECT_EQ((*outbox)[0].event().unit_changes(0).key(), "user");
   auto bag = engine_->Bag("db:1", "lu");
   ASSERT_TRUE(bag.ok());
   EXPECT_THAT(*bag, ElementsAre(Pair("user", "app")));
@@ -343,9 +343,9 @@ TEST_F(EngineTest, OutboxSequencesPerRelation) {
   // A unit that joins is introduced to: sequence 1 is a JOINED carrying this unit's data.
   v1::Trace t = Run(Rel("db", v1::RELATION_EVENT_KIND_JOINED, "db:1", "redis/0"));
   ASSERT_EQ(t.messages_size(), 1);
-  EXPECT_EQ(t.messages(0).kind(), v1::RELATION_EVENT_KIND_JOINED);
+  EXPECT_EQ(t.messages(0).event().kind(), v1::RELATION_EVENT_KIND_JOINED);
   EXPECT_EQ(t.messages(0).destination(), "redis/0");
-  EXPECT_EQ(t.messages(0).sequence(), 1u);
+  EXPECT_EQ(t.messages(0).event().sequence(), 1u);
   Run(Rel("db", v1::RELATION_EVENT_KIND_JOINED, "db:2", "pg/0"));
   auto write = [](std::string v) {
     v1::Event e = Named("write");
@@ -356,11 +356,11 @@ TEST_F(EngineTest, OutboxSequencesPerRelation) {
   EXPECT_EQ(Run(write("1")).messages_size(), 0);
   t = Run(write("2"));
   ASSERT_EQ(t.messages_size(), 2);
-  EXPECT_EQ(t.messages(0).relation_id(), "db:1");
-  EXPECT_EQ(t.messages(0).kind(), v1::RELATION_EVENT_KIND_CHANGED);
-  EXPECT_EQ(t.messages(0).sequence(), 3u);
-  EXPECT_EQ(t.messages(1).relation_id(), "db:2");
-  EXPECT_EQ(t.messages(1).sequence(), 3u);
+  EXPECT_EQ(t.messages(0).event().relation_id(), "db:1");
+  EXPECT_EQ(t.messages(0).event().kind(), v1::RELATION_EVENT_KIND_CHANGED);
+  EXPECT_EQ(t.messages(0).event().sequence(), 3u);
+  EXPECT_EQ(t.messages(1).event().relation_id(), "db:2");
+  EXPECT_EQ(t.messages(1).event().sequence(), 3u);
   EXPECT_GT(t.messages(1).id(), t.messages(0).id());
 }
 
@@ -706,9 +706,9 @@ TEST_F(EngineTest, RelateIntroducesOnce) {
   Start();
   v1::Trace t = Run(Created("db", "db:7", "redis/0"));
   ASSERT_EQ(t.messages_size(), 1);
-  EXPECT_EQ(t.messages(0).kind(), v1::RELATION_EVENT_KIND_JOINED);
-  EXPECT_EQ(t.messages(0).receiver_endpoint(), "website");
-  EXPECT_EQ(t.messages(0).interface(), "http");
+  EXPECT_EQ(t.messages(0).event().kind(), v1::RELATION_EVENT_KIND_JOINED);
+  EXPECT_EQ(t.messages(0).event().receiver_endpoint(), "website");
+  EXPECT_EQ(t.messages(0).event().interface(), "http");
   EXPECT_FALSE(engine_->IsSet("db.joined"));  // nobody joined yet
   t = Run(Rel("db", v1::RELATION_EVENT_KIND_JOINED, "db:7", "redis/0", {{"host", "h"}}));
   EXPECT_EQ(t.messages_size(), 0);
@@ -730,8 +730,8 @@ TEST_F(EngineTest, UnrelateTellsRemoteAndBreaks) {
   departed.mutable_relation()->set_local(true);
   v1::Trace t = Run(departed);
   ASSERT_EQ(t.messages_size(), 1);
-  EXPECT_EQ(t.messages(0).kind(), v1::RELATION_EVENT_KIND_DEPARTED);
-  EXPECT_EQ(t.messages(0).sequence(), 2u);
+  EXPECT_EQ(t.messages(0).event().kind(), v1::RELATION_EVENT_KIND_DEPARTED);
+  EXPECT_EQ(t.messages(0).event().sequence(), 2u);
   EXPECT_EQ(engine_->inbox_depth(), 1u);  // the follow-up broken event
   auto r = engine_->RunOnce();
   ASSERT_TRUE(r.ok());
@@ -740,7 +740,7 @@ TEST_F(EngineTest, UnrelateTellsRemoteAndBreaks) {
   EXPECT_THAT(*engine_->Bag("db:1", "lu"), IsEmpty());
   auto outbox = engine_->Outbox("redis/0");
   ASSERT_EQ(outbox->size(), 1u);
-  EXPECT_EQ((*outbox)[0].kind(), v1::RELATION_EVENT_KIND_DEPARTED);
+  EXPECT_EQ((*outbox)[0].event().kind(), v1::RELATION_EVENT_KIND_DEPARTED);
   // A late event for the broken relation changes nothing.
   Run(Rel("db", v1::RELATION_EVENT_KIND_JOINED, "db:1", "redis/0"));
   EXPECT_FALSE(engine_->IsSet("db.joined"));
@@ -804,7 +804,7 @@ TEST_F(EngineTest, AcknowledgeRemovesAcknowledgedPrefix) {
   ASSERT_TRUE(engine_->Acknowledge("redis/0", "db:1", 2).ok());
   auto outbox = engine_->Outbox("redis/0");
   ASSERT_EQ(outbox->size(), 2u);
-  EXPECT_EQ((*outbox)[0].sequence(), 3u);
+  EXPECT_EQ((*outbox)[0].event().sequence(), 3u);
   ASSERT_TRUE(engine_->Acknowledge("redis/1", "db:1", 4).ok());  // another destination
   EXPECT_EQ(engine_->outbox_size(), 2u);
   Start();

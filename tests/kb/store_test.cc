@@ -348,6 +348,22 @@ TEST_F(KbTest, NewerSchemaIsRefusedWithoutWriting) {
   EXPECT_EQ(Snapshot(path_), before) << "a refused open changed the directory";
 }
 
+// A KB of an older version opens (its records are read as they are) and is recorded as this
+// build's version, so that an older build refuses it once this one may have written newer
+// records.
+TEST_F(KbTest, OlderSchemaOpensAndIsRecordedAsThisVersion) {
+  static_assert(kSchemaVersion > 1);
+  { ASSERT_OK(Store::Open(path_, Options(Durability::kSync))); }
+  WriteRawSchema(path_, "1");
+  { ASSERT_OK(Store::Open(path_, Options(Durability::kGroupCommit))); }
+  std::unique_ptr<rocksdb::DB> db = OpenRaw(path_);
+  ASSERT_NE(db, nullptr);
+  std::string value;
+  ASSERT_TRUE(db->Get(rocksdb::ReadOptions(), SchemaKey(), &value).ok());
+  EXPECT_EQ(value, absl::StrCat(kSchemaVersion));
+  ASSERT_TRUE(db->Close().ok());
+}
+
 TEST_F(KbTest, InvalidSchemaValuesAreDataLoss) {
   { ASSERT_OK(Store::Open(path_, Options(Durability::kSync))); }
   for (const std::string value : {"0", "-1", "one", ""}) {

@@ -5,10 +5,10 @@
 // pattern of Chef's data bags: the playbook reads what it needs from variables, nothing from the
 // agent's state files.
 //
-// It is the exec backend's run (services/process_action.h) with another program: the same clean
-// environment, temp dir, context file, hook socket, timeout and bounded capture; tasks can call
-// `parley-hook` (in PATH, with PARLEY_HOOK_SOCKET set) and their changes land only if the run
-// commits. The extra variables (a JSON file in the temp dir, `-e @<file>`):
+// It is the exec backend's run (services/backends/process/process_action.h) with another program:
+// the same clean environment, temp dir, context file, hook socket, timeout and bounded capture;
+// tasks can call `parley-hook` (in PATH, with PARLEY_HOOK_SOCKET set) and their changes land only
+// if the run commits. The extra variables (a JSON file in the temp dir, `-e @<file>`):
 //   parley_unit, parley_service, parley_handler   strings
 //   parley_event      {name, params, and for relation events relation_id, endpoint, remote_unit}
 //   parley_config     the config, defaults filled in
@@ -34,9 +34,9 @@
 
 #include "absl/status/statusor.h"
 #include "engine/spec.h"
-#include "services/definition/service.h"
 #include "services/backends/common/backend_log.h"
 #include "services/backends/process/process_action.h"
+#include "services/definition/service.h"
 
 namespace parley::services {
 

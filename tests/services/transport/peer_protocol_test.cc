@@ -362,6 +362,14 @@ TEST_F(PeerProtocolTest, EventWithoutSequenceIsRefused) {
       grpc::StatusCode::INVALID_ARGUMENT, {"no sequence"}, "c/0", "invalid");
 }
 
+// CREATED is local to the agent that relates: a peer never sends it.
+TEST_F(PeerProtocolTest, EventOfAKindPeersDoNotSendIsRefused) {
+  ExpectRefused(
+      {HelloFrame("x/0", "c/0"), EventFrame("r:1", "x/0", 1, v1::RELATION_EVENT_KIND_CREATED)},
+      grpc::StatusCode::INVALID_ARGUMENT, {"kind peers do not send", "RELATION_EVENT_KIND_CREATED"},
+      "c/0", "invalid");
+}
+
 TEST_F(PeerProtocolTest, SecondHelloIsRefused) {
   ExpectRefused({HelloFrame("x/0", "c/0"), HelloFrame("x/0", "c/0")},
                 grpc::StatusCode::INVALID_ARGUMENT, {"unexpected frame"}, "c/0",
@@ -462,10 +470,11 @@ TEST_F(PeerProtocolTest, AcceptedEventsAreAckedAndDuplicatesAppliedOnce) {
 
 // Known bug: Host::Shutdown waits until the store is durable, not until the durability
 // callbacks have run, and then destroys the thread pool. A callback the store's sync thread is
-// still delivering then posts to a strand of the freed pool (services/agent.cc Agent::WhenDurable):
-// a hang in Store::~Store or heap corruption. Here the test holds the sync thread in a callback
-// of its own while Shutdown runs, which makes it deterministic (AddressSanitizer reports a
-// heap-use-after-free in base::ThreadPool::Post). Enable once Host::Shutdown is fixed.
+// still delivering then posts to a strand of the freed pool (services/agent/agent.cc
+// Agent::WhenDurable): a hang in Store::~Store or heap corruption. Here the test holds the sync
+// thread in a callback of its own while Shutdown runs, which makes it deterministic
+// (AddressSanitizer reports a heap-use-after-free in base::ThreadPool::Post). Enable once
+// Host::Shutdown is fixed.
 TEST_F(HostTest, ShutdownWaitsForDurabilityCallbacks) {
   Host* h = NewHost([](HostOptions& o) { o.durability = kb::Durability::kGroupCommit; });
   ASSERT_NE(h, nullptr);

@@ -128,24 +128,14 @@ absl::Status Config(Session& s, const Args& args) {
     return absl::OkStatus();
   }
   std::map<std::string, std::string> want(svc->config().begin(), svc->config().end());
+  const engine::ServiceSpec config_spec = services::ConfigSpec(def, service);
   for (const auto& [k, v] : assignments) {
-    const auto* option = def.FindConfig(k);
-    if (option == nullptr) {
-      std::vector<std::string> names;
-      for (const auto& o : def.config) names.push_back(o.name);
-      return absl::InvalidArgumentError(absl::StrCat("service ", service, " has no config option '",
-                                                     k, "' (it has: ", absl::StrJoin(names, ", "),
-                                                     ")"));
-    }
+    RETURN_IF_ERROR(engine::CheckConfig(config_spec, k, v));
     if (v.empty()) {
       want.erase(k);
-      continue;
+    } else {
+      want[k] = v;
     }
-    if (absl::Status st = services::CheckValue(option->type, v); !st.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("config option ", service, ".", k, ": ", st.message()));
-    }
-    want[k] = v;
   }
   return s.ApplyConfig(*svc, want);
 }

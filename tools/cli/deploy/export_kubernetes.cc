@@ -201,7 +201,7 @@ v1::ModelState MakePlan(const services::Model& model, const std::string& definit
                           const std::string& be, const std::string& interface) {
     v1::RelationRecordState* r = plan.add_relations();
     const int n = ++next_relation;
-    // The ids `parley up` gives (tools/cli/session.cc, Session::AddRelation).
+    // The ids `parley up` gives (tools/cli/model/session.cc, Session::AddRelation).
     r->set_id(as == bs && ae == be ? absl::StrCat(as, ":", ae, "#", n)
                                    : absl::StrCat(as, ":", ae, "-", bs, ":", be, "#", n));
     r->set_a_service(as);

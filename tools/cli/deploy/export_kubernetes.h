@@ -5,10 +5,10 @@
 // Per service: a StatefulSet with one pod per unit (pod app-1 hosts unit app/1) and a volume claim
 // per pod for the unit's knowledge base and state directory; a headless Service, so that a pod's
 // peers reach it at <pod>.<service>:7000 whether or not it is ready; the definition as a ConfigMap
-// (a bundle, tools/cli/bundle.h). For the model: the interfaces as a ConfigMap and the plan, the
-// model as `parley up` would apply it (a v1::ModelState with every unit's DNS address), as a
-// ConfigMap too. Each pod runs `parley host-unit` (tools/cli/unit_host.h), which starts parleyd,
-// hosts its unit and relates it; from then on the agents negotiate among themselves.
+// (a bundle, tools/cli/deploy/bundle.h). For the model: the interfaces as a ConfigMap and the plan,
+// the model as `parley up` would apply it (a v1::ModelState with every unit's DNS address), as a
+// ConfigMap too. Each pod runs `parley host-unit` (tools/cli/deploy/unit_host.h), which starts
+// parleyd, hosts its unit and relates it; from then on the agents negotiate among themselves.
 
 #include <functional>
 #include <string>

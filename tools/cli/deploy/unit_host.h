@@ -1,7 +1,7 @@
 #pragma once
 
 // The entry point of a unit's container when a model runs without the CLI driving it (Kubernetes,
-// tools/cli/export_kubernetes.h): `parley host-unit` and the probes, `parley probe`.
+// tools/cli/deploy/export_kubernetes.h): `parley host-unit` and the probes, `parley probe`.
 
 #include <string>
 

@@ -1,4 +1,4 @@
-// The ansible backend (services/ansible_backend.h): real playbooks run by the real
+// The ansible backend (services/backends/ansible/ansible_backend.h): real playbooks run by the real
 // ansible-playbook through a real engine on a real KB. Tasks render files from config and
 // relation data and act on the run through parley-hook; their changes land only if the run
 // commits. Each test runs at most one playbook: ansible-playbook takes about a second to start.
@@ -188,7 +188,8 @@ TEST_F(AnsibleBackendTest, ExtraVarsHoldTheRunsDataWithTheirTypes) {
   ASSERT_EQ(r.outcome, engine::RunOutcome::kCommitted) << FailureMessage();
   // level and port are ints (3 + 1, 8080 + 1); debug is the bool false, not the string "false"
   // (which Jinja would find true); every declared endpoint is there, even without relations.
-  EXPECT_EQ(engine_->FactValue("dump"), "web/0|web|dump|action.dump|4|8081|quiet|lb|nginx|0|True|10.213.7.9");
+  EXPECT_EQ(engine_->FactValue("dump"),
+            "web/0|web|dump|action.dump|4|8081|quiet|lb|nginx|0|True|10.213.7.9");
 }
 
 TEST_F(AnsibleBackendTest, AFailingTaskRollsTheRunBack) {

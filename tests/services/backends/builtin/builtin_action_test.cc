@@ -154,8 +154,8 @@ TEST_F(BuiltinEngineTest, StepsSetFactsRelationDataAndStatus) {
   EXPECT_THAT(LocalBag("website:1"), ElementsAre(Pair("port", "9090")));
   ASSERT_TRUE(r.trace);
   ASSERT_EQ(r.trace->messages_size(), 1);
-  ASSERT_EQ(r.trace->messages(0).unit_changes_size(), 1);
-  EXPECT_TRUE(r.trace->messages(0).unit_changes(0).deleted());
+  ASSERT_EQ(r.trace->messages(0).event().unit_changes_size(), 1);
+  EXPECT_TRUE(r.trace->messages(0).event().unit_changes(0).deleted());
 
   // Event parameters; clear.
   Run(Named("action.rename", {{"title", "Hello"}}));

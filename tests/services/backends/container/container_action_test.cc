@@ -1,9 +1,9 @@
-// The `container` action kind (services/container_action.h) against a real container engine: a
-// private `podman system service` (its own storage root, run root and network namespace) that the
-// suite starts on a unix socket in a temp dir, with an image built from busybox-static and
-// imported locally (no registry is reachable). Handlers create, update, stop and remove the unit's
-// container; facts come from the daemon's inspection; failures name the API call and the daemon's
-// message and roll the run back.
+// The `container` action kind (services/backends/container/container_action.h) against a real
+// container engine: a private `podman system service` (its own storage root, run root and network
+// namespace) that the suite starts on a unix socket in a temp dir, with an image built from
+// busybox-static and imported locally (no registry is reachable). Handlers create, update, stop and
+// remove the unit's container; facts come from the daemon's inspection; failures name the API call
+// and the daemon's message and roll the run back.
 //
 // Needs root, podman, runc (crun refuses hybrid cgroup hierarchies), unshare and /bin/busybox.
 

@@ -326,9 +326,9 @@ TEST_F(ExecBackendTest, HookToolsActOnTheRun) {
   ASSERT_EQ(r.outcome, engine::RunOutcome::kCommitted) << FailureMessage();
   EXPECT_EQ(LocalBag("website:1"), (std::map<std::string, std::string>{{"port", "8080"}}));
   ASSERT_EQ(r.trace->messages_size(), 1);
-  ASSERT_EQ(r.trace->messages(0).unit_changes_size(), 1);
-  EXPECT_EQ(r.trace->messages(0).unit_changes(0).key(), "host");
-  EXPECT_TRUE(r.trace->messages(0).unit_changes(0).deleted());
+  ASSERT_EQ(r.trace->messages(0).event().unit_changes_size(), 1);
+  EXPECT_EQ(r.trace->messages(0).event().unit_changes(0).key(), "host");
+  EXPECT_TRUE(r.trace->messages(0).event().unit_changes(0).deleted());
   // A key the interface does not let this side publish is refused, naming it.
   r = Run(Named("withdraw-bad"));
   ASSERT_EQ(r.outcome, engine::RunOutcome::kFailed);

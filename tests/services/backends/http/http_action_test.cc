@@ -1,8 +1,9 @@
-// The `http` action kind (services/http_action.h) and the client under it
-// (services/http_client.h), against a real HTTP server: a python3 http.server the test writes
-// and starts on 127.0.0.1, port 0. The server records every request; tests assert on what it
-// received and on the facts the run set, and that failures (unexpected status, timeout, non-JSON
-// body, oversized body, unreachable server) name what failed and leave the run rolled back.
+// The `http` action kind (services/backends/http/http_action.h) and the client under it
+// (services/backends/common/http_client.h), against a real HTTP server: a python3 http.server the
+// test writes and starts on 127.0.0.1, port 0. The server records every request; tests assert on
+// what it received and on the facts the run set, and that failures (unexpected status, timeout,
+// non-JSON body, oversized body, unreachable server) name what failed and leave the run rolled
+// back.
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
