@@ -20,6 +20,7 @@
 #include "services/definition/definition.h"
 #include "services/host/host.h"
 #include "tests/services/agent/agent_test_util.h"
+#include "tests/services/host/processes_util.h"
 #include "tests/testing/temp_dir.h"
 
 namespace parley::services {
@@ -30,7 +31,13 @@ using ::testing::AllOf;
 using testing::Fact;
 using ::testing::Property;
 using ::testing::UnorderedElementsAre;
+using testing::Alive;
+using testing::CommandLine;
+using testing::KillOnExit;
+using testing::PidIn;
+using testing::ReadFile;
 using testing::WaitFor;
+using testing::Write;
 
 constexpr char kHook[] = PARLEY_HOOK;
 
@@ -62,48 +69,6 @@ setsid /bin/sh -c 'trap "" TERM; echo $$ > "$PARLEY_STATE_DIR/daemon.pid"; exec 
 echo $$ > "$PARLEY_STATE_DIR/handler.pid"
 exec sleep 86423
 )sh";
-
-void Write(const fs::path& path, const std::string& text, bool executable = false) {
-  fs::create_directories(path.parent_path());
-  std::ofstream(path) << text;
-  if (executable) fs::permissions(path, fs::perms::owner_all, fs::perm_options::add);
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  return std::string((std::istreambuf_iterator<char>(in)), {});
-}
-
-// The pid in `path`, once a process wrote it.
-int PidIn(const std::string& path) {
-  int pid = 0;
-  if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(ReadFile(path)), &pid)) return 0;
-  return pid;
-}
-
-// Running (a zombie no longer counts: it holds nothing).
-bool Alive(int pid) {
-  const std::string stat = ReadFile(absl::StrCat("/proc/", pid, "/stat"));
-  const size_t close = stat.rfind(')');
-  return close != std::string::npos && close + 2 < stat.size() && stat[close + 2] != 'Z';
-}
-
-std::string CommandLine(int pid) {
-  std::string c = ReadFile(absl::StrCat("/proc/", pid, "/cmdline"));
-  while (!c.empty() && c.back() == '\0') c.pop_back();
-  std::replace(c.begin(), c.end(), '\0', ' ');
-  return c;
-}
-
-// Kills what a failing test left behind.
-struct KillOnExit {
-  std::vector<int> pids;
-  ~KillOnExit() {
-    for (int pid : pids) {
-      if (pid > 0 && Alive(pid)) kill(pid, SIGKILL);
-    }
-  }
-};
 
 class RemoveAgentTest : public ::testing::Test {
  protected:

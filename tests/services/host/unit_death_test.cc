@@ -19,6 +19,7 @@
 #include "services/definition/definition.h"
 #include "services/host/host.h"
 #include "tests/services/agent/agent_test_util.h"
+#include "tests/services/host/processes_util.h"
 #include "tests/testing/temp_dir.h"
 
 namespace parley::services {
@@ -33,7 +34,12 @@ using ::testing::Property;
 using testing::Fact;
 using testing::OnStrand;
 using testing::Settled;
+using testing::Alive;
+using testing::KillOnExit;
+using testing::PidIn;
+using testing::ReadFile;
 using testing::WaitFor;
+using testing::Write;
 
 constexpr char kHook[] = PARLEY_HOOK;
 
@@ -100,44 +106,12 @@ handlers:
         - set: "db_gone=yes"
 )";
 
-void Write(const fs::path& path, const std::string& text, bool executable = false) {
-  fs::create_directories(path.parent_path());
-  std::ofstream(path) << text;
-  if (executable) fs::permissions(path, fs::perms::owner_all, fs::perm_options::add);
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  return std::string((std::istreambuf_iterator<char>(in)), {});
-}
-
 std::vector<std::string> Lines(const std::string& path) {
   std::vector<std::string> lines;
   std::ifstream in(path);
   for (std::string line; std::getline(in, line);) lines.push_back(line);
   return lines;
 }
-
-int PidIn(const std::string& path) {
-  int pid = 0;
-  if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(ReadFile(path)), &pid)) return 0;
-  return pid;
-}
-
-bool Alive(int pid) {
-  const std::string stat = ReadFile(absl::StrCat("/proc/", pid, "/stat"));
-  const size_t close = stat.rfind(')');
-  return close != std::string::npos && close + 2 < stat.size() && stat[close + 2] != 'Z';
-}
-
-struct KillOnExit {
-  std::vector<int> pids;
-  ~KillOnExit() {
-    for (int pid : pids) {
-      if (pid > 0 && Alive(pid)) kill(pid, SIGKILL);
-    }
-  }
-};
 
 class UnitDeathTest : public ::testing::Test {
  protected:
