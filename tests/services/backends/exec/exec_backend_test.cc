@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
@@ -732,6 +733,23 @@ TEST_F(ExecUserTest, AStateDirTheUserCannotReachIsAClearError) {
               HasSubstr(absl::StrCat("handler 'whoami': user 'parley' cannot reach the state dir ",
                                      dir_.Sub("private/state/web-0"), ": ", dir_.Sub("private"),
                                      " is mode 0700, owned by root:root")));
+}
+
+// A directory on the way that only an ACL entry opens to the user (what tools/setup does for
+// a clone under /root: setfacl -m u:parley:x) is reachable: the mode bits alone say it is not.
+TEST_F(ExecUserTest, AStateDirReachableThroughAnAclEntryIsReached) {
+  ASSERT_NO_FATAL_FAILURE(RequireParleyUser());
+  ASSERT_EQ(std::system("command -v setfacl >/dev/null"), 0)
+      << "setfacl is missing: install the Debian package acl (tools/setup does)";
+  Define("user: parley\n");
+  BackendOptions options = Options();
+  options.process.state_root = dir_.Sub("private/state");
+  std::filesystem::create_directories(dir_.Sub("private"));
+  chmod(dir_.Sub("private").c_str(), 0700);
+  ASSERT_EQ(std::system(absl::StrCat("setfacl -m u:parley:x ", dir_.Sub("private")).c_str()), 0);
+  ASSERT_NO_FATAL_FAILURE(Start(options));
+  const engine::RunOutcome outcome = Run(Named("whoami")).outcome;
+  EXPECT_EQ(outcome, engine::RunOutcome::kCommitted) << FailureMessage();
 }
 
 }  // namespace
