@@ -120,8 +120,11 @@ class Sequences:
                 rel = trig.get("relation", {})
                 if t.get("result") == "RESULT_COMMITTED":
                     for msg in t.get("messages", []):
-                        sent.setdefault((msg["relation_id"], u, msg["destination"]), []).append(
-                            (run, int(msg["sequence"])))
+                        # The event as sent (OutboxEntry.event, docs/protocol.md); the entry
+                        # names its destination.
+                        ev = msg.get("event", msg)
+                        sent.setdefault((ev["relation_id"], u, msg["destination"]), []).append(
+                            (run, int(ev["sequence"])))
                 if not trig.get("source", "").startswith("peer:"):
                     continue
                 seq = int(rel.get("sequence", "0"))
