@@ -102,6 +102,16 @@ def applied(*paths, mode=0o600):
         _write(path + ".applied", _read(path), mode)
 
 
+def write_if_changed(path, text, mode=0o600):
+    """Writes TEXT to PATH atomically; returns whether the content changed. For a file read
+    anew at each use (examples/postgres); a daemon's config read once at its start wants stage()
+    and applied(), which a kill between writing and restarting cannot fool."""
+    if _read(path) == text:
+        return False
+    _write(path, text, mode)
+    return True
+
+
 def pid_alive(pidfile, marker):
     """The pid in PIDFILE if that process runs and its command line contains MARKER, else None."""
     try:
