@@ -22,32 +22,20 @@ removed by the next run. Every wait is bounded and polls a condition.
   sudo PYTHONPATH=build/python python3 tests/cli/netns_test.py --bin build/bin
 """
 
-import argparse
-import ctypes
 import json
 import os
 import re
 import shutil
-import shlex
-import signal
 import socket
 import ssl
-import subprocess
-import sys
-import tempfile
-import time
 
 import grpc
 
+from netns import (CALL_TIMEOUT_S, PORT, Failure, Identity, Machines, Network, api, check, idle,
+                   read, relation_view, run, say, sh, tls_args, wait_for)
 from parley.v1 import agent_pb2
-from parley.v1 import agent_pb2_grpc
 from parley.v1 import peer_pb2
 from parley.v1 import peer_pb2_grpc
-
-T0 = time.monotonic()
-PREFIX = "parley-netns-"  # namespaces: parley-netns-<pid>-<n>
-PORT = 7000
-CALL_TIMEOUT_S = 10
 
 WEB = """name: web
 provides:
@@ -94,233 +82,6 @@ handlers:
       steps:
         - status: {state: active, message: "backend {{fact.backends.remote.host}}:{{fact.backends.remote.port}}"}
 """
-
-
-def say(msg):
-    print("[%6.1fs] %s" % (time.monotonic() - T0, msg), flush=True)
-
-
-class Failure(Exception):
-    pass
-
-
-def check(cond, msg):
-    if not cond:
-        raise Failure(msg)
-
-
-def wait_for(what, fn, timeout=60.0, interval=0.1):
-    """Polls FN until it returns something truthy; its last value or exception explains a timeout."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        try:
-            value = fn()
-            if value:
-                return value
-            last = value
-        except Exception as e:  # noqa: BLE001 - reported on timeout
-            last = "%s: %s" % (type(e).__name__, e)
-        if time.monotonic() > deadline:
-            raise Failure("timed out after %.0fs waiting for %s (last: %r)" % (timeout, what, last))
-        time.sleep(interval)
-
-
-def sh(*argv, ok=True, timeout=30):
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    if ok and p.returncode != 0:
-        raise Failure("%s failed (%d): %s%s" % (" ".join(argv), p.returncode, p.stdout, p.stderr))
-    return p
-
-
-def _die_with_parent():
-    # prctl(PR_SET_PDEATHSIG, SIGKILL): a daemon dies with the test, even if the test is killed.
-    # `ip netns exec` execs the daemon in the same process, so the setting carries over.
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-
-
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-
-
-# ---------------------------------------------------------------------------------------------
-# The network.
-
-class Network:
-    """N namespaces on a bridge in the root namespace, in 10.213.<x>.0/24: namespace i has .i, the
-    root namespace .254. remove() undoes whatever was made, in any state."""
-
-    def __init__(self, count):
-        self.tag = str(os.getpid())
-        self.bridge = "pb" + self.tag
-        self.namespaces = ["%s%s-%d" % (PREFIX, self.tag, i + 1) for i in range(count)]
-        self.veths = ["pv%sn%d" % (self.tag, i + 1) for i in range(count)]
-        self.subnet = None
-        self.made = []  # ("netns", name) / ("link", name), in creation order
-
-    @staticmethod
-    def remove_stale():
-        """Removes namespaces, links and temporary directories of earlier runs whose process is gone
-        (killed by SIGKILL)."""
-        listed = sh("ip", "netns", "list", ok=False).stdout
-        for name in re.findall(r"^(%s(\d+)-\d+)" % re.escape(PREFIX), listed, re.M):
-            if not _pid_alive(int(name[1])):
-                sh("ip", "netns", "delete", name[0], ok=False)
-        tmp = tempfile.gettempdir()
-        for name in os.listdir(tmp):
-            m = re.match(r"%s(\d+)-" % re.escape(PREFIX), name)
-            if m and not _pid_alive(int(m.group(1))):
-                shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
-        links = sh("ip", "-o", "link", "show", ok=False).stdout
-        for name, pid in re.findall(r"^\d+: (p[bv](\d+)\w*)[@:]", links, re.M):
-            if not _pid_alive(int(pid)):
-                sh("ip", "link", "delete", name, ok=False)
-
-    def _free_subnet(self):
-        taken = sh("ip", "-4", "-o", "addr", "show").stdout + sh("ip", "-4", "route", "show").stdout
-        start = os.getpid() % 250
-        for i in range(250):
-            x = 1 + (start + i) % 250
-            if "10.213.%d." % x not in taken:
-                return "10.213.%d" % x
-        raise Failure("no free 10.213.x.0/24 subnet")
-
-    def address(self, i):
-        """The address of namespace i (0-based)."""
-        return "%s.%d" % (self.subnet, i + 1)
-
-    def create(self):
-        self.subnet = self._free_subnet()
-        sh("ip", "link", "add", self.bridge, "type", "bridge")
-        self.made.append(("link", self.bridge))
-        sh("ip", "addr", "add", "%s.254/24" % self.subnet, "dev", self.bridge)
-        sh("ip", "link", "set", self.bridge, "up")
-        for i, (ns, veth) in enumerate(zip(self.namespaces, self.veths)):
-            sh("ip", "netns", "add", ns)
-            self.made.append(("netns", ns))
-            sh("ip", "link", "add", veth, "type", "veth", "peer", "name", veth + "p")
-            self.made.append(("link", veth))
-            sh("ip", "link", "set", veth + "p", "netns", ns)
-            sh("ip", "link", "set", veth, "master", self.bridge, "up")
-            inside = ["ip", "netns", "exec", ns, "ip"]
-            sh(*inside, "link", "set", "lo", "up")
-            sh(*inside, "link", "set", veth + "p", "name", "eth0")
-            sh(*inside, "addr", "add", "%s/24" % self.address(i), "dev", "eth0")
-            sh(*inside, "link", "set", "eth0", "up")
-        say("namespaces %s on bridge %s, %s.0/24" % (", ".join(self.namespaces), self.bridge,
-                                                     self.subnet))
-
-    def remove(self):
-        for kind, name in reversed(self.made):
-            if kind == "netns":
-                sh("ip", "netns", "delete", name, ok=False)
-            else:
-                sh("ip", "link", "delete", name, ok=False)
-        self.made = []
-
-    def tcp_reachable(self, ns, address, port):
-        """Whether a TCP connection from namespace NS to ADDRESS:PORT is accepted."""
-        code = "import socket; socket.create_connection((%r, %d), timeout=2).close()" % (address, port)
-        return sh("ip", "netns", "exec", ns, sys.executable, "-c", code, ok=False).returncode == 0
-
-
-# ---------------------------------------------------------------------------------------------
-# Processes.
-
-class Daemon:
-    """A parleyd in a namespace."""
-
-    def __init__(self, name, workdir, ns, listen, args, parleyd):
-        self.name = name
-        self.listen = listen
-        self.workdir = os.path.join(workdir, name)
-        os.makedirs(self.workdir)
-        self.log_path = os.path.join(self.workdir, "parleyd.log")
-        address_file = os.path.join(self.workdir, "address")
-        # PARLEY_NETNS_WRAP: a command the parleyds run under, e.g. "gdb -batch -ex run -ex bt --args".
-        argv = ["ip", "netns", "exec", ns] + shlex.split(os.environ.get("PARLEY_NETNS_WRAP", "")) + [parleyd,
-                "--data=" + os.path.join(self.workdir, "kb"),
-                "--state_dir=" + os.path.join(self.workdir, "units"),
-                "--listen=" + listen, "--address_file=" + address_file] + args
-        with open(self.log_path, "w") as log:
-            log.write("=== " + " ".join(argv) + "\n")
-            log.flush()
-            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
-        self.address = None
-        self._address_file = address_file
-
-    def wait_listening(self):
-        name, address_file = self.name, self._address_file
-
-        def listening():
-            check(self.process.poll() is None,
-                  "parleyd %s exited with %s:\n%s" % (name, self.process.returncode, self.log_tail()))
-            with open(address_file) as f:
-                return f.read().strip()
-        self.address = wait_for("parleyd %s to listen" % name, listening, timeout=30, interval=0.02)
-        check(self.address == self.listen,
-              "parleyd %s advertises %s, not %s" % (name, self.address, self.listen))
-
-    def handshake_failures(self):
-        """The TLS handshake failures gRPC logged in this parleyd, oldest first: the server's only
-        account of a peer it refused."""
-        try:
-            with open(self.log_path) as f:
-                return [line[line.index("Handshake failed"):].strip()
-                        for line in f if "Handshake failed" in line]
-        except OSError:
-            return []
-
-    def log_tail(self, lines=30):
-        try:
-            with open(self.log_path) as f:
-                return "".join(f.readlines()[-lines:])
-        except OSError:
-            return ""
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=15)
-
-
-def read(path):
-    with open(path, "rb") as f:
-        return f.read()
-
-
-class Identity:
-    """A certificate, its key and the CA it trusts, read into memory (down --purge deletes them)."""
-
-    def __init__(self, directory):
-        self.cert = read(os.path.join(directory, "cert.pem"))
-        self.key = read(os.path.join(directory, "key.pem"))
-        self.ca = read(os.path.join(directory, "ca.pem"))
-
-
-def api(address, identity=None, trust=None, client_cert=True):
-    """An agent API stub for ADDRESS: plaintext without IDENTITY; else TLS trusting TRUST (default
-    the identity's CA), presenting the identity's certificate when CLIENT_CERT."""
-    if identity is None:
-        channel = grpc.insecure_channel(address)
-    else:
-        creds = grpc.ssl_channel_credentials(
-            root_certificates=trust or identity.ca,
-            private_key=identity.key if client_cert else None,
-            certificate_chain=identity.cert if client_cert else None)
-        channel = grpc.secure_channel(address, creds)
-    return agent_pb2_grpc.AgentStub(channel)
 
 
 def denied(what, call, *parts):
@@ -386,54 +147,13 @@ def tls_probe(address, ca, cert_dir=None):
     return "http2" if len(answer) >= 9 and answer[3] == 4 else "answered %r" % answer
 
 
-def relation_view(stub, unit):
-    """What a unit knows of its relations: {relation id: (remote units, {bag: data})}."""
-    status = stub.GetStatus(agent_pb2.GetStatusRequest(agent=unit), timeout=CALL_TIMEOUT_S)
-    data = stub.GetRelationData(agent_pb2.GetRelationDataRequest(agent=unit), timeout=CALL_TIMEOUT_S)
-    bags = {r.relation_id: {b.name: dict(b.data) for b in r.bags} for r in data.relations}
-    return {r.relation_id: (sorted(r.remote_units), bags.get(r.relation_id, {}))
-            for r in status.relations}
-
-
-def idle(stub, unit):
-    return stub.CheckIdle(agent_pb2.CheckIdleRequest(agent=unit), timeout=CALL_TIMEOUT_S).idle
-
-
 # ---------------------------------------------------------------------------------------------
 # The test.
 
-class Test:
+class Test(Machines):
     def __init__(self, opts):
-        self.bin = os.path.abspath(opts.bin)
-        self.source = os.path.abspath(opts.source)
-        self.parley_bin = os.path.join(self.bin, "parley")
-        self.parleyd = os.path.join(self.bin, "parleyd")
-        for b in (self.parley_bin, self.parleyd, os.path.join(self.bin, "parley-hook")):
-            check(os.access(b, os.X_OK), "%s is missing (build parley parleyd parley-hook)" % b)
-        self.tmp = tempfile.mkdtemp(prefix="%s%d-" % (PREFIX, os.getpid()))
-        # The units' programs run as the unprivileged user `parley`: it must reach their state dirs.
-        os.chmod(self.tmp, 0o755)
-        self.net = Network(3)
-        self.daemons = []
-        self.model_dir = os.path.join(self.tmp, "state")        # the model's PARLEY_MODEL_DIR
+        super().__init__(opts, 3)
         self.other_dir = os.path.join(self.tmp, "other-state")  # another model's, another CA
-
-    def parley(self, *argv, model_dir=None, ok=True, timeout=240):
-        say("$ parley " + " ".join(argv))
-        env = dict(os.environ, PARLEY_MODEL_DIR=model_dir or self.model_dir)
-        p = subprocess.run([self.parley_bin, *argv], env=env, capture_output=True, text=True,
-                           timeout=timeout)
-        if ok and p.returncode != 0:
-            raise Failure("parley %s failed (%d):\n%s%s" % (" ".join(argv), p.returncode, p.stdout,
-                                                          p.stderr))
-        return p
-
-    def start(self, name, ns_index, port, args):
-        d = Daemon(name, self.tmp, self.net.namespaces[ns_index],
-                   "%s:%d" % (self.net.address(ns_index), port), args, self.parleyd)
-        self.daemons.append(d)
-        d.wait_listening()
-        return d
 
     def write_model(self):
         """The definitions and model.yaml in <tmp>/model; a copy in <tmp>/east-root stands for the
@@ -489,13 +209,10 @@ relations:
         check(read(os.path.join(pki, "ca.pem")) != read(os.path.join(other_pki, "ca.pem")),
               "the two model directories share a CA")
 
-        def tls(d):
-            return ["--tls_cert=%s/cert.pem" % d, "--tls_key=%s/key.pem" % d, "--tls_ca=%s/ca.pem" % d]
-
         # The hosts read their certificates where `parley cert` wrote them, in the model directory
         # that down --purge deletes: a parleyd must not need its TLS files after it started.
-        self.east = self.start("east", 0, PORT, tls(os.path.join(pki, "east")))
-        self.west = self.start("west", 1, PORT, tls(os.path.join(pki, "west")))
+        self.east = self.start("east", 0, PORT, tls_args(os.path.join(pki, "east")))
+        self.west = self.start("west", 1, PORT, tls_args(os.path.join(pki, "west")))
         model = self.write_model()
         lb_dir, interfaces = os.path.join(model, "lb"), os.path.join(model, "interfaces")
         # The rogue parleyd trusts the model's CA as well as its own (a CA certificate is no
@@ -503,7 +220,7 @@ relations:
         rogue_ca = os.path.join(self.tmp, "rogue-ca.pem")
         with open(rogue_ca, "wb") as f:
             f.write(read(os.path.join(other_pki, "ca.pem")) + read(os.path.join(pki, "ca.pem")))
-        self.rogue = self.start("rogue", 2, PORT, tls(os.path.join(other_pki, "rogue"))[:2] + [
+        self.rogue = self.start("rogue", 2, PORT, tls_args(os.path.join(other_pki, "rogue"))[:2] + [
             "--tls_ca=" + rogue_ca, "--definitions=lb/9=" + lb_dir, "--interfaces=" + interfaces])
         self.plain = self.start("plain", 2, PORT + 1, ["--plaintext", "--definitions=lb/8=" + lb_dir,
                                                         "--interfaces=" + interfaces])
@@ -719,52 +436,6 @@ relations:
             check(len(resp.agents) == 0, "%s still hosts %s" % (d.name, [a.agent for a in resp.agents]))
         say("down --purge removed the units from east and west")
 
-    def cleanup(self, failed):
-        for d in self.daemons:
-            exited = d.process.poll()
-            d.stop()
-            if failed:
-                sys.stderr.write("---- parleyd %s (%s)%s\n%s" % (
-                    d.name, d.listen, "" if exited is None else ", exited (%d) before the end" % exited,
-                    d.log_tail(60)))
-        self.net.remove()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def _interrupted(signum, frame):
-    raise Failure("interrupted by signal %d" % signum)
-
-
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--bin", default=os.environ.get("PARLEY_BIN", ""),
-                   help="directory holding parley, parleyd and parley-hook (env PARLEY_BIN)")
-    p.add_argument("--source", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."),
-                   help="the source tree (for examples/interfaces)")
-    opts = p.parse_args()
-    if os.geteuid() != 0:
-        print("SKIP: needs root for network namespaces", flush=True)
-        sys.exit(77)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, _interrupted)
-    test = None
-    failed = True
-    try:
-        test = Test(opts)
-        test.run()
-        failed = False
-    except Failure as e:
-        say("FAIL: %s" % e)
-    finally:
-        # Cleanup must finish even if another signal arrives.
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
-        if test is not None:
-            test.cleanup(failed)
-    if failed:
-        sys.exit(1)
-    say("PASS")
-
 
 if __name__ == "__main__":
-    main()
+    run(__doc__.split("\n")[0], Test)

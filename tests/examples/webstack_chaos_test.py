@@ -39,6 +39,8 @@ import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+from sequence_accounting import Sequences  # noqa: E402
 from e2e import EXAMPLES, Failure, Model, args, check, http, main, say, wait_for
 
 opts = args(__doc__.splitlines()[0])
@@ -90,74 +92,6 @@ class Writer(threading.Thread):
             return dict(self.acked)
 
 
-class Sequences:
-    """Per-(relation, sender, receiver) accounting from the agents' traces."""
-
-    def __init__(self, model, units):
-        self.m, self.units = model, units
-        self.runs = {u: {} for u in units}  # unit -> run number -> trace
-        self.complete = {u: True for u in units}  # whether every run since the first was seen
-
-    def collect(self):
-        for u in self.units:
-            data = json.loads(self.m.run("trace", u, "--last", "100", "--json", quiet=True) or "{}")
-            traces = data.get("traces", [])
-            seen = self.runs[u]
-            numbers = sorted(int(t["run"]) for t in traces)
-            if seen and numbers and numbers[0] > max(seen) + 1:
-                self.complete[u] = False  # runs went by unseen (more than 100 since the last look)
-            for t in traces:
-                seen[int(t["run"])] = t
-
-    def check(self):
-        """Returns (triples checked, events applied, problems)."""
-        received = {}  # (relation, sender, receiver) -> [(event id, seq)] in inbox order
-        sent = {}      # (relation, sender, receiver) -> [(run, seq)]
-        for u, runs in self.runs.items():
-            events = {}
-            for run, t in sorted(runs.items()):
-                trig = t.get("trigger", {})
-                rel = trig.get("relation", {})
-                if t.get("result") == "RESULT_COMMITTED":
-                    for msg in t.get("messages", []):
-                        # The event as sent (OutboxEntry.event, docs/protocol.md); the entry
-                        # names its destination.
-                        ev = msg.get("event", msg)
-                        sent.setdefault((ev["relation_id"], u, msg["destination"]), []).append(
-                            (run, int(ev["sequence"])))
-                if not trig.get("source", "").startswith("peer:"):
-                    continue
-                seq = int(rel.get("sequence", "0"))
-                if seq == 0:
-                    continue
-                eid = int(trig["id"])
-                key = (rel["relation_id"], rel["remote_unit"], u)
-                prev = events.get(eid)
-                check(prev is None or prev == (key, seq),
-                      "%s: event %d seen as %r and as %r" % (u, eid, prev, (key, seq)))
-                events[eid] = (key, seq)
-            for eid, (key, seq) in sorted(events.items()):
-                received.setdefault(key, []).append((eid, seq))
-        problems = []
-        for key, items in received.items():
-            seqs = [s for _, s in items]
-            if len(set(seqs)) != len(seqs):
-                problems.append("%s: sequence applied twice: %s" % (key, seqs))
-            if seqs != sorted(seqs):
-                problems.append("%s: sequences out of order: %s" % (key, seqs))
-            if self.complete[key[2]] and seqs and seqs != list(range(seqs[0], seqs[0] + len(seqs))):
-                problems.append("%s: a gap in the sequences applied: %s" % (key, seqs))
-        for key, items in sent.items():
-            seqs = [s for _, s in items]
-            if len(set(seqs)) != len(seqs) or seqs != sorted(seqs):
-                problems.append("%s: sequences sent twice or out of order: %s" % (key, seqs))
-            got = [s for _, s in received.get(key, [])]
-            if key[2] in self.units and seqs and (not got or max(got) < max(seqs)):
-                problems.append("%s: sent up to %d, the receiver applied up to %s" %
-                                (key, max(seqs), max(got) if got else "nothing"))
-        return len(received), sum(len(v) for v in received.values()), problems
-
-
 def test():
     seed = int(os.environ.get("PARLEY_CHAOS_SEED") or random.randrange(1, 1 << 31))
     say("PARLEY_CHAOS_SEED=%d" % seed)
@@ -176,7 +110,7 @@ def test():
         m.run("wait", "--timeout", "%ds" % SETTLE_BOUND)
 
         writer = Writer(lb, "w%d" % seed)
-        seqs = Sequences(m, units)
+        seqs = Sequences(lambda u: m.run("trace", u, "--last", "100", "--json", quiet=True), units)
         settles = []
         verified = set()
         greeting_n = [0]
