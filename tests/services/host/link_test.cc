@@ -196,5 +196,86 @@ TEST_F(LinkTest, PeerStartingWhileTheOtherDialsItPairsOnceTheDialEnds) {
   })) << link_of(relay, "c/0").ShortDebugString();
 }
 
+// A dial that nobody answers (the peer's machine blackholed: the TCP connection is accepted, the
+// HTTP/2 and Hello exchanges never complete) is an attempt, not a stream: status shows the link
+// CONNECTING and the log says nothing of a stream being up. Before the fix the dialed stream was
+// attached when the call started, so throughout a blackhole `parley status` showed the link
+// CONNECTED and the log said "stream with c/0 up" then "down" for every attempt (seen in
+// netns_faults_test); the stream is attached once the listener answers the Hello.
+TEST_F(LinkTest, ADialNobodyAnswersIsConnectingNotConnected) {
+  auto proxy = parley::testing::TcpProxy::Start("127.0.0.1:1");
+  ASSERT_TRUE(proxy.ok()) << proxy.status();
+  // c/0 is known only at the proxy: what it advertises (so that its requests to dial do not
+  // point a/0 around the proxy).
+  HostOptions co = Options("c");
+  co.advertise = (*proxy)->address();
+  co.listen = absl::StrCat("127.0.0.1:", parley::testing::PickFreePort());
+  std::unique_ptr<Host> c = Start(co);
+  ASSERT_TRUE(c);
+  Agent* recorder = Add(c.get(), "recorder", "c/0");
+  ASSERT_TRUE(recorder);
+  (*proxy)->SetUpstream(co.listen);
+  std::unique_ptr<Host> a = Start(Options("a"));
+  ASSERT_TRUE(a);
+  Agent* relay = Add(a.get(), "relay", "a/0");
+  ASSERT_TRUE(relay);
+  auto related = testing::Relate(a.get(), "r:1", relay, "out", (*proxy)->address(), "c/0", "in");
+  ASSERT_TRUE(related.ok()) << related.status();
+  auto link_of = [&](const std::string& peer) {
+    const v1::AgentStatus st = OnStrand(relay, [&] { return relay->Status(); });
+    for (const auto& p : st.peers()) {
+      if (p.agent() == peer) return p;
+    }
+    return v1::PeerLinkStatus();
+  };
+  auto ups = [&] {
+    const std::string logs = Logs(a.get());
+    int n = 0;
+    for (size_t at = logs.find("stream with c/0 up"); at != std::string::npos;
+         at = logs.find("stream with c/0 up", at + 1)) {
+      ++n;
+    }
+    return n;
+  };
+  ASSERT_TRUE(testing::FireEvent(relay, "action.set", {{"value", "1"}}).ok());
+  ASSERT_TRUE(WaitFor([&] {
+    return Fact(recorder, "count") == "1" &&
+           link_of("c/0").state() == v1::PEER_LINK_STATE_CONNECTED;
+  })) << Logs(a.get());
+  const int ups_before = ups();
+  EXPECT_EQ(link_of("c/0").address(), (*proxy)->address());
+
+  // The link goes dark and its connection is cut: every dial from now on is accepted by the
+  // proxy and never answered.
+  (*proxy)->Blackhole();
+  (*proxy)->DropConnections();
+  ASSERT_TRUE(testing::FireEvent(relay, "action.set", {{"value", "2"}}).ok());
+  // Attempts end unanswered (gRPC gives up on the connection, or the handshake times out) and
+  // start again after the backoff: for a second, none of them is ever a stream.
+  ASSERT_TRUE(WaitFor([&] { return !link_of("c/0").last_error().empty(); }))
+      << link_of("c/0").ShortDebugString();
+  int connecting = 0;
+  for (const absl::Time end = absl::Now() + absl::Seconds(1); absl::Now() < end;) {
+    const v1::PeerLinkStatus p = link_of("c/0");
+    ASSERT_NE(p.state(), v1::PEER_LINK_STATE_CONNECTED) << p.ShortDebugString() << "\n"
+                                                        << Logs(a.get());
+    EXPECT_EQ(p.outbox_unacked(), 1u);
+    connecting += p.state() == v1::PEER_LINK_STATE_CONNECTING;
+    absl::SleepFor(absl::Milliseconds(2));  // the sampling interval
+  }
+  EXPECT_GT(connecting, 0);
+  EXPECT_EQ(ups(), ups_before) << Logs(a.get());
+
+  (*proxy)->Heal();
+  ASSERT_TRUE(WaitFor([&] { return Fact(recorder, "count") == "2"; }, absl::Seconds(20)))
+      << Logs(a.get());
+  EXPECT_EQ(Fact(recorder, "seen"), "1,2");
+  ASSERT_TRUE(WaitFor([&] {
+    const v1::PeerLinkStatus p = link_of("c/0");
+    return p.outbox_unacked() == 0 && p.state() == v1::PEER_LINK_STATE_CONNECTED;
+  })) << link_of("c/0").ShortDebugString();
+  EXPECT_EQ(ups(), ups_before + 1) << Logs(a.get());
+}
+
 }  // namespace
 }  // namespace parley::services
