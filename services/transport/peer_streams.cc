@@ -350,6 +350,13 @@ class ClientStream : public grpc::ClientBidiReactor<v1::PeerFrame, v1::PeerFrame
       }
       established_ = true;
       handle_->set_established();
+      // Only now is it a stream: until the answer, status shows the link connecting and the
+      // log says nothing of it being up (a blackholed dial is an attempt). Posted before any
+      // frame of the listener's and before OnDone's Detach (reactions of one call are serial).
+      Agent* agent = local_;
+      std::string remote = remote_;
+      std::shared_ptr<StreamHandle> handle = handle_;
+      agent->strand()->Post([agent, remote, handle] { agent->Attach(remote, handle); });
       StartRead(&in_);
       return;
     }
@@ -505,9 +512,7 @@ std::unique_ptr<v1::Peer::CallbackService> MakePeerService(PeerHost* host) {
 void DialPeer(PeerHost* host, Agent* local, const std::string& remote, v1::Peer::Stub* stub) {
   auto* stream = new ClientStream(host, local, remote, stub);
   std::shared_ptr<StreamHandle> handle = stream->handle();
-  // Attach is queued before the call starts, so the Detach of a call that fails at once comes
-  // after it on the strand.
-  local->strand()->Post([local, remote, handle] { local->Attach(remote, handle); });
+  // The stream attaches itself to `local` once the listener answers the Hello.
   stream->Start();
   // A dial that gets no answer (a peer that vanished, a blackholed link) must not hold the link
   // forever: cancel it, which ends the stream and schedules the next attempt.
