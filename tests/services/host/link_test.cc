@@ -260,7 +260,7 @@ TEST_F(LinkTest, ADialNobodyAnswersIsConnectingNotConnected) {
                 p.state() == v1::PEER_LINK_STATE_BACKING_OFF)
         << p.ShortDebugString() << "\n"
         << Logs(a.get());
-    ASSERT_GE(p.outbox_unacked(), 1u);  // value 2 waits
+    ASSERT_GE(p.outbox_unacked(), 1u);      // value 2 waits
     absl::SleepFor(absl::Milliseconds(2));  // the sampling interval
   }
   EXPECT_EQ(ups(), ups_before) << Logs(a.get());
