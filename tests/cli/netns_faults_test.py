@@ -174,9 +174,10 @@ class Test(Machines):
     def all_pairs(self):
         return [(u, r) for u, eps in self.remotes.items() for rs in eps.values() for r in rs]
 
-    def converged(self):
-        """None when the model shows the newest config everywhere; else what differs."""
-        st = self.status()
+    def converged(self, st=None):
+        """None when the model shows the newest config everywhere (ST: its status, read now if
+        not given); else what differs."""
+        st = st or self.status()
         for u in self.units:
             s = st.get(u, {})
             w = s.get("workload", {})
@@ -211,8 +212,9 @@ class Test(Machines):
         diff = "not polled yet"
         while True:
             try:
+                st = self.status()
                 if links_ms is None:
-                    down = self.links_down(self.status(), self.all_pairs())
+                    down = self.links_down(st, self.all_pairs())
                     for d in down:
                         late[d.split(":")[0]] = (time.monotonic() - since) * 1000, d
                     if os.environ.get("PARLEY_TEST_LOG"):
@@ -220,10 +222,13 @@ class Test(Machines):
                             (time.monotonic() - since) * 1000, ", ".join(down) or "none"))
                     if not down:
                         links_ms = (time.monotonic() - since) * 1000
-                diff = self.converged()
+                diff = self.converged(st)
             except (Failure, ValueError, KeyError) as e:
                 diff = "%s: %s" % (type(e).__name__, e)
             if diff is None:
+                # Settled, as the poll that just ended saw it (the confirmations below add the
+                # CLI's own time, not the model's).
+                settle_ms = (time.monotonic() - since) * 1000
                 break
             if time.monotonic() > deadline:
                 raise Failure("not settled %d s after %s: %s" % (SETTLE_BOUND, what, diff))
@@ -231,7 +236,6 @@ class Test(Machines):
         left = max(deadline - time.monotonic(), 5)
         self.parley("wait", "--timeout", "%ds" % left, quiet=True, timeout=left + 30)
         check(self.converged() is None, "after %s, parley wait settled but: %s" % (what, self.converged()))
-        settle_ms = (time.monotonic() - since) * 1000
         self.seqs.collect()
         triples, applied, problems = self.seqs.check()
         check(not problems, "sequence accounting after %s:\n  %s" % (what, "\n  ".join(problems)))
