@@ -49,7 +49,9 @@ from sequence_accounting import Sequences  # noqa: E402
 
 RELAY_PORT = 7100      # the delay relay in front of each parleyd
 SETTLE_BOUND = 60      # s from a heal to a settled model (measured: a few seconds; see docs)
-DETECT_BOUND = 20      # s for the keepalives to take a blackholed link's streams down
+# s for the keepalives (2 s ping + 2 s timeout) to take a cut link's streams down (measured:
+# 2.4-5.6 s from the cut, polls included)
+DETECT_BOUND = 12
 # s from a heal to every link connected again: the longest backoff (5 s), a dial's handshake
 # timeout (3 s) and slack for a loaded machine (measured: under 4 s)
 REDIAL_BOUND = 15
