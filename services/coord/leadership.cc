@@ -11,6 +11,13 @@ namespace parley::coord {
 absl::Status ValidateLeadershipOptions(const LeadershipOptions& o) {
   if (o.election.empty()) return absl::InvalidArgumentError("leadership election: empty");
   if (o.candidate.empty()) return absl::InvalidArgumentError("leadership candidate: empty");
+  return ValidateLeaseTiming(o.lease_ttl, o.leading_interval);
+}
+
+absl::Status ValidateLeaseTiming(absl::Duration lease_ttl, absl::Duration leading_interval) {
+  LeadershipOptions o;
+  o.lease_ttl = lease_ttl;
+  o.leading_interval = leading_interval;
   if (o.lease_ttl < absl::Seconds(2)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "leadership lease_ttl ", absl::FormatDuration(o.lease_ttl), ": must be at least 2s"));

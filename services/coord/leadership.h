@@ -40,6 +40,8 @@ struct LeadershipOptions {
 // raises shorter ones) and a leading interval above zero and at most half the TTL, so that three
 // refreshes fit in what is left. INVALID_ARGUMENT naming the field otherwise.
 absl::Status ValidateLeadershipOptions(const LeadershipOptions& options);
+// The timing part of that check alone (service.yaml's `leadership:` is checked with it).
+absl::Status ValidateLeaseTiming(absl::Duration lease_ttl, absl::Duration leading_interval);
 
 // How often a lease is refreshed: a third of what the TTL leaves after the leading interval.
 absl::Duration KeepAliveInterval(const LeadershipOptions& options);
