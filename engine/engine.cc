@@ -309,6 +309,7 @@ absl::StatusOr<RunResult> Engine::Execute(v1::Event event, uint32_t attempt) {
   absl::Status applied = retry ? absl::OkStatus() : ApplyConfigChange(event);
   if (applied.ok() && !retry) applied = ApplyRelationChange(event);
   if (applied.ok() && !retry) applied = ApplyLifecycle(event);
+  if (applied.ok() && !retry) applied = ApplyLeadership(event);
   if (absl::Status s = applied; !s.ok()) {
     if (absl::IsInvalidArgument(s) || absl::IsNotFound(s))
       return fail("", std::string(s.message()));
@@ -321,6 +322,7 @@ absl::StatusOr<RunResult> Engine::Execute(v1::Event event, uint32_t attempt) {
     QueueRetry(event);
   } else if (event.folded_into() == 0 && !cancelled_by) {
     FireEvent(event.name(), nullptr);
+    if (run_->elected) FireEvent(kLeaderElectedEvent, nullptr);
   } else if (cancelled_by) {
     trace.set_result(v1::Trace::RESULT_CANCELLED);
     trace.set_error(CancelReason(*cancelled_by, "its data was applied and no handler ran for it"));
@@ -351,6 +353,7 @@ absl::StatusOr<RunResult> Engine::Execute(v1::Event event, uint32_t attempt) {
     if (absl::Status s = RunHandler(h); !s.ok()) return fail(h->name, std::string(s.message()));
     Retest();
   }
+  if (absl::Status s = CheckTermAtCommit(); !s.ok()) return fail("", std::string(s.message()));
   RunResult result;
   result.handler_time = clock_->Now() - start;
   result.handlers_run = run_->executions;
@@ -399,8 +402,8 @@ absl::StatusOr<uint64_t> Engine::CommitRun(const v1::Event& event, v1::Trace& tr
   for (Handler* h : run_->ran)
     txn_->PutUnindexed(Space::kHandler, h->name, kb::EncodeU64(h->last_ran));
 
-  RETURN_IF_ERROR(relations_->StageMessages(*txn_, *outbox_, Sender{spec_.unit, spec_.service},
-                                            run_number, trace));
+  RETURN_IF_ERROR(relations_->StageMessages(
+      *txn_, *outbox_, Sender{spec_.unit, spec_.service, LeadingTerm()}, run_number, trace));
   RETURN_IF_ERROR(relations_->StageRecords(*txn_));
   for (v1::Event& e : relations_->FollowUps()) inbox_->Stage(*txn_, e);
   txn_->PutUnindexed(Space::kMeta, keys::kClock, kb::EncodeU64(change_clock_));

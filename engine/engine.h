@@ -24,6 +24,7 @@
 // RunContext (run_context.h).
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -243,6 +244,17 @@ class Engine {
   const ServiceSpec& spec() const { return spec_; }
   kb::Kb* kb() const { return kb_; }
 
+  // Leadership (leadership.cc; docs/coordination.md). A run that wrote the service bag commits
+  // only if `check` says the term it wrote under is still current (the agent asks the
+  // coordinator); an error from it fails the run, which is retried. Without a check such a run
+  // commits on the engine's own view. Set it before the first run.
+  using TermCheck = std::function<absl::StatusOr<bool>(int64_t term)>;
+  void SetTermCheck(TermCheck check) { term_check_ = std::move(check); }
+  // The leadership term this unit leads in as committed or staged (0: it does not lead).
+  int64_t LeadingTerm() const;
+  // Service-bag changes from remote services ignored as older than a term already applied.
+  uint64_t stale_service_changes() const;
+
  private:
   friend class RunContext;
 
@@ -258,6 +270,11 @@ class Engine {
   absl::Status ApplyConfigChange(const v1::Event& event);
   absl::Status ApplyRelationChange(const v1::Event& event);
   absl::Status ApplyLifecycle(const v1::Event& event);
+  absl::Status ApplyLeadership(const v1::Event& event);
+  // Why this run may not write the service bag, if it may not (RunContext::SetData).
+  absl::Status CheckServiceWrite();
+  // Why this run may not commit the service data it wrote, if it may not.
+  absl::Status CheckTermAtCommit();
   void FireEvent(absl::string_view event, const Handler* by);
   void Retest();
   void Queue(Handler* h, Reason reason, absl::string_view reason_event);
@@ -323,6 +340,8 @@ class Engine {
   v1::UnitStage stage_ = v1::UNIT_STAGE_INSTALLING;
   // A removal's `stop` is queued (it may not have run yet).
   bool removal_queued_ = false;
+
+  TermCheck term_check_;
 
   std::unique_ptr<kb::Txn> txn_;
   std::unique_ptr<Run> run_;

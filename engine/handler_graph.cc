@@ -13,7 +13,8 @@ namespace {
 // Prefixes of internal events (config.changed, timer.<name>, file.changed.<path>,
 // action.<name>); no endpoint may take these names.
 bool IsInternalNamespace(absl::string_view prefix) {
-  return prefix == "config" || prefix == "timer" || prefix == "file" || prefix == "action";
+  return prefix == "config" || prefix == "timer" || prefix == "file" || prefix == "action" ||
+         prefix == "leader";
 }
 
 }  // namespace

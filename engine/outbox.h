@@ -35,6 +35,8 @@ namespace parley::engine {
 struct Sender {
   absl::string_view unit;
   absl::string_view service;
+  // The leadership term the service's data is sent under (0: the service declares none).
+  int64_t service_term = 0;
 };
 
 class Outbox {
@@ -107,8 +109,8 @@ class Outbox {
 
 // Entries stored before schema version 2 (kb/store.h) hold the event's fields in the entry itself
 // (OutboxEntry fields 2-9 and 11-13): moves them into `entry.event()`. Entries that have an
-// event, or no such fields, are left as they are. Every read of a stored entry goes through it: the outbox's
-// and the messages of stored traces.
+// event, or no such fields, are left as they are. Every read of a stored entry goes through it: the
+// outbox's and the messages of stored traces.
 void UpgradeOutboxEntry(v1::OutboxEntry& entry);
 // Parses a stored outbox entry (ParseRecord) and upgrades it.
 absl::Status ParseOutboxEntry(const kb::Kb& kb, absl::string_view key, absl::string_view value,

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "engine/key_layout.h"
@@ -111,7 +112,10 @@ absl::StatusOr<bool> Relations::Apply(const v1::Event& event, kb::Txn& txn) {
           std::binary_search(rel.remote_units().begin(), rel.remote_units().end(), unit);
       if (!unit.empty() && !member) return false;  // departed meanwhile: stale
       if (!unit.empty()) apply(absl::StrCat("ru:", unit), rc.unit_changes());
-      apply("rs", rc.service_changes());
+      if (rc.service_changes_size() > 0) {
+        ASSIGN_OR_RETURN(const bool current, AcceptServiceTerm(txn, rc));
+        if (current) apply("rs", rc.service_changes());
+      }
       break;
     }
     case v1::RELATION_EVENT_KIND_DEPARTED:
@@ -195,6 +199,24 @@ std::vector<const v1::RelationRecord*> Relations::Live(absl::string_view endpoin
   return out;
 }
 
+absl::StatusOr<bool> Relations::AcceptServiceTerm(kb::Txn& txn, const v1::RelationChange& rc) {
+  // The newest term seen for the remote service's data of this relation, beside its bags (so it
+  // goes with them when the relation breaks).
+  const std::string key = absl::StrCat(keys::Bag(rc.relation_id(), "rt"), "term");
+  ASSIGN_OR_RETURN(auto stored, txn.Get(Space::kBag, key));
+  int64_t seen = 0;
+  if (stored.has_value() && !absl::SimpleAtoi(*stored, &seen)) {
+    return absl::DataLossError(absl::StrCat(
+        "relation '", rc.relation_id(), "': stored service term '", *stored, "' is not a number"));
+  }
+  if (rc.service_term() < seen) {
+    ++stale_service_changes_;
+    return false;
+  }
+  if (rc.service_term() > seen) txn.Put(Space::kBag, key, absl::StrCat(rc.service_term()));
+  return true;
+}
+
 absl::Status Relations::SetLocalData(kb::Txn& txn, absl::string_view relation_id,
                                      absl::string_view key, std::optional<absl::string_view> value,
                                      bool service) {
@@ -262,14 +284,16 @@ absl::Status Relations::StageMessages(kb::Txn& txn, Outbox& outbox, Sender sende
             if (e.kind() == v1::RELATION_EVENT_KIND_JOINED) {
               // An introduction carries the whole of this unit's data.
               RETURN_IF_ERROR(add_bag(id, "lu", e.mutable_unit_changes()));
-              return add_bag(id, "ls", e.mutable_service_changes());
+              RETURN_IF_ERROR(add_bag(id, "ls", e.mutable_service_changes()));
+            } else {
+              if (unit_it != run_.local_unit.end()) {
+                add_changes(unit_it->second, e.mutable_unit_changes());
+              }
+              if (service_it != run_.local_service.end()) {
+                add_changes(service_it->second, e.mutable_service_changes());
+              }
             }
-            if (unit_it != run_.local_unit.end()) {
-              add_changes(unit_it->second, e.mutable_unit_changes());
-            }
-            if (service_it != run_.local_service.end()) {
-              add_changes(service_it->second, e.mutable_service_changes());
-            }
+            if (e.service_changes_size() > 0) e.set_service_term(sender.service_term);
             return absl::OkStatus();
           },
           trace));

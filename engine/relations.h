@@ -62,6 +62,10 @@ class Relations {
   absl::Status StageRecords(kb::Txn& txn);
   std::vector<v1::Event> FollowUps() const;
 
+  // Service-bag changes ignored because they came from an older leadership term of the remote
+  // service than one already applied (fencing), since this object was made.
+  uint64_t stale_service_changes() const { return stale_service_changes_; }
+
   // See Engine::CheckPeerEvent.
   absl::Status CheckPeerEvent(const kb::Kb& kb, absl::string_view relation_id,
                               absl::string_view sender, v1::RelationEventKind kind) const;
@@ -71,7 +75,12 @@ class Relations {
     return !rel.gone() && !run_.broken.contains(id);
   }
 
+  // Whether `rc`'s service changes are from a term at least as new as any applied before for its
+  // relation (recording the newer term in `txn`); false (and counted) when they are stale.
+  absl::StatusOr<bool> AcceptServiceTerm(kb::Txn& txn, const v1::RelationChange& rc);
+
   std::map<std::string, v1::RelationRecord> records_;
+  uint64_t stale_service_changes_ = 0;
 
   // What the current run changed.
   struct RunChanges {

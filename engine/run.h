@@ -39,6 +39,10 @@ struct Run {
   std::vector<Handler*> executed;  // every handler run at least once
   std::vector<StepRecord> steps;
   uint32_t executions = 0;
+  // Leadership: the event made this unit leader (leader.elected fires after it), and the term the
+  // run wrote the service bag under (0: it did not).
+  bool elected = false;
+  int64_t service_term = 0;
 };
 
 }  // namespace parley::engine

@@ -52,11 +52,13 @@ absl::StatusOr<std::map<std::string, std::string>> RunContext::Bag(absl::string_
 
 absl::Status RunContext::SetData(absl::string_view relation_id, absl::string_view key,
                                  absl::string_view value, bool service) {
+  if (service) RETURN_IF_ERROR(engine_->CheckServiceWrite());
   return engine_->relations_->SetLocalData(*engine_->txn_, relation_id, key, value, service);
 }
 
 absl::Status RunContext::DeleteData(absl::string_view relation_id, absl::string_view key,
                                     bool service) {
+  if (service) RETURN_IF_ERROR(engine_->CheckServiceWrite());
   return engine_->relations_->SetLocalData(*engine_->txn_, relation_id, key, std::nullopt, service);
 }
 

@@ -86,6 +86,19 @@ struct HandlerSpec {
 // The fact the engine sets when the unit starts dying; handlers cannot set or clear it.
 inline constexpr absl::string_view kDyingFact = "dying";
 
+// Leadership (docs/coordination.md). The facts the engine keeps from `leader.changed` events:
+// `leader` is set on the leader only (its value is the term), `leader.unit` and `leader.term` on
+// every unit of a service that declares leadership. Handlers cannot set or clear them.
+inline constexpr absl::string_view kLeaderFact = "leader";
+inline constexpr absl::string_view kLeaderUnitFact = "leader.unit";
+inline constexpr absl::string_view kLeaderTermFact = "leader.term";
+// The event the agent queues when its service's leader changes, and the one the engine fires
+// after it on the unit that became leader.
+inline constexpr absl::string_view kLeaderChangedEvent = "leader.changed";
+inline constexpr absl::string_view kLeaderElectedEvent = "leader.elected";
+// True for the facts only the engine changes (dying and the leadership facts).
+bool IsEngineOwnedFact(absl::string_view fact);
+
 // A config option a service declares. `check` validates a value (not set: any text).
 struct ConfigOptionSpec {
   std::string name;
@@ -126,6 +139,9 @@ struct ServiceSpec {
   // their parameters checked and defaulted by each one's `resolve` (as the CLI does).
   bool declares_actions = false;
   std::vector<ActionEventSpec> actions;
+  // The service has a leader (docs/coordination.md): its agents campaign for it, the engine keeps
+  // the leadership facts, and only the leader may write the service bag. Without it nobody may.
+  bool leadership = false;
 };
 
 }  // namespace parley::engine

@@ -34,6 +34,7 @@ v1::Event ToInboxEvent(const std::string& remote, const v1::RelationEvent& ev) {
   rc->set_kind(ev.kind());
   *rc->mutable_unit_changes() = ev.unit_changes();
   *rc->mutable_service_changes() = ev.service_changes();
+  rc->set_service_term(ev.service_term());
   rc->set_remote_endpoint(ev.sender_endpoint());
   rc->set_interface(ev.interface());
   return event;

@@ -68,6 +68,7 @@ absl::StatusOr<engine::ServiceSpec> BuildSpec(const ServiceDefinition& def, absl
     spec.handlers.push_back({h.name, h.when, h.when_not, h.on, std::move(action), h.while_dying});
   }
   ConfigSpecInto(def, spec);
+  spec.leadership = def.leadership;
   // The agent checks actions fired through its API with the function the CLI uses.
   spec.declares_actions = true;
   if (!def.actions.empty()) {

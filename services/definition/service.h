@@ -100,6 +100,12 @@ struct ServiceDefinition {
   std::vector<HandlerDef> handlers;
   std::vector<UserAction> actions;
   std::vector<EventDef> events;
+  // `leadership:` (docs/coordination.md): the service has a leader, elected through the model's
+  // coordinator with these lease settings (checked against each other when read).
+  bool leadership = false;
+  absl::Duration lease_ttl = absl::Seconds(5);
+  absl::Duration leading_interval = absl::Seconds(2);
+  int leadership_line = 0;
 
   const EndpointDef* FindEndpoint(absl::string_view name) const;
   const ConfigOption* FindConfig(absl::string_view name) const;

@@ -15,6 +15,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "base/status_macros.h"
+#include "engine/spec.h"
+#include "services/coord/leadership.h"
 #include "services/definition/action_reader.h"
 #include "services/definition/names.h"
 #include "services/definition/service.h"
@@ -39,11 +41,12 @@ class DefinitionReader {
     }
     ASSIGN_OR_RETURN(
         Fields f, Fields::Read(top, {"name", "description", "user", "provides", "requires", "peers",
-                                     "config", "handlers", "actions", "events"}));
+                                     "config", "handlers", "actions", "events", "leadership"}));
     ASSIGN_OR_RETURN(const At* name, f.Require("name"));
     ASSIGN_OR_RETURN(def_.name, ReadName(*name, NameRule::kService, "service name"));
     ASSIGN_OR_RETURN(def_.description, ReadText(f.Get("description")));
     if (const At* at = f.Get("user")) RETURN_IF_ERROR(ReadUser(*at));
+    if (const At* at = f.Get("leadership")) RETURN_IF_ERROR(ReadLeadership(*at));
     // Sections are read in dependency order whatever their order in the file: handlers refer to
     // endpoints, interfaces, options, actions and events.
     for (auto [key, role] : {std::pair{"provides", engine::Role::kProvides},
@@ -55,6 +58,7 @@ class DefinitionReader {
     if (const At* at = f.Get("actions")) RETURN_IF_ERROR(ReadActions(*at));
     if (const At* at = f.Get("events")) RETURN_IF_ERROR(ReadEventSection(*at));
     if (const At* at = f.Get("handlers")) RETURN_IF_ERROR(ReadHandlers(*at));
+    RETURN_IF_ERROR(CheckLeadershipDeclared());
     return CheckActionsHandled();
   }
 
@@ -334,6 +338,14 @@ class DefinitionReader {
         if (absl::StartsWith(rest, "changed.") && rest.size() > 8) return "";
         return "is not an event: file events are file.changed.<path>";
       }
+      if (prefix == "leader") {
+        if (rest != "elected" && rest != "changed") {
+          return "is not an event: the leadership events are leader.elected and leader.changed";
+        }
+        if (def_.leadership) return "";
+        return "is a leadership event, but the service declares no leadership (add "
+               "`leadership: true`)";
+      }
       if (prefix == "action") {
         if (def_.FindAction(rest) != nullptr) return "";
         return absl::StrCat("names action '", rest,
@@ -356,6 +368,43 @@ class DefinitionReader {
         "config.changed, timer.<name>, file.changed.<path>, action.<action>, "
         "<endpoint>.joined|changed|departed|broken or an event declared under events (events: ",
         NamesOf(def_.events), ")");
+  }
+
+  // `leadership: true`, or a map of the lease settings (which implies it).
+  absl::Status ReadLeadership(const At& at) {
+    def_.leadership_line = at.line;
+    if (!at.node.IsMap()) {
+      ASSIGN_OR_RETURN(def_.leadership, ReadBool(at));
+      return absl::OkStatus();
+    }
+    def_.leadership = true;
+    ASSIGN_OR_RETURN(Fields f, Fields::Read(at, {"lease_ttl", "leading_interval"}));
+    if (const At* ttl = f.Get("lease_ttl")) {
+      ASSIGN_OR_RETURN(def_.lease_ttl, ReadDuration(*ttl));
+    }
+    if (const At* leading = f.Get("leading_interval")) {
+      ASSIGN_OR_RETURN(def_.leading_interval, ReadDuration(*leading));
+    }
+    absl::Status timing = coord::ValidateLeaseTiming(def_.lease_ttl, def_.leading_interval);
+    if (!timing.ok()) return at.Error(timing.message());
+    return absl::OkStatus();
+  }
+
+  // A handler that waits for the leadership events or facts needs the service to have a leader.
+  absl::Status CheckLeadershipDeclared() {
+    if (def_.leadership) return absl::OkStatus();
+    for (const HandlerDef& h : def_.handlers) {
+      for (const auto* names : {&h.on, &h.when, &h.when_not}) {
+        for (const std::string& n : *names) {
+          if (n == engine::kLeaderFact || absl::StartsWith(n, "leader.")) {
+            return At{&def_.file, YAML::Node(), h.line, absl::StrCat("handlers.", h.name)}.Error(
+                absl::StrCat("names '", n,
+                             "', but the service declares no leadership (add `leadership: true`)"));
+          }
+        }
+      }
+    }
+    return absl::OkStatus();
   }
 
   // An action users can invoke but no handler answers is a mistake the user would only find

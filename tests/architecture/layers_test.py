@@ -20,8 +20,12 @@ LAYERS = {
     "kb": {"base"},
     "engine": {"base", "kb", "parley/v1"},
     "services/telemetry": {"base", "parley/v1"},
+    # The coordination seam and its etcd implementation: nothing of ours but base (the etcd
+    # contracts are generated, not ours).
+    "services/coord": {"base"},
     "services/fixtures": {"base", "kb", "engine", "parley/v1"},
-    "services/definition": {"base", "kb", "engine", "parley/v1"},
+    # service.yaml's `leadership:` lease settings are checked by the coordination seam's rule.
+    "services/definition": {"base", "kb", "engine", "parley/v1", "services/coord"},
     # The backends as a whole, then each kind: a kind sees the shared pieces, never another kind.
     "services/backends": {"base", "kb", "engine", "parley/v1", "services/definition"},
     "services/backends/common": {"base"},

@@ -167,7 +167,7 @@ TEST_F(DefinitionTest, UnknownKeysAreRefusedAtEveryLevel) {
       ServiceError(yaml),
       At(yaml, "handler:", "") +
           "unknown key 'handler' (expected name, description, user, provides, requires, peers, "
-          "config, handlers, actions, events)");
+          "config, handlers, actions, events, leadership)");
 
   yaml = R"(name: svc
 handlers:
@@ -196,6 +196,53 @@ handlers:
   yaml = "name: svc\nconfig:\n  port: {type: int, defualt: 80}\n";
   EXPECT_EQ(ServiceError(yaml), At(yaml, "defualt", "config.port") +
                                     "unknown key 'defualt' (expected type, default, description)");
+}
+
+// Leadership (docs/coordination.md): declared as a flag or with lease settings checked against
+// each other; a handler on the leadership events or facts needs it declared.
+TEST_F(DefinitionTest, LeadershipIsDeclaredAndItsLeaseSettingsChecked) {
+  auto plain = LoadService("name: svc\nleadership: true\n");
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_TRUE(plain->leadership);
+  EXPECT_EQ(plain->lease_ttl, absl::Seconds(5));
+  EXPECT_EQ(plain->leading_interval, absl::Seconds(2));
+
+  auto tuned = LoadService("name: svc\nleadership: {lease_ttl: 10s, leading_interval: 4s}\n");
+  ASSERT_TRUE(tuned.ok()) << tuned.status();
+  EXPECT_TRUE(tuned->leadership);
+  EXPECT_EQ(tuned->lease_ttl, absl::Seconds(10));
+
+  auto none = LoadService("name: svc\n");
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_FALSE(none->leadership);
+
+  std::string yaml = "name: svc\nleadership: {lease_ttl: 4s, leading_interval: 3s}\n";
+  EXPECT_THAT(ServiceError(yaml), StartsWith(At(yaml, "leadership:", "leadership") +
+                                             "leadership leading_interval 3s: must be above zero "
+                                             "and at most half of lease_ttl (4s)"));
+  yaml = "name: svc\nleadership: {lease_ttl: 1s, leading_interval: 0.5s}\n";
+  EXPECT_THAT(ServiceError(yaml), HasSubstr("lease_ttl 1s: must be at least 2s"));
+  yaml = "name: svc\nleadership: {ttl: 5s}\n";
+  EXPECT_THAT(ServiceError(yaml),
+              HasSubstr("unknown key 'ttl' (expected lease_ttl, leading_interval)"));
+
+  yaml = R"(name: svc
+handlers:
+  - name: become-primary
+    on: [leader.elected]
+    action: {kind: builtin, steps: []}
+)";
+  EXPECT_EQ(ServiceError(yaml), At(yaml, "leader.elected", "handlers[0].on[0]") +
+                                    "'leader.elected' is a leadership event, but the service "
+                                    "declares no leadership (add `leadership: true`)");
+  yaml = R"(name: svc
+handlers:
+  - name: primary-only
+    when: [leader]
+    action: {kind: builtin, steps: [{status: {state: active, message: primary}}]}
+)";
+  EXPECT_THAT(ServiceError(yaml),
+              HasSubstr("names 'leader', but the service declares no leadership"));
 }
 
 TEST_F(DefinitionTest, WrongTypesAreRefused) {
