@@ -8,16 +8,11 @@
 #include "base/status_macros.h"
 
 namespace parley::engine {
-namespace {
 
-// Prefixes of internal events (config.changed, timer.<name>, file.changed.<path>,
-// action.<name>); no endpoint may take these names.
 bool IsInternalNamespace(absl::string_view prefix) {
   return prefix == "config" || prefix == "timer" || prefix == "file" || prefix == "action" ||
          prefix == "leader";
 }
-
-}  // namespace
 
 const EndpointSpec* HandlerGraph::EndpointOf(absl::string_view name) const {
   size_t dot = name.find('.');

@@ -98,6 +98,10 @@ inline constexpr absl::string_view kLeaderChangedEvent = "leader.changed";
 inline constexpr absl::string_view kLeaderElectedEvent = "leader.elected";
 // True for the facts only the engine changes (dying and the leadership facts).
 bool IsEngineOwnedFact(absl::string_view fact);
+// Prefixes of internal events (config.changed, timer.<name>, file.changed.<path>, action.<name>,
+// leader.*): the engine owns them, and no endpoint may take these names. The definition readers
+// check names with this same list.
+bool IsInternalNamespace(absl::string_view prefix);
 
 // A config option a service declares. `check` validates a value (not set: any text).
 struct ConfigOptionSpec {

@@ -8,11 +8,6 @@
 
 namespace parley::services::definition_internal {
 
-bool IsInternalNamespace(absl::string_view prefix) {
-  return prefix == "config" || prefix == "timer" || prefix == "file" || prefix == "action" ||
-         prefix == "leader";
-}
-
 bool IsLifecycleEvent(absl::string_view name) {
   return name == "install" || name == "start" || name == "stop" || name == "update";
 }

@@ -13,8 +13,8 @@
 
 namespace parley::services::definition_internal {
 
-// config, timer, file and action: event prefixes the engine owns.
-bool IsInternalNamespace(absl::string_view prefix);
+// The event prefixes the engine owns (config, timer, file, action, leader): the engine's list.
+using engine::IsInternalNamespace;
 // install, start, stop, update.
 bool IsLifecycleEvent(absl::string_view name);
 // What follows "<endpoint>." in a relation event: joined, changed, departed, broken.
