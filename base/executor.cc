@@ -112,11 +112,13 @@ void Scheduler::Cancel(uint64_t id) {
 }
 
 void Scheduler::Flush() {
-  const absl::Time now = clock_->Now();
   absl::MutexLock lock(&mu_);
   sweep_wanted_ = true;
-  auto swept = [this, now]()
-                   ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || swept_ >= now; };
+  // The loop holds mu_ for a whole pass, so the next pass starts after this call, at a clock
+  // time no earlier than the caller's.
+  const uint64_t target = passes_ + 1;
+  auto swept = [this, target]()
+                   ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || passes_ >= target; };
   mu_.Await(absl::Condition(&swept));
 }
 
@@ -129,7 +131,7 @@ void Scheduler::Loop() {
       by_id_.erase(node.key().second);
       if (auto strand = node.mapped().strand.lock()) strand->Post(std::move(node.mapped().fn));
     }
-    swept_ = now;
+    ++passes_;
     sweep_wanted_ = false;
     const absl::Time next =
         entries_.empty() ? absl::InfiniteFuture() : entries_.begin()->first.first;

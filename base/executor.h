@@ -103,8 +103,9 @@ class Scheduler {
   std::map<uint64_t, absl::Time> by_id_ ABSL_GUARDED_BY(mu_);
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  // The clock's time of the last pass over the due entries.
-  absl::Time swept_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  // Passes made over the due entries. Flush waits for one that starts after it is called: a pass
+  // made earlier at the same clock time missed entries added since (At with a time in the past).
+  uint64_t passes_ ABSL_GUARDED_BY(mu_) = 0;
   // Set by Flush: the loop makes a pass now.
   bool sweep_wanted_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
