@@ -58,16 +58,24 @@ void Engine::ChangeFact(FactState& f, bool set, absl::string_view value) {
 namespace {
 
 absl::Status EngineOwned(absl::string_view name) {
+  if (name == kWorkloadHealthyFact) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "fact '", name, "' is the engine's: the workload's health probes set and clear it"));
+  }
   return absl::InvalidArgumentError(absl::StrCat("fact '", name,
                                                  "' is the engine's: it is set when the unit "
                                                  "starts dying (it is being removed)"));
+}
+
+bool IsEngineOwned(absl::string_view name) {
+  return name == kDyingFact || name == kWorkloadHealthyFact;
 }
 
 }  // namespace
 
 absl::Status Engine::SetFact(absl::string_view name, absl::string_view value, bool derived) {
   if (!run_) return absl::FailedPreconditionError("facts change only inside a run");
-  if (!derived && name == kDyingFact) return EngineOwned(name);
+  if (!derived && IsEngineOwned(name)) return EngineOwned(name);
   FactState& f = graph_->Intern(name);
   if (f.derived && !derived) {
     return absl::InvalidArgumentError(
@@ -80,7 +88,7 @@ absl::Status Engine::SetFact(absl::string_view name, absl::string_view value, bo
 
 absl::Status Engine::ClearFact(absl::string_view name, bool derived) {
   if (!run_) return absl::FailedPreconditionError("facts change only inside a run");
-  if (!derived && name == kDyingFact) return EngineOwned(name);
+  if (!derived && IsEngineOwned(name)) return EngineOwned(name);
   FactState* f = graph_->Find(name);
   if (f == nullptr) {
     if (!derived && graph_->EndpointOf(name) != nullptr) {

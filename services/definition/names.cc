@@ -9,7 +9,8 @@
 namespace parley::services::definition_internal {
 
 bool IsInternalNamespace(absl::string_view prefix) {
-  return prefix == "config" || prefix == "timer" || prefix == "file" || prefix == "action";
+  return prefix == "config" || prefix == "timer" || prefix == "file" || prefix == "action" ||
+         prefix == "workload";
 }
 
 bool IsLifecycleEvent(absl::string_view name) {

@@ -13,7 +13,7 @@
 
 namespace parley::services::definition_internal {
 
-// config, timer, file and action: event prefixes the engine owns.
+// config, timer, file, action and workload: event prefixes the engine owns.
 bool IsInternalNamespace(absl::string_view prefix);
 // install, start, stop, update.
 bool IsLifecycleEvent(absl::string_view name);
