@@ -75,7 +75,8 @@ struct HealthMonitorOptions {
   // Called from the monitor's thread, outside its lock: must not block (post elsewhere).
   std::function<void(const HealthChange&)> on_change;
   // After every check: the probe's index, whether it passed, how long it took and the probe's
-  // health after it (for metrics).
+  // health after it (for metrics). Called from the monitor's thread with its lock held: it must
+  // not call the monitor.
   std::function<void(size_t probe, bool passed, absl::Duration took, v1::WorkloadHealth health)>
       on_check;
 };

@@ -17,6 +17,7 @@
 namespace parley::services {
 
 using process::Child;
+using process::Fd;
 using process::OutputPipe;
 
 namespace {
