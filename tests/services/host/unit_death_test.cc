@@ -26,11 +26,9 @@ namespace parley::services {
 namespace {
 
 namespace fs = std::filesystem;
-using ::testing::AllOf;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::Not;
-using ::testing::Property;
 using testing::Fact;
 using testing::OnStrand;
 using testing::Settled;
