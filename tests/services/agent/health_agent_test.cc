@@ -150,7 +150,10 @@ TEST_F(HealthAgentTest, ProbeTransitionsBecomeEventsFactsStatusAndMetrics) {
   }));
   int unhealthy = 0, healthy = 0;
   for (const auto& [name, source] : Triggers(a)) {
-    if (name == "workload.unhealthy") ++unhealthy, EXPECT_EQ(source, "health");
+    if (name == "workload.unhealthy") {
+      ++unhealthy;
+      EXPECT_EQ(source, "health");
+    }
     if (name == "workload.healthy") ++healthy;
   }
   EXPECT_EQ(unhealthy, 1);
