@@ -23,7 +23,8 @@ absl::StatusOr<v1::WorkloadHealth> Engine::QueuedHealth() const {
   if (!stored) return v1::WORKLOAD_HEALTH_UNSPECIFIED;
   ASSIGN_OR_RETURN(uint64_t v, kb::DecodeU64(*stored));
   if (v != v1::WORKLOAD_HEALTH_HEALTHY && v != v1::WORKLOAD_HEALTH_UNHEALTHY) {
-    return DataLoss(*kb_, absl::StrCat("stored workload health ", v, " is not one this build knows"));
+    return DataLoss(*kb_,
+                    absl::StrCat("stored workload health ", v, " is not one this build knows"));
   }
   return static_cast<v1::WorkloadHealth>(v);
 }
@@ -39,7 +40,7 @@ absl::StatusOr<EnqueueResult> Engine::EnqueueHealth(v1::WorkloadHealth health,
   if (queued == health) return EnqueueResult{};
   v1::Event event;
   event.set_name(std::string(health == v1::WORKLOAD_HEALTH_HEALTHY ? kWorkloadHealthyEvent
-                                                                    : kWorkloadUnhealthyEvent));
+                                                                   : kWorkloadUnhealthyEvent));
   event.set_source("health");
   event.set_health(health);
   for (auto& [k, v] : params) (*event.mutable_params())[k] = std::move(v);
@@ -51,8 +52,8 @@ absl::StatusOr<EnqueueResult> Engine::EnqueueHealth(v1::WorkloadHealth health,
 }
 
 absl::Status Engine::ValidateHealthEvent(const v1::Event& event) const {
-  const bool named = event.name() == kWorkloadHealthyEvent ||
-                     event.name() == kWorkloadUnhealthyEvent;
+  const bool named =
+      event.name() == kWorkloadHealthyEvent || event.name() == kWorkloadUnhealthyEvent;
   if (event.health() == v1::WORKLOAD_HEALTH_UNSPECIFIED) {
     // A handler's retry-later of a health event carries its name, not its change.
     if (!named || !event.retry_handler().empty()) return absl::OkStatus();
@@ -64,10 +65,9 @@ absl::Status Engine::ValidateHealthEvent(const v1::Event& event) const {
                                      ? kWorkloadHealthyEvent
                                      : kWorkloadUnhealthyEvent;
   if (event.name() != want) {
-    return absl::InvalidArgumentError(absl::StrCat("event '", event.name(), "' for agent ",
-                                                   kb_->agent(), ": a health event of ",
-                                                   v1::WorkloadHealth_Name(event.health()),
-                                                   " must be named '", want, "'"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("event '", event.name(), "' for agent ", kb_->agent(), ": a health event of ",
+                     v1::WorkloadHealth_Name(event.health()), " must be named '", want, "'"));
   }
   return absl::OkStatus();
 }

@@ -62,8 +62,8 @@ void Agent::OnHealthChange(const HealthChange& change) {
   if (healthy) {
     Log(v1::LOG_LEVEL_INFO, absl::StrCat("workload healthy (probe ", change.probe, " passes)"));
   } else {
-    Log(v1::LOG_LEVEL_WARNING, absl::StrCat("workload unhealthy: probe ", change.probe,
-                                            " failed: ", change.reason));
+    Log(v1::LOG_LEVEL_WARNING,
+        absl::StrCat("workload unhealthy: probe ", change.probe, " failed: ", change.reason));
   }
   std::map<std::string, std::string> params{{"probe", change.probe}};
   if (!healthy) params["reason"] = change.reason;

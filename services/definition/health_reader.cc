@@ -36,8 +36,8 @@ class HealthReader {
  private:
   absl::Status ReadProbe(const At& at, ProbeDef& p) {
     if (!at.node.IsMap()) {
-      return at.Error(absl::StrCat("expected a probe (a map with exec, tcp or http), got ",
-                                   Describe(at.node)));
+      return at.Error(
+          absl::StrCat("expected a probe (a map with exec, tcp or http), got ", Describe(at.node)));
     }
     ASSIGN_OR_RETURN(Fields f, Fields::Read(at, {"description", "exec", "tcp", "http",
                                                  "initial_delay", "interval", "timeout",
@@ -74,10 +74,9 @@ class HealthReader {
     if (const At* d = f.Get("timeout")) {
       ASSIGN_OR_RETURN(p.timeout, ReadDuration(*d));
       if (p.timeout > p.interval) {
-        return d->Error(absl::StrCat("the timeout (", absl::FormatDuration(p.timeout),
-                                     ") is longer than the interval (",
-                                     absl::FormatDuration(p.interval),
-                                     "): a check must end before the next one is due"));
+        return d->Error(absl::StrCat(
+            "the timeout (", absl::FormatDuration(p.timeout), ") is longer than the interval (",
+            absl::FormatDuration(p.interval), "): a check must end before the next one is due"));
       }
     } else if (p.timeout > p.interval) {
       p.timeout = p.interval;
@@ -95,8 +94,9 @@ class HealthReader {
 
   absl::Status ReadExec(const At& at, ProbeDef& p) {
     if (at.node.IsScalar()) {
-      return at.Error("expected the command as a list (program and arguments, no shell), such as "
-                      "[./bin/check, --quiet]");
+      return at.Error(
+          "expected the command as a list (program and arguments, no shell), such as "
+          "[./bin/check, --quiet]");
     }
     ASSIGN_OR_RETURN(std::vector<At> items, ReadItems(at, false));
     if (items.empty()) return at.Error("the command is empty");
@@ -121,9 +121,10 @@ class HealthReader {
     if (p.port.IsLiteral()) {
       int v = 0;
       if (!absl::SimpleAtoi(p.port.source, &v) || v < 1 || v > 65535) {
-        return port->Error(absl::StrCat("expected a TCP port from 1 to 65535 (or a template such "
-                                        "as {{config.port}}), got '",
-                                        p.port.source, "'"));
+        return port->Error(
+            absl::StrCat("expected a TCP port from 1 to 65535 (or a template such "
+                         "as {{config.port}}), got '",
+                         p.port.source, "'"));
       }
     }
     return absl::OkStatus();
@@ -162,9 +163,9 @@ class HealthReader {
                                      "and facts only"));
       }
       if (part.kind == Template::Part::Kind::kConfig && def_.FindConfig(part.text) == nullptr) {
-        return at.Error(absl::StrCat("'", ReferenceText(part), "' names config option '",
-                                     part.text, "', which this service does not declare (options: ",
-                                     NamesOf(def_.config), ")"));
+        return at.Error(absl::StrCat(
+            "'", ReferenceText(part), "' names config option '", part.text,
+            "', which this service does not declare (options: ", NamesOf(def_.config), ")"));
       }
     }
     return std::move(*parsed);

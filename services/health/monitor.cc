@@ -102,7 +102,8 @@ std::vector<v1::ProbeStatus> HealthMonitor::Probes() const {
     s.set_consecutive_failures(p.tracker.failures());
     s.set_consecutive_successes(p.tracker.successes());
     s.set_last_error(p.last_error);
-    if (p.last_check != absl::InfinitePast()) s.set_last_check_unix_ms(absl::ToUnixMillis(p.last_check));
+    if (p.last_check != absl::InfinitePast())
+      s.set_last_check_unix_ms(absl::ToUnixMillis(p.last_check));
   }
   return out;
 }

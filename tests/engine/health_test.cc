@@ -37,20 +37,18 @@ class EngineHealthTest : public ::testing::Test {
     spec.service = "svc";
     spec.unit = "svc/0";
     // What a definition's handlers on the health events look like.
-    spec.handlers.push_back({"restart", {}, {}, {"workload.unhealthy"},
-                             MakeAction([this](RunContext& ctx) {
-                               seen_.push_back(std::string("restart:") +
-                                               ctx.event().params().at("reason"));
-                               return absl::OkStatus();
-                             })});
-    spec.handlers.push_back({"serving", {"workload.healthy"}, {}, {},
-                             MakeAction([this](RunContext&) {
-                               seen_.push_back("serving");
-                               return absl::OkStatus();
-                             })});
-    spec.handlers.push_back({"poke", {}, {}, {"poke"}, MakeAction([this](RunContext& ctx) {
-                               return poke_(ctx);
-                             })});
+    spec.handlers.push_back(
+        {"restart", {}, {}, {"workload.unhealthy"}, MakeAction([this](RunContext& ctx) {
+           seen_.push_back(std::string("restart:") + ctx.event().params().at("reason"));
+           return absl::OkStatus();
+         })});
+    spec.handlers.push_back(
+        {"serving", {"workload.healthy"}, {}, {}, MakeAction([this](RunContext&) {
+           seen_.push_back("serving");
+           return absl::OkStatus();
+         })});
+    spec.handlers.push_back(
+        {"poke", {}, {}, {"poke"}, MakeAction([this](RunContext& ctx) { return poke_(ctx); })});
     auto e = Engine::Create(std::move(spec), kb_.get(), &clock_);
     EXPECT_TRUE(e.ok()) << e.status();
     engine_ = std::move(*e);

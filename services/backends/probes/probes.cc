@@ -78,8 +78,8 @@ class HttpProbe : public engine::HealthProbe {
       for (char& c : body) {
         if (c < 0x20 || c == 0x7f) c = ' ';
       }
-      return absl::UnavailableError(absl::StrCat("GET ", request.url, ": status ",
-                                                 response->status, body.empty() ? "" : ": ", body));
+      return absl::UnavailableError(absl::StrCat("GET ", request.url, ": status ", response->status,
+                                                 body.empty() ? "" : ": ", body));
     }
     return absl::OkStatus();
   }
@@ -92,8 +92,8 @@ class HttpProbe : public engine::HealthProbe {
 
 class ExecProbe : public engine::HealthProbe {
  public:
-  ExecProbe(const ProbeDef& p, const ServiceDefinition& def, ProgramUser user,
-            std::string program, const ProcessOptions& options)
+  ExecProbe(const ProbeDef& p, const ServiceDefinition& def, ProgramUser user, std::string program,
+            const ProcessOptions& options)
       : what_(What(p)), command_(p.command), defaults_(ConfigDefaults(def)), options_(options) {
     base_.dir = fs::absolute(def.dir).lexically_normal().string();
     base_.origin = absl::StrCat(def.file, ":", p.line);
@@ -154,8 +154,8 @@ absl::Status CheckTcp(const std::string& host, int port, absl::Duration timeout)
   const absl::Time deadline = absl::Now() + timeout;
   std::string last = "no address";
   for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
-    const int fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                          a->ai_protocol);
+    const int fd =
+        socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol);
     if (fd < 0) {
       last = std::strerror(errno);
       continue;
@@ -171,8 +171,8 @@ absl::Status CheckTcp(const std::string& host, int port, absl::Duration timeout)
       if (n == 0) {
         close(fd);
         freeaddrinfo(found);
-        return absl::DeadlineExceededError(absl::StrCat(
-            "connect ", where, ": no answer within ", absl::FormatDuration(timeout)));
+        return absl::DeadlineExceededError(
+            absl::StrCat("connect ", where, ": no answer within ", absl::FormatDuration(timeout)));
       }
       int error = 0;
       socklen_t len = sizeof(error);
@@ -196,9 +196,8 @@ absl::Status CheckTcp(const std::string& host, int port, absl::Duration timeout)
   return absl::UnavailableError(absl::StrCat("connect ", where, ": ", last));
 }
 
-absl::StatusOr<std::shared_ptr<engine::HealthProbe>> MakeHealthProbe(const ServiceDefinition& def,
-                                                                     const ProbeDef& probe,
-                                                                     const ProcessOptions& options) {
+absl::StatusOr<std::shared_ptr<engine::HealthProbe>> MakeHealthProbe(
+    const ServiceDefinition& def, const ProbeDef& probe, const ProcessOptions& options) {
   switch (probe.kind) {
     case ProbeDef::Kind::kTcp:
       return std::make_shared<TcpProbe>(probe, ConfigDefaults(def), options.unit_host);
@@ -209,9 +208,9 @@ absl::StatusOr<std::shared_ptr<engine::HealthProbe>> MakeHealthProbe(const Servi
       std::vector<std::string> dirs = options.extra_path;
       for (const char* d : {"/usr/local/bin", "/usr/bin", "/bin"}) dirs.push_back(d);
       const std::string dir = fs::absolute(def.dir).lexically_normal().string();
-      ASSIGN_OR_RETURN(std::string program,
-                       FindProgram(probe.command[0].source, dir, dirs,
-                                   absl::StrCat(def.file, ":", probe.line, ": health.", probe.name)));
+      ASSIGN_OR_RETURN(std::string program, FindProgram(probe.command[0].source, dir, dirs,
+                                                        absl::StrCat(def.file, ":", probe.line,
+                                                                     ": health.", probe.name)));
       return std::make_shared<ExecProbe>(probe, def, std::move(user), std::move(program), options);
     }
   }

@@ -1,7 +1,7 @@
 #pragma once
 
-// The kinds of health probe, beside the action kinds (docs/service-definitions.md, "Health"), each an engine::HealthProbe
-// made from a definition's ProbeDef:
+// The kinds of health probe, beside the action kinds (docs/service-definitions.md, "Health"), each
+// an engine::HealthProbe made from a definition's ProbeDef:
 //  - exec: runs the command (templates expanded) as the definition's user, from its directory,
 //    with PATH, PARLEY_UNIT, PARLEY_SERVICE, PARLEY_UNIT_HOST and (with a state root)
 //    PARLEY_STATE_DIR; it passes when the command exits 0 within the timeout;

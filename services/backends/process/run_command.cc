@@ -35,8 +35,8 @@ absl::Status RunCommand(const Command& c) {
   OutputPipe out{Fd(), TailBuffer(c.output_limit)};
   OutputPipe err{Fd(), TailBuffer(c.output_limit)};
   Child child;
-  RETURN_IF_ERROR(process::Spawn(c.dir, c.origin, c.program, c.argv, c.env, c.user, out, err,
-                                 child));
+  RETURN_IF_ERROR(
+      process::Spawn(c.dir, c.origin, c.program, c.argv, c.env, c.user, out, err, child));
   bool timed_out = false;
   // Output still open after the exit (a background process holding the pipes) is not waited for.
   while (!child.exited_) {
@@ -65,9 +65,9 @@ absl::Status RunCommand(const Command& c) {
   err.Drain();
   const std::string& name = c.argv.empty() ? c.program : c.argv[0];
   if (timed_out) {
-    return absl::DeadlineExceededError(absl::StrCat(name, " timed out after ",
-                                                    absl::FormatDuration(c.timeout),
-                                                    " and was killed; ", Quote(out, err, c.error_tail)));
+    return absl::DeadlineExceededError(
+        absl::StrCat(name, " timed out after ", absl::FormatDuration(c.timeout),
+                     " and was killed; ", Quote(out, err, c.error_tail)));
   }
   if (WIFSIGNALED(child.status_)) {
     return absl::AbortedError(absl::StrCat(name, " was killed by signal ", WTERMSIG(child.status_),
@@ -75,8 +75,8 @@ absl::Status RunCommand(const Command& c) {
   }
   const int code = WIFEXITED(child.status_) ? WEXITSTATUS(child.status_) : -1;
   if (code != 0) {
-    return absl::AbortedError(absl::StrCat(name, " exited with status ", code, "; ",
-                                           Quote(out, err, c.error_tail)));
+    return absl::AbortedError(
+        absl::StrCat(name, " exited with status ", code, "; ", Quote(out, err, c.error_tail)));
   }
   return absl::OkStatus();
 }
@@ -93,8 +93,8 @@ absl::StatusOr<std::string> FindProgram(const std::string& name, const std::stri
     std::string candidate = absl::StrCat(d, "/", name);
     if (access(candidate.c_str(), X_OK) == 0) return candidate;
   }
-  return absl::NotFoundError(absl::StrCat(origin, ": program '", name, "' is not in ",
-                                          absl::StrJoin(path_dirs, ":")));
+  return absl::NotFoundError(
+      absl::StrCat(origin, ": program '", name, "' is not in ", absl::StrJoin(path_dirs, ":")));
 }
 
 }  // namespace parley::services

@@ -4,12 +4,11 @@
 // metrics show them; a definition without `health:` runs none of it.
 
 #include <arpa/inet.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
 
 #include <filesystem>
 #include <fstream>
@@ -26,9 +25,9 @@ namespace parley::services {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::Fact;
 using ::testing::HasSubstr;
 using ::testing::Not;
-using testing::Fact;
 using testing::OnStrand;
 using testing::WaitFor;
 
@@ -111,9 +110,7 @@ class HealthAgentTest : public ::testing::Test {
     return out;
   }
 
-  std::string Metrics() {
-    return prometheus::TextSerializer().Serialize(registry_->Collect());
-  }
+  std::string Metrics() { return prometheus::TextSerializer().Serialize(registry_->Collect()); }
 
   parley::testing::TempDir dir_;
   std::shared_ptr<prometheus::Registry> registry_ = std::make_shared<prometheus::Registry>();

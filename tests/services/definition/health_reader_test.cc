@@ -78,8 +78,9 @@ TEST_F(HealthReaderTest, ParsesEveryFieldWithKubernetesDefaults) {
 }
 
 TEST_F(HealthReaderTest, ADefinitionWithoutHealthHasNoProbes) {
-  auto def = LoadService("name: plain\nhandlers:\n  - name: a\n    on: [start]\n"
-                         "    action: {kind: builtin, steps: [{set: a}]}\n");
+  auto def = LoadService(
+      "name: plain\nhandlers:\n  - name: a\n    on: [start]\n"
+      "    action: {kind: builtin, steps: [{set: a}]}\n");
   ASSERT_TRUE(def.ok()) << def.status();
   EXPECT_TRUE(def->health.empty());
 }
@@ -134,8 +135,8 @@ health:
     // "  port:\n" is the probe's own line (the config option is on an earlier one).
     const std::string needle = c.line == "  port:\n" ? "health:" : c.line;
     const int line = testing::LineOf(yaml, needle) + (c.line == "  port:\n" ? 1 : 0);
-    EXPECT_THAT(error, StartsWith(absl::StrCat(Path("svc/service.yaml"), ":", line, ": ",
-                                               c.field, ": ")))
+    EXPECT_THAT(error,
+                StartsWith(absl::StrCat(Path("svc/service.yaml"), ":", line, ": ", c.field, ": ")))
         << yaml;
     EXPECT_THAT(error, HasSubstr(c.what)) << yaml;
   }

@@ -186,8 +186,8 @@ TEST_F(MonitorTest, ReportsOnlyTransitionsAfterTheThresholds) {
 
 TEST_F(MonitorTest, TheWorkloadIsHealthyOnlyOnceEveryProbeIs) {
   auto good = std::make_shared<ScriptedProbe>(std::deque<absl::Status>{absl::OkStatus()});
-  auto late = std::make_shared<ScriptedProbe>(std::deque<absl::Status>{
-      absl::UnavailableError("no"), absl::OkStatus(), absl::OkStatus()});
+  auto late = std::make_shared<ScriptedProbe>(
+      std::deque<absl::Status>{absl::UnavailableError("no"), absl::OkStatus(), absl::OkStatus()});
   auto m = Make({good, late}, /*failures=*/2, /*successes=*/2);
   m->Start();
   Step(absl::Seconds(5), 2);

@@ -5,13 +5,12 @@
 #include "services/backends/probes/probes.h"
 
 #include <arpa/inet.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
 
 #include <atomic>
 #include <filesystem>
@@ -50,9 +49,9 @@ class Listener {
           char buf[4096];
           (void)read(c, buf, sizeof(buf));
           const std::string body = absl::StrCat("status ", http_status, "\n");
-          const std::string response = absl::StrCat(
-              "HTTP/1.1 ", http_status, " X\r\nContent-Length: ", body.size(),
-              "\r\nConnection: close\r\n\r\n", body);
+          const std::string response =
+              absl::StrCat("HTTP/1.1 ", http_status, " X\r\nContent-Length: ", body.size(),
+                           "\r\nConnection: close\r\n\r\n", body);
           (void)write(c, response.data(), response.size());
           close(c);
         }
@@ -82,16 +81,18 @@ class ProbesTest : public ::testing::Test {
   std::shared_ptr<engine::HealthProbe> Make(const std::string& health) {
     const std::string dir = dir_.Sub("svc");
     std::filesystem::create_directories(dir + "/bin");
-    std::ofstream(dir + "/bin/check") << "#!/bin/sh\n"
-                                         "[ \"$PARLEY_UNIT\" = svc/0 ] || { echo \"unit $PARLEY_UNIT\" >&2; exit 9; }\n"
-                                         "case \"$1\" in\n"
-                                         "  ok) exit 0 ;;\n"
-                                         "  sleep) exec sleep 5 ;;\n"
-                                         "  *) echo \"not serving: $1\" >&2; exit 3 ;;\n"
-                                         "esac\n";
+    std::ofstream(dir + "/bin/check")
+        << "#!/bin/sh\n"
+           "[ \"$PARLEY_UNIT\" = svc/0 ] || { echo \"unit $PARLEY_UNIT\" >&2; exit 9; }\n"
+           "case \"$1\" in\n"
+           "  ok) exit 0 ;;\n"
+           "  sleep) exec sleep 5 ;;\n"
+           "  *) echo \"not serving: $1\" >&2; exit 3 ;;\n"
+           "esac\n";
     chmod((dir + "/bin/check").c_str(), 0755);
     std::ofstream(dir + "/service.yaml")
-        << "name: svc\nconfig:\n  port: {type: int, default: 1}\nhealth:\n" << health;
+        << "name: svc\nconfig:\n  port: {type: int, default: 1}\nhealth:\n"
+        << health;
     auto def = LoadServiceDefinition(dir);
     EXPECT_TRUE(def.ok()) << def.status();
     if (!def.ok()) return nullptr;
