@@ -310,6 +310,7 @@ absl::StatusOr<RunResult> Engine::Execute(v1::Event event, uint32_t attempt) {
   if (applied.ok() && !retry) applied = ApplyRelationChange(event);
   if (applied.ok() && !retry) applied = ApplyLifecycle(event);
   if (applied.ok() && !retry) applied = ApplyLeadership(event);
+  if (applied.ok() && !retry) applied = ApplyHealth(event);
   if (absl::Status s = applied; !s.ok()) {
     if (absl::IsInvalidArgument(s) || absl::IsNotFound(s))
       return fail("", std::string(s.message()));

@@ -234,6 +234,16 @@ class Engine {
   absl::StatusOr<EnqueueResult> BeginRemoval(absl::string_view by,
                                              std::vector<v1::Event> then = {});
   v1::UnitStage stage() const;
+
+  // The workload's health (health.cc; docs/service-definitions.md, "Health"). EnqueueHealth
+  // queues `workload.healthy` (HEALTHY) or `workload.unhealthy` (UNHEALTHY) with `params` (the
+  // probe and its error), in a transaction of its own, unless the inbox already leads to that
+  // health: then it queues nothing (event_id 0), so only transitions become events, also across
+  // restarts. Applying the event sets or clears the fact workload.healthy.
+  absl::StatusOr<EnqueueResult> EnqueueHealth(v1::WorkloadHealth health,
+                                              std::map<std::string, std::string> params = {});
+  // The health of the newest health event queued (UNSPECIFIED before the first).
+  absl::StatusOr<v1::WorkloadHealth> QueuedHealth() const;
   const std::map<std::string, std::string>& config() const { return config_; }
   uint64_t runs() const { return run_counter_; }
   const std::map<std::string, v1::RelationRecord>& relations() const;
@@ -275,6 +285,8 @@ class Engine {
   absl::Status CheckServiceWrite();
   // Why this run may not commit the service data it wrote, if it may not.
   absl::Status CheckTermAtCommit();
+  absl::Status ApplyHealth(const v1::Event& event);
+  absl::Status ValidateHealthEvent(const v1::Event& event) const;
   void FireEvent(absl::string_view event, const Handler* by);
   void Retest();
   void Queue(Handler* h, Reason reason, absl::string_view reason_event);

@@ -11,7 +11,7 @@ namespace parley::engine {
 
 bool IsInternalNamespace(absl::string_view prefix) {
   return prefix == "config" || prefix == "timer" || prefix == "file" || prefix == "action" ||
-         prefix == "leader";
+         prefix == "leader" || prefix == "workload";
 }
 
 const EndpointSpec* HandlerGraph::EndpointOf(absl::string_view name) const {

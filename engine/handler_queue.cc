@@ -58,6 +58,10 @@ void Engine::ChangeFact(FactState& f, bool set, absl::string_view value) {
 namespace {
 
 absl::Status EngineOwned(absl::string_view name) {
+  if (name == kWorkloadHealthyFact) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "fact '", name, "' is the engine's: the workload's health probes set and clear it"));
+  }
   if (name != kDyingFact) {
     return absl::InvalidArgumentError(
         absl::StrCat("fact '", name,

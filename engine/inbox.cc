@@ -65,6 +65,10 @@ absl::Status Engine::ValidateEvent(const v1::Event& event) const {
         absl::StrCat("event '", event.name(), "' for agent ", kb_->agent(), ": ", why));
   };
   if (event.name().empty()) return bad("the event has no name");
+  if (event.has_relation() && event.health() != v1::WORKLOAD_HEALTH_UNSPECIFIED) {
+    return bad("a relation event carries no workload health");
+  }
+  RETURN_IF_ERROR(ValidateHealthEvent(event));
   if (event.has_relation()) {
     const auto& rc = event.relation();
     if (graph_->Endpoint(rc.endpoint()) == nullptr) {

@@ -4,6 +4,7 @@
 // reads those records back. Every key the engine writes is built here:
 //
 //   kMeta      clock, run, next_event, next_outbox (counters); failure, status (records);
+//              stage, removal, health (the unit's life and its workload's health);
 //              cfg NUL <key> -> config value; timer NUL <name> -> due time (unix ms)
 //   kFact      <fact> -> FactRecord
 //   kRelation  <relation id> -> RelationRecord
@@ -40,6 +41,9 @@ inline constexpr absl::string_view kStatus = "status";
 inline constexpr absl::string_view kStage = "stage";
 // Present once the removal's stop is queued (Engine::BeginRemoval).
 inline constexpr absl::string_view kRemoval = "removal";
+// The workload health the inbox leads to: that of the newest health event queued
+// (Engine::EnqueueHealth), absent before the first.
+inline constexpr absl::string_view kHealth = "health";
 
 inline constexpr absl::string_view kNul("\0", 1);
 

@@ -13,8 +13,8 @@
 namespace parley::engine {
 
 bool IsEngineOwnedFact(absl::string_view fact) {
-  return fact == kDyingFact || fact == kLeaderFact || fact == kLeaderUnitFact ||
-         fact == kLeaderTermFact;
+  return fact == kDyingFact || fact == kWorkloadHealthyFact || fact == kLeaderFact ||
+         fact == kLeaderUnitFact || fact == kLeaderTermFact;
 }
 
 namespace {

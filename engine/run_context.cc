@@ -33,6 +33,10 @@ absl::Status RunContext::Clear(absl::string_view fact) {
 
 absl::Status RunContext::Fire(absl::string_view event) {
   RETURN_IF_ERROR(engine_->graph_->ValidateName(handler(), "fired event", event, true));
+  if (event == kWorkloadHealthyEvent || event == kWorkloadUnhealthyEvent) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "handler '", handler(), "' cannot fire '", event, "': only the health probes do"));
+  }
   if (engine_->graph_->EndpointOf(event) != nullptr) {
     return absl::InvalidArgumentError(
         absl::StrCat("handler '", handler(), "' cannot fire relationship event '", event, "'"));

@@ -14,6 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 
 namespace parley::engine {
 
@@ -96,12 +97,55 @@ inline constexpr absl::string_view kLeaderTermFact = "leader.term";
 // after it on the unit that became leader.
 inline constexpr absl::string_view kLeaderChangedEvent = "leader.changed";
 inline constexpr absl::string_view kLeaderElectedEvent = "leader.elected";
-// True for the facts only the engine changes (dying and the leadership facts).
+// True for the facts only the engine changes (dying, workload.healthy and the leadership facts).
 bool IsEngineOwnedFact(absl::string_view fact);
 // Prefixes of internal events (config.changed, timer.<name>, file.changed.<path>, action.<name>,
-// leader.*): the engine owns them, and no endpoint may take these names. The definition readers
+// leader.*, workload.*): the engine owns them, and no endpoint may take these names. The definition readers
 // check names with this same list.
 bool IsInternalNamespace(absl::string_view prefix);
+// The fact the engine sets while the workload's health probes pass (docs/service-definitions.md,
+// "Health"): set by applying a `workload.healthy` event, cleared by a `workload.unhealthy` one
+// (Engine::EnqueueHealth queues them). Handlers read it but cannot set or clear it.
+inline constexpr absl::string_view kWorkloadHealthyFact = "workload.healthy";
+inline constexpr absl::string_view kWorkloadHealthyEvent = "workload.healthy";
+inline constexpr absl::string_view kWorkloadUnhealthyEvent = "workload.unhealthy";
+
+// What a health probe sees: the unit's committed config (defaults filled in) and facts when the
+// check starts, and how long it may take.
+struct ProbeContext {
+  std::string unit;
+  std::map<std::string, std::string> config;
+  std::map<std::string, std::string> facts;
+  absl::Duration timeout;
+};
+
+// One kind of check of the workload (a command, a TCP connect, an HTTP GET). The engine does not
+// run probes: the agent's health monitor (services/health/monitor.h) does, on a thread of its
+// own, never inside a run. Check is called from one thread at a time.
+class HealthProbe {
+ public:
+  virtual ~HealthProbe() = default;
+  // OK when the workload passes; otherwise why not (the message is logged and shown, truncated).
+  // Returns within about ctx.timeout.
+  virtual absl::Status Check(const ProbeContext& ctx) = 0;
+};
+
+// A probe as declared (`health:` in service.yaml), with its schedule and thresholds.
+struct HealthCheckSpec {
+  // Unique within the service.
+  std::string name;
+  // What it checks, for status and logs: "tcp {{fact.unit.host}}:{{fact.redis.running}}".
+  std::string target;
+  // The first check `initial_delay` after the unit became active, then one every `interval`
+  // (from the start of the previous one), each given `timeout`.
+  absl::Duration initial_delay = absl::ZeroDuration();
+  absl::Duration interval = absl::Seconds(10);
+  absl::Duration timeout = absl::Seconds(1);
+  // Consecutive failures that make the probe unhealthy, successes that make it healthy again.
+  uint32_t failure_threshold = 3;
+  uint32_t success_threshold = 1;
+  std::shared_ptr<HealthProbe> probe;
+};
 
 // A config option a service declares. `check` validates a value (not set: any text).
 struct ConfigOptionSpec {
@@ -146,6 +190,8 @@ struct ServiceSpec {
   // The service has a leader (docs/coordination.md): its agents campaign for it, the engine keeps
   // the leadership facts, and only the leader may write the service bag. Without it nobody may.
   bool leadership = false;
+  // Health probes (none: the agent watches nothing and never queues workload.* events).
+  std::vector<HealthCheckSpec> health;
 };
 
 }  // namespace parley::engine

@@ -74,7 +74,9 @@ Agent::Agent(const AgentEnv& env, std::unique_ptr<kb::Kb> kb,
       metrics_(env.metrics->ForAgent(name_)),
       delivery_(std::make_unique<Delivery>(env, name_, engine_.get(), &metrics_, strand_,
                                            options_.send_batch,
-                                           static_cast<DeliveryOwner*>(this))) {}
+                                           static_cast<DeliveryOwner*>(this))) {
+  MakeHealthMonitor();
+}
 
 Agent::~Agent() = default;
 
@@ -179,6 +181,7 @@ void Agent::Start() {
     (*schedule)();
   }
   for (const auto& peer : WantedPeers()) env_.links->EnsureSession(this, peer);
+  UpdateHealth();
   Kick();
 }
 
@@ -264,6 +267,7 @@ void Agent::AfterCommit(const engine::RunResult& result) {
     if (!delivery_->HasSession(m.destination())) env_.links->EnsureSession(this, m.destination());
   }
   if (!engine_->timers().empty() || !timer_ids_.empty()) ScheduleTimers();
+  UpdateHealth();
 }
 
 void Agent::ScheduleRetry(absl::Time when) {
@@ -555,6 +559,7 @@ void Agent::Notify() {
 
 void Agent::Stop() {
   stopped_ = true;
+  if (health_) health_->Stop();
   if (retry_timer_) env_.scheduler->Cancel(retry_timer_);
   if (update_timer_) env_.scheduler->Cancel(update_timer_);
   for (auto& [name, t] : timer_ids_) env_.scheduler->Cancel(t.second);

@@ -7,7 +7,10 @@
 //  - after a run is durable, sends the new outbox entries to their destinations, and applies
 //    relation events from peers exactly once, acknowledging each once it is durable in the inbox
 //    (its Delivery, services/agent/delivery.h: the protocol's one home);
-//  - turns timers handlers asked for into timer events.
+//  - turns timers handlers asked for into timer events;
+//  - runs its workload's health probes (services/health/monitor.h) once the unit is active, on
+//    the monitor's thread, and queues workload.healthy / workload.unhealthy on each transition
+//    (agent_health.cc).
 
 #include <deque>
 #include <map>
@@ -24,6 +27,7 @@
 #include "services/agent/agent_env.h"
 #include "services/agent/delivery.h"
 #include "services/agent/session.h"
+#include "services/health/monitor.h"
 #include "services/telemetry/metrics.h"
 
 namespace parley::services {
@@ -131,6 +135,15 @@ class Agent : private DeliveryOwner {
   uint64_t Watch(Watcher fn);
   void Unwatch(uint64_t id);
 
+  // The workload's health (agent_health.cc): UNSPECIFIED without probes or before they decided.
+  v1::WorkloadHealth health() const;
+  // While the workload is unhealthy: since when (in the host's clock's time). For a leader that
+  // must resign when its workload stays unhealthy past a grace.
+  std::optional<absl::Time> UnhealthySince() const;
+  // Called on the strand after each change of the workload's health (once its event is queued).
+  using HealthWatcher = std::function<void(const HealthChange&)>;
+  void WatchHealth(HealthWatcher fn) { health_watchers_.push_back(std::move(fn)); }
+
   // Stops timers and detaches sessions; the strand must be drained afterwards.
   void Stop();
   bool stopped() const { return stopped_; }
@@ -144,6 +157,12 @@ class Agent : private DeliveryOwner {
   void ScheduleTimers();
   void ScheduleRetry(absl::Time when);
   void Notify();
+  // Health (agent_health.cc): the monitor follows the unit's stage and sees its committed config
+  // and facts; a change it reports is queued as an event on the strand.
+  void MakeHealthMonitor();
+  void UpdateHealth();
+  void OnHealthChange(const HealthChange& change);
+  void FillHealth(v1::AgentStatus& s) const;
   void Log(v1::LogLevel level, std::string message) const;
   // Runs `fn` on the strand once `ticket` is durable, after the work queued before it.
   void WhenDurable(uint64_t ticket, std::function<void()> fn);
@@ -200,6 +219,10 @@ class Agent : private DeliveryOwner {
   Metrics::Agent metrics_;
   // The peer protocol: sessions, the pump, checking and acknowledging arriving events.
   std::unique_ptr<Delivery> delivery_;
+  // Set when the spec declares health probes.
+  std::unique_ptr<HealthMonitor> health_;
+  std::vector<HealthWatcher> health_watchers_;
+  prometheus::Gauge* workload_healthy_ = nullptr;
 };
 
 }  // namespace parley::services

@@ -5,6 +5,7 @@
 #include "services/backends/ansible/ansible_backend.h"
 #include "services/backends/builtin/builtin_action.h"
 #include "services/backends/exec/exec_backend.h"
+#include "services/backends/probes/probes.h"
 
 namespace parley::services {
 
@@ -28,6 +29,10 @@ std::unique_ptr<BackendRegistry> MakeBackends(BackendOptions options) {
     return MakeContainerAction(def, handler, o, log);
   });
   registry->Add(ActionKind::kBuiltin, MakeBuiltinAction);
+  // Probes run programs as handlers do (the same user, PATH and unit address).
+  registry->SetProbes([o = options.process](const ServiceDefinition& def, const ProbeDef& probe) {
+    return MakeHealthProbe(def, probe, o);
+  });
   return registry;
 }
 

@@ -10,6 +10,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <utility>
 
 #include "absl/status/statusor.h"
 #include "engine/spec.h"
@@ -29,8 +30,22 @@ class BackendRegistry : public ActionFactory {
   absl::StatusOr<std::unique_ptr<engine::Action>> Make(const ServiceDefinition& def,
                                                        const HandlerDef& handler) override;
 
+  // Health probes (`health:`): unset, a definition that declares some is refused.
+  using ProbeMaker = std::function<absl::StatusOr<std::shared_ptr<engine::HealthProbe>>(
+      const ServiceDefinition& def, const ProbeDef& probe)>;
+  BackendRegistry& SetProbes(ProbeMaker make) {
+    probes_ = std::move(make);
+    return *this;
+  }
+  absl::StatusOr<std::shared_ptr<engine::HealthProbe>> MakeProbe(const ServiceDefinition& def,
+                                                                 const ProbeDef& probe) override {
+    if (!probes_) return ActionFactory::MakeProbe(def, probe);
+    return probes_(def, probe);
+  }
+
  private:
   std::map<ActionKind, Maker> makers_;
+  ProbeMaker probes_;
 };
 
 }  // namespace parley::services

@@ -31,6 +31,12 @@ void ConfigSpecInto(const ServiceDefinition& def, engine::ServiceSpec& spec) {
 
 }  // namespace
 
+absl::StatusOr<std::shared_ptr<engine::HealthProbe>> ActionFactory::MakeProbe(
+    const ServiceDefinition& def, const ProbeDef& probe) {
+  return absl::UnimplementedError(absl::StrCat(def.file, ":", probe.line, ": health.", probe.name,
+                                               ": this agent runs no health probes"));
+}
+
 engine::ServiceSpec ConfigSpec(const ServiceDefinition& def, absl::string_view service) {
   engine::ServiceSpec spec;
   spec.service = std::string(service);
@@ -66,6 +72,18 @@ absl::StatusOr<engine::ServiceSpec> BuildSpec(const ServiceDefinition& def, absl
   for (const HandlerDef& h : def.handlers) {
     ASSIGN_OR_RETURN(std::unique_ptr<engine::Action> action, factory.Make(def, h));
     spec.handlers.push_back({h.name, h.when, h.when_not, h.on, std::move(action), h.while_dying});
+  }
+  for (const ProbeDef& p : def.health) {
+    engine::HealthCheckSpec check;
+    check.name = p.name;
+    check.target = p.Target();
+    check.initial_delay = p.initial_delay;
+    check.interval = p.interval;
+    check.timeout = p.timeout;
+    check.failure_threshold = p.failure_threshold;
+    check.success_threshold = p.success_threshold;
+    ASSIGN_OR_RETURN(check.probe, factory.MakeProbe(def, p));
+    spec.health.push_back(std::move(check));
   }
   ConfigSpecInto(def, spec);
   spec.leadership = def.leadership;

@@ -22,6 +22,10 @@ class ActionFactory {
   // it needs.
   virtual absl::StatusOr<std::unique_ptr<engine::Action>> Make(const ServiceDefinition& def,
                                                                const HandlerDef& handler) = 0;
+  // Makes the check of a health probe (`health:`). By default UNIMPLEMENTED naming the probe:
+  // a factory that runs no probes builds no spec of a definition that declares some.
+  virtual absl::StatusOr<std::shared_ptr<engine::HealthProbe>> MakeProbe(
+      const ServiceDefinition& def, const ProbeDef& probe);
 };
 
 // The spec of unit `unit` ("<service>/<number>") of a service built from `def`. Endpoint

@@ -13,7 +13,8 @@
 
 namespace parley::services::definition_internal {
 
-// The event prefixes the engine owns (config, timer, file, action, leader): the engine's list.
+// The event prefixes the engine owns (config, timer, file, action, leader, workload): the
+// engine's list.
 using engine::IsInternalNamespace;
 // install, start, stop, update.
 bool IsLifecycleEvent(absl::string_view name);

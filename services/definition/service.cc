@@ -36,6 +36,21 @@ const InterfaceSchema* ServiceDefinition::InterfaceOf(absl::string_view endpoint
   return it == interfaces.end() ? nullptr : &it->second;
 }
 
+std::string ProbeDef::Target() const {
+  switch (kind) {
+    case Kind::kExec: {
+      std::string out = "exec";
+      for (const Template& t : command) absl::StrAppend(&out, " ", t.source);
+      return out;
+    }
+    case Kind::kTcp:
+      return absl::StrCat("tcp ", host ? host->source : "$PARLEY_UNIT_HOST", ":", port.source);
+    case Kind::kHttp:
+      return absl::StrCat("http ", url.source);
+  }
+  return "";
+}
+
 std::map<std::string, std::string> ConfigDefaults(const ServiceDefinition& def) {
   std::map<std::string, std::string> out;
   for (const auto& opt : def.config) {

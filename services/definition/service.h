@@ -20,6 +20,7 @@
 #include "engine/spec.h"
 #include "services/definition/action_spec.h"
 #include "services/definition/interface.h"
+#include "services/definition/template.h"
 #include "services/definition/values.h"
 
 namespace parley::services {
@@ -82,6 +83,33 @@ struct EventDef {
   int line = 0;
 };
 
+// A health probe of the workload (`health:`; docs/service-definitions.md, "Health"), run by the
+// agent outside runs: one of a command (exec), a TCP connect or an HTTP GET.
+struct ProbeDef {
+  enum class Kind { kExec, kTcp, kHttp };
+  std::string name;
+  Kind kind = Kind::kTcp;
+  // exec: the program and its arguments, run as the definition's user from its directory; it
+  // passes when it exits 0.
+  std::vector<Template> command;
+  // tcp: where to connect (host empty: the unit's address, PARLEY_UNIT_HOST); it passes when the
+  // connection is accepted.
+  std::optional<Template> host;
+  Template port;
+  // http: the URL to GET; it passes on a status from 200 to 399.
+  Template url;
+  // Defaults as Kubernetes' probes have them.
+  absl::Duration initial_delay = absl::ZeroDuration();
+  absl::Duration interval = absl::Seconds(10);
+  absl::Duration timeout = absl::Seconds(1);
+  uint32_t failure_threshold = 3;
+  uint32_t success_threshold = 1;
+  int line = 0;
+
+  // "exec ./bin/check", "tcp {{fact.unit.host}}:6379", "http http://...": for status and logs.
+  std::string Target() const;
+};
+
 struct ServiceDefinition {
   // The definition directory and its service.yaml, as named to the loader.
   std::string dir;
@@ -106,6 +134,8 @@ struct ServiceDefinition {
   absl::Duration lease_ttl = absl::Seconds(5);
   absl::Duration leading_interval = absl::Seconds(2);
   int leadership_line = 0;
+  // Health probes, in declaration order; none: nothing watches the workload.
+  std::vector<ProbeDef> health;
 
   const EndpointDef* FindEndpoint(absl::string_view name) const;
   const ConfigOption* FindConfig(absl::string_view name) const;

@@ -18,6 +18,7 @@
 #include "engine/spec.h"
 #include "services/coord/leadership.h"
 #include "services/definition/action_reader.h"
+#include "services/definition/health_reader.h"
 #include "services/definition/names.h"
 #include "services/definition/service.h"
 #include "services/definition/yaml_fields.h"
@@ -41,7 +42,8 @@ class DefinitionReader {
     }
     ASSIGN_OR_RETURN(
         Fields f, Fields::Read(top, {"name", "description", "user", "provides", "requires", "peers",
-                                     "config", "handlers", "actions", "events", "leadership"}));
+                                     "config", "handlers", "actions", "events", "leadership",
+                                     "health"}));
     ASSIGN_OR_RETURN(const At* name, f.Require("name"));
     ASSIGN_OR_RETURN(def_.name, ReadName(*name, NameRule::kService, "service name"));
     ASSIGN_OR_RETURN(def_.description, ReadText(f.Get("description")));
@@ -55,6 +57,7 @@ class DefinitionReader {
       if (const At* at = f.Get(key)) RETURN_IF_ERROR(ReadEndpoints(*at, role));
     }
     if (const At* at = f.Get("config")) RETURN_IF_ERROR(ReadConfig(*at));
+    if (const At* at = f.Get("health")) RETURN_IF_ERROR(ReadHealth(*at, def_));
     if (const At* at = f.Get("actions")) RETURN_IF_ERROR(ReadActions(*at));
     if (const At* at = f.Get("events")) RETURN_IF_ERROR(ReadEventSection(*at));
     if (const At* at = f.Get("handlers")) RETURN_IF_ERROR(ReadHandlers(*at));
@@ -90,7 +93,8 @@ class DefinitionReader {
       if (IsInternalNamespace(name)) {
         return ep_at.Error(
             absl::StrCat("endpoint name '", name,
-                         "' is reserved for internal events (config, timer, file and action are)"));
+                         "' is reserved for internal events (config, timer, file, action and "
+                         "workload are)"));
       }
       if (const EndpointDef* earlier = def_.FindEndpoint(name)) {
         return ep_at.Error(absl::StrCat("endpoint '", name, "' is already declared at line ",
@@ -292,6 +296,9 @@ class DefinitionReader {
     if (!Matches(fact, NameRule::kToken)) {
       return absl::StrCat("is not a fact name: a fact name is ", RuleText(NameRule::kToken));
     }
+    if (fact == engine::kWorkloadHealthyFact && def_.health.empty()) {
+      return "is set by the health probes, and this service declares none (health:)";
+    }
     const size_t dot = fact.find('.');
     if (dot == absl::string_view::npos) return "";
     const absl::string_view prefix = fact.substr(0, dot), rest = fact.substr(dot + 1);
@@ -346,6 +353,16 @@ class DefinitionReader {
         return "is a leadership event, but the service declares no leadership (add "
                "`leadership: true`)";
       }
+      if (prefix == "workload") {
+        if (event != engine::kWorkloadHealthyEvent && event != engine::kWorkloadUnhealthyEvent) {
+          return "is not an event: the workload's events are workload.healthy and "
+                 "workload.unhealthy";
+        }
+        if (def_.health.empty()) {
+          return "is fired by the health probes, and this service declares none (health:)";
+        }
+        return "";
+      }
       if (prefix == "action") {
         if (def_.FindAction(rest) != nullptr) return "";
         return absl::StrCat("names action '", rest,
@@ -366,6 +383,7 @@ class DefinitionReader {
     return absl::StrCat(
         "is not an event this service knows: expected install, start, stop, update, "
         "config.changed, timer.<name>, file.changed.<path>, action.<action>, "
+        "workload.healthy|unhealthy, "
         "<endpoint>.joined|changed|departed|broken or an event declared under events (events: ",
         NamesOf(def_.events), ")");
   }

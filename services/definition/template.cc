@@ -127,4 +127,40 @@ absl::StatusOr<std::string> ExpandTemplate(
   return out;
 }
 
+absl::StatusOr<std::string> ExpandTemplate(
+    const Template& t, absl::string_view what, const std::map<std::string, std::string>& config,
+    const std::map<std::string, std::string>& facts,
+    const std::map<std::string, std::string>& config_defaults) {
+  std::string out;
+  for (const Template::Part& p : t.parts) {
+    auto fail = [&](absl::string_view why) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(what, ": ", t.origin, ": '", ReferenceText(p), "': ", why));
+    };
+    switch (p.kind) {
+      case Template::Part::Kind::kLiteral:
+        out += p.text;
+        break;
+      case Template::Part::Kind::kConfig: {
+        auto it = config.find(p.text);
+        if (it == config.end()) it = config_defaults.find(p.text);
+        if (it == config_defaults.end()) {
+          return fail(absl::StrCat("config option '", p.text, "' has no value and no default"));
+        }
+        out += it->second;
+        break;
+      }
+      case Template::Part::Kind::kFact: {
+        auto it = facts.find(p.text);
+        if (it == facts.end()) return fail(absl::StrCat("fact '", p.text, "' is not set"));
+        out += it->second;
+        break;
+      }
+      case Template::Part::Kind::kEvent:
+        return fail("no event is being handled");
+    }
+  }
+  return out;
+}
+
 }  // namespace parley::services

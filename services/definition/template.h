@@ -44,4 +44,12 @@ absl::StatusOr<std::string> ExpandTemplate(
     const Template& t, const engine::RunContext& ctx,
     const std::map<std::string, std::string>& config_defaults);
 
+// Expands `t` outside a run, for `what` (a health probe: "probe 'port'"): config options take
+// `config`'s value, else the default in `config_defaults`; facts must be in `facts`; a template
+// with event references cannot be expanded. Errors name `what` and where it was written.
+absl::StatusOr<std::string> ExpandTemplate(
+    const Template& t, absl::string_view what, const std::map<std::string, std::string>& config,
+    const std::map<std::string, std::string>& facts,
+    const std::map<std::string, std::string>& config_defaults);
+
 }  // namespace parley::services

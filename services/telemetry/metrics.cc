@@ -79,7 +79,26 @@ Metrics::Metrics(prometheus::Registry& r)
       reconnects_(BuildCounter()
                       .Name("parley_peer_reconnects_total")
                       .Help("Streams to the peer that ended and were opened again")
-                      .Register(r)) {}
+                      .Register(r)),
+      probe_checks_(BuildCounter()
+                        .Name("parley_agent_probe_checks_total")
+                        .Help("Health probe checks of the workload, by probe and result "
+                              "(pass or fail)")
+                        .Register(r)),
+      probe_duration_(BuildHistogram()
+                          .Name("parley_agent_probe_duration_seconds")
+                          .Help("Duration of health probe checks")
+                          .Register(r)),
+      probe_healthy_(BuildGauge()
+                         .Name("parley_agent_probe_healthy")
+                         .Help("1 while the probe judges the workload healthy, 0 unhealthy, -1 "
+                               "before its thresholds decided")
+                         .Register(r)),
+      workload_healthy_(BuildGauge()
+                            .Name("parley_agent_workload_healthy")
+                            .Help("1 while every health probe passes, 0 while one failed its "
+                                  "threshold, -1 before they decided")
+                            .Register(r)) {}
 
 Metrics::Agent Metrics::ForAgent(const std::string& agent) {
   const prometheus::Labels l{{"agent", agent}};
@@ -110,6 +129,23 @@ prometheus::Counter& Metrics::Rejected(const std::string& agent, const std::stri
 
 prometheus::Gauge& Metrics::PeerUp(const std::string& agent, const std::string& peer) {
   return peer_up_.Add({{"agent", agent}, {"peer", peer}});
+}
+
+Metrics::Probe Metrics::ForProbe(const std::string& agent, const std::string& probe) {
+  const prometheus::Labels l{{"agent", agent}, {"probe", probe}};
+  Probe p;
+  p.passed = &probe_checks_.Add({{"agent", agent}, {"probe", probe}, {"result", "pass"}});
+  p.failed = &probe_checks_.Add({{"agent", agent}, {"probe", probe}, {"result", "fail"}});
+  p.duration = &probe_duration_.Add(
+      l, prometheus::Histogram::BucketBoundaries{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                                 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30});
+  p.healthy = &probe_healthy_.Add(l);
+  p.healthy->Set(-1);
+  return p;
+}
+
+prometheus::Gauge& Metrics::WorkloadHealthy(const std::string& agent) {
+  return workload_healthy_.Add({{"agent", agent}});
 }
 
 prometheus::Counter& Metrics::Reconnects(const std::string& agent, const std::string& peer) {

@@ -43,6 +43,18 @@ class Metrics {
   prometheus::Gauge& PeerUp(const std::string& agent, const std::string& peer);
   prometheus::Counter& Reconnects(const std::string& agent, const std::string& peer);
 
+  // The series of one health probe of an agent (docs/operations.md, "Health").
+  struct Probe {
+    prometheus::Counter* passed;
+    prometheus::Counter* failed;
+    prometheus::Histogram* duration;
+    // 1 healthy, 0 unhealthy, -1 before its thresholds decided.
+    prometheus::Gauge* healthy;
+  };
+  Probe ForProbe(const std::string& agent, const std::string& probe);
+  // 1 while the agent's workload is healthy, 0 while unhealthy, -1 before its probes decided.
+  prometheus::Gauge& WorkloadHealthy(const std::string& agent);
+
  private:
   prometheus::Family<prometheus::Counter>& runs_;
   prometheus::Family<prometheus::Histogram>& run_duration_;
@@ -59,6 +71,10 @@ class Metrics {
   prometheus::Family<prometheus::Counter>& events_resolved_;
   prometheus::Family<prometheus::Gauge>& peer_up_;
   prometheus::Family<prometheus::Counter>& reconnects_;
+  prometheus::Family<prometheus::Counter>& probe_checks_;
+  prometheus::Family<prometheus::Histogram>& probe_duration_;
+  prometheus::Family<prometheus::Gauge>& probe_healthy_;
+  prometheus::Family<prometheus::Gauge>& workload_healthy_;
 };
 
 }  // namespace parley::services

@@ -26,6 +26,9 @@ LAYERS = {
     "services/fixtures": {"base", "kb", "engine", "parley/v1"},
     # service.yaml's `leadership:` lease settings are checked by the coordination seam's rule.
     "services/definition": {"base", "kb", "engine", "parley/v1", "services/coord"},
+    # The health monitor (schedule, thresholds, the workload's health) sits on the engine's
+    # HealthProbe seam; the probe kinds are in services/backends/probes.
+    "services/health": {"base", "engine", "parley/v1"},
     # The backends as a whole, then each kind: a kind sees the shared pieces, never another kind.
     "services/backends": {"base", "kb", "engine", "parley/v1", "services/definition"},
     "services/backends/common": {"base"},
@@ -36,6 +39,9 @@ LAYERS = {
                                "services/backends/common", "services/backends/process"},
     "services/backends/ansible": {"base", "kb", "engine", "parley/v1", "services/definition",
                                   "services/backends/common", "services/backends/process"},
+    # Health probes (exec, tcp, http) run programs and HTTP calls as the kinds do.
+    "services/backends/probes": {"base", "kb", "engine", "parley/v1", "services/definition",
+                                 "services/backends/common", "services/backends/process"},
     "services/backends/http": {"base", "kb", "engine", "parley/v1", "services/definition",
                                "services/backends/common"},
     "services/backends/container": {"base", "kb", "engine", "parley/v1", "services/definition",
@@ -50,11 +56,12 @@ LAYERS = {
                         "tools/cli/deploy"},
     # The runtime: the agent sees its environment (services/agent/agent_env.h), never the host;
     # transport sees the host through interfaces of its own (services/transport/transport_host.h).
-    "services/agent": {"base", "kb", "engine", "parley/v1", "services/telemetry"},
+    "services/agent": {"base", "kb", "engine", "parley/v1", "services/telemetry",
+                       "services/health"},
     "services/transport": {"base", "kb", "engine", "parley/v1", "services/telemetry",
-                           "services/agent"},
+                           "services/agent", "services/health"},
     "services/host": {"base", "kb", "engine", "parley/v1", "services/telemetry", "services/agent",
-                      "services/transport"},
+                      "services/transport", "services/health"},
     # The composition root: parleyd's main wires the host, the backends and (in test mode) the
     # fixtures; nothing includes it.
     "services/daemon": {"base", "kb", "engine", "parley/v1", "services/telemetry",
@@ -73,7 +80,7 @@ INTERNAL = {
     "kb": {"store_impl.h"},
     "engine": {"handler_graph.h", "inbox.h", "key_layout.h", "outbox.h", "relations.h",
                "run.h", "trace.h"},
-    "services/definition": {"action_reader.h", "names.h", "yaml_fields.h"},
+    "services/definition": {"action_reader.h", "health_reader.h", "names.h", "yaml_fields.h"},
     "services/backends/process": {"child.h", "context_file.h", "fd.h", "hook_handler.h",
                                   "hook_server.h"},
 }

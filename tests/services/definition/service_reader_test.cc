@@ -167,7 +167,7 @@ TEST_F(DefinitionTest, UnknownKeysAreRefusedAtEveryLevel) {
       ServiceError(yaml),
       At(yaml, "handler:", "") +
           "unknown key 'handler' (expected name, description, user, provides, requires, peers, "
-          "config, handlers, actions, events, leadership)");
+          "config, handlers, actions, events, leadership, health)");
 
   yaml = R"(name: svc
 handlers:
@@ -470,6 +470,7 @@ TEST_F(DefinitionTest, OnNamingUnknownEventsIsRefused) {
             At(yaml, "instal", "handlers[0].on[0]") +
                 "'instal' is not an event this service knows: expected install, start, stop, "
                 "update, config.changed, timer.<name>, file.changed.<path>, action.<action>, "
+                "workload.healthy|unhealthy, "
                 "<endpoint>.joined|changed|departed|broken or an event declared under events "
                 "(events: app.restarted)");
 

@@ -84,7 +84,7 @@ std::string RenderStatus(const v1::ModelStatus& st) {
     services.Add({svc.name(), svc.definition_name(), absl::StrCat(svc.units_size()), workload});
   }
   out += services.Render() + "\n";
-  Table units({"Unit", "Workload", "Agent", "Stage", "Inbox", "Outbox", "Message"});
+  Table units({"Unit", "Workload", "Health", "Agent", "Stage", "Inbox", "Outbox", "Message"});
   // Links without a stream: a unit whose events cannot leave must not look idle.
   Table links({"Unit", "Peer", "Link", "Unacked", "Detail"});
   const int64_t now_ms = absl::ToUnixMillis(absl::Now());
@@ -95,7 +95,19 @@ std::string RenderStatus(const v1::ModelStatus& st) {
       message = DescribeFailure(u.agent(), u.failure(), 100);
     }
     const bool answered = !u.agent().empty() && u.agent_state() != v1::AGENT_STATE_UNSPECIFIED;
+    // An unhealthy workload says which probe failed and why, unless a failure says more.
+    if (u.health() == v1::WORKLOAD_HEALTH_UNHEALTHY && u.agent_state() != v1::AGENT_STATE_ERROR) {
+      for (const auto& p : u.probes()) {
+        if (p.health() != v1::WORKLOAD_HEALTH_UNHEALTHY) continue;
+        std::string error = p.last_error();
+        if (error.size() > 100) error = error.substr(0, 97) + "...";
+        message = absl::StrCat("probe ", p.name(), ": ", error.empty() ? "failing" : error,
+                               message.empty() ? "" : "; ", message);
+        break;
+      }
+    }
     units.Add({u.agent(), answered ? WorkloadName(u.workload().state()) : "unknown",
+               answered ? HealthName(u) : "-",
                answered ? AgentStateName(u.agent_state()) : "lost",
                answered ? StageName(u.stage()) : "-", absl::StrCat(u.inbox_depth()),
                absl::StrCat(u.outbox_unacked()), message});

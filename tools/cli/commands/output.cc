@@ -51,6 +51,17 @@ std::string StageName(v1::UnitStage s) {
   }
 }
 
+std::string HealthName(const v1::AgentStatus& s) {
+  switch (s.health()) {
+    case v1::WORKLOAD_HEALTH_HEALTHY:
+      return "healthy";
+    case v1::WORKLOAD_HEALTH_UNHEALTHY:
+      return "unhealthy";
+    default:
+      return s.probes_size() > 0 ? "checking" : "-";
+  }
+}
+
 std::string DescribeFailure(const std::string& unit, const v1::RunFailure& failure,
                             size_t max_error) {
   std::string error = failure.message();

@@ -46,6 +46,10 @@ std::string WorkloadName(v1::WorkloadState s);
 std::string AgentStateName(v1::AgentState s);
 // A unit's stage in its life: installing, active, dying, dead (docs/engine.md, "A unit's life").
 std::string StageName(v1::UnitStage s);
+
+// What its probes say of a unit's workload: healthy, unhealthy, checking (probes declared, not
+// decided yet) or "-" (no probes: docs/service-definitions.md, "Health").
+std::string HealthName(const v1::AgentStatus& s);
 // A unit's failed inbox head for operators: "event 7 action.hello failed: <error> (3 attempts,
 // next at 12:00:01); `parley resolve web/0` retries it now, `--skip` drops it". The error is cut
 // to `max_error` characters (0: whole), the rest always shown.
