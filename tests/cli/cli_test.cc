@@ -203,7 +203,7 @@ TEST_F(CliTest, UpConvergesAndStatusReportsEveryUnit) {
   EXPECT_THAT(Backends(), ::testing::ElementsAre("web/0", "web/1"));
 
   const std::string table = Ok({"status"});
-  EXPECT_THAT(table, HasSubstr("web/1  active    idle   active  0      0       hello on 9000"));
+  EXPECT_THAT(table, HasSubstr("web/1  active    -       idle   active  0      0       hello on 9000"));
   EXPECT_THAT(table, Not(HasSubstr("Links without a stream")));
   // Every unit knows its peers, and each link is up with nothing unacknowledged.
   for (const auto& u : st.units()) {

@@ -92,7 +92,7 @@ installs() { parley trace "$1" --last 100 | grep -c "^run [0-9]*: event [0-9]* '
 last_run() { parley trace "$1" --last 1 | sed -n 's/^run \([0-9]*\):.*/\1/p' | tail -n 1; }
 settled_as_before() {
   parley wait --timeout 60s
-  parley status | grep -E '^lb/0 +active +idle .*port 9000' || { parley status; fail "lb/0 not active on port 9000"; }
+  parley status | grep -E '^lb/0 +active +- +idle .*port 9000' || { parley status; fail "lb/0 not active on port 9000"; }
   [ "$(parley relation-data lb/0 backends)" = "$data" ] ||
     fail "lb/0's relation data changed: $(parley relation-data lb/0 backends)"
   for u in web/0 web/1; do

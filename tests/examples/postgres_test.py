@@ -197,7 +197,7 @@ def test():
         m.run("add-unit", "postgres")  # postgres/4
         stale = "pg_basebackup from postgres/1"
         wait_for("postgres/4 failing to copy the dead postgres/1 (its trace)",
-                 lambda: stale in m.run("trace", "postgres/4"), 90)
+                 lambda: stale in m.run("trace", "postgres/4", "--last", "100"), 90)
         c.remove(1)
         try:
             wait_for("postgres/4 a replica", lambda: c.in_recovery(4), 90)
@@ -208,7 +208,7 @@ def test():
         check(not u.get("failure"), "postgres/4 still has a failure: %r" % u.get("failure"))
         # How the stale event got out of the way: retried with postgres/1's newer data (folded), or
         # cancelled by its departure (docs/engine.md, "Relation data is a state too").
-        trace = m.run("trace", "postgres/4")
+        trace = m.run("trace", "postgres/4", "--last", "100")
         runs = {}  # event id -> the texts of its runs
         for r in ("\n" + trace).split("\nrun ")[1:]:
             event = re.match(r"\d+: event (\d+) ", r)
