@@ -100,8 +100,8 @@ inline constexpr absl::string_view kLeaderElectedEvent = "leader.elected";
 // True for the facts only the engine changes (dying, workload.healthy and the leadership facts).
 bool IsEngineOwnedFact(absl::string_view fact);
 // Prefixes of internal events (config.changed, timer.<name>, file.changed.<path>, action.<name>,
-// leader.*, workload.*): the engine owns them, and no endpoint may take these names. The definition readers
-// check names with this same list.
+// leader.*, workload.*): the engine owns them, and no endpoint may take these names. The definition
+// readers check names with this same list.
 bool IsInternalNamespace(absl::string_view prefix);
 // The fact the engine sets while the workload's health probes pass (docs/service-definitions.md,
 // "Health"): set by applying a `workload.healthy` event, cleared by a `workload.unhealthy` one
@@ -190,6 +190,11 @@ struct ServiceSpec {
   // The service has a leader (docs/coordination.md): its agents campaign for it, the engine keeps
   // the leadership facts, and only the leader may write the service bag. Without it nobody may.
   bool leadership = false;
+  // Its lease settings (service.yaml's `leadership:`, checked when it loads): the agent's
+  // campaign holds a lease of `lease_ttl`, and a unit told that it leads keeps leading at least
+  // `leading_interval` unless it resigns.
+  absl::Duration lease_ttl = absl::Seconds(5);
+  absl::Duration leading_interval = absl::Seconds(2);
   // Health probes (none: the agent watches nothing and never queues workload.* events).
   std::vector<HealthCheckSpec> health;
 };

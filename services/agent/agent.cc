@@ -76,6 +76,7 @@ Agent::Agent(const AgentEnv& env, std::unique_ptr<kb::Kb> kb,
                                            options_.send_batch,
                                            static_cast<DeliveryOwner*>(this))) {
   MakeHealthMonitor();
+  MakeCampaigner();
 }
 
 Agent::~Agent() = default;
@@ -182,6 +183,7 @@ void Agent::Start() {
   }
   for (const auto& peer : WantedPeers()) env_.links->EnsureSession(this, peer);
   UpdateHealth();
+  UpdateLeadership();
   Kick();
 }
 
@@ -232,9 +234,9 @@ void Agent::Process() {
     metrics_.runs_committed->Increment();
     // The retry rules (docs/engine.md, "Relation data is a state too") are visible in the log.
     if (r->trace->result() == v1::Trace::RESULT_CANCELLED) {
-      Log(v1::LOG_LEVEL_WARNING, absl::StrCat("run ", r->run, ": '", last_event_,
-                                              "' cancelled (its data applied, nothing fired): ",
-                                              r->trace->error()));
+      Log(v1::LOG_LEVEL_WARNING,
+          absl::StrCat("run ", r->run, ": '", last_event_,
+                       "' cancelled (its data applied, nothing fired): ", r->trace->error()));
     } else if (r->trace->folded_size() > 0) {
       Log(v1::LOG_LEVEL_INFO,
           absl::StrCat("run ", r->run, " of '", last_event_, "' (attempt ", r->trace->attempt(),
@@ -268,6 +270,7 @@ void Agent::AfterCommit(const engine::RunResult& result) {
   }
   if (!engine_->timers().empty() || !timer_ids_.empty()) ScheduleTimers();
   UpdateHealth();
+  UpdateLeadership();
 }
 
 void Agent::ScheduleRetry(absl::Time when) {
@@ -502,13 +505,12 @@ absl::Status Agent::BeginRemoval(absl::string_view by) {
     ASSIGN_OR_RETURN(std::vector<v1::Event> events, DeparturesOf(id));
     for (v1::Event& e : events) departures.push_back(std::move(e));
   }
-  ASSIGN_OR_RETURN(engine::EnqueueResult queued,
-                   engine_->BeginRemoval(by, std::move(departures)));
+  ASSIGN_OR_RETURN(engine::EnqueueResult queued, engine_->BeginRemoval(by, std::move(departures)));
   if (queued.event_id != 0) {
     last_ticket_ = std::max(last_ticket_, queued.ticket);
     Log(v1::LOG_LEVEL_INFO,
-        absl::StrCat("removal begun (", by, "): dying once its stop applies; departing ",
-                     related, " relation(s)"));
+        absl::StrCat("removal begun (", by, "): dying once its stop applies; departing ", related,
+                     " relation(s)"));
   }
   Kick();
   Notify();
@@ -560,6 +562,8 @@ void Agent::Notify() {
 void Agent::Stop() {
   stopped_ = true;
   if (health_) health_->Stop();
+  if (campaigner_) campaigner_->Stop();  // resigns and revokes its lease
+  campaigning_ = false;
   if (retry_timer_) env_.scheduler->Cancel(retry_timer_);
   if (update_timer_) env_.scheduler->Cancel(update_timer_);
   for (auto& [name, t] : timer_ids_) env_.scheduler->Cancel(t.second);

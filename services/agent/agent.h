@@ -10,7 +10,9 @@
 //  - turns timers handlers asked for into timer events;
 //  - runs its workload's health probes (services/health/monitor.h) once the unit is active, on
 //    the monitor's thread, and queues workload.healthy / workload.unhealthy on each transition
-//    (agent_health.cc).
+//    (agent_health.cc);
+//  - campaigns for its service's leadership once the unit is active, when the service declares
+//    it, and queues leader.changed on each change of leader or term (agent_leadership.cc).
 
 #include <deque>
 #include <map>
@@ -27,6 +29,7 @@
 #include "services/agent/agent_env.h"
 #include "services/agent/delivery.h"
 #include "services/agent/session.h"
+#include "services/coord/leadership.h"
 #include "services/health/monitor.h"
 #include "services/telemetry/metrics.h"
 
@@ -163,6 +166,13 @@ class Agent : private DeliveryOwner {
   void UpdateHealth();
   void OnHealthChange(const HealthChange& change);
   void FillHealth(v1::AgentStatus& s) const;
+  // Leadership (agent_leadership.cc): the campaign starts once the unit is active and ends
+  // (resigning) when it is dying or stops; each change of what it reports becomes a
+  // leader.changed event on the strand.
+  void MakeCampaigner();
+  void UpdateLeadership();
+  void OnLeadershipChange(const coord::LeadershipView& view);
+  void FillLeadership(v1::AgentStatus& s) const;
   void Log(v1::LogLevel level, std::string message) const;
   // Runs `fn` on the strand once `ticket` is durable, after the work queued before it.
   void WhenDurable(uint64_t ticket, std::function<void()> fn);
@@ -223,6 +233,13 @@ class Agent : private DeliveryOwner {
   std::unique_ptr<HealthMonitor> health_;
   std::vector<HealthWatcher> health_watchers_;
   prometheus::Gauge* workload_healthy_ = nullptr;
+  // Set when the spec declares leadership and a coordinator could be made; otherwise, for such a
+  // spec, `leadership_error_` says why not.
+  std::unique_ptr<coord::Campaigner> campaigner_;
+  bool campaigning_ = false;
+  coord::LeadershipView leadership_;
+  std::string leadership_error_;
+  Metrics::Leadership leadership_metrics_{};
 };
 
 }  // namespace parley::services

@@ -24,6 +24,7 @@ v1::AgentStatus Agent::Status() const {
   *s.mutable_workload() = engine_->workload_status();
   s.set_stage(engine_->stage());
   FillHealth(s);
+  FillLeadership(s);
   if (engine_->failure()) {
     s.set_agent_state(v1::AGENT_STATE_ERROR);
     *s.mutable_failure() = *engine_->failure();

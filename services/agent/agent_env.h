@@ -5,12 +5,16 @@
 // its links to peers. The host (services/host/) provides all of it; the agent never sees the
 // host itself, so nothing here includes services/host/.
 
+#include <functional>
+#include <memory>
 #include <string>
 
+#include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "base/clock.h"
 #include "base/executor.h"
 #include "kb/store.h"
+#include "services/coord/coordinator.h"
 #include "services/telemetry/log_buffer.h"
 #include "services/telemetry/metrics.h"
 
@@ -48,6 +52,13 @@ struct AgentEnv {
   LogBuffer* logs = nullptr;
   Metrics* metrics = nullptr;
   AgentLinks* links = nullptr;
+  // Leadership (docs/coordination.md): builds the coordinator a unit of a service that declares
+  // leadership campaigns through, one per unit (its own connection, closed when the unit stops
+  // campaigning). Unset when no coordinator is configured: such a unit reports why in its status
+  // and never leads.
+  std::function<absl::StatusOr<std::unique_ptr<coord::Coordinator>>()> coordinator;
+  // Elections are named `election_prefix` + the service's name.
+  std::string election_prefix = "parley/leader/";
 };
 
 }  // namespace parley::services

@@ -24,6 +24,7 @@
 #include "absl/synchronization/notification.h"
 #include "prometheus/exposer.h"
 #include "services/backends/backends.h"
+#include "services/coord/etcd_coordinator.h"
 #include "services/definition/definition.h"
 #include "services/fixtures/builtin_services.h"
 #include "services/host/host.h"
@@ -55,6 +56,14 @@ ABSL_FLAG(std::string, program_user, "parley",
           "The user handler programs run as when their service.yaml names none (user:), when "
           "parleyd runs as root; empty: parleyd's own user");
 ABSL_FLAG(int, update_interval_s, 0, "Fire `update` this often (0: never)");
+ABSL_FLAG(std::string, etcd, "",
+          "Comma-separated host:port of the etcd members that services declaring leadership "
+          "campaign through (none: such units never lead)");
+ABSL_FLAG(std::string, etcd_ca, "", "PEM CA of the etcd members (mutual TLS with etcd when set)");
+ABSL_FLAG(std::string, etcd_cert, "", "PEM client certificate shown to etcd");
+ABSL_FLAG(std::string, etcd_key, "", "PEM private key of --etcd_cert");
+ABSL_FLAG(std::string, election_prefix, "parley/leader/",
+          "Prefix of the leadership elections' keys in etcd (one per model sharing an etcd)");
 
 namespace {
 
@@ -97,6 +106,19 @@ int main(int argc, char** argv) {
   options.tls.key_file = absl::GetFlag(FLAGS_tls_key);
   options.tls.ca_file = absl::GetFlag(FLAGS_tls_ca);
   options.tls.server_name_override = absl::GetFlag(FLAGS_tls_server_name);
+  for (absl::string_view e : absl::StrSplit(absl::GetFlag(FLAGS_etcd), ',', absl::SkipEmpty())) {
+    options.etcd.endpoints.emplace_back(e);
+  }
+  options.etcd.ca_file = absl::GetFlag(FLAGS_etcd_ca);
+  options.etcd.cert_file = absl::GetFlag(FLAGS_etcd_cert);
+  options.etcd.key_file = absl::GetFlag(FLAGS_etcd_key);
+  options.election_prefix = absl::GetFlag(FLAGS_election_prefix);
+  if (!options.etcd.endpoints.empty()) {
+    // Bad coordinator options are refused at startup, not on each unit's first campaign.
+    if (auto c = parley::coord::NewEtcdCoordinator(options.etcd); !c.ok()) {
+      return Fail(absl::StrCat("--etcd: ", c.status().message()));
+    }
+  }
   options.registry = std::make_shared<prometheus::Registry>();
 
   std::unique_ptr<prometheus::Exposer> exposer;
@@ -131,7 +153,8 @@ int main(int argc, char** argv) {
     r.set_agent(std::string(unit));
     r.set_level(source == "stderr" ? parley::v1::LOG_LEVEL_WARNING : parley::v1::LOG_LEVEL_INFO);
     // A program's line ends with its newline; the log's records have none.
-    r.set_message(absl::StrCat(handler, " ", source, ": ", absl::StripTrailingAsciiWhitespace(text)));
+    r.set_message(
+        absl::StrCat(handler, " ", source, ": ", absl::StripTrailingAsciiWhitespace(text)));
     h->logs().Add(std::move(r));
   };
   // Programs carry their unit's cookie, so that removing the unit stops what they left running.

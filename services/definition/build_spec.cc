@@ -87,6 +87,8 @@ absl::StatusOr<engine::ServiceSpec> BuildSpec(const ServiceDefinition& def, absl
   }
   ConfigSpecInto(def, spec);
   spec.leadership = def.leadership;
+  spec.lease_ttl = def.lease_ttl;
+  spec.leading_interval = def.leading_interval;
   // The agent checks actions fired through its API with the function the CLI uses.
   spec.declares_actions = true;
   if (!def.actions.empty()) {

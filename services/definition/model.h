@@ -62,6 +62,9 @@ struct Model {
   std::vector<ModelRelation> relations;
   // Hosts other than "local", in declaration order.
   std::vector<ModelHost> hosts;
+  // `coordinator: {etcd: [...]}`: "host:port" of the etcd members its units of services that
+  // declare leadership campaign through; empty when the model names none.
+  std::vector<std::string> etcd;
 
   const ModelService* FindService(absl::string_view name) const;
   const ModelHost* FindHost(absl::string_view name) const;

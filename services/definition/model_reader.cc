@@ -34,8 +34,8 @@ class ModelReader {
     if (!root.IsMap()) {
       return top.Error(absl::StrCat("expected a map of model fields, got ", Describe(root)));
     }
-    ASSIGN_OR_RETURN(Fields f, Fields::Read(top, {"description", "interfaces", "hosts", "services",
-                                                  "relations"}));
+    ASSIGN_OR_RETURN(Fields f, Fields::Read(top, {"description", "interfaces", "coordinator",
+                                                  "hosts", "services", "relations"}));
     ASSIGN_OR_RETURN(model_.description, ReadText(f.Get("description")));
     const fs::path base = fs::path(model_.file).parent_path();
     if (const At* at = f.Get("interfaces")) {
@@ -46,6 +46,7 @@ class ModelReader {
         return at->Error(absl::StrCat("'", model_.interfaces_dir, "' is not a directory"));
       }
     }
+    if (const At* at = f.Get("coordinator")) RETURN_IF_ERROR(ReadCoordinator(*at));
     if (const At* at = f.Get("hosts")) RETURN_IF_ERROR(ReadHosts(*at));
     ASSIGN_OR_RETURN(const At* services, f.Require("services"));
     RETURN_IF_ERROR(ReadServices(*services, base));
@@ -54,6 +55,32 @@ class ModelReader {
   }
 
  private:
+  // "<host>:<port>" of `what`.
+  static absl::StatusOr<std::string> ReadHostPort(const At& at, absl::string_view what) {
+    ASSIGN_OR_RETURN(std::string address, ReadString(at));
+    const size_t colon = address.rfind(':');
+    int port = 0;
+    if (colon == std::string::npos || colon == 0 ||
+        !absl::SimpleAtoi(address.substr(colon + 1), &port) || port < 1 || port > 65535) {
+      return at.Error(absl::StrCat("expected <host>:<port> of ", what, ", got '", address, "'"));
+    }
+    return address;
+  }
+
+  // `coordinator: {etcd: [host:port, ...]}`: the etcd members the model's units of services
+  // that declare leadership campaign through (docs/coordination.md).
+  absl::Status ReadCoordinator(const At& at) {
+    ASSIGN_OR_RETURN(Fields f, Fields::Read(at, {"etcd"}));
+    ASSIGN_OR_RETURN(const At* etcd, f.Require("etcd"));
+    ASSIGN_OR_RETURN(std::vector<At> items, ReadItems(*etcd, /*scalar_ok=*/true));
+    if (items.empty()) return etcd->Error("expected at least one etcd member");
+    for (const At& item : items) {
+      ASSIGN_OR_RETURN(std::string member, ReadHostPort(item, "an etcd member"));
+      model_.etcd.push_back(std::move(member));
+    }
+    return absl::OkStatus();
+  }
+
   absl::Status ReadHosts(const At& at) {
     ASSIGN_OR_RETURN(Entries entries, MapEntries(at));
     for (const auto& [name, host_at] : entries) {
@@ -66,14 +93,7 @@ class ModelReader {
       host.line = host_at.line;
       ASSIGN_OR_RETURN(Fields f, Fields::Read(host_at, {"address", "model_root"}));
       ASSIGN_OR_RETURN(const At* address, f.Require("address"));
-      ASSIGN_OR_RETURN(host.address, ReadString(*address));
-      const size_t colon = host.address.rfind(':');
-      int port = 0;
-      if (colon == std::string::npos || colon == 0 ||
-          !absl::SimpleAtoi(host.address.substr(colon + 1), &port) || port < 1 || port > 65535) {
-        return address->Error(
-            absl::StrCat("expected <host>:<port> of a parleyd, got '", host.address, "'"));
-      }
+      ASSIGN_OR_RETURN(host.address, ReadHostPort(*address, "a parleyd"));
       if (const At* root = f.Get("model_root")) {
         ASSIGN_OR_RETURN(host.model_root, ReadString(*root));
         if (!fs::path(host.model_root).is_absolute()) {

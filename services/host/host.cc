@@ -94,6 +94,12 @@ absl::Status Host::Init() {
 
 Host::~Host() { Shutdown(); }
 
+std::function<absl::StatusOr<std::unique_ptr<coord::Coordinator>>()> Host::CoordinatorFactory()
+    const {
+  if (options_.etcd.endpoints.empty()) return nullptr;
+  return [etcd = options_.etcd] { return coord::NewEtcdCoordinator(etcd); };
+}
+
 absl::StatusOr<Agent*> Host::AddAgent(engine::ServiceSpec spec, AgentOptions options) {
   {
     absl::MutexLock lock(&mu_);
@@ -109,7 +115,9 @@ absl::StatusOr<Agent*> Host::AddAgent(engine::ServiceSpec spec, AgentOptions opt
                                           .clock = options_.clock,
                                           .logs = &logs_,
                                           .metrics = metrics_.get(),
-                                          .links = this},
+                                          .links = this,
+                                          .coordinator = CoordinatorFactory(),
+                                          .election_prefix = options_.election_prefix},
                                  std::move(spec), options));
   Agent* raw = agent.get();
   {

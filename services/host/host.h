@@ -35,6 +35,7 @@
 #include "prometheus/registry.h"
 #include "services/agent/agent.h"
 #include "services/agent/agent_env.h"
+#include "services/coord/etcd_coordinator.h"
 #include "services/host/peer_links.h"
 #include "services/telemetry/log_buffer.h"
 #include "services/telemetry/metrics.h"
@@ -84,6 +85,12 @@ struct HostOptions {
   // Reported by GetHost.
   std::string version;
   std::string metrics_address;
+  // Leadership (docs/coordination.md): the etcd members units of services that declare
+  // leadership campaign through (no endpoints: none is configured, and such units never lead),
+  // and the prefix of their elections' names ("parley/<model>/leader/" for a model, so that two
+  // models on one etcd do not share leaders).
+  coord::EtcdOptions etcd;
+  std::string election_prefix = "parley/leader/";
 };
 
 class Host : public AgentLinks, public ApiHost {
@@ -169,6 +176,9 @@ class Host : public AgentLinks, public ApiHost {
   void StreamDone() override;
 
  private:
+  // What builds each leadership campaign's coordinator (AgentEnv::coordinator); none without
+  // etcd endpoints.
+  std::function<absl::StatusOr<std::unique_ptr<coord::Coordinator>>()> CoordinatorFactory() const;
   explicit Host(HostOptions options);
   absl::Status Init();
   std::shared_ptr<grpc::Channel> ChannelTo(const std::string& address);

@@ -98,7 +98,16 @@ Metrics::Metrics(prometheus::Registry& r)
                             .Name("parley_agent_workload_healthy")
                             .Help("1 while every health probe passes, 0 while one failed its "
                                   "threshold, -1 before they decided")
-                            .Register(r)) {}
+                            .Register(r)),
+      leader_(BuildGauge()
+                  .Name("parley_agent_leader")
+                  .Help("1 while the unit leads its service, 0 while it does not (services "
+                        "that declare leadership only)")
+                  .Register(r)),
+      leader_term_(BuildGauge()
+                       .Name("parley_agent_leader_term")
+                       .Help("The term of the service's leader as the unit knows it (0: none)")
+                       .Register(r)) {}
 
 Metrics::Agent Metrics::ForAgent(const std::string& agent) {
   const prometheus::Labels l{{"agent", agent}};
@@ -146,6 +155,10 @@ Metrics::Probe Metrics::ForProbe(const std::string& agent, const std::string& pr
 
 prometheus::Gauge& Metrics::WorkloadHealthy(const std::string& agent) {
   return workload_healthy_.Add({{"agent", agent}});
+}
+
+Metrics::Leadership Metrics::ForLeadership(const std::string& agent) {
+  return {&leader_.Add({{"agent", agent}}), &leader_term_.Add({{"agent", agent}})};
 }
 
 prometheus::Counter& Metrics::Reconnects(const std::string& agent, const std::string& peer) {

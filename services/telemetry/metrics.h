@@ -54,6 +54,13 @@ class Metrics {
   Probe ForProbe(const std::string& agent, const std::string& probe);
   // 1 while the agent's workload is healthy, 0 while unhealthy, -1 before its probes decided.
   prometheus::Gauge& WorkloadHealthy(const std::string& agent);
+  // A unit of a service that declares leadership (docs/coordination.md): 1 while it leads, 0
+  // while it does not; the term it knows (the leader's).
+  struct Leadership {
+    prometheus::Gauge* leader;
+    prometheus::Gauge* term;
+  };
+  Leadership ForLeadership(const std::string& agent);
 
  private:
   prometheus::Family<prometheus::Counter>& runs_;
@@ -75,6 +82,8 @@ class Metrics {
   prometheus::Family<prometheus::Histogram>& probe_duration_;
   prometheus::Family<prometheus::Gauge>& probe_healthy_;
   prometheus::Family<prometheus::Gauge>& workload_healthy_;
+  prometheus::Family<prometheus::Gauge>& leader_;
+  prometheus::Family<prometheus::Gauge>& leader_term_;
 };
 
 }  // namespace parley::services

@@ -57,16 +57,17 @@ LAYERS = {
     # The runtime: the agent sees its environment (services/agent/agent_env.h), never the host;
     # transport sees the host through interfaces of its own (services/transport/transport_host.h).
     "services/agent": {"base", "kb", "engine", "parley/v1", "services/telemetry",
-                       "services/health"},
+                       "services/health", "services/coord"},
     "services/transport": {"base", "kb", "engine", "parley/v1", "services/telemetry",
-                           "services/agent", "services/health"},
+                           "services/agent", "services/health", "services/coord"},
     "services/host": {"base", "kb", "engine", "parley/v1", "services/telemetry", "services/agent",
-                      "services/transport", "services/health"},
+                      "services/transport", "services/health", "services/coord"},
     # The composition root: parleyd's main wires the host, the backends and (in test mode) the
     # fixtures; nothing includes it.
     "services/daemon": {"base", "kb", "engine", "parley/v1", "services/telemetry",
                         "services/agent", "services/transport", "services/host",
-                        "services/definition", "services/backends", "services/fixtures"},
+                        "services/definition", "services/backends", "services/fixtures",
+                        "services/coord"},
     # parley-hook is a standalone client of the hook socket: it includes nothing of ours.
     "tools/hook": set(),
     "tools/demo": {"base", "kb", "engine", "parley/v1"},

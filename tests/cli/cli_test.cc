@@ -26,6 +26,7 @@
 #include "parley/v1/agent.grpc.pb.h"
 #include "parley/v1/model.pb.h"
 #include "tests/testing/child_process.h"
+#include "tests/testing/etcd_process.h"
 #include "tests/testing/run_command.h"
 #include "tests/testing/temp_dir.h"
 
@@ -203,7 +204,8 @@ TEST_F(CliTest, UpConvergesAndStatusReportsEveryUnit) {
   EXPECT_THAT(Backends(), ::testing::ElementsAre("web/0", "web/1"));
 
   const std::string table = Ok({"status"});
-  EXPECT_THAT(table, HasSubstr("web/1  active    -       idle   active  0      0       hello on 9000"));
+  EXPECT_THAT(table,
+              HasSubstr("web/1  active    -       idle   active  0      0       hello on 9000"));
   EXPECT_THAT(table, Not(HasSubstr("Links without a stream")));
   // Every unit knows its peers, and each link is up with nothing unacknowledged.
   for (const auto& u : st.units()) {
@@ -890,6 +892,63 @@ TEST_F(CliTest, ResolveRetriesOrSkipsAFailingEvent) {
   r = resolve({"web/0", "--skip"});
   EXPECT_EQ(r.code, 1);
   EXPECT_THAT(r.err, HasSubstr("has no failing event to resolve"));
+}
+
+// A model that names an etcd in `coordinator:`: `parley up` starts its parleyd with it, and the
+// units of a service that declares leadership elect one leader, which status shows. A bad member
+// address is refused naming the file and line, with nothing started.
+TEST_F(CliTest, UpRunsTheModelsCoordinatorAndOneUnitLeads) {
+  testing::EtcdProcess etcd;
+  ASSERT_EQ(etcd.Start(), "");
+  Write(dir_.Sub("pg/service.yaml"), R"(name: pg
+leadership: {lease_ttl: 3s, leading_interval: 1s}
+handlers:
+  - name: lead
+    when: [leader]
+    action: {kind: builtin, steps: [{status: {state: active, message: "leads"}}]}
+  - name: follow
+    when_not: [leader]
+    action: {kind: builtin, steps: [{status: {state: active, message: "follows"}}]}
+)");
+  Write(dir_.Sub("bad.yaml"),
+        "coordinator:\n  etcd: [nowhere]\nservices:\n  pg: {definition: pg}\n");
+  CommandResult bad = Parley({"up", dir_.Sub("bad.yaml"), "--timeout", "10s"});
+  EXPECT_NE(bad.code, 0);
+  EXPECT_THAT(bad.err, HasSubstr("bad.yaml:2: coordinator.etcd[0]"));
+  EXPECT_THAT(bad.err, HasSubstr("expected <host>:<port> of an etcd member, got 'nowhere'"));
+  EXPECT_FALSE(std::filesystem::exists(dir_.Sub(".parley/parleyd.address")));
+
+  Write(dir_.Sub("model.yaml"), absl::StrCat("coordinator:\n  etcd: [", etcd.endpoint(),
+                                             "]\nservices:\n  pg: {definition: pg, units: 2}\n"));
+  CommandResult up = Parley({"up", dir_.Sub("model.yaml"), "--timeout", "60s"});
+  ASSERT_EQ(up.code, 0) << up.err;
+  std::string leader;
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  v1::ModelStatus st;
+  while (absl::Now() < deadline) {
+    st = Status();
+    int leading = 0;
+    leader.clear();
+    for (const auto& u : st.units()) {
+      if (u.leadership().leads()) {
+        ++leading;
+        leader = u.agent();
+      }
+    }
+    bool agreed = leading == 1 && st.units_size() == 2;
+    for (const auto& u : st.units()) {
+      agreed = agreed && u.leadership().leader() == leader && u.leadership().term() > 0 &&
+               u.workload().message() == (u.agent() == leader ? "leads" : "follows");
+    }
+    if (agreed) break;
+    leader.clear();
+    absl::SleepFor(absl::Milliseconds(200));
+  }
+  ASSERT_FALSE(leader.empty()) << "no agreed leader; the last status: " << st.DebugString()
+                               << "\netcd's log:\n"
+                               << etcd.ReadLog();
+  EXPECT_EQ(Unit(st, "pg/0")->leadership().term(), Unit(st, "pg/1")->leadership().term());
+  EXPECT_EQ(Unit(st, leader)->leadership().error(), "");
 }
 
 }  // namespace

@@ -27,6 +27,7 @@ constexpr int kUsage = 64;
 constexpr char kUsageText[] =
     "usage: parley-hook COMMAND ...\n"
     "  fact set NAME [VALUE] | fact clear NAME | fact get NAME\n"
+    "  leader get [unit|term]\n"
     "  relation get ENDPOINT|RELATION_ID [UNIT] [KEY]\n"
     "  relation set ENDPOINT|RELATION_ID KEY VALUE\n"
     "  relation unset ENDPOINT|RELATION_ID KEY\n"
@@ -58,7 +59,9 @@ bool ValidShape(const std::vector<std::string>& a) {
   if (verb == "relation get") return n >= 3 && n <= 5;
   if (verb == "relation set") return n == 5;
   if (verb == "relation unset") return n == 4;
-  if (verb == "relation list" || verb == "config get") return n == 2 || n == 3;
+  if (verb == "relation list" || verb == "config get" || verb == "leader get") {
+    return n == 2 || n == 3;
+  }
   if (verb == "status set" || verb == "timer set" || verb == "action output") return n == 4;
   if (a[0] == "log" || a[0] == "retry-later") return n == 2;
   return false;

@@ -184,6 +184,25 @@ HookReply HandleHookRequest(const HookEnv& env, const std::vector<std::string>& 
     if (!v) return Refused(absl::StrCat("fact '", a[2], "' is not set"));
     return Ok(*v);
   }
+  if (verb == "leader get") {
+    // The leadership facts the engine keeps (docs/coordination.md), as one answer: the leading
+    // unit and its term, and whether this unit leads.
+    if (a.size() > 3 || (a.size() == 3 && a[2] != "unit" && a[2] != "term")) {
+      return Refused("usage: leader get [unit|term]");
+    }
+    std::optional<std::string> unit = ctx.Value(engine::kLeaderUnitFact);
+    std::optional<std::string> term = ctx.Value(engine::kLeaderTermFact);
+    if (a.size() == 3) {
+      std::optional<std::string>& v = a[2] == "unit" ? unit : term;
+      if (!v) return Refused("no leader is known (no leader.changed applied yet)");
+      return Ok(*v);
+    }
+    std::string out;
+    JsonMap(out, {{"unit", unit.value_or("")},
+                  {"term", term.value_or("0")},
+                  {"leads", ctx.Value(engine::kLeaderFact) ? "true" : "false"}});
+    return Ok(out + "\n");
+  }
   if (verb == "relation get") return RelationGet(env, a);
   if (verb == "relation set") return RelationSet(env, a);
   if (verb == "relation unset") return RelationUnset(env, a);
@@ -252,7 +271,8 @@ HookReply HandleHookRequest(const HookEnv& env, const std::vector<std::string>& 
   }
   return Refused(absl::StrCat(
       "unknown request '", Printable(verb.substr(0, 100)),
-      "' (expected fact set|clear|get, relation get|set|unset|list, config get, status set, log, "
+      "' (expected fact set|clear|get, leader get, relation get|set|unset|list, config get, "
+      "status set, log, "
       "event fire, timer set, retry-later or action output)"));
 }
 

@@ -178,7 +178,19 @@ TEST_F(ModelTest, BadModelsAreRefused) {
   yaml = "interfaces: ../shared\nservicse: {}\n";
   EXPECT_EQ(ModelError(yaml), ModelAt(yaml, "servicse", "") +
                                   "unknown key 'servicse' (expected description, interfaces, "
-                                  "hosts, services, relations)");
+                                  "coordinator, hosts, services, relations)");
+
+  // coordinator: the etcd members, each a host:port.
+  yaml = "coordinator:\n  etcd: [127.0.0.1:2379, nowhere]\nservices: {}\n";
+  EXPECT_THAT(
+      ModelError(yaml),
+      HasSubstr("model.yaml:2: coordinator.etcd[1]: expected <host>:<port> of an etcd member, "
+                "got 'nowhere'"));
+  yaml = "coordinator:\n  etcd: []\nservices: {}\n";
+  EXPECT_THAT(ModelError(yaml),
+              HasSubstr("model.yaml:2: coordinator.etcd: expected at least one etcd member"));
+  yaml = "coordinator: {}\nservices: {}\n";
+  EXPECT_THAT(ModelError(yaml), HasSubstr("etcd"));
 }
 
 TEST_F(ModelTest, HostsPlaceServicesOnOtherParleyds) {

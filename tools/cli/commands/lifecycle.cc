@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "base/status_macros.h"
 #include "services/definition/definition.h"
@@ -156,6 +157,12 @@ absl::Status PrepareHosts(Session& s, const Args& args, const Model& model) {
                       std::any_of(state.services().begin(), state.services().end(),
                                   [](const auto& svc) { return svc.host() == "local"; }));
   if (local) {
+    // A changed coordinator reaches a parleyd that is already running when it next starts.
+    v1::HostRecord& host = *state.mutable_host();
+    host.clear_etcd();
+    for (const std::string& member : model.etcd) host.add_etcd(member);
+    host.set_election_prefix(
+        absl::StrCat("parley/", absl::StripPrefix(AbsolutePath(s.dir().path()), "/"), "/leader/"));
     RETURN_IF_ERROR(s.dir().EnsureHost(FindBinary("parleyd"), *state.mutable_host()));
     std::fprintf(stderr, "parleyd %s (pid %lld), model directory %s\n",
                  state.host().address().c_str(), static_cast<long long>(state.host().pid()),

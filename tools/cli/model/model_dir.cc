@@ -18,6 +18,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "base/status_macros.h"
@@ -237,6 +238,10 @@ absl::Status ModelDir::EnsureHost(const std::string& parleyd, v1::HostRecord& ho
                                    "--listen=" + listen,
                                    "--metrics_listen=" + metrics,
                                    "--address_file=" + address_file};
+  if (host.etcd_size() > 0) {
+    args.push_back("--etcd=" + absl::StrJoin(host.etcd(), ","));
+    args.push_back("--election_prefix=" + host.election_prefix());
+  }
   if (tls_) {
     ASSIGN_OR_RETURN(CertFiles files,
                      IssueCert(pki_dir(), "local", CertRole::kHost, {"127.0.0.1"}, {"localhost"}));
