@@ -23,6 +23,7 @@
 #include "services/definition/definition.h"
 #include "services/host/host.h"
 #include "tests/services/agent/agent_test_util.h"
+#include "tests/services/coord/etcd_ready.h"
 #include "tests/testing/etcd_process.h"
 #include "tests/testing/temp_dir.h"
 
@@ -58,20 +59,7 @@ class LeadershipAgentTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ASSERT_EQ(etcd_.Start(), "");
-    coord::EtcdOptions probe;
-    probe.endpoints = {etcd_.endpoint()};
-    probe.call_timeout = absl::Milliseconds(500);
-    absl::Status last;
-    ASSERT_TRUE(WaitFor(
-        [&] {
-          // A channel of its own each time: one that failed while etcd started backs off.
-          auto c = coord::NewEtcdCoordinator(probe);
-          last = c.ok() ? (*c)->Get("probe").status() : c.status();
-          return last.ok();
-        },
-        absl::Seconds(30)))
-        << "etcd did not answer: " << last << "; its log:\n"
-        << etcd_.ReadLog();
+    ASSERT_EQ(parley::testing::WaitUntilEtcdAnswers(etcd_), "");
     BackendOptions b;
     b.process.extra_path.push_back(fs::path(kHook).parent_path().string());
     backends_ = MakeBackends(b);

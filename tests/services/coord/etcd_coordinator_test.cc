@@ -8,6 +8,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
+#include "tests/services/coord/etcd_ready.h"
 #include "tests/testing/etcd_process.h"
 
 namespace parley::coord {
@@ -19,18 +20,8 @@ using ::parley::testing::WaitFor;
 class EtcdCoordinatorTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    const std::string problem = etcd_.Start();
-    ASSERT_EQ(problem, "");
-    // A fresh client per probe: a connection made while etcd starts stalls for seconds.
-    absl::Status last;
-    ASSERT_TRUE(WaitFor(
-        [&] {
-          last = NewCoordinator(absl::Milliseconds(500))->Get("probe").status();
-          return last.ok();
-        },
-        absl::Seconds(30)))
-        << "etcd did not answer: " << last << "; its log:\n"
-        << etcd_.ReadLog();
+    ASSERT_EQ(etcd_.Start(), "");
+    ASSERT_EQ(parley::testing::WaitUntilEtcdAnswers(etcd_), "");
     coordinator_ = NewCoordinator();
   }
 

@@ -10,6 +10,7 @@
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "services/coord/etcd_coordinator.h"
+#include "tests/services/coord/etcd_ready.h"
 #include "tests/testing/etcd_process.h"
 
 namespace parley::coord {
@@ -95,15 +96,7 @@ class LeadershipTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ASSERT_EQ(etcd_.Start(), "");
-    absl::Status last;
-    ASSERT_TRUE(WaitFor(
-        [&] {
-          last = Real(absl::Milliseconds(500))->Get("probe").status();
-          return last.ok();
-        },
-        absl::Seconds(30)))
-        << "etcd did not answer: " << last << "; its log:\n"
-        << etcd_.ReadLog();
+    ASSERT_EQ(parley::testing::WaitUntilEtcdAnswers(etcd_), "");
   }
 
   std::unique_ptr<Coordinator> Real(absl::Duration timeout = absl::Seconds(1)) {
