@@ -195,6 +195,9 @@ struct ServiceSpec {
   // `leading_interval` unless it resigns.
   absl::Duration lease_ttl = absl::Seconds(5);
   absl::Duration leading_interval = absl::Seconds(2);
+  // A leader whose workload stays unhealthy (its `health:` probes) this long resigns, so that a
+  // healthy unit leads.
+  absl::Duration unhealthy_grace = absl::Seconds(10);
   // Health probes (none: the agent watches nothing and never queues workload.* events).
   std::vector<HealthCheckSpec> health;
 };

@@ -562,6 +562,7 @@ void Agent::Notify() {
 void Agent::Stop() {
   stopped_ = true;
   if (health_) health_->Stop();
+  if (resign_timer_ != 0) env_.scheduler->Cancel(resign_timer_);
   if (campaigner_) campaigner_->Stop();  // resigns and revokes its lease
   campaigning_ = false;
   if (retry_timer_) env_.scheduler->Cancel(retry_timer_);

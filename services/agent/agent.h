@@ -173,6 +173,9 @@ class Agent : private DeliveryOwner {
   void UpdateLeadership();
   void OnLeadershipChange(const coord::LeadershipView& view);
   void FillLeadership(v1::AgentStatus& s) const;
+  // A leader whose workload stays unhealthy past the spec's unhealthy_grace resigns: called on
+  // each change of health or leadership, it schedules (or cancels) that check.
+  void CheckUnhealthyLeader();
   void Log(v1::LogLevel level, std::string message) const;
   // Runs `fn` on the strand once `ticket` is durable, after the work queued before it.
   void WhenDurable(uint64_t ticket, std::function<void()> fn);
@@ -237,6 +240,11 @@ class Agent : private DeliveryOwner {
   // spec, `leadership_error_` says why not.
   std::unique_ptr<coord::Campaigner> campaigner_;
   bool campaigning_ = false;
+  uint64_t resign_timer_ = 0;
+  // When this unit last began to lead (the host's clock): a grace runs from the later of this and
+  // the workload's turning unhealthy, so that a unit re-elected while unhealthy (no healthier
+  // candidate) leads a whole grace again before it resigns again.
+  absl::Time leading_since_ = absl::InfinitePast();
   coord::LeadershipView leadership_;
   std::string leadership_error_;
   Metrics::Leadership leadership_metrics_{};

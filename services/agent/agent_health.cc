@@ -76,6 +76,7 @@ void Agent::OnHealthChange(const HealthChange& change) {
     Kick();
   }
   for (const HealthWatcher& w : health_watchers_) w(change);
+  CheckUnhealthyLeader();
   Notify();
 }
 

@@ -6,6 +6,7 @@
 // wrote the service bag commits only once the campaigner confirmed, against etcd, that its term
 // is still current.
 
+#include <algorithm>
 #include <string>
 #include <utility>
 
@@ -76,6 +77,9 @@ void Agent::UpdateLeadership() {
 void Agent::OnLeadershipChange(const coord::LeadershipView& view) {
   if (stopped_ || !campaigning_) return;
   const bool was_leading = leadership_.leads;
+  if (view.leads && (!was_leading || view.term != leadership_.term)) {
+    leading_since_ = env_.clock->Now();
+  }
   leadership_ = view;
   leadership_metrics_.leader->Set(view.leads ? 1 : 0);
   leadership_metrics_.term->Set(static_cast<double>(view.term));
@@ -109,7 +113,46 @@ void Agent::OnLeadershipChange(const coord::LeadershipView& view) {
     last_ticket_ = queued->ticket;
     Kick();
   }
+  CheckUnhealthyLeader();
   Notify();
+}
+
+void Agent::CheckUnhealthyLeader() {
+  const std::optional<absl::Time> since = UnhealthySince();
+  if (!campaigner_ || stopped_ || !leadership_.leads || !since.has_value()) {
+    if (resign_timer_ != 0) env_.scheduler->Cancel(resign_timer_);
+    resign_timer_ = 0;
+    return;
+  }
+  if (resign_timer_ != 0) return;
+  std::weak_ptr<bool> alive = alive_;
+  const absl::Time from = std::max(*since, leading_since_);
+  resign_timer_ = env_.scheduler->At(from + spec().unhealthy_grace, strand_, [this, alive] {
+    if (!alive.lock()) return;
+    resign_timer_ = 0;
+    const std::optional<absl::Time> since = UnhealthySince();
+    if (stopped_ || !leadership_.leads || !since.has_value()) return;
+    const absl::Duration unhealthy = env_.clock->Now() - *since;
+    if (env_.clock->Now() - std::max(*since, leading_since_) < spec().unhealthy_grace) {
+      CheckUnhealthyLeader();  // it became unhealthy again since: a later deadline
+      return;
+    }
+    Log(v1::LOG_LEVEL_WARNING,
+        absl::StrCat("resigns the leadership of service ", spec().service, " (term ",
+                     leadership_.term, "): its workload has been unhealthy for ",
+                     absl::FormatDuration(absl::Trunc(unhealthy, absl::Milliseconds(1))),
+                     " (unhealthy_grace ", absl::FormatDuration(spec().unhealthy_grace), ")"));
+    if (absl::Status s = campaigner_->Resign(); !s.ok()) {
+      Log(v1::LOG_LEVEL_ERROR,
+          absl::StrCat("cannot resign: ", s.message(), "; trying again in 1s"));
+      std::weak_ptr<bool> alive = alive_;
+      resign_timer_ = env_.scheduler->After(absl::Seconds(1), strand_, [this, alive] {
+        if (!alive.lock()) return;
+        resign_timer_ = 0;
+        CheckUnhealthyLeader();
+      });
+    }
+  });
 }
 
 void Agent::FillLeadership(v1::AgentStatus& s) const {

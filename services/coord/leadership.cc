@@ -77,6 +77,23 @@ LeadershipView Campaigner::View() const {
   return reported_;
 }
 
+absl::Status Campaigner::Resign() {
+  std::optional<LeaderKey> key;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_ || !key_.has_value()) return absl::OkStatus();
+    key = key_;
+  }
+  if (absl::Status s = coordinator_->Resign(*key); !s.ok()) return s;
+  {
+    absl::MutexLock lock(&mu_);
+    // The campaign loop wakes on the cleared key and campaigns again on the same lease.
+    if (key_.has_value() && key_->key == key->key) key_.reset();
+  }
+  Report();
+  return absl::OkStatus();
+}
+
 absl::StatusOr<bool> Campaigner::StillLeads(int64_t term) {
   std::optional<LeaderKey> key;
   {

@@ -69,6 +69,9 @@ class Campaigner {
 
   // Starts campaigning and watching.
   void Start();
+  // Gives leadership up now, when leading, and campaigns again at the end of the line, so that
+  // the next candidate leads (for a leader whose workload is unhealthy). OK when not leading.
+  absl::Status Resign();
   // Resigns (when leading), revokes the lease and joins the threads. Idempotent.
   void Stop();
 

@@ -89,6 +89,7 @@ absl::StatusOr<engine::ServiceSpec> BuildSpec(const ServiceDefinition& def, absl
   spec.leadership = def.leadership;
   spec.lease_ttl = def.lease_ttl;
   spec.leading_interval = def.leading_interval;
+  spec.unhealthy_grace = def.unhealthy_grace;
   // The agent checks actions fired through its API with the function the CLI uses.
   spec.declares_actions = true;
   if (!def.actions.empty()) {

@@ -133,6 +133,8 @@ struct ServiceDefinition {
   bool leadership = false;
   absl::Duration lease_ttl = absl::Seconds(5);
   absl::Duration leading_interval = absl::Seconds(2);
+  // A leader whose workload (its `health:` probes) stays unhealthy this long resigns.
+  absl::Duration unhealthy_grace = absl::Seconds(10);
   int leadership_line = 0;
   // Health probes, in declaration order; none: nothing watches the workload.
   std::vector<ProbeDef> health;

@@ -40,10 +40,9 @@ class DefinitionReader {
     if (!root.IsMap()) {
       return top.Error(absl::StrCat("expected a map of service fields, got ", Describe(root)));
     }
-    ASSIGN_OR_RETURN(
-        Fields f, Fields::Read(top, {"name", "description", "user", "provides", "requires", "peers",
-                                     "config", "handlers", "actions", "events", "leadership",
-                                     "health"}));
+    ASSIGN_OR_RETURN(Fields f, Fields::Read(top, {"name", "description", "user", "provides",
+                                                  "requires", "peers", "config", "handlers",
+                                                  "actions", "events", "leadership", "health"}));
     ASSIGN_OR_RETURN(const At* name, f.Require("name"));
     ASSIGN_OR_RETURN(def_.name, ReadName(*name, NameRule::kService, "service name"));
     ASSIGN_OR_RETURN(def_.description, ReadText(f.Get("description")));
@@ -396,12 +395,16 @@ class DefinitionReader {
       return absl::OkStatus();
     }
     def_.leadership = true;
-    ASSIGN_OR_RETURN(Fields f, Fields::Read(at, {"lease_ttl", "leading_interval"}));
+    ASSIGN_OR_RETURN(Fields f,
+                     Fields::Read(at, {"lease_ttl", "leading_interval", "unhealthy_grace"}));
     if (const At* ttl = f.Get("lease_ttl")) {
       ASSIGN_OR_RETURN(def_.lease_ttl, ReadDuration(*ttl));
     }
     if (const At* leading = f.Get("leading_interval")) {
       ASSIGN_OR_RETURN(def_.leading_interval, ReadDuration(*leading));
+    }
+    if (const At* grace = f.Get("unhealthy_grace")) {
+      ASSIGN_OR_RETURN(def_.unhealthy_grace, ReadDuration(*grace));
     }
     absl::Status timing = coord::ValidateLeaseTiming(def_.lease_ttl, def_.leading_interval);
     if (!timing.ok()) return at.Error(timing.message());

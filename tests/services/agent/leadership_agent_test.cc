@@ -6,8 +6,12 @@
 // term; a leader whose lease etcd revokes stops leading and a new term begins; a unit without a
 // coordinator says why in its status and never leads.
 
+#include <arpa/inet.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -55,6 +59,38 @@ handlers:
       command: [sh, -c, 'parley-hook fact set following "$(parley-hook leader get unit)"']
 )yaml";
 
+// Each unit's workload is a listener on its config port; its leader resigns once the probe has
+// failed for a second.
+constexpr char kWatchedPg[] = R"yaml(name: pg
+leadership: {lease_ttl: 3s, leading_interval: 1s, unhealthy_grace: 1s}
+config:
+  port: {type: int}
+health:
+  port:
+    tcp: {host: 127.0.0.1, port: "{{config.port}}"}
+    interval: 100ms
+    timeout: 100ms
+    failure_threshold: 2
+handlers:
+  - name: started
+    on: [start]
+    action: {kind: builtin, steps: [{set: started}]}
+)yaml";
+
+// A loopback listener and its port.
+int Listen(int* port) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  EXPECT_EQ(listen(fd, 64), 0);
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  *port = ntohs(addr.sin_port);
+  return fd;
+}
+
 class LeadershipAgentTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -77,15 +113,18 @@ class LeadershipAgentTest : public ::testing::Test {
     host_ = std::move(*host);
   }
 
-  Agent* Add(const std::string& unit) {
+  Agent* Add(const std::string& unit, const char* yaml = kPg,
+             std::map<std::string, std::string> config = {}) {
     const fs::path d = fs::path(dir_.path()) / "pg";
     fs::create_directories(d);
-    std::ofstream(d / "service.yaml") << kPg;
+    std::ofstream(d / "service.yaml") << yaml;
     auto def = LoadServiceDefinition(d.string());
     EXPECT_TRUE(def.ok()) << def.status();
     auto spec = BuildSpec(*def, unit, *backends_);
     EXPECT_TRUE(spec.ok()) << spec.status();
-    auto agent = host_->AddAgent(std::move(*spec));
+    AgentOptions options;
+    options.initial_config = std::move(config);
+    auto agent = host_->AddAgent(std::move(*spec), options);
     EXPECT_TRUE(agent.ok()) << agent.status();
     return agent.ok() ? *agent : nullptr;
   }
@@ -217,6 +256,39 @@ TEST_F(LeadershipAgentTest, ALeaderWhoseLeaseEndsStopsLeadingAndANewTermBegins) 
   int leading = 0;
   for (Agent* a : units) leading += StatusOf(a).leadership().leads() ? 1 : 0;
   EXPECT_EQ(leading, 1);
+}
+
+TEST_F(LeadershipAgentTest, ALeaderWhoseWorkloadStaysUnhealthyResignsAfterItsGrace) {
+  StartHost(/*with_etcd=*/true);
+  int ports[2];
+  int fds[2] = {Listen(&ports[0]), Listen(&ports[1])};
+  std::vector<Agent*> units = {Add("pg/0", kWatchedPg, {{"port", absl::StrCat(ports[0])}}),
+                               Add("pg/1", kWatchedPg, {{"port", absl::StrCat(ports[1])}})};
+  for (Agent* a : units) ASSERT_NE(a, nullptr);
+  Agent* leader = nullptr;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        leader = AgreedLeader(units, 0);
+        return leader != nullptr && StatusOf(units[0]).health() == v1::WORKLOAD_HEALTH_HEALTHY &&
+               StatusOf(units[1]).health() == v1::WORKLOAD_HEALTH_HEALTHY;
+      },
+      absl::Seconds(30)));
+  const int64_t term = TermOf(leader);
+  const int i = leader == units[0] ? 0 : 1;
+  const absl::Time closed = absl::Now();
+  close(fds[i]);  // the leader's workload goes
+  Agent* next = nullptr;
+  ASSERT_TRUE(
+      WaitFor([&] { return (next = AgreedLeader(units, term)) != nullptr; }, absl::Seconds(30)));
+  const absl::Duration took = absl::Now() - closed;
+  std::printf("an unhealthy leader (grace 1 s) was replaced %.0f ms after its workload went\n",
+              absl::ToDoubleMilliseconds(took));
+  EXPECT_EQ(next, units[1 - i]);
+  // Not before the probe judged it unhealthy (two failures 100 ms apart) and the grace ran out.
+  EXPECT_GE(took, absl::Seconds(1));
+  EXPECT_EQ(StatusOf(leader).health(), v1::WORKLOAD_HEALTH_UNHEALTHY);
+  EXPECT_FALSE(StatusOf(leader).leadership().leads());
+  close(fds[1 - i]);
 }
 
 TEST_F(LeadershipAgentTest, WithoutACoordinatorNoUnitLeadsAndStatusSaysWhy) {

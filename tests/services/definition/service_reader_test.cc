@@ -224,7 +224,16 @@ TEST_F(DefinitionTest, LeadershipIsDeclaredAndItsLeaseSettingsChecked) {
   EXPECT_THAT(ServiceError(yaml), HasSubstr("lease_ttl 1s: must be at least 2s"));
   yaml = "name: svc\nleadership: {ttl: 5s}\n";
   EXPECT_THAT(ServiceError(yaml),
-              HasSubstr("unknown key 'ttl' (expected lease_ttl, leading_interval)"));
+              HasSubstr("unknown key 'ttl' (expected lease_ttl, leading_interval, "
+                        "unhealthy_grace)"));
+  EXPECT_EQ(plain->unhealthy_grace, absl::Seconds(10));
+  auto graced = LoadService("name: svc\nleadership: {unhealthy_grace: 30s}\n");
+  ASSERT_TRUE(graced.ok()) << graced.status();
+  EXPECT_EQ(graced->unhealthy_grace, absl::Seconds(30));
+  yaml = "name: svc\nleadership: {unhealthy_grace: 0s}\n";
+  EXPECT_THAT(
+      ServiceError(yaml),
+      HasSubstr("service.yaml:2: leadership.unhealthy_grace: expected a positive duration"));
 
   yaml = R"(name: svc
 handlers:
