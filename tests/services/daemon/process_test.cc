@@ -189,6 +189,18 @@ TEST_F(ProcessTest, PeersKilledMidStreamDeliverExactlyOnceInOrder) {
               << old_address << ")\n";
     if (victims[i] == 'a') {
       firer.SetAddress(a->api_address());
+      // Before the next kill, the receiver must know the sender's new address (from the new
+      // stream's Hello, which the sender's stream only counts as up once answered): a receiver
+      // killed before that would come back knowing only the old one, and with both ends on new
+      // ports neither could find the other. (Parleyds keep their ports across restarts; only
+      // this test moves them.)
+      ASSERT_TRUE(PollFor(
+          [&] {
+            return Metric(*a, absl::StrCat("parley_peer_stream_up{agent=\"", kSender, "\",peer=\"",
+                                           kReceiver, "\"}")) == 1;
+          },
+          absl::Seconds(15), absl::Milliseconds(10)))
+          << "the restarted sender at " << a->address() << " never reached the receiver";
     } else {
       // The receiver's new port reaches the sender only through RequestConnect.
       ASSERT_TRUE(

@@ -26,16 +26,16 @@ namespace parley::services {
 namespace {
 
 namespace fs = std::filesystem;
-using ::testing::ElementsAre;
-using ::testing::HasSubstr;
-using ::testing::Not;
-using testing::Fact;
-using testing::OnStrand;
-using testing::Settled;
 using testing::Alive;
+using ::testing::ElementsAre;
+using testing::Fact;
+using ::testing::HasSubstr;
 using testing::KillOnExit;
+using ::testing::Not;
+using testing::OnStrand;
 using testing::PidIn;
 using testing::ReadFile;
+using testing::Settled;
 using testing::WaitFor;
 using testing::Write;
 
@@ -117,8 +117,8 @@ class UnitDeathTest : public ::testing::Test {
   void Start(int halt_exit) {
     const std::string journal = (root_ / "journal").string();
     auto script = [&](const char* text) {
-      return absl::StrReplaceAll(text, {{"JOURNAL", journal},
-                                        {"HALT_EXIT", absl::StrCat(halt_exit)}});
+      return absl::StrReplaceAll(text,
+                                 {{"JOURNAL", journal}, {"HALT_EXIT", absl::StrCat(halt_exit)}});
     };
     Write(root_ / "interfaces/kv.yaml", "required: {port: int}\n");
     Write(root_ / "db/service.yaml", kDb);
@@ -150,8 +150,10 @@ class UnitDeathTest : public ::testing::Test {
     ASSERT_TRUE(related.ok()) << related.status();
     ASSERT_TRUE(WaitFor([&] { return Fact(web_, "db_port") == "7001"; }));
     ASSERT_TRUE(WaitFor([&] { return Settled({host_.get()}); }));
-    daemon_ = PidIn((root_ / "state/db-0/daemon.pid").string());
-    ASSERT_GT(daemon_, 0);
+    // The daemon writes its pid itself, after run.sh returned.
+    const std::string pidfile = (root_ / "state/db-0/daemon.pid").string();
+    ASSERT_TRUE(WaitFor([&] { return PidIn(pidfile) > 0; })) << pidfile;
+    daemon_ = PidIn(pidfile);
     cleanup_.pids.push_back(daemon_);
     ASSERT_TRUE(Alive(daemon_));
     EXPECT_EQ(OnStrand(db_, [&] { return db_->Status().stage(); }), v1::UNIT_STAGE_ACTIVE);
@@ -175,8 +177,8 @@ class UnitDeathTest : public ::testing::Test {
     v1::RemoveAgentRequest r;
     r.set_agent(unit);
     r.set_grace_seconds(grace_seconds);
-    auto answer = std::make_shared<std::pair<absl::Notification,
-                                             absl::StatusOr<v1::RemoveAgentResponse>>>();
+    auto answer =
+        std::make_shared<std::pair<absl::Notification, absl::StatusOr<v1::RemoveAgentResponse>>>();
     host_->RemoveAgentLater(r, [answer](absl::StatusOr<v1::RemoveAgentResponse> removed) {
       answer->second = std::move(removed);
       answer->first.Notify();
@@ -240,7 +242,8 @@ TEST_F(UnitDeathTest, AUnitThatCannotDieIsRemovedAfterItsGrace) {
   v1::StreamLogsRequest filter;
   filter.set_agent("db/0");
   std::string said;
-  for (const v1::LogRecord& r : host_->logs().Snapshot(filter)) absl::StrAppend(&said, r.message(), "\n");
+  for (const v1::LogRecord& r : host_->logs().Snapshot(filter))
+    absl::StrAppend(&said, r.message(), "\n");
   EXPECT_THAT(said, HasSubstr("not dead after 2s (UNIT_STAGE_ACTIVE"));
   EXPECT_THAT(said, HasSubstr("failing: "));
 }
